@@ -1,0 +1,35 @@
+"""One text format for (conversation, answer) pairs, used identically by RM training, scoring,
+evaluation, self-play and RL: the tokenizer's chat template when it has one, otherwise the seed's
+``\\n\\nHuman: ...\\n\\nAssistant: ...`` transcript.
+"""
+
+from __future__ import annotations
+
+ROLE_NAMES = {"user": "Human", "assistant": "Assistant"}
+
+
+def transcript(messages: list[dict]) -> str:
+    """The seed's Anthropic-HH style transcript: ``\\n\\nHuman: ...\\n\\nAssistant: ...``."""
+    return "".join(f"\n\n{ROLE_NAMES[m['role']]}: {m['content']}" for m in messages if m["role"] in ROLE_NAMES)
+
+
+def render_conversation(tokenizer, messages: list[dict]) -> str:
+    """A whole conversation (ending with the assistant answer being judged) as one string."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    return transcript(messages)
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> str:
+    """The conversation before an assistant answer, ready for the answer to be appended."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return transcript(messages) + "\n\nAssistant:"
+
+
+def as_messages(prompt: str | list[dict], answer: str | None = None) -> list[dict]:
+    """A prompt (text or messages) plus an optional answer → a message list."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages

@@ -1,0 +1,57 @@
+"""``almost <command> ...``: find the command's module and hand it the rest of the arguments.
+
+Each command lives in its own module with a ``main(argv) -> int``; this file only dispatches and
+turns user errors (``AlmostError``) into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from .io import AlmostError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("almost.demo", "Run the whole method at small scale on the embedded model."),
+    "pg": ("almost.feedback.pg", "1. Prompt generation: new user queries from a base LM, deduplicated."),
+    "rg": ("almost.feedback.rg", "2. Response generation: answers under each configuration."),
+    "merge": ("almost.feedback.merge", "Merge the outputs of sharded rg runs."),
+    "cs": ("almost.feedback.cs", "3. Synthetic comparisons: rubric-ranked chosen/rejected pairs."),
+    "rm": ("almost.reward.cli", "4. Reward model: train | score | eval."),
+    "rmsp": ("almost.selfplay", "5. RM-guided self-play: multi-turn demonstrations."),
+    "sft": ("almost.sft", "6a. Supervised fine-tuning on demonstrations."),
+    "rl": ("almost.rl", "6b. RL against the reward model with a KL penalty."),
+    "eval": ("almost.evaluate.cli", "7. Evaluation: hhh | truthfulqa | pairwise."),
+    "pipeline": ("almost.pipeline", "Run every stage from one YAML config, skipping finished ones."),
+    "report": ("almost.report", "Write report.md with plots for a run directory."),
+}
+
+
+def usage() -> str:
+    lines = ["usage: almost <command> [options]   (almost <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        sys.stderr.write(f"almost: error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}\n")
+        return 2
+    try:
+        module = importlib.import_module(COMMANDS[command][0])
+        return int(module.main(rest) or 0)
+    except AlmostError as e:
+        sys.stderr.write(f"almost {command}: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"almost {command}: interrupted; rerun the same command to resume\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

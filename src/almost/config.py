@@ -1,0 +1,90 @@
+"""Stage configs are dataclasses: YAML (``--config file.yaml``) gives defaults, flags override them.
+
+Every field has help text. Options keep the seed release's spellings (``--output_dir``); the dash
+spellings (``--output-dir``) are accepted too.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from trl import TrlParser
+
+from .io import AlmostError
+from .models import DEFAULT_MODEL
+
+
+class Parser(TrlParser):
+    """TrlParser whose errors are one line (``almost X: error: ...``) with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def parse(prog: str, dataclass_types: Sequence[type], argv: Sequence[str] | None, description: str | None = None):
+    """Parse ``argv`` (with an optional ``--config`` YAML) into instances of ``dataclass_types``."""
+    parser = Parser(dataclass_types, prog=prog, description=description)
+    try:
+        return parser.parse_args_and_config(list(argv) if argv is not None else None)
+    except FileNotFoundError as e:
+        raise AlmostError(f"config file not found: {e.filename}") from None
+    except ValueError as e:
+        # Dataclass validation (__post_init__) and bad YAML values surface as ValueError.
+        raise AlmostError(str(e).splitlines()[0]) from None
+
+
+@dataclass
+class ModelArguments:
+    """Which model and how to load it; shared by every stage that loads a model."""
+
+    model_name_or_path: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": f"Hub id, local checkpoint directory, .gguf file, or embedded model name (default {DEFAULT_MODEL})."},
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where hub downloads and converted GGUF checkpoints are cached."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow model repositories to run their own code (off unless asked)."}
+    )
+
+
+@dataclass
+class EngineArguments(ModelArguments):
+    """Model plus generation engine; shared by the generation stages (pg, rg, rmsp, eval)."""
+
+    backend: str = field(default="hf", metadata={"help": "Generation engine: hf (transformers) or vllm."})
+    use_hf: bool = field(default=False, metadata={"help": "Seed-release spelling of --backend hf."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per batch (hf backend)."})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "auto, bfloat16, float16 or float32. auto: bf16 on GPU, fp32 weights with bf16 autocast on CPUs that support it."},
+    )
+    tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model (vllm backend)."})
+    seed: int = field(default=42, metadata={"help": "Random seed: the same seed on the same backend repeats a run."})
+    overwrite: bool = field(default=False, metadata={"help": "Start again even if finished or partial outputs exist."})
+
+    def __post_init__(self):
+        if self.use_hf:
+            self.backend = "hf"
+        if self.backend not in ("hf", "vllm"):
+            raise ValueError(f"unknown backend {self.backend!r}; choose hf or vllm")
+        if self.batch_size < 1:
+            raise ValueError("--batch_size must be at least 1")
+
+
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` → (i, n) with 0 <= i < n; None for no sharding."""
+    if not shard:
+        return None
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise AlmostError(f"--shard must look like i/n (e.g. 0/4), got {shard!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise AlmostError(f"--shard {shard}: need 0 <= i < n")
+    return i, n

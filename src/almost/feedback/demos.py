@@ -1,0 +1,99 @@
+"""Demonstration files, few-shot prompts, and the answer rules shared by RG and self-play.
+
+A demonstration file is a header (instructions for the assistant) followed by dialogues, each
+separated by a line ``-----``. A dialogue is a transcript of ``Human:`` / ``Assistant:`` turns.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..io import AlmostError, require_file
+
+SEPARATOR = "-----"
+# An answer ends where the model starts the next dialogue or the next human turn.
+ANSWER_STOP = (SEPARATOR, "\nHuman:")
+MIN_ANSWER_CHARS = 50
+
+
+@dataclass(frozen=True)
+class Demonstrations:
+    name: str  # file stem without "_prompt", lower case: "faithful" for faithful_prompt.txt
+    header: str
+    dialogues: tuple[str, ...]
+
+    def static_prompt(self, n_shot: int) -> str:
+        """Header plus the first ``n_shot`` dialogues, ending with a separator line."""
+        if n_shot < 0 or n_shot > len(self.dialogues):
+            raise AlmostError(f"{self.name}: asked for {n_shot} demonstrations, the file has {len(self.dialogues)}")
+        blocks = [self.header, *self.dialogues[:n_shot]]
+        return f"\n{SEPARATOR}\n".join(blocks) + f"\n{SEPARATOR}"
+
+
+def demonstration_name(path: str | Path) -> str:
+    stem = Path(path).stem.lower()
+    return stem[: -len("_prompt")] if stem.endswith("_prompt") else stem
+
+
+def load_demonstrations(path: str | Path) -> Demonstrations:
+    path = require_file(path, "demonstration file")
+    text = path.read_text(encoding="utf-8")
+    blocks = [b.strip() for b in re.split(rf"^\s*{re.escape(SEPARATOR)}\s*$", text, flags=re.M)]
+    header, dialogues = blocks[0], [b for b in blocks[1:] if b]
+    if not header:
+        raise AlmostError(f"{path}: the first block (before the first '{SEPARATOR}' line) must be the header")
+    if not dialogues:
+        raise AlmostError(f"{path}: no dialogues after the header (separate them with a line '{SEPARATOR}')")
+    for i, d in enumerate(dialogues, 1):
+        if not d.startswith("Human:") or "\nAssistant:" not in d:
+            raise AlmostError(f"{path}: dialogue {i} must start with 'Human:' and contain an 'Assistant:' turn")
+    return Demonstrations(demonstration_name(path), header, tuple(dialogues))
+
+
+def render_turns(messages: list[dict]) -> str:
+    """``[{role, content}]`` → ``Human: ...\\n\\nAssistant: ...`` as in the demonstration files."""
+    names = {"user": "Human", "assistant": "Assistant"}
+    parts = []
+    for m in messages:
+        if m["role"] not in names:
+            continue  # system turns have no place in the few-shot transcript
+        parts.append(f"{names[m['role']]}: {m['content'].strip()}")
+    return "\n\n".join(parts)
+
+
+def few_shot_prompt(demos: Demonstrations, n_shot: int, messages: list[dict]) -> str:
+    """The static prompt, then the conversation so far, ending with ``Assistant:`` for the next answer."""
+    return f"{demos.static_prompt(n_shot)}\n\n{render_turns(messages)}\n\nAssistant:"
+
+
+def cut_answer(text: str) -> str:
+    """Keep the answer up to the next dialogue separator or human turn."""
+    for stop in ANSWER_STOP:
+        i = text.find(stop)
+        if i != -1:
+            text = text[:i]
+    return text.strip()
+
+
+def bad_answer_reasons(answer: str) -> list[str]:
+    """Why an (already cut) answer is BAD; empty when it is usable."""
+    a = answer.strip()
+    reasons = []
+    if len(a) < MIN_ANSWER_CHARS:
+        reasons.append("too_short")
+    if a.endswith(("?", ":")):
+        reasons.append("ends_with_question_or_colon")
+    if a.lower().startswith("well"):
+        reasons.append("starts_with_well")
+    if a and not a.endswith((".", "!")):
+        reasons.append("no_final_period")
+    low = a.lower()
+    if "don't know" in low or "do not know" in low or "don’t know" in low:
+        reasons.append("dont_know")
+    if "Human:" in a:
+        reasons.append("echoes_human")
+    if "<Image>" in a:
+        reasons.append("mentions_image")
+    return reasons

@@ -1,0 +1,228 @@
+"""Files on disk: JSON/JSONL reading with clear errors, atomic writes, resumable appends.
+
+Every stage writes its outputs through this module so that a final file appears complete or not at
+all, and a long job killed at any moment continues where it stopped, without lost or duplicated rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+class AlmostError(Exception):
+    """A problem with the user's input or settings: the CLI prints it as one line and exits 2."""
+
+
+def require_file(path: str | os.PathLike, what: str = "file") -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise AlmostError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise AlmostError(f"{what} is not a file: {path}")
+    return path
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    path = require_file(path, what)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise AlmostError(f"malformed JSON in {path}: line {e.lineno}: {e.msg}") from None
+    except UnicodeDecodeError:
+        raise AlmostError(f"{path} is not UTF-8 text") from None
+
+
+def iter_jsonl(path: str | os.PathLike, what: str = "JSONL file") -> Iterator[dict]:
+    path = require_file(path, what)
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise AlmostError(f"malformed JSON in {path} line {lineno}: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise AlmostError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
+            yield row
+
+
+def read_jsonl(path: str | os.PathLike, what: str = "JSONL file") -> list[dict]:
+    return list(iter_jsonl(path, what))
+
+
+def read_rows(path: str | os.PathLike, what: str = "data file") -> list[dict]:
+    """Rows of a .jsonl file, a .json list of objects, or a saved HF dataset directory."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            import datasets
+
+            ds = datasets.load_from_disk(str(path))
+        except Exception as e:  # noqa: BLE001 - any failure here is a bad input path
+            raise AlmostError(f"{what} {path} is not a saved dataset: {e}") from None
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+        return [dict(r) for r in ds]
+    if path.suffix == ".json":
+        data = read_json(path, what)
+        if isinstance(data, dict):
+            # Some exports wrap the rows ({"data": [...]}, {"examples": [...]}).
+            lists = [v for v in data.values() if isinstance(v, list)]
+            if len(lists) == 1:
+                data = lists[0]
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise AlmostError(f"{path}: expected a JSON list of objects")
+        return data
+    return read_jsonl(path, what)
+
+
+def require_columns(rows: list[dict], columns: Iterable[str], path: str | os.PathLike) -> None:
+    if not rows:
+        raise AlmostError(f"{path} has no rows")
+    for i, row in enumerate(rows, 1):
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise AlmostError(f"{path} row {i} lacks column(s) {', '.join(missing)} (has: {', '.join(row)})")
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return _atomic_write(path, lambda f: f.write(text))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    return _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n"))
+
+
+def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    def write(f):
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    return _atomic_write(path, write)
+
+
+def fingerprint(settings: dict) -> str:
+    """A short stable hash of the settings that determine a stage's output."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class ResumableJsonl:
+    """Rows appended to ``<final>.partial`` as they are made, then moved to ``<final>`` at the end.
+
+    Each row carries a key (``key_field``). On a rerun the rows already in the partial file are kept
+    and their keys reported as done, so the job skips them; a torn last line (the process was killed
+    mid-write) is dropped. A sidecar ``<final>.partial.json`` holds the fingerprint of the settings
+    that made the rows: resuming with different settings is refused instead of mixing outputs.
+    """
+
+    def __init__(self, final_path: str | os.PathLike, key_field: str, settings: dict):
+        self.final_path = Path(final_path)
+        self.partial_path = self.final_path.with_name(self.final_path.name + ".partial")
+        self.meta_path = self.final_path.with_name(self.final_path.name + ".partial.json")
+        self.key_field = key_field
+        self.fingerprint = fingerprint(settings)
+        self.rows: dict[Any, dict] = {}
+        self._file = None
+
+    @property
+    def complete(self) -> bool:
+        return self.final_path.exists()
+
+    def open(self) -> ResumableJsonl:
+        self.final_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.partial_path.exists():
+            meta = read_json(self.meta_path) if self.meta_path.exists() else {}
+            if meta.get("fingerprint") != self.fingerprint:
+                raise AlmostError(
+                    f"{self.partial_path} was started with different settings; "
+                    "rerun with the same settings to resume, or pass --overwrite to start again"
+                )
+            self._load_partial()
+        else:
+            write_json_atomic(self.meta_path, {"fingerprint": self.fingerprint})
+        self._file = open(self.partial_path, "a", encoding="utf-8")
+        return self
+
+    def _load_partial(self) -> None:
+        good_bytes = 0
+        with open(self.partial_path, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # torn write from a killed process
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                self.rows[row[self.key_field]] = row
+                good_bytes += len(line)
+        with open(self.partial_path, "r+b") as f:
+            f.truncate(good_bytes)
+
+    def done(self, key: Any) -> bool:
+        return key in self.rows
+
+    def append(self, rows: Iterable[dict]) -> None:
+        """Write rows durably (one fsync per call: call it once per batch)."""
+        assert self._file is not None, "call open() first"
+        for row in rows:
+            key = row[self.key_field]
+            if key in self.rows:
+                continue
+            self.rows[key] = row
+            self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def finalize(self, order: Iterable[Any] | None = None) -> list[dict]:
+        """Move the rows to the final file (in ``order`` of keys, else sorted by key)."""
+        self.close()
+        keys = list(order) if order is not None else sorted(self.rows)
+        missing = [k for k in keys if k not in self.rows]
+        if missing:
+            raise AlmostError(f"{len(missing)} rows missing from {self.partial_path}; rerun to finish them")
+        rows = [self.rows[k] for k in keys]
+        write_jsonl_atomic(self.final_path, rows)
+        self.partial_path.unlink(missing_ok=True)
+        self.meta_path.unlink(missing_ok=True)
+        return rows
+
+    def discard(self) -> None:
+        self.close()
+        self.partial_path.unlink(missing_ok=True)
+        self.meta_path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ResumableJsonl:
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

