@@ -12,6 +12,14 @@ from pathlib import Path
 
 from ..io import AlmostError, require_file
 
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# The project's own files (users may pass theirs): seed queries for PG, a high-quality and a
+# deliberately weaker demonstration file for RG, and the prompt that makes an LM play the user in RMSP.
+SEED_PROMPTS = ASSETS / "seed_prompts.txt"
+BETTER_DEMONSTRATIONS = ASSETS / "faithful_prompt.txt"
+WORSE_DEMONSTRATIONS = ASSETS / "basic_prompt.txt"
+USER_SIMULATOR_PROMPT = ASSETS / "user_simulator_prompt.txt"
+
 SEPARATOR = "-----"
 # An answer ends where the model starts the next dialogue or the next human turn.
 ANSWER_STOP = (SEPARATOR, "\nHuman:")
