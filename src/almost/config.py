@@ -7,9 +7,10 @@ spellings (``--output-dir``) are accepted too.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from trl import TrlParser
 
@@ -21,20 +22,61 @@ class Parser(TrlParser):
     """TrlParser whose errors are one line (``almost X: error: ...``) with exit status 2."""
 
     def error(self, message: str) -> NoReturn:
+        if _probe is not None:
+            raise AlmostError(message)
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(2)
+
+
+@dataclass
+class ParseProbe:
+    """What ``parse`` saw inside ``parse_only()``: the stage's parser and, if parsing worked, its result."""
+
+    parser: Parser | None = None
+    parsed: tuple[Any, ...] | None = None
+
+
+class ParsedOnly(BaseException):
+    """Raised by ``parse`` inside ``parse_only()`` once the arguments are parsed: stop before any work.
+
+    A BaseException so that a stage's own ``except Exception`` cannot swallow it.
+    """
+
+
+_probe: ParseProbe | None = None
+
+
+@contextmanager
+def parse_only() -> Iterator[ParseProbe]:
+    """Make ``parse`` check a stage's arguments and then stop (``ParsedOnly``) instead of returning.
+
+    The pipeline validates every stage's flags this way, through the stage's own ``main(argv)``,
+    before any stage starts. Parse errors raise ``AlmostError`` instead of exiting.
+    """
+    global _probe
+    previous, _probe = _probe, ParseProbe()
+    try:
+        yield _probe
+    finally:
+        _probe = previous
 
 
 def parse(prog: str, dataclass_types: Sequence[type], argv: Sequence[str] | None, description: str | None = None):
     """Parse ``argv`` (with an optional ``--config`` YAML) into instances of ``dataclass_types``."""
     parser = Parser(dataclass_types, prog=prog, description=description)
+    if _probe is not None:
+        _probe.parser = parser
     try:
-        return parser.parse_args_and_config(list(argv) if argv is not None else None)
+        parsed = parser.parse_args_and_config(list(argv) if argv is not None else None)
     except FileNotFoundError as e:
         raise AlmostError(f"config file not found: {e.filename}") from None
     except ValueError as e:
         # Dataclass validation (__post_init__) and bad YAML values surface as ValueError.
         raise AlmostError(str(e).splitlines()[0]) from None
+    if _probe is not None:
+        _probe.parsed = tuple(parsed)
+        raise ParsedOnly()
+    return parsed
 
 
 @dataclass
