@@ -198,14 +198,20 @@ class ResumableJsonl:
         self._file.flush()
         os.fsync(self._file.fileno())
 
-    def finalize(self, order: Iterable[Any] | None = None) -> list[dict]:
-        """Move the rows to the final file (in ``order`` of keys, else sorted by key)."""
+    def finalize(self, order: Iterable[Any] | None = None, drop_key: bool = False) -> list[dict]:
+        """Move the rows to the final file (in ``order`` of keys, else sorted by key).
+
+        ``drop_key`` leaves the key field out of the final rows, for outputs that must keep their
+        input's columns (the key was only there to resume).
+        """
         self.close()
         keys = list(order) if order is not None else sorted(self.rows)
         missing = [k for k in keys if k not in self.rows]
         if missing:
             raise AlmostError(f"{len(missing)} rows missing from {self.partial_path}; rerun to finish them")
         rows = [self.rows[k] for k in keys]
+        if drop_key:
+            rows = [{c: v for c, v in row.items() if c != self.key_field} for row in rows]
         write_jsonl_atomic(self.final_path, rows)
         self.partial_path.unlink(missing_ok=True)
         self.meta_path.unlink(missing_ok=True)

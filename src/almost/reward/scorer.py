@@ -13,8 +13,23 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..chat import render_conversation
-from ..io import AlmostError
-from ..models import cpu_bf16_is_fast, load_tokenizer
+from ..io import AlmostError, read_json
+from ..models import cpu_bf16_is_fast, load_tokenizer, resolve_model
+
+
+def is_adapter(path: str) -> bool:
+    """A PEFT adapter folder (``almost rm train --lora`` writes one to ``<output_dir>/adapter``)."""
+    p = Path(path)
+    return (p / "adapter_config.json").exists() and not (p / "config.json").exists()
+
+
+def reward_model_path(name_or_path: str | None) -> str:
+    """What the user typed for a reward model → a checked local path (one clear error otherwise)."""
+    if not name_or_path:
+        raise AlmostError("--model_name_or_path is required (a reward model from `almost rm train`)")
+    path = resolve_model(name_or_path).path
+    check_reward_model(path)
+    return path
 
 
 def check_reward_model(path: str) -> None:
@@ -24,6 +39,11 @@ def check_reward_model(path: str) -> None:
     p = Path(path)
     if p.is_dir() and not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
         raise AlmostError(f"{path} is not a model checkpoint (no config.json)")
+    if is_adapter(path):
+        adapter = read_json(p / "adapter_config.json", "adapter config")
+        if adapter.get("task_type") != "SEQ_CLS":
+            raise AlmostError(f"{path} is a LoRA adapter for {adapter.get('task_type')}, not a reward model (needs SEQ_CLS)")
+        return
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -56,9 +76,19 @@ class RewardScorer:
         if model is None:
             check_reward_model(model_path)
             load_dtype = torch.bfloat16 if self.device == "cuda" and dtype in ("auto", "bfloat16") else torch.float32
-            model = AutoModelForSequenceClassification.from_pretrained(
-                model_path, num_labels=1, dtype=load_dtype, trust_remote_code=trust_remote_code
-            ).to(self.device)
+            if is_adapter(model_path):
+                from peft import AutoPeftModelForSequenceClassification
+
+                # The adapter holds LoRA weights and the trained score head; merging makes scoring as
+                # fast as with a full checkpoint.
+                model = AutoPeftModelForSequenceClassification.from_pretrained(
+                    model_path, num_labels=1, dtype=load_dtype, trust_remote_code=trust_remote_code
+                ).merge_and_unload()
+            else:
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    model_path, num_labels=1, dtype=load_dtype, trust_remote_code=trust_remote_code
+                )
+            model = model.to(self.device)
         self.model = model.eval()
         self.tokenizer = tokenizer or load_tokenizer(model_path, trust_remote_code, padding_side="right")
         # The score head reads the last non-pad token: the model must know the pad id.

@@ -1,0 +1,211 @@
+"""``almost rm eval``: how often a reward model agrees with preference labels, and whether it is
+fooled by length.
+
+Reads any format ``reward.formats`` knows (prompt/chosen/rejected rows, Anthropic-HH transcripts,
+BIG-bench hhh_alignment), scores both answers of every pair with ``RewardScorer``, and writes
+``metrics.json`` (accuracy with a 95% Wilson interval, per-subset accuracy, length-bias statistics),
+``rewards.jsonl`` (one row per pair) and ``reward_eval.png``. A tie counts as wrong: an RM that
+cannot tell two answers apart has not agreed with the label.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import parse
+from ..io import AlmostError, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from .formats import Pair, load_pairs
+from .scorer import RewardScorer, reward_model_path
+
+
+@dataclass
+class RewardEvalConfig:
+    """Settings of ``almost rm eval``."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The reward model: a checkpoint from `almost rm train` (or its LoRA adapter folder)."}
+    )
+    data_path: str | None = field(
+        default=None,
+        metadata={"help": "Preference data: prompt/chosen/rejected JSONL/JSON, Anthropic-HH rows (.jsonl or .jsonl.gz), a saved HF dataset, or BIG-bench hhh_alignment task.json / task folder."},
+    )
+    output_dir: str | None = field(default=None, metadata={"help": "Where metrics.json, rewards.jsonl and reward_eval.png go."})
+    batch_size: int = field(default=8, metadata={"help": "Texts per forward pass."})
+    max_length: int = field(default=1024, metadata={"help": "Longest text in tokens; longer ones lose their beginning (the answer is kept whole)."})
+    dtype: str = field(default="auto", metadata={"help": "auto, bfloat16 or float32 (auto: bf16 on GPU, and on CPUs where it is faster)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model repositories to run their own code."})
+    plot: bool = field(default=True, metadata={"help": "Write reward_eval.png (reward-margin histogram, reward vs length)."})
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion (sane at 0, 1 and small n, unlike the normal one)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = correct / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _accuracy(wins: Sequence[bool]) -> dict:
+    n, correct = len(wins), sum(wins)
+    low, high = wilson_interval(correct, n)
+    return {"accuracy": correct / n if n else None, "ci95": [low, high], "n": n}
+
+
+def pairwise_metrics(
+    rewards_chosen: Sequence[float],
+    rewards_rejected: Sequence[float],
+    length_chosen: Sequence[int],
+    length_rejected: Sequence[int],
+    subsets: Sequence[str | None] | None = None,
+) -> dict:
+    """Accuracy (ties wrong), per-subset accuracy, and length-bias statistics of one RM on pairs.
+
+    Lengths are in characters of the answer. ``length_only_accuracy`` is what "prefer the longer
+    answer" would score on the same pairs: an RM whose accuracy is no better than that may have
+    learned length rather than quality.
+    """
+    from scipy.stats import spearmanr
+
+    n = len(rewards_chosen)
+    if n == 0:
+        raise AlmostError("no pairs to evaluate")
+    wins = [c > r for c, r in zip(rewards_chosen, rewards_rejected)]
+    metrics = _accuracy(wins)
+    metrics["ties"] = sum(c == r for c, r in zip(rewards_chosen, rewards_rejected))
+    margins = [c - r for c, r in zip(rewards_chosen, rewards_rejected)]
+    metrics["mean_margin"] = sum(margins) / n
+
+    if subsets is not None and any(s is not None for s in subsets):
+        names = sorted({s or "(none)" for s in subsets})
+        metrics["subsets"] = {
+            name: _accuracy([w for w, s in zip(wins, subsets) if (s or "(none)") == name]) for name in names
+        }
+
+    longer = [w for w, lc, lr in zip(wins, length_chosen, length_rejected) if lc > lr]
+    shorter = [w for w, lc, lr in zip(wins, length_chosen, length_rejected) if lc < lr]
+    rewards = list(rewards_chosen) + list(rewards_rejected)
+    lengths = list(length_chosen) + list(length_rejected)
+    rho = spearmanr(rewards, lengths).statistic if len(set(rewards)) > 1 and len(set(lengths)) > 1 else float("nan")
+    prefers_longer = [
+        (c > r) == (lc > lr) for c, r, lc, lr in zip(rewards_chosen, rewards_rejected, length_chosen, length_rejected) if lc != lr and c != r
+    ]
+    metrics["length_bias"] = {
+        "chosen_longer": _accuracy(longer),
+        "chosen_shorter": _accuracy(shorter),
+        "same_length": n - len(longer) - len(shorter),
+        "spearman_reward_length": None if math.isnan(rho) else float(rho),
+        "rm_prefers_longer_rate": sum(prefers_longer) / len(prefers_longer) if prefers_longer else None,
+        "length_only_accuracy": len(longer) / n,
+    }
+    return metrics
+
+
+def score_pairs(scorer: RewardScorer, pairs: Sequence[Pair], progress: bool = True) -> tuple[list[float], list[float]]:
+    """Rewards of the chosen and the rejected answer of every pair, in one batched pass."""
+    conversations = [p.conversation(p.chosen) for p in pairs] + [p.conversation(p.rejected) for p in pairs]
+    rewards = scorer.score(conversations, progress=progress)
+    return rewards[: len(pairs)], rewards[len(pairs) :]
+
+
+def evaluate_pairs(scorer: RewardScorer, pairs: Sequence[Pair], progress: bool = True) -> tuple[dict, list[dict]]:
+    """Metrics and per-pair rows for an RM on pairs (shared by ``rm eval`` and ``rm train``'s held-out check)."""
+    chosen, rejected = score_pairs(scorer, pairs, progress)
+    metrics = pairwise_metrics(
+        chosen, rejected, [len(p.chosen) for p in pairs], [len(p.rejected) for p in pairs], [p.subset for p in pairs]
+    )
+    rows = [
+        {"subset": p.subset, "reward_chosen": c, "reward_rejected": r, "len_chosen": len(p.chosen), "len_rejected": len(p.rejected)}
+        for p, c, r in zip(pairs, chosen, rejected)
+    ]
+    return metrics, rows
+
+
+def _fmt(acc: dict) -> str:
+    if acc["accuracy"] is None:
+        return f"{'-':>8}  {'':>15}  {acc['n']:>6}"
+    low, high = acc["ci95"]
+    return f"{acc['accuracy']:>8.3f}  [{low:.3f}, {high:.3f}]  {acc['n']:>6}"
+
+
+def metrics_table(metrics: dict) -> str:
+    """The metrics as a small aligned text table."""
+    lines = [f"{'':<26}{'accuracy':>8}  {'95% interval':>15}  {'pairs':>6}", f"{'all':<26}{_fmt(metrics)}"]
+    for name, acc in metrics.get("subsets", {}).items():
+        lines.append(f"{'  ' + name:<26}{_fmt(acc)}")
+    bias = metrics["length_bias"]
+    lines.append(f"{'chosen answer longer':<26}{_fmt(bias['chosen_longer'])}")
+    lines.append(f"{'chosen answer shorter':<26}{_fmt(bias['chosen_shorter'])}")
+    rho = bias["spearman_reward_length"]
+    lines.append(f"ties (counted wrong): {metrics['ties']}   mean margin: {metrics['mean_margin']:.3f}")
+    lines.append(
+        f"Spearman(reward, length): {'n/a' if rho is None else f'{rho:.3f}'}   "
+        f"'prefer longer' would score: {bias['length_only_accuracy']:.3f}"
+    )
+    return "\n".join(lines)
+
+
+def plot_rewards(rows: Sequence[dict], path: Path, title: str) -> Path:
+    """Reward-margin histogram and reward vs answer length, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    margins = [r["reward_chosen"] - r["reward_rejected"] for r in rows]
+    left.hist(margins, bins=min(40, max(5, len(margins) // 5)), color="tab:blue", alpha=0.8)
+    left.axvline(0, color="black", linewidth=1)
+    left.set(xlabel="reward(chosen) - reward(rejected)", ylabel="pairs", title="reward margin (right of 0 = agrees)")
+    right.scatter([r["len_chosen"] for r in rows], [r["reward_chosen"] for r in rows], s=8, alpha=0.5, label="chosen")
+    right.scatter([r["len_rejected"] for r in rows], [r["reward_rejected"] for r in rows], s=8, alpha=0.5, label="rejected")
+    right.set(xlabel="answer length (characters)", ylabel="reward", title="reward vs length")
+    right.set_xscale("symlog")
+    right.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_rm_eval(config: RewardEvalConfig) -> dict:
+    if not config.data_path:
+        raise AlmostError("--data_path is required (preference pairs to evaluate on)")
+    if not config.output_dir:
+        raise AlmostError("--output_dir is required")
+    model_path = reward_model_path(config.model_name_or_path)
+    pair_set = load_pairs(config.data_path)
+    scorer = RewardScorer(model_path, config.batch_size, config.max_length, config.dtype, config.trust_remote_code)
+    metrics, rows = evaluate_pairs(scorer, pair_set.pairs)
+    metrics.update(
+        model=config.model_name_or_path,
+        data=str(config.data_path),
+        rows_read=pair_set.rows,
+        skipped_identical=pair_set.identical,
+        skipped_unsplittable=pair_set.unsplittable,
+    )
+    out = Path(config.output_dir)
+    write_jsonl_atomic(out / "rewards.jsonl", rows)
+    if config.plot:
+        plot_rewards(rows, out / "reward_eval.png", f"{Path(config.model_name_or_path).name} on {Path(config.data_path).name}")
+    table = metrics_table(metrics)
+    write_text_atomic(out / "metrics.txt", table + "\n")
+    write_json_atomic(out / "metrics.json", metrics)
+    print(table)
+    skipped = pair_set.identical + pair_set.unsplittable
+    if skipped:
+        print(f"skipped {pair_set.identical} rows with chosen == rejected, {pair_set.unsplittable} rows that differ before the final answer")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    (config,) = parse("almost rm eval", [RewardEvalConfig], argv, description=__doc__.split("\n\n")[0])
+    run_rm_eval(config)
+    return 0

@@ -1,0 +1,295 @@
+"""``almost rm train``: a reward model from preference pairs, with TRL's ``RewardTrainer``.
+
+The pairs (``comparison.jsonl`` from ``almost cs``, or any format ``reward.formats`` reads) are
+rendered by ``almost.chat`` and tokenized here, so training sees exactly the token ids that
+``almost rm score`` / ``rm eval`` / self-play / RL will score later. A slice of the pairs, split by
+prompt so no prompt is in both parts, is held out; after training the saved checkpoint is loaded
+back and its accuracy on that slice (agreement with the rubric) goes into ``metrics.json`` and the
+model card. Works the same under ``accelerate launch`` (DDP, FSDP, DeepSpeed): every process
+prepares the same data, only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from trl import RewardConfig
+
+from ..chat import render_conversation
+from ..config import parse
+from ..io import AlmostError, write_json_atomic, write_text_atomic
+from ..models import DEFAULT_MODEL, cpu_bf16_is_fast, load_tokenizer, resolve_model
+from .formats import Pair, load_pairs
+
+TRUNCATION_SIDES = ("left", "right", "drop")
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class RewardTrainingConfig(RewardConfig):
+    """Settings of ``almost rm train``: every TRL RewardConfig / TrainingArguments field, with the
+    seed release's defaults, plus the data and LoRA options below."""
+
+    model_name_or_path: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": f"Base model: hub id, local checkpoint, .gguf file, or embedded name (default {DEFAULT_MODEL})."},
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where hub downloads and converted GGUF checkpoints are cached."})
+    data_path: str | None = field(
+        default=None,
+        metadata={"help": "Preference pairs: comparison.jsonl from `almost cs`, any prompt/chosen/rejected JSONL/JSON, Anthropic-HH rows, or a saved HF dataset."},
+    )
+    eval_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Share of prompts held out to measure rubric agreement after training (0 turns it off)."},
+    )
+    truncation_side: str = field(
+        default="left",
+        metadata={"help": "Pairs longer than --max_length: left (drop the beginning, as the seed did; keeps the answer), right (drop the end), or drop (skip the pair)."},
+    )
+    model_max_length: int | None = field(default=None, metadata={"help": "Seed-release spelling of --max_length."})
+    warmup_ratio: float | None = field(
+        default=0.03, metadata={"help": "Share of steps spent warming the learning rate up (seed spelling; sets --warmup_steps)."}
+    )
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters plus the score head instead of every weight."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling (alpha)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules that get adapters (default: every linear layer)."}
+    )
+
+    # Defaults of the seed release (its train.py run for the reward model), not TRL's.
+    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate of AdamW."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule (cosine, linear, constant, ...)."})
+    save_strategy: str = field(default="no", metadata={"help": "Intermediate checkpoints: no, steps or epoch (the final model is always saved)."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every X optimizer steps."})
+    # None = decide by hardware: on where it pays (GPU), off on CPU where it only costs time.
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Recompute activations to save memory (default: on with a GPU, off on CPU)."}
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision (default: on with a bf16-capable GPU, and on CPUs with native bf16; off elsewhere, where it is slower)."},
+    )
+
+    def __post_init__(self):
+        import torch
+
+        if self.truncation_side not in TRUNCATION_SIDES:
+            raise ValueError(f"--truncation_side must be one of {', '.join(TRUNCATION_SIDES)}, got {self.truncation_side!r}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"--eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.model_max_length is not None:
+            self.max_length = self.model_max_length
+        if self.warmup_ratio is not None:
+            self.warmup_steps = self.warmup_ratio
+        gpu = torch.cuda.is_available() and not self.use_cpu
+        if self.gradient_checkpointing is None:
+            self.gradient_checkpointing = gpu
+        if self.bf16 is None:
+            self.bf16 = (gpu and torch.cuda.is_bf16_supported()) or (not gpu and cpu_bf16_is_fast())
+        super().__post_init__()
+
+
+@dataclass
+class EncodedPairs:
+    chosen_ids: list[list[int]]
+    rejected_ids: list[list[int]]
+    truncated: int = 0  # pairs with at least one side cut to max_length
+    dropped_long: int = 0  # pairs skipped because a side was too long (truncation_side=drop)
+    identical_after_truncation: int = 0  # both sides the same once cut: nothing to learn
+
+
+def split_by_prompt(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """(train, held out): whole prompts are held out, so no prompt is seen in both parts."""
+    if fraction == 0 or len(pairs) < 2:
+        return pairs, []
+    contexts = sorted({p.context_key for p in pairs})
+    random.Random(seed).shuffle(contexts)
+    n_held = max(1, round(len(contexts) * fraction)) if len(contexts) > 1 else 0
+    held = set(contexts[:n_held])
+    return [p for p in pairs if p.context_key not in held], [p for p in pairs if p.context_key in held]
+
+
+def encode_pairs(tokenizer, pairs: list[Pair], max_length: int | None, truncation_side: str) -> EncodedPairs:
+    """Token ids of both sides of every pair, rendered exactly as RewardScorer renders them."""
+    texts = [render_conversation(tokenizer, p.conversation(a)) for p in pairs for a in (p.chosen, p.rejected)]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    out = EncodedPairs([], [])
+    for chosen, rejected in zip(ids[0::2], ids[1::2]):
+        if max_length is not None and max(len(chosen), len(rejected)) > max_length:
+            if truncation_side == "drop":
+                out.dropped_long += 1
+                continue
+            out.truncated += 1
+            cut = (lambda x: x[-max_length:]) if truncation_side == "left" else (lambda x: x[:max_length])
+            chosen, rejected = cut(chosen), cut(rejected)
+            if chosen == rejected:
+                out.identical_after_truncation += 1
+                continue
+        out.chosen_ids.append(chosen)
+        out.rejected_ids.append(rejected)
+    return out
+
+
+def lora_config(config: RewardTrainingConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type="SEQ_CLS",
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules or "all-linear",
+        # The score head starts random: it must be trained in full and saved with the adapter.
+        modules_to_save=["score"],
+    )
+
+
+def model_card(config: RewardTrainingConfig, summary: dict) -> str:
+    held = summary.get("heldout") or {}
+    acc = held.get("accuracy")
+    accuracy = f"{acc:.3f} (95% interval {held['ci95'][0]:.3f}–{held['ci95'][1]:.3f}, {held['n']} pairs)" if acc is not None else "not measured (no held-out pairs)"
+    hyper = {k: getattr(config, k) for k in (
+        "learning_rate", "weight_decay", "num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type",
+        "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "truncation_side", "bf16", "seed", "lora",
+    )}
+    if config.lora:
+        hyper.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
+    rows = "\n".join(f"| {k} | {v} |" for k, v in hyper.items())
+    data = summary["data"]
+    return f"""---
+library_name: transformers
+tags: [reward-model, almost, trl]
+base_model: {config.model_name_or_path}
+---
+
+# Reward model trained with `almost rm train`
+
+A sequence-classification reward model (one output: the reward) trained with TRL's `RewardTrainer`
+on synthetic comparisons, following "Aligning Large Language Models through Synthetic Feedback"
+(Kim et al., EMNLP 2023).
+
+- **Base model:** `{config.model_name_or_path}`
+- **Data:** `{config.data_path}`: {data['pairs']} usable pairs from {data['rows']} rows; {data['train_pairs']} trained on,
+  {data['heldout_pairs']} held out (whole prompts); {data['truncated']} truncated ({config.truncation_side}),
+  {data['dropped_long']} dropped as too long, {data['skipped_identical']} skipped as chosen == rejected.
+- **Held-out rubric agreement:** {accuracy}
+- **Text format:** `almost.chat.render_conversation` (the tokenizer's chat template, else `\\n\\nHuman: ...\\n\\nAssistant: ...`).
+  Score with `almost rm score` or `almost.reward.scorer.RewardScorer` to get the same format.
+
+| hyperparameter | value |
+|---|---|
+{rows}
+"""
+
+
+def _save_merged_lora(adapter_dir: Path, output_dir: Path, trust_remote_code: bool) -> None:
+    """Merge the saved adapter into its base and save a plain checkpoint next to it."""
+    from peft import AutoPeftModelForSequenceClassification
+
+    model = AutoPeftModelForSequenceClassification.from_pretrained(
+        str(adapter_dir), num_labels=1, trust_remote_code=trust_remote_code
+    ).merge_and_unload()
+    model.save_pretrained(output_dir)
+
+
+def run_rm_train(config: RewardTrainingConfig) -> dict:
+    if not config.data_path:
+        raise AlmostError("--data_path is required (comparison.jsonl from `almost cs`, or prompt/chosen/rejected rows)")
+    if not config.output_dir:
+        raise AlmostError("--output_dir is required")
+    pair_set = load_pairs(config.data_path)
+    model = resolve_model(config.model_name_or_path, config.cache_dir)
+    tokenizer = load_tokenizer(model.path, config.trust_remote_code, padding_side="right", cache_dir=config.cache_dir)
+
+    train_pairs, held_pairs = split_by_prompt(pair_set.pairs, config.eval_fraction, config.seed)
+    encoded = encode_pairs(tokenizer, train_pairs, config.max_length, config.truncation_side)
+    if not encoded.chosen_ids:
+        raise AlmostError(
+            f"no training pairs left from {config.data_path}: {len(train_pairs)} before the length limit, "
+            f"{encoded.dropped_long} dropped as longer than {config.max_length} tokens, "
+            f"{encoded.identical_after_truncation} identical after truncation"
+        )
+    summary_data = {
+        "rows": pair_set.rows,
+        "pairs": len(pair_set.pairs),
+        "skipped_identical": pair_set.identical,
+        "skipped_unsplittable": pair_set.unsplittable,
+        "heldout_pairs": len(held_pairs),
+        "train_pairs": len(encoded.chosen_ids),
+        "truncated": encoded.truncated,
+        "dropped_long": encoded.dropped_long,
+        "identical_after_truncation": encoded.identical_after_truncation,
+    }
+
+    import datasets
+    from trl import RewardTrainer
+
+    train_dataset = datasets.Dataset.from_dict({"chosen_ids": encoded.chosen_ids, "rejected_ids": encoded.rejected_ids})
+    eval_dataset = None
+    if held_pairs and config.eval_strategy != "no":
+        # Held-out pairs are always left-truncated for TRL's in-training eval, like RewardScorer does.
+        held = encode_pairs(tokenizer, held_pairs, config.max_length, "left")
+        eval_dataset = datasets.Dataset.from_dict({"chosen_ids": held.chosen_ids, "rejected_ids": held.rejected_ids})
+    trainer = RewardTrainer(
+        model=model.path,
+        args=config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(config) if config.lora else None,
+    )
+    if trainer.is_world_process_zero():
+        print(
+            f"almost rm train: {summary_data['train_pairs']} training pairs, {len(held_pairs)} held out; "
+            f"{encoded.truncated} truncated ({config.truncation_side}), {encoded.dropped_long} dropped as too long",
+            flush=True,
+        )
+    result = trainer.train()
+    output_dir = Path(config.output_dir)
+    trainer.save_model(str(output_dir / ADAPTER_DIR) if config.lora else str(output_dir))
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return {}
+
+    if config.lora:
+        _save_merged_lora(output_dir / ADAPTER_DIR, output_dir, config.trust_remote_code)
+        tokenizer.save_pretrained(output_dir)
+    summary = {
+        "model": str(output_dir),
+        "base_model": config.model_name_or_path,
+        "data": summary_data,
+        "train": {k: v for k, v in result.metrics.items()},
+        "heldout": None,
+    }
+    summary["train"]["global_steps"] = result.global_step
+    if held_pairs:
+        from .evaluate import evaluate_pairs
+        from .scorer import RewardScorer
+
+        # Read the saved checkpoint back, as every later stage will: this also proves it loads.
+        scorer = RewardScorer(str(output_dir), batch_size=config.per_device_eval_batch_size, max_length=config.max_length or 1024)
+        summary["heldout"], _ = evaluate_pairs(scorer, held_pairs, progress=False)
+        held = summary["heldout"]
+        print(f"almost rm train: held-out rubric agreement {held['accuracy']:.3f} on {held['n']} pairs", flush=True)
+    summary["config"] = {k: v for k, v in asdict(config).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    write_text_atomic(output_dir / "README.md", model_card(config, summary))
+    write_json_atomic(output_dir / "metrics.json", summary)
+    # Trainer leaves its own state next to the model; the checkpoint folder is the product.
+    (output_dir / "training_args.bin").unlink(missing_ok=True)
+    if config.lora:
+        (output_dir / ADAPTER_DIR / "training_args.bin").unlink(missing_ok=True)
+        (output_dir / ADAPTER_DIR / "README.md").unlink(missing_ok=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    (config,) = parse("almost rm train", [RewardTrainingConfig], argv, description=__doc__.split("\n\n")[0])
+    run_rm_train(config)
+    return 0
