@@ -1,0 +1,437 @@
+"""``almost report RUN_DIR``: ``RUN_DIR/report.md`` with PNG plots, read from the files the stages wrote.
+
+One section per stage, each from the stage's own output files in the run directory's layout
+(``pg/``, ``rg/``, ``cs/``, ``rm/``, ``rm_eval/``, ``rmsp/``, ``sft/``, ``rl/``, ``eval/<kind>/<model>/``;
+files directly in RUN_DIR are found too, as in the seed release's single output folder):
+
+- comparisons kept and dropped by the heuristic filter per configuration pair (``comparison.jsonl``,
+  ``cs_stats.json``);
+- answer lengths and BAD rates per RG configuration (``{config}.jsonl``);
+- RM rubric agreement on held-out synthetic pairs and its length bias (``rm/metrics.json``,
+  ``rm_eval/metrics.json``);
+- RMSP best vs mean candidate reward per turn (``rmsp_summary.json`` or ``demonstrations.jsonl``);
+- RL reward, KL and completion length per step (``rl_log.csv``);
+- the evaluation table, base vs SFT vs RL (``eval/<kind>/<model>/metrics.json``).
+
+A section whose files are missing says so; the report never fails on a partial run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from .io import AlmostError, read_json, read_jsonl, write_text_atomic
+
+REPORT = "report.md"
+FIGURES = "report_figures"  # the PNGs, next to report.md
+RG_ROW_KEYS = {"index", "prompt", "response", "bad", "config"}
+EVAL_KINDS = ("hhh", "truthfulqa", "pairwise")
+
+
+def _find(run: Path, folder: str, name: str) -> Path | None:
+    for path in (run / folder / name, run / name):
+        if path.is_file():
+            return path
+    return None
+
+
+def _load_json(path: Path | None) -> Any:
+    if path is None:
+        return None
+    try:
+        return read_json(path)
+    except AlmostError:
+        return None
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are ``AlmostError`` (one line, exit 2 through the CLI)."""
+
+    def error(self, message):
+        raise AlmostError(message)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    """Write the figure and return the Markdown that shows it (paths relative to report.md)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return f"![{path.stem}]({FIGURES}/{path.name})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Readers: one per stage output, returning plain numbers (the summary table reuses them)
+
+
+def read_rg_rows(run: Path) -> dict[str, list[dict]]:
+    """RG rows per configuration from every ``{config}.jsonl`` with RG's columns."""
+    folders = [run / "rg", run]
+    rows: dict[str, list[dict]] = {}
+    for folder in folders:
+        for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+            try:
+                data = read_jsonl(path)
+            except AlmostError:
+                continue
+            if data and RG_ROW_KEYS <= set(data[0]):
+                rows.setdefault(data[0].get("config") or path.stem, data)
+    return rows
+
+
+def comparison_pair_counts(path: Path) -> Counter:
+    return Counter((r.get("chosen_config", "?"), r.get("rejected_config", "?")) for r in read_jsonl(path))
+
+
+def read_rl_log(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = []
+        for row in csv.DictReader(f):
+            parsed = {}
+            for key, value in row.items():
+                try:
+                    parsed[key] = float(value)
+                except (TypeError, ValueError):
+                    continue
+            rows.append(parsed)
+    return rows
+
+
+def rmsp_turn_rewards(run: Path) -> list[dict]:
+    """Per assistant turn: mean best reward and mean candidate reward (from the summary, else the dialogues)."""
+    summary = _load_json(_find(run, "rmsp", "rmsp_summary.json")) or {}
+    per_turn = summary.get("per_turn")
+    if isinstance(per_turn, list) and per_turn and all(isinstance(t, dict) for t in per_turn):
+        return [
+            {"turn": t.get("turn", i + 1), "best": t.get("mean_best_reward"), "mean": t.get("mean_candidate_reward"), "n": t.get("n", t.get("dialogues"))}
+            for i, t in enumerate(per_turn)
+        ]
+    path = _find(run, "rmsp", "demonstrations.jsonl")
+    if path is None:
+        return []
+    best, scored = defaultdict(list), defaultdict(list)
+    for row in read_jsonl(path):
+        for i, turn in enumerate(row.get("turns") or [], 1):
+            rewards = [c.get("reward") for c in turn.get("candidates", []) if isinstance(c.get("reward"), (int, float))]
+            if rewards:
+                best[i].append(max(rewards))
+                scored[i].extend(rewards)
+    # As rmsp_summary.json: the mean of the best per dialogue vs the mean over every scored candidate.
+    return [{"turn": i, "best": statistics.fmean(best[i]), "mean": statistics.fmean(scored[i]), "n": len(best[i])} for i in sorted(best)]
+
+
+def eval_results(run: Path) -> dict[str, dict[str, dict]]:
+    """``{kind: {model label: metrics}}`` from ``eval/<kind>/<label>/metrics.json``."""
+    results: dict[str, dict[str, dict]] = {}
+    root = run / "eval"
+    for kind in EVAL_KINDS:
+        for path in sorted((root / kind).glob("*/metrics.json")) if (root / kind).is_dir() else []:
+            metrics = _load_json(path)
+            if isinstance(metrics, dict):
+                results.setdefault(kind, {})[path.parent.name] = metrics
+    return results
+
+
+def headline(kind: str, metrics: dict) -> tuple[str, Any]:
+    """The one number of an evaluation: accuracy, or the win rate for pairwise."""
+    for key in ("win_rate", "accuracy", "mc1", "mc1_accuracy"):
+        if isinstance(metrics.get(key), (int, float)):
+            return key, metrics[key]
+    return "?", None
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+
+
+def section_prompts(run: Path) -> str:
+    path = _find(run, "pg", "prompts.txt")
+    if path is None:
+        return "## 1. Prompts (PG)\n\nNo `prompts.txt` in this run yet."
+    prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lengths = [len(p) for p in prompts]
+    text = f"## 1. Prompts (PG)\n\n{len(prompts)} prompts in `{path.relative_to(run)}`"
+    if lengths:
+        text += f", {statistics.fmean(lengths):.0f} characters on average."
+    stats = _load_json(_find(run, "pg", "pg_stats.json"))
+    if isinstance(stats, dict):
+        rows = [[k, v] for k, v in stats.items() if isinstance(v, (int, float, str))]
+        text += "\n\n" + _table(["pg_stats.json", "value"], rows)
+    return text
+
+
+def section_responses(run: Path, figures: Path) -> str:
+    rows = read_rg_rows(run)
+    title = "## 2. Responses per configuration (RG)"
+    if not rows:
+        return f"{title}\n\nNo RG output (`rg/{{config}}.jsonl`) in this run yet."
+    table, lengths = [], {}
+    for name, data in rows.items():
+        good = [len(r.get("response") or "") for r in data if not r.get("bad")]
+        lengths[name] = good
+        bad = sum(bool(r.get("bad")) for r in data)
+        table.append([name, len(data), bad, bad / len(data), statistics.fmean(good) if good else None, statistics.median(good) if good else None])
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(lengths)), 4))
+    names = list(lengths)
+    ax.boxplot([lengths[n] or [0] for n in names], showmeans=True)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="answer length (characters, non-BAD answers)", title="Answer lengths per RG configuration")
+    image = _save(fig, figures / "rg_answer_lengths.png")
+    return f"{title}\n\n" + _table(["configuration", "answers", "BAD", "BAD rate", "mean length", "median length"], table) + f"\n\n{image}"
+
+
+def section_comparisons(run: Path, figures: Path) -> str:
+    title = "## 3. Synthetic comparisons (CS)"
+    path = _find(run, "cs", "comparison.jsonl")
+    stats = _load_json(_find(run, "cs", "cs_stats.json"))
+    if path is None and not isinstance(stats, dict):
+        return f"{title}\n\nNo `comparison.jsonl` or `cs_stats.json` in this run yet."
+    parts = [title]
+    if isinstance(stats, dict):
+        totals = [[k, v] for k, v in stats.items() if isinstance(v, (int, float, str))]
+        parts.append(_table(["cs_stats.json", "value"], totals))
+    kept = comparison_pair_counts(path) if path is not None else Counter()
+    dropped = Counter()
+    per_pair = (stats or {}).get("per_pair") if isinstance(stats, dict) else None
+    if isinstance(per_pair, list):
+        for entry in per_pair:
+            key = (entry.get("chosen_config", "?"), entry.get("rejected_config", "?"))
+            dropped[key] += int(entry.get("dropped_by_filter", 0))
+            kept.setdefault(key, int(entry.get("pairs", 0)))
+    pairs = sorted(set(kept) | set(dropped))
+    if not pairs:
+        parts.append("No comparisons were made.")
+        return "\n\n".join(parts)
+    parts.append(_table(["chosen configuration", "rejected configuration", "pairs kept", "dropped by filter"], [[c, r, kept[(c, r)], dropped[(c, r)]] for c, r in pairs]))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(pairs)), 4))
+    labels = [f"{c}\n> {r}" for c, r in pairs]
+    xs = range(len(pairs))
+    ax.bar([x - 0.2 for x in xs], [kept[p] for p in pairs], width=0.4, label="kept")
+    ax.bar([x + 0.2 for x in xs], [dropped[p] for p in pairs], width=0.4, label="dropped by length filter")
+    ax.set_xticks(list(xs), labels, fontsize=7)
+    ax.set(ylabel="pairs", title="Comparisons per configuration pair")
+    ax.legend()
+    parts.append(_save(fig, figures / "cs_pairs.png"))
+    return "\n\n".join(parts)
+
+
+def _rm_rows(label: str, metrics: dict) -> list[Any]:
+    bias = metrics.get("length_bias") or {}
+    longer, shorter = bias.get("chosen_longer") or {}, bias.get("chosen_shorter") or {}
+    return [label, metrics.get("n"), metrics.get("accuracy"), longer.get("accuracy"), shorter.get("accuracy"), bias.get("length_only_accuracy"), bias.get("spearman_reward_length")]
+
+
+def section_reward_model(run: Path, figures: Path) -> str:
+    title = "## 4. Reward model (RM)"
+    evaluations = []
+    train = _load_json(_find(run, "rm", "metrics.json"))
+    if isinstance(train, dict) and isinstance(train.get("heldout"), dict):
+        evaluations.append(("held-out synthetic pairs (rubric agreement)", train["heldout"]))
+    for path in sorted(run.glob("rm_eval*/metrics.json")):
+        metrics = _load_json(path)
+        if isinstance(metrics, dict) and "accuracy" in metrics:
+            evaluations.append((path.parent.name, metrics))
+    if not evaluations:
+        return f"{title}\n\nNo RM metrics (`rm/metrics.json` with held-out pairs, `rm_eval/metrics.json`) in this run yet."
+    parts = [title]
+    if isinstance(train, dict) and isinstance(train.get("data"), dict):
+        d = train["data"]
+        parts.append(f"Trained on {_fmt(d.get('train_pairs'))} pairs, {_fmt(d.get('heldout_pairs'))} held out; {_fmt(d.get('truncated'))} truncated, {_fmt(d.get('dropped_long'))} dropped as too long.")
+    header = ["evaluation", "pairs", "accuracy", "acc. when chosen is longer", "acc. when chosen is shorter", "'prefer longer' baseline", "Spearman(reward, length)"]
+    parts.append(_table(header, [_rm_rows(label, m) for label, m in evaluations]))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bars = ["accuracy", "chosen longer", "chosen shorter", "prefer-longer baseline"]
+    width = 0.8 / len(evaluations)
+    for i, (label, m) in enumerate(evaluations):
+        row = _rm_rows(label, m)
+        values = [row[2], row[3], row[4], row[5]]
+        ax.bar([x + i * width for x in range(len(bars))], [v if isinstance(v, (int, float)) else 0 for v in values], width=width, label=label)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks([x + width * (len(evaluations) - 1) / 2 for x in range(len(bars))], bars)
+    ax.set(ylim=(0, 1), ylabel="pairwise accuracy (ties wrong)", title="RM accuracy and length bias")
+    ax.legend(fontsize=7)
+    parts.append(_save(fig, figures / "rm_accuracy.png"))
+    return "\n\n".join(parts)
+
+
+def section_selfplay(run: Path, figures: Path) -> str:
+    title = "## 5. RM-guided self-play (RMSP)"
+    turns = rmsp_turn_rewards(run)
+    if not turns:
+        return f"{title}\n\nNo RMSP output (`rmsp/rmsp_summary.json` or `rmsp/demonstrations.jsonl`) in this run yet."
+    parts = [title]
+    summary = _load_json(_find(run, "rmsp", "rmsp_summary.json"))
+    if isinstance(summary, dict):
+        totals = [[k, v] for k, v in summary.items() if isinstance(v, (int, float, str))]
+        if totals:
+            parts.append(_table(["rmsp_summary.json", "value"], totals))
+    parts.append(_table(["turn", "dialogues", "mean best reward", "mean candidate reward"], [[t["turn"], t["n"], t["best"], t["mean"]] for t in turns]))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [t["turn"] for t in turns]
+    ax.plot(xs, [t["best"] for t in turns], marker="o", label="best candidate (kept)")
+    ax.plot(xs, [t["mean"] for t in turns], marker="o", label="mean candidate")
+    ax.set_xticks(xs)
+    ax.set(xlabel="assistant turn", ylabel="reward", title="RMSP: reward of the kept answer vs the average candidate")
+    ax.legend()
+    parts.append(_save(fig, figures / "rmsp_rewards.png"))
+    return "\n\n".join(parts)
+
+
+def section_rl(run: Path, figures: Path) -> str:
+    title = "## 6. RL"
+    path = _find(run, "rl", "rl_log.csv")
+    rows = read_rl_log(path) if path is not None else []
+    rows = [r for r in rows if "step" in r]
+    if not rows:
+        return f"{title}\n\nNo `rl/rl_log.csv` in this run yet."
+    curves = [c for c in ("reward", "kl", "completion_length") if any(c in r for r in rows)]
+    first, last = rows[0], rows[-1]
+    parts = [title, _table(["", "step", *curves], [["first log", first.get("step"), *(first.get(c) for c in curves)], ["last log", last.get("step"), *(last.get(c) for c in curves)]])]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.5), squeeze=False)
+    for ax, column in zip(axes[0], curves):
+        points = [(r["step"], r[column]) for r in rows if column in r]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".")
+        ax.set(xlabel="step", title=column)
+    parts.append(_save(fig, figures / "rl_curves.png"))
+    return "\n\n".join(parts)
+
+
+def section_evaluation(run: Path, figures: Path) -> str:
+    title = "## 7. Evaluation"
+    results = eval_results(run)
+    if not results:
+        return f"{title}\n\nNo evaluation results (`eval/<kind>/<model>/metrics.json`) in this run yet."
+    labels = sorted({label for per_kind in results.values() for label in per_kind}, key=_model_order)
+    header = ["model", *(f"{kind} ({headline(kind, next(iter(results[kind].values())))[0]})" for kind in results)]
+    rows = [[label, *(headline(kind, results[kind][label])[1] if label in results[kind] else None for kind in results)] for label in labels]
+    parts = [title, _table(header, rows)]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 2 * len(results)), 4))
+    width = 0.8 / max(1, len(labels))
+    kinds = list(results)
+    for i, label in enumerate(labels):
+        values = [headline(k, results[k][label])[1] if label in results[k] else 0 for k in kinds]
+        ax.bar([x + i * width for x in range(len(kinds))], [v or 0 for v in values], width=width, label=label)
+    ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(kinds))], kinds)
+    ax.set(ylim=(0, 1), ylabel="accuracy / win rate", title="Evaluation: base vs SFT vs RL")
+    ax.legend()
+    parts.append(_save(fig, figures / "eval.png"))
+    return "\n\n".join(parts)
+
+
+def _model_order(label: str) -> tuple[int, str]:
+    order = ("base", "sft", "rl")
+    head = label.split("-vs-")[0]
+    return (order.index(head) if head in order else len(order), label)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise AlmostError(f"run directory not found: {run}")
+    figures = run / FIGURES
+    sections = [
+        f"# almost run report: `{run.resolve().name}`",
+        "Built by `almost report` from the files the stages wrote; a section whose files are missing says so.",
+        section_prompts(run),
+        section_responses(run, figures),
+        section_comparisons(run, figures),
+        section_reward_model(run, figures),
+        section_selfplay(run, figures),
+        section_rl(run, figures),
+        section_evaluation(run, figures),
+    ]
+    return write_text_atomic(run / REPORT, "\n\n".join(sections) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# One line of figures per step, for the pipeline's summary table
+
+
+def step_figures(stage: str, product: Path) -> str:
+    try:
+        return _step_figures(stage, product)
+    except (AlmostError, OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def _step_figures(stage: str, product: Path) -> str:
+    folder = product.parent
+    if stage == "pg":
+        return f"{sum(1 for line in product.read_text(encoding='utf-8').splitlines() if line.strip())} prompts"
+    if stage == "rg":
+        rows = read_jsonl(product)
+        good = [len(r.get("response") or "") for r in rows if not r.get("bad")]
+        mean = f", mean length {statistics.fmean(good):.0f} chars" if good else ""
+        return f"{len(rows)} answers, {len(rows) - len(good)} BAD{mean}"
+    if stage == "cs":
+        stats = _load_json(folder / "cs_stats.json") or {}
+        pairs = sum(1 for _ in read_jsonl(product))
+        dropped = stats.get("dropped_by_filter", stats.get("pairs_dropped_by_filter"))
+        return f"{pairs} pairs" + (f", {dropped} dropped by the filter" if dropped is not None else "")
+    if stage == "rm":
+        metrics = _load_json(folder / "metrics.json") or {}
+        held = metrics.get("heldout") if "heldout" in metrics else metrics
+        if isinstance(held, dict) and held.get("accuracy") is not None:
+            return f"accuracy {held['accuracy']:.3f} on {held.get('n')} pairs"
+        return ""
+    if stage == "rmsp":
+        turns = rmsp_turn_rewards(folder)
+        dialogues = sum(1 for _ in read_jsonl(product))
+        gain = f", best {turns[0]['best']:.2f} vs mean {turns[0]['mean']:.2f} reward (turn 1)" if turns else ""
+        return f"{dialogues} dialogues{gain}"
+    if stage == "rl":
+        rows = [r for r in read_rl_log(folder / "rl_log.csv") if "reward" in r] if (folder / "rl_log.csv").exists() else []
+        if rows:
+            return f"{len(rows)} logged steps, reward {rows[0]['reward']:.2f} → {rows[-1]['reward']:.2f}, KL {rows[-1].get('kl', float('nan')):.3f}"
+        return ""
+    if stage == "eval":
+        metrics = _load_json(product) or {}
+        key, value = headline(folder.parent.name, metrics)
+        return f"{key} {value:.3f}" if isinstance(value, (int, float)) else ""
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineArgumentParser(prog="almost report", description="Write RUN_DIR/report.md with PNG plots for a run directory.")
+    parser.add_argument("run_dir", help="The run directory of `almost pipeline` or `almost demo`.")
+    args = parser.parse_args(argv)
+    path = write_report(args.run_dir)
+    print(f"almost report: wrote {path}")
+    return 0
