@@ -1,0 +1,454 @@
+"""RM-guided self-play (RMSP): multi-turn demonstrations chosen by the reward model.
+
+For every starting prompt a dialogue grows one assistant turn at a time:
+
+1. the policy, prompted few-shot with a demonstration file (as in RG), samples ``--num_candidates``
+   answers for the dialogue so far in one engine call (shared prompt, n samples);
+2. each candidate gets RG's BAD-answer rules; the reward model scores the surviving ones in the
+   context of the dialogue; the best one becomes the assistant turn (optionally only if it clears
+   ``--min_reward`` or beats the runner-up by ``--min_margin``; otherwise the dialogue ends);
+3. a prompted user simulator writes the next user turn; the dialogue ends when it writes nothing
+   usable or says it is done.
+
+Dialogues advance in batches of ``--batch_size`` (all live dialogues of a batch at turn t share one
+engine call). Each batch is one unit of work: its randomness is seeded from ``--seed``, the batch
+and the turn, and its rows are written together, so a killed run resumes to exactly the rows an
+uninterrupted one writes.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .config import EngineArguments, parse
+from .engines import Engine, Sampling, load_engine
+from .feedback.demos import (
+    BETTER_DEMONSTRATIONS,
+    SEPARATOR,
+    USER_SIMULATOR_PROMPT,
+    ANSWER_STOP,
+    Demonstrations,
+    bad_answer_reasons,
+    cut_answer,
+    few_shot_prompt,
+    load_demonstrations,
+    render_turns,
+)
+from .io import (
+    AlmostError,
+    ResumableJsonl,
+    fingerprint,
+    read_json,
+    read_rows,
+    require_file,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+from .models import resolve_model
+
+DEMONSTRATIONS_FILE = "demonstrations.jsonl"
+DROPPED_FILE = "rmsp_dropped.jsonl"
+SUMMARY_FILE = "rmsp_summary.json"
+
+# The user simulator writes one Human turn: it ends where the model starts the assistant's reply.
+USER_STOP = (SEPARATOR, "\nAssistant:", "\nHuman:")
+USER_END_MARKER = "[END]"
+MIN_USER_TURN_CHARS = 8
+_GOODBYE = re.compile(r"^(thanks|thank you|thank u|great,? thanks|ok,? thanks|bye|goodbye)\b", re.I)
+
+
+@dataclass
+class RMSPArguments(EngineArguments):
+    """Settings of ``almost rmsp``."""
+
+    output_dir: str = field(default="", metadata={"help": "Directory for demonstrations.jsonl and rmsp_summary.json (required)."})
+    prompts_path: str = field(
+        default="", metadata={"help": "Starting prompts: prompts.txt from `almost pg` (one per line) or JSONL with a `prompt` column (required)."}
+    )
+    reward_model_name_or_path: str = field(default="", metadata={"help": "Reward model from `almost rm train` (required)."})
+    user_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Model that plays the user (default: the policy model, loaded once and shared)."}
+    )
+    prompt_file_path: str = field(
+        default=str(BETTER_DEMONSTRATIONS), metadata={"help": "Demonstration file that prompts the policy (as in `almost rg`)."}
+    )
+    n_shot: int = field(default=3, metadata={"help": "Demonstrations from --prompt_file_path in the policy's prompt."})
+    user_prompt_file_path: str = field(
+        default=str(USER_SIMULATOR_PROMPT), metadata={"help": "Few-shot prompt that makes an LM play a user asking follow-up questions."}
+    )
+    user_n_shot: int = field(default=4, metadata={"help": "Examples from --user_prompt_file_path in the user simulator's prompt."})
+    num_candidates: int = field(default=4, metadata={"help": "Answers sampled per assistant turn (N, one call with n samples)."})
+    max_turns: int = field(default=3, metadata={"help": "Most assistant turns per dialogue."})
+    min_reward: float | None = field(
+        default=None, metadata={"help": "Keep the best answer only if its reward is at least this (or it passes --min_margin)."}
+    )
+    min_margin: float | None = field(
+        default=None,
+        metadata={"help": "Keep the best answer only if it beats the runner-up by at least this much (or it passes --min_reward)."},
+    )
+    max_prompts: int = field(default=0, metadata={"help": "Use only the first this many prompts (0: all)."})
+    temperature: float = field(default=0.8, metadata={"help": "Policy sampling temperature."})
+    top_p: float = field(default=0.95, metadata={"help": "Policy nucleus sampling."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Longest assistant answer, in tokens."})
+    user_temperature: float = field(default=0.8, metadata={"help": "User simulator sampling temperature."})
+    user_max_new_tokens: int = field(default=48, metadata={"help": "Longest user turn, in tokens."})
+    reward_batch_size: int = field(default=8, metadata={"help": "Conversations per reward model forward pass."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("output_dir", "prompts_path", "reward_model_name_or_path"):
+            if not getattr(self, name):
+                raise ValueError(f"--{name} is required")
+        if self.num_candidates < 1:
+            raise ValueError(f"--num_candidates must be at least 1, got {self.num_candidates}")
+        if self.max_turns < 1:
+            raise ValueError(f"--max_turns must be at least 1, got {self.max_turns}")
+        if self.min_margin is not None and self.min_margin < 0:
+            raise ValueError("--min_margin must not be negative")
+        if self.max_prompts < 0:
+            raise ValueError("--max_prompts must not be negative")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure pieces: reading prompts, the user simulator's prompt and verdict, choosing a candidate.
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from ``prompts.txt`` (one per line) or a JSON/JSONL file with a ``prompt`` column."""
+    path = require_file(path, "prompts file")
+    if path.suffix in (".jsonl", ".json"):
+        rows = read_rows(path, "prompts file")
+        prompts = []
+        for i, row in enumerate(rows, 1):
+            prompt = row.get("prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise AlmostError(f"{path} row {i}: needs a non-empty string `prompt`")
+            prompts.append(prompt.strip())
+    else:
+        try:
+            prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise AlmostError(f"{path} is not UTF-8 text") from None
+    if not prompts:
+        raise AlmostError(f"{path} has no prompts")
+    return prompts
+
+
+def user_prompt(simulator: Demonstrations, n_shot: int, messages: list[dict]) -> str:
+    """The user simulator's examples, then the dialogue so far, ending with ``Human:`` for the next user turn."""
+    return f"{simulator.static_prompt(n_shot)}\n\n{render_turns(messages)}\n\nHuman:"
+
+
+def user_turn_verdict(text: str, messages: list[dict]) -> tuple[str, str | None]:
+    """(cleaned user turn, why the dialogue ends here or None when the turn is usable)."""
+    turn = text.strip()
+    if USER_END_MARKER in turn:
+        return turn, "user_ended"
+    if len(turn) < MIN_USER_TURN_CHARS:
+        return turn, "user_turn_unusable"
+    if _GOODBYE.match(turn) and "?" not in turn:
+        return turn, "user_ended"
+    earlier = {m["content"].strip().lower() for m in messages if m["role"] == "user"}
+    if turn.lower() in earlier:
+        return turn, "user_repeats"
+    return turn, None
+
+
+def select_candidate(
+    rewards: Sequence[float | None], min_reward: float | None = None, min_margin: float | None = None
+) -> tuple[int | None, str | None]:
+    """Index of the candidate to keep (argmax reward, first on ties) or None with the reason.
+
+    ``None`` rewards are BAD candidates. The optional gates: the best reward is at least
+    ``min_reward``, or it beats the runner-up by at least ``min_margin`` (with a single usable
+    candidate the margin gate passes: every other candidate was BAD). With both set, passing either
+    keeps the answer.
+    """
+    scored = [(r, i) for i, r in enumerate(rewards) if r is not None]
+    if not scored:
+        return None, "no_usable_candidate"
+    best_reward, best = max(scored, key=lambda x: (x[0], -x[1]))
+    failed = []
+    if min_reward is not None and best_reward < min_reward:
+        failed.append("below_min_reward")
+    if min_margin is not None:
+        others = sorted((r for r, i in scored if i != best), reverse=True)
+        if others and best_reward - others[0] < min_margin:
+            failed.append("margin_below_min")
+    gates = (min_reward is not None) + (min_margin is not None)
+    if failed and len(failed) == gates:
+        return None, "_and_".join(failed)
+    return best, None
+
+
+def unit_seed(seed: int, batch: int, turn: int, role: str) -> int:
+    """The sampling seed of one engine call: fixed by the unit of work, not by the call order."""
+    return int(fingerprint({"seed": seed, "batch": batch, "turn": turn, "role": role}), 16) % (2**31)
+
+
+# ---------------------------------------------------------------------------------------------
+# Self-play of one batch of dialogues.
+
+
+@dataclass
+class _Dialogue:
+    index: int
+    prompt: str
+    messages: list[dict]
+    turns: list[dict] = field(default_factory=list)
+    end_reason: str | None = None
+
+    def row(self) -> dict:
+        # Kept dialogues end with an assistant turn: a user turn nobody answered is audit data only.
+        messages = list(self.messages)
+        if len(messages) > 1 and messages[-1]["role"] == "user":
+            messages = messages[:-1]
+        return {
+            "index": self.index,
+            "prompt": self.prompt,
+            "messages": messages,
+            "num_turns": sum(m["role"] == "assistant" for m in messages),
+            "end_reason": self.end_reason,
+            "turns": self.turns,
+        }
+
+
+class SelfPlay:
+    """Runs dialogues with a policy engine, a user engine and a scorer (``.score(conversations)``)."""
+
+    def __init__(self, config: RMSPArguments, policy: Engine, user: Engine, scorer, demos: Demonstrations, simulator: Demonstrations):
+        self.config = config
+        self.policy, self.user, self.scorer = policy, user, scorer
+        self.demos, self.simulator = demos, simulator
+
+    def run_batch(self, batch: int, items: list[tuple[int, str]]) -> list[dict]:
+        c = self.config
+        dialogues = [_Dialogue(i, p, [{"role": "user", "content": p}]) for i, p in items]
+        for turn in range(c.max_turns):
+            live = [d for d in dialogues if d.end_reason is None]
+            if not live:
+                break
+            self._assistant_turn(batch, turn, live)
+            live = [d for d in live if d.end_reason is None]
+            if turn == c.max_turns - 1:
+                for d in live:
+                    d.end_reason = "max_turns"
+            elif live:
+                self._user_turn(batch, turn, live)
+        return [d.row() for d in dialogues]
+
+    def _assistant_turn(self, batch: int, turn: int, live: list[_Dialogue]) -> None:
+        c = self.config
+        sampling = Sampling(
+            temperature=c.temperature,
+            top_p=c.top_p,
+            max_new_tokens=c.max_new_tokens,
+            n=c.num_candidates,
+            stop=ANSWER_STOP,
+            seed=unit_seed(c.seed, batch, turn, "assistant"),
+        )
+        prompts = [few_shot_prompt(self.demos, c.n_shot, d.messages) for d in live]
+        samples = self.policy.generate(prompts, sampling, desc=f"turn {turn + 1} answers")
+        if len(samples) != len(live) or any(len(s) != c.num_candidates for s in samples):
+            raise RuntimeError(f"engine returned {[len(s) for s in samples]} samples for {len(live)} prompts x {c.num_candidates}")
+        candidates = [[{"text": cut_answer(t), "reward": None, "bad_reasons": []} for t in texts] for texts in samples]
+        to_score = []  # (dialogue position, candidate position)
+        for k, cands in enumerate(candidates):
+            for j, cand in enumerate(cands):
+                cand["bad_reasons"] = bad_answer_reasons(cand["text"])
+                if not cand["bad_reasons"]:
+                    to_score.append((k, j))
+        # One scorer call for the whole batch: each candidate is judged after the dialogue so far.
+        conversations = [live[k].messages + [{"role": "assistant", "content": candidates[k][j]["text"]}] for k, j in to_score]
+        rewards = self.scorer.score(conversations) if conversations else []
+        for (k, j), r in zip(to_score, rewards, strict=True):
+            candidates[k][j]["reward"] = float(r)
+        for d, cands in zip(live, candidates):
+            chosen, reason = select_candidate([x["reward"] for x in cands], c.min_reward, c.min_margin)
+            d.turns.append({"turn": turn + 1, "candidates": cands, "chosen": chosen})
+            if chosen is None:
+                d.end_reason = reason
+            else:
+                d.messages.append({"role": "assistant", "content": cands[chosen]["text"]})
+
+    def _user_turn(self, batch: int, turn: int, live: list[_Dialogue]) -> None:
+        c = self.config
+        sampling = Sampling(
+            temperature=c.user_temperature,
+            top_p=c.top_p,
+            max_new_tokens=c.user_max_new_tokens,
+            n=1,
+            stop=USER_STOP,
+            seed=unit_seed(c.seed, batch, turn, "user"),
+        )
+        prompts = [user_prompt(self.simulator, c.user_n_shot, d.messages) for d in live]
+        replies = self.user.generate(prompts, sampling, desc=f"turn {turn + 1} user turns")
+        for d, reply in zip(live, replies, strict=True):
+            text, reason = user_turn_verdict(reply[0], d.messages)
+            d.turns[-1]["user_reply"] = text
+            if reason:
+                d.end_reason = reason
+            else:
+                d.messages.append({"role": "user", "content": text})
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage.
+
+
+def summarize(rows: list[dict], config: RMSPArguments) -> dict:
+    """Dialogues, turns, end reasons, and per turn the mean best reward vs the mean candidate reward."""
+    per_turn = []
+    for t in range(1, config.max_turns + 1):
+        turns = [turn for row in rows for turn in row["turns"] if turn["turn"] == t]
+        if not turns:
+            break
+        rewards = [[x["reward"] for x in turn["candidates"] if x["reward"] is not None] for turn in turns]
+        scored = [r for r in rewards if r]
+        candidates = [x for turn in turns for x in turn["candidates"]]
+        per_turn.append(
+            {
+                "turn": t,
+                "dialogues": len(turns),
+                "kept": sum(turn["chosen"] is not None for turn in turns),
+                "bad_candidate_rate": round(sum(bool(x["bad_reasons"]) for x in candidates) / len(candidates), 4),
+                "mean_best_reward": round(statistics.fmean(max(r) for r in scored), 4) if scored else None,
+                "mean_candidate_reward": round(statistics.fmean(x for r in scored for x in r), 4) if scored else None,
+            }
+        )
+    kept = [row for row in rows if row["num_turns"] > 0]
+    return {
+        "dialogues": len(rows),
+        "kept_dialogues": len(kept),
+        "dropped_dialogues": len(rows) - len(kept),
+        "assistant_turns": sum(row["num_turns"] for row in rows),
+        "mean_turns_per_kept_dialogue": round(statistics.fmean(row["num_turns"] for row in kept), 3) if kept else 0.0,
+        "end_reasons": dict(Counter(row["end_reason"] for row in rows).most_common()),
+        "num_candidates": config.num_candidates,
+        "max_turns": config.max_turns,
+        "per_turn": per_turn,
+    }
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"rmsp: {summary['kept_dialogues']}/{summary['dialogues']} dialogues kept, {summary['assistant_turns']} assistant turns "
+        f"(N={summary['num_candidates']}, up to {summary['max_turns']} turns)",
+        f"  end reasons: {', '.join(f'{k} {v}' for k, v in summary['end_reasons'].items())}",
+        "  turn  dialogues  kept  bad-rate  mean-best-reward  mean-candidate-reward",
+    ]
+    for t in summary["per_turn"]:
+        best = "-" if t["mean_best_reward"] is None else f"{t['mean_best_reward']:.3f}"
+        mean = "-" if t["mean_candidate_reward"] is None else f"{t['mean_candidate_reward']:.3f}"
+        lines.append(f"  {t['turn']:>4}  {t['dialogues']:>9}  {t['kept']:>4}  {t['bad_candidate_rate']:>8.2f}  {best:>16}  {mean:>21}")
+    return "\n".join(lines)
+
+
+def _file_digest(path: str | Path) -> str:
+    return fingerprint({"text": Path(path).read_text(encoding="utf-8")})
+
+
+def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine | None = None, scorer=None) -> dict:
+    """Self-play demonstrations into ``output_dir``; engines and scorer are loaded unless given (tests)."""
+    out = Path(config.output_dir)
+    final = out / DEMONSTRATIONS_FILE
+    prompts = read_prompts(config.prompts_path)
+    if config.max_prompts:
+        prompts = prompts[: config.max_prompts]
+    demos = load_demonstrations(config.prompt_file_path)
+    demos.static_prompt(config.n_shot)  # fails early when the file has too few demonstrations
+    simulator = load_demonstrations(config.user_prompt_file_path)
+    simulator.static_prompt(config.user_n_shot)
+    policy_model = resolve_model(config.model_name_or_path, config.cache_dir)
+    user_model = resolve_model(config.user_model_name_or_path or config.model_name_or_path, config.cache_dir)
+    reward_model = None
+    if scorer is None:
+        from .reward.scorer import check_reward_model
+
+        reward_model = resolve_model(config.reward_model_name_or_path, config.cache_dir)
+        check_reward_model(reward_model.path)
+
+    if config.overwrite:
+        for name in (DEMONSTRATIONS_FILE, DROPPED_FILE, SUMMARY_FILE):
+            (out / name).unlink(missing_ok=True)
+        ResumableJsonl(final, "index", {}).discard()
+    settings = {
+        "prompts": fingerprint({"prompts": prompts}),
+        "policy": policy_model.path,
+        "user": user_model.path,
+        "reward_model": config.reward_model_name_or_path,
+        "demonstrations": _file_digest(config.prompt_file_path),
+        "user_simulator": _file_digest(config.user_prompt_file_path),
+        **{
+            k: v
+            for k, v in asdict(config).items()
+            if k not in ("output_dir", "prompts_path", "overwrite", "use_hf", "cache_dir", "reward_batch_size", "max_prompts")
+        },
+    }
+    store = ResumableJsonl(final, "index", settings)
+    if store.complete:
+        print(f"rmsp: {final} is finished; pass --overwrite to make it again")
+        summary_path = out / SUMMARY_FILE
+        return read_json(summary_path) if summary_path.exists() else summarize(read_rows(final), config)
+
+    items = list(enumerate(prompts))
+    batches = [items[s : s + config.batch_size] for s in range(0, len(items), config.batch_size)]
+    with store:
+        todo = [b for b in range(len(batches)) if not all(store.done(i) for i, _ in batches[b])]
+        if todo:
+            if policy is None:
+                policy = _load(config, policy_model)
+            if user is None:
+                user = policy if user_model.path == policy_model.path else _load(config, user_model)
+            if scorer is None:
+                from .reward.scorer import RewardScorer
+
+                scorer = RewardScorer(
+                    reward_model.path, batch_size=config.reward_batch_size, dtype=config.dtype, trust_remote_code=config.trust_remote_code
+                )
+            play = SelfPlay(config, policy, user, scorer, demos, simulator)
+            done_count = sum(store.done(i) for i, _ in items)
+            with tqdm(total=len(items), initial=done_count, desc="rmsp", unit="dialogue") as bar:
+                for b in todo:
+                    store.append(play.run_batch(b, batches[b]))
+                    bar.update(len(batches[b]))
+    rows = [store.rows[i] for i, _ in items]
+    summary = summarize(rows, config)
+    # Dialogues without a single kept answer have nothing to train on: they go to a separate audit
+    # file so that demonstrations.jsonl is ready for SFT as it is.
+    write_jsonl_atomic(out / DROPPED_FILE, [r for r in rows if r["num_turns"] == 0])
+    write_json_atomic(out / SUMMARY_FILE, summary)
+    store.finalize(order=[r["index"] for r in rows if r["num_turns"] > 0])
+    print(format_summary(summary))
+    return summary
+
+
+def _load(config: RMSPArguments, model) -> Engine:
+    return load_engine(
+        config.backend,
+        model,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        tensor_parallel_size=config.tensor_parallel_size,
+        dtype=config.dtype,
+        trust_remote_code=config.trust_remote_code,
+        cache_dir=config.cache_dir,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    (config,) = parse("almost rmsp", [RMSPArguments], argv, description=__doc__.split("\n\n")[0])
+    run_rmsp(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
