@@ -81,9 +81,12 @@ class RewardScorer:
 
                 # The adapter holds LoRA weights and the trained score head; merging makes scoring as
                 # fast as with a full checkpoint.
-                model = AutoPeftModelForSequenceClassification.from_pretrained(
-                    model_path, num_labels=1, dtype=load_dtype, trust_remote_code=trust_remote_code
-                ).merge_and_unload()
+                from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+                with suppress_seqcls_warning():  # the base lacks the score head the adapter brings
+                    model = AutoPeftModelForSequenceClassification.from_pretrained(
+                        model_path, num_labels=1, dtype=load_dtype, trust_remote_code=trust_remote_code
+                    ).merge_and_unload()
             else:
                 model = AutoModelForSequenceClassification.from_pretrained(
                     model_path, num_labels=1, dtype=load_dtype, trust_remote_code=trust_remote_code

@@ -68,6 +68,9 @@ class RewardTrainingConfig(RewardConfig):
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule (cosine, linear, constant, ...)."})
     save_strategy: str = field(default="no", metadata={"help": "Intermediate checkpoints: no, steps or epoch (the final model is always saved)."})
     logging_steps: float = field(default=1, metadata={"help": "Log every X optimizer steps."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "DDP: look for parameters without gradients each step (every RM parameter gets one; off saves a graph walk)."}
+    )
     # None = decide by hardware: on where it pays (GPU), off on CPU where it only costs time.
     gradient_checkpointing: bool | None = field(
         default=None, metadata={"help": "Recompute activations to save memory (default: on with a GPU, off on CPU)."}
@@ -88,6 +91,10 @@ class RewardTrainingConfig(RewardConfig):
             self.max_length = self.model_max_length
         if self.warmup_ratio is not None:
             self.warmup_steps = self.warmup_ratio
+        if not torch.accelerator.is_available():
+            # Without this, a multi-process launch on a CPU-only machine (accelerate launch --multi_gpu,
+            # torchrun) starts a process group that Trainer then ignores: every process trains alone.
+            self.use_cpu = True
         gpu = torch.cuda.is_available() and not self.use_cpu
         if self.gradient_checkpointing is None:
             self.gradient_checkpointing = gpu
@@ -192,10 +199,12 @@ on synthetic comparisons, following "Aligning Large Language Models through Synt
 def _save_merged_lora(adapter_dir: Path, output_dir: Path, trust_remote_code: bool) -> None:
     """Merge the saved adapter into its base and save a plain checkpoint next to it."""
     from peft import AutoPeftModelForSequenceClassification
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-    model = AutoPeftModelForSequenceClassification.from_pretrained(
-        str(adapter_dir), num_labels=1, trust_remote_code=trust_remote_code
-    ).merge_and_unload()
+    with suppress_seqcls_warning():  # the base lacks the score head the adapter brings
+        model = AutoPeftModelForSequenceClassification.from_pretrained(
+            str(adapter_dir), num_labels=1, trust_remote_code=trust_remote_code
+        ).merge_and_unload()
     model.save_pretrained(output_dir)
 
 
@@ -268,7 +277,7 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         "train": {k: v for k, v in result.metrics.items()},
         "heldout": None,
     }
-    summary["train"]["global_steps"] = result.global_step
+    summary["train"].update(global_steps=result.global_step, num_processes=trainer.accelerator.num_processes)
     if held_pairs:
         from .evaluate import evaluate_pairs
         from .scorer import RewardScorer
