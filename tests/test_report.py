@@ -41,7 +41,10 @@ def full_run(tmp_path: Path) -> Path:
     write_jsonl(run / "rg" / "weak.jsonl", [rg_row(0, "weak", "z" * 20, True), rg_row(1, "weak", "w" * 60, False)])
     pair = {"prompt": "q", "chosen": "c", "rejected": "r", "chosen_config": "good", "rejected_config": "weak"}
     write_jsonl(run / "cs" / "comparison.jsonl", [pair] * 5)
-    write_json(run / "cs" / "cs_stats.json", {"prompts": 9, "pairs": 5, "dropped_by_filter": 2})
+    write_json(
+        run / "cs" / "cs_stats.json",
+        {"prompts": 9, "pairs": 5, "dropped_by_filter": 2, "valid_answers": {"good": 2, "weak": 1}, "pairs_per_configuration_pair": {"good > weak": 5}},
+    )
     bias = {"chosen_longer": {"accuracy": 0.9, "n": 10}, "chosen_shorter": {"accuracy": 0.25, "n": 4}, "length_only_accuracy": 0.714, "spearman_reward_length": 0.61}
     write_json(run / "rm" / "metrics.json", {"data": {"train_pairs": 40, "heldout_pairs": 14, "truncated": 1, "dropped_long": 0}, "heldout": {"accuracy": 0.7143, "n": 14, "length_bias": bias}})
     write_json(
@@ -74,7 +77,7 @@ def test_full_report_has_every_number_and_plot(full_run: Path):
     assert "| good | 2 | 0 | 0.000 | 200.000 |" in text
     assert "| weak | 2 | 1 | 0.500 | 60.000 |" in text
     # CS: 5 kept good > weak; cs_stats totals
-    assert "| good | weak | 5 |" in text and "| dropped_by_filter | 2 |" in text
+    assert "| good | weak | 5 |" in text and "| dropped_by_filter | 2 |" in text and "| weak | 1 |" in text
     # RM: held-out agreement and length bias
     assert "| held-out synthetic pairs (rubric agreement) | 14 | 0.714 | 0.900 | 0.250 | 0.714 | 0.610 |" in text
     # RMSP: best vs mean per turn
@@ -91,6 +94,15 @@ def test_full_report_has_every_number_and_plot(full_run: Path):
         path = full_run / FIGURES / f"{png}.png"
         assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5000, png
         assert f"]({FIGURES}/{png}.png)" in text
+
+
+def test_comparison_drops_per_pair_when_cs_records_them(tmp_path: Path):
+    run = tmp_path / "run"
+    stats = {"pairs": 3, "dropped_by_filter": 4, "pairs_per_configuration_pair": {"a > b": 2, "b > c": 1}, "dropped_per_configuration_pair": {"a > b": 3, "a > c": 1}}
+    write_json(run / "cs_stats.json", stats)  # the seed's single-folder layout is found too
+    text = write_report(run).read_text()
+    assert "| a | b | 2 | 3 |" in text and "| b | c | 1 | 0 |" in text and "| a | c | 0 | 1 |" in text
+    assert (run / FIGURES / "cs_pairs.png").exists()
 
 
 def test_missing_inputs_are_reported_not_fatal(tmp_path: Path):

@@ -212,39 +212,55 @@ def section_responses(run: Path, figures: Path) -> str:
     return f"{title}\n\n" + _table(["configuration", "answers", "BAD", "BAD rate", "mean length", "median length"], table) + f"\n\n{image}"
 
 
+def _pair_counts(counts: Any) -> Counter:
+    """``{"A > B": n}`` (cs_stats.json's spelling) → ``Counter({(A, B): n})``."""
+    result = Counter()
+    for key, n in (counts or {}).items() if isinstance(counts, dict) else ():
+        chosen, _, rejected = str(key).partition(" > ")
+        result[(chosen, rejected)] += int(n)
+    return result
+
+
 def section_comparisons(run: Path, figures: Path) -> str:
     title = "## 3. Synthetic comparisons (CS)"
     path = _find(run, "cs", "comparison.jsonl")
     stats = _load_json(_find(run, "cs", "cs_stats.json"))
-    if path is None and not isinstance(stats, dict):
+    stats = stats if isinstance(stats, dict) else {}
+    if path is None and not stats:
         return f"{title}\n\nNo `comparison.jsonl` or `cs_stats.json` in this run yet."
     parts = [title]
-    if isinstance(stats, dict):
-        totals = [[k, v] for k, v in stats.items() if isinstance(v, (int, float, str))]
+    totals = [[k, v] for k, v in stats.items() if isinstance(v, (int, float, str))]
+    if totals:
         parts.append(_table(["cs_stats.json", "value"], totals))
-    kept = comparison_pair_counts(path) if path is not None else Counter()
-    dropped = Counter()
-    per_pair = (stats or {}).get("per_pair") if isinstance(stats, dict) else None
-    if isinstance(per_pair, list):
-        for entry in per_pair:
-            key = (entry.get("chosen_config", "?"), entry.get("rejected_config", "?"))
-            dropped[key] += int(entry.get("dropped_by_filter", 0))
-            kept.setdefault(key, int(entry.get("pairs", 0)))
-    pairs = sorted(set(kept) | set(dropped))
+    kept = comparison_pair_counts(path) if path is not None else _pair_counts(stats.get("pairs_per_configuration_pair"))
+    # The filter's drops per pair when CS records them; otherwise only its total is known.
+    dropped = _pair_counts(stats.get("dropped_per_configuration_pair"))
+    pairs = sorted(set(kept) | set(dropped), key=lambda p: -kept[p])
     if not pairs:
         parts.append("No comparisons were made.")
         return "\n\n".join(parts)
-    parts.append(_table(["chosen configuration", "rejected configuration", "pairs kept", "dropped by filter"], [[c, r, kept[(c, r)], dropped[(c, r)]] for c, r in pairs]))
+    header = ["chosen configuration", "rejected configuration", "pairs kept"] + (["dropped by filter"] if dropped else [])
+    parts.append(_table(header, [[c, r, kept[(c, r)], *([dropped[(c, r)]] if dropped else [])] for c, r in pairs]))
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(pairs)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(pairs)), 4))
     labels = [f"{c}\n> {r}" for c, r in pairs]
-    xs = range(len(pairs))
-    ax.bar([x - 0.2 for x in xs], [kept[p] for p in pairs], width=0.4, label="kept")
-    ax.bar([x + 0.2 for x in xs], [dropped[p] for p in pairs], width=0.4, label="dropped by length filter")
-    ax.set_xticks(list(xs), labels, fontsize=7)
-    ax.set(ylabel="pairs", title="Comparisons per configuration pair")
-    ax.legend()
+    xs = list(range(len(pairs)))
+    if dropped:
+        ax.bar([x - 0.2 for x in xs], [kept[p] for p in pairs], width=0.4, label="kept")
+        ax.bar([x + 0.2 for x in xs], [dropped[p] for p in pairs], width=0.4, label="dropped by the length filter")
+        ax.legend()
+    else:
+        ax.bar(xs, [kept[p] for p in pairs], width=0.6)
+    if "dropped_by_filter" in stats:
+        title_drops = f" ({stats['dropped_by_filter']} pairs dropped by the length filter in all)"
+    else:
+        title_drops = ""
+    ax.set_xticks(xs, labels, fontsize=7)
+    ax.set(ylabel="pairs kept", title="Comparisons per configuration pair" + title_drops)
     parts.append(_save(fig, figures / "cs_pairs.png"))
+    valid = stats.get("valid_answers")
+    if isinstance(valid, dict) and valid:
+        parts.append(_table(["configuration", "valid (non-BAD) answers"], [[k, v] for k, v in valid.items()]))
     return "\n\n".join(parts)
 
 

@@ -1,0 +1,180 @@
+"""``almost pipeline``: skip unchanged steps, rerun changed ones and what reads them, resume, --until/--from,
+and config errors caught before any work starts."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from almost.cli import main as cli
+from almost.pipeline import Planner, load_config, validate
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPTS = ["How do I keep basil alive indoors?", "What is a prime number?", "Give me a tip for learning to juggle.", "Why is the sky blue?"]
+
+
+def rg_rows(config: str, lengths: list[int]) -> list[dict]:
+    return [
+        {"index": i, "prompt": p, "response": ("A helpful sentence. " * 20)[:n].rstrip() + ".", "bad": False, "bad_reasons": [], "config": config}
+        for i, (p, n) in enumerate(zip(PROMPTS, lengths))
+    ]
+
+
+@pytest.fixture
+def rg_outputs(tmp_path: Path) -> Path:
+    """Two RG configurations' outputs, as `almost rg` writes them."""
+    folder = tmp_path / "rg-outputs"
+    folder.mkdir()
+    # With two answers the length filter drops the pair when the chosen one is shorter: whichever
+    # configuration the rubric ranks first, two of the four prompts give a pair.
+    for name, lengths in (("big-faithful-3shot", [160, 80, 170, 70]), ("small-basic-1shot", [90, 150, 100, 140])):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rg_rows(name, lengths)))
+    return folder
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run(config: Path, out: Path, *extra: str, capsys=None) -> tuple[int, dict[str, str]]:
+    """Run the pipeline; return its exit status and each step's status from the summary table."""
+    rc = cli(["pipeline", str(config), "--output_dir", str(out), *extra])
+    statuses = {}
+    if capsys is not None:
+        printed = capsys.readouterr().out
+        for line in printed.splitlines():
+            m = re.match(r"^(\S+)\s+(ran|skipped|failed)\s", line)
+            if m:
+                statuses[m.group(1)] = m.group(2)
+    return rc, statuses
+
+
+def test_skip_rerun_resume_until_from(tmp_path, rg_outputs, tiny_reward_model_path, capsys):
+    out = tmp_path / "run"
+    config = {
+        "in_process": True,
+        "cs": {"input_dir": str(rg_outputs), "rubric": ["big-faithful-3shot", "small-basic-1shot"]},
+        "rm": {"train": {"model_name_or_path": tiny_reward_model_path, "max_steps": 1, "per_device_train_batch_size": 2, "eval_fraction": 0.0, "report_to": "none", "learning_rate": 1e-3}},
+    }
+    path = write_config(tmp_path / "pipeline.yaml", config)
+
+    # --until cs: only the comparisons.
+    assert run(path, out, "--until", "cs", capsys=capsys) == (0, {"cs": "ran"})
+    assert (out / "cs" / "comparison.jsonl").exists() and not (out / "rm").exists()
+    # The full run skips cs (unchanged) and trains the RM on its pairs.
+    assert run(path, out, capsys=capsys) == (0, {"cs": "skipped", "rm/train": "ran"})
+    assert json.loads((out / "rm" / ".almost-step.json").read_text())["status"] == "done"
+    assert (out / "report.md").exists()
+    # Nothing changed: nothing runs.
+    weights = (out / "rm" / "model.safetensors").stat().st_mtime_ns
+    assert run(path, out, capsys=capsys) == (0, {"cs": "skipped", "rm/train": "skipped"})
+    assert (out / "rm" / "model.safetensors").stat().st_mtime_ns == weights
+
+    # A changed RM setting reruns the RM only.
+    config["rm"]["train"]["learning_rate"] = 5e-4
+    write_config(path, config)
+    assert run(path, out, capsys=capsys) == (0, {"cs": "skipped", "rm/train": "ran"})
+
+    # A half-finished cs (killed: marker says running) is run again without clearing its folder; it
+    # rewrites the same comparisons, so the RM, whose input did not change, is skipped.
+    marker = out / "cs" / ".almost-step.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "status": "running"}))
+    (out / "cs" / "kept-by-resume").write_text("x")
+    assert run(path, out, capsys=capsys) == (0, {"cs": "ran", "rm/train": "skipped"})
+    assert (out / "cs" / "kept-by-resume").exists()
+
+    # A changed rubric reruns cs from an empty folder, then the RM because its pairs changed.
+    config["cs"]["rubric"] = ["small-basic-1shot", "big-faithful-3shot"]
+    write_config(path, config)
+    assert run(path, out, capsys=capsys) == (0, {"cs": "ran", "rm/train": "ran"})
+    assert not (out / "cs" / "kept-by-resume").exists()
+    first = json.loads((out / "cs" / "comparison.jsonl").read_text().splitlines()[0])
+    assert first["chosen_config"] == "small-basic-1shot"
+
+    # --from cs reruns cs although unchanged; --until cs keeps the RM out of it.
+    assert run(path, out, "--from", "cs", "--until", "cs", capsys=capsys) == (0, {"cs": "ran"})
+    # --from rm in a fresh directory: cs never finished there.
+    assert cli(["pipeline", str(path), "--output_dir", str(tmp_path / "fresh"), "--from", "rm"]) == 2
+    assert "cs has not finished" in capsys.readouterr().err
+
+
+def test_rg_configurations_are_steps_of_their_own(tmp_path, tiny_model_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPTS[0] + "\n")
+    out = tmp_path / "run"
+    config = {
+        "in_process": True,
+        "rg": {
+            "prompts_path": str(prompts), "model_name_or_path": tiny_model_path, "max_new_tokens": 2, "batch_size": 1,
+            "configurations": [{"prompt_file_path": "faithful_prompt.txt", "n_shot": 0}, {"prompt_file_path": "basic_prompt.txt", "n_shot": 0}],
+        },
+    }  # fmt: skip
+    path = write_config(tmp_path / "pipeline.yaml", config)
+    name = Path(tiny_model_path).name.lower()
+    faithful, basic = f"rg/{name}-faithful-0shot", f"rg/{name}-basic-0shot"
+    assert run(path, out, capsys=capsys) == (0, {faithful: "ran", basic: "ran"})
+    assert (out / "rg" / f"{name}-basic-0shot.jsonl").exists()
+    # Changing one configuration reruns that configuration only.
+    config["rg"]["configurations"][1]["temperature"] = 0.5
+    write_config(path, config)
+    assert run(path, out, capsys=capsys) == (0, {faithful: "skipped", basic: "ran"})
+
+
+def test_steps_run_as_child_processes_and_failures_stop_the_run(tmp_path, rg_outputs, capsys):
+    out = tmp_path / "run"
+    config = {"cs": {"input_dir": str(rg_outputs), "rubric": ["big-faithful-3shot", "small-basic-1shot"]}}
+    path = write_config(tmp_path / "pipeline.yaml", config)
+    assert run(path, out, capsys=capsys) == (0, {"cs": "ran"})
+    assert len((out / "cs" / "comparison.jsonl").read_text().splitlines()) == 2
+    # A stage that fails (here: no outputs for a rubric name, which only cs itself can know) stops
+    # the run with exit status 1, and its marker stays "running" so a rerun resumes it.
+    config["cs"]["rubric"] = ["big-faithful-3shot", "missing-basic-1shot"]
+    write_config(path, config)
+    assert run(path, out, capsys=capsys) == (1, {"cs": "failed"})
+    assert json.loads((out / "cs" / ".almost-step.json").read_text())["status"] == "running"
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"pq": {}}, "unknown stage 'pq'"),
+        ({"rm": {"train": {"learnin_rate": 1e-5}}}, "rm/train: unknown key 'learnin_rate'"),
+        ({"rm": {"train": {"model_name_or_path": "nobody/no-such-model"}}}, "not in the local hub cache"),
+        ({"rm": {"train": {"learning_rate": "fast"}}}, "rm/train:"),
+        ({"eval": {"models": {"base": "smollm2-135m"}, "mmlu": {}}}, "unknown evaluation 'mmlu'"),
+        ("RUBRIC", "cs.rubric names 'tiny-hhh-1shot', which is not an rg configuration"),
+    ],
+)
+def test_bad_configs_fail_before_any_work(tmp_path, tiny_model_path, capsys, config, message):
+    if config == "RUBRIC":
+        config = {
+            "rg": {"model_name_or_path": tiny_model_path, "configurations": [{"n_shot": 1}, {"prompt_file_path": "basic_prompt.txt", "n_shot": 1}]},
+            "cs": {"rubric": [f"{Path(tiny_model_path).name.lower()}-faithful-1shot", "tiny-hhh-1shot"]},
+        }
+    path = write_config(tmp_path / "bad.yaml", config)
+    out = tmp_path / "run"
+    assert cli(["pipeline", str(path), "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+    assert not out.exists()
+
+
+def test_unknown_stage_for_until(tmp_path, capsys):
+    path = write_config(tmp_path / "p.yaml", {"cs": {"rubric": ["a", "b"]}})
+    assert cli(["pipeline", str(path), "--output_dir", str(tmp_path / "r"), "--until", "rl"]) == 2
+    assert "stage rl is not in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "configs" / "examples").glob("*.yaml")) + [REPO / "src" / "almost" / "configs" / "demo.yaml"], ids=lambda p: p.name)
+def test_shipped_configs_name_only_real_options(tmp_path, example):
+    """Every key of every stage in the shipped configs is an option of that stage (models not resolved: offline)."""
+    config = load_config(example)
+    planner = Planner(config, tmp_path / "run", example)
+    steps = planner.plan()
+    assert {s.stage for s in steps} == {k for k in config if k in ("pg", "rg", "cs", "rm", "rmsp", "sft", "rl", "eval")}
+    validate(steps, planner, check_models=False)
