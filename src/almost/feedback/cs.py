@@ -1,0 +1,208 @@
+"""Stage CS: synthetic comparisons from the rubric (configurations ranked best first).
+
+For each prompt, the valid answers (not BAD, not empty) are sorted by rank and the pairs (i, j),
+i before j, are walked in order, exactly as the seed release does:
+
+- skip when i's configuration or i's rank has already been chosen once, or when i and j share a rank;
+- heuristic filter: skip when i's answer is shorter than j's **and** shorter than mean - std/2 of the
+  character lengths of all valid answers to that prompt (population std);
+- otherwise emit "i's answer is better than j's" and mark i's configuration and rank as used.
+
+Inputs are the ``{config}.jsonl`` files of ``almost rg``, or the seed release's layout:
+``prompts.txt`` plus ``{config}.json`` lists of answers with ``"BAD"`` for bad ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import parse
+from ..io import AlmostError, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
+from .rg import output_path, read_prompts
+
+SEED_BAD = "BAD"
+
+
+@dataclass
+class CSArguments:
+    """Options of ``almost cs`` (seed spellings; dash spellings work too)."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "Directory for comparison.jsonl and cs_stats.json (required)."})
+    rubric: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Configuration names best first; 'a,b' gives several configurations the same rank."},
+    )
+    input_dir: str | None = field(
+        default=None, metadata={"help": "Where the rg outputs are (default: --output_dir, as in the seed release)."}
+    )
+
+    def __post_init__(self):
+        if not self.output_dir:
+            raise ValueError("--output_dir is required")
+
+
+@dataclass(frozen=True)
+class Answer:
+    config: str
+    rank: int
+    text: str
+
+
+def parse_rubric(entries: Sequence[str]) -> dict[str, int]:
+    """``["A", "B,C", "D"]`` → ``{A: 0, B: 1, C: 1, D: 2}``; a name given twice is an error."""
+    ranks: dict[str, int] = {}
+    for rank, entry in enumerate(e for e in entries if e.strip()):
+        for name in (x.strip() for x in entry.split(",")):
+            if not name:
+                continue
+            if name in ranks:
+                raise AlmostError(f"--rubric names {name!r} twice")
+            ranks[name] = rank
+    if len({r for r in ranks.values()}) < 2:
+        raise AlmostError("--rubric needs configurations of at least two ranks, best first (e.g. --rubric A B)")
+    return ranks
+
+
+def length_threshold(lengths: Sequence[int]) -> float:
+    """mean - std/2 of the answer lengths (population std, numpy's default)."""
+    mean = sum(lengths) / len(lengths)
+    std = math.sqrt(sum((x - mean) ** 2 for x in lengths) / len(lengths))
+    return mean - std / 2
+
+
+def prompt_pairs(answers: Sequence[Answer]) -> tuple[list[tuple[Answer, Answer]], int]:
+    """The (chosen, rejected) pairs for one prompt's valid answers, and how many the filter dropped."""
+    answers = sorted(answers, key=lambda a: a.rank)  # stable: rubric order within a rank
+    if len(answers) < 2:
+        return [], 0
+    threshold = length_threshold([len(a.text) for a in answers])
+    used_configs: set[str] = set()
+    used_ranks: set[int] = set()
+    pairs, dropped = [], 0
+    for i, better in enumerate(answers):
+        for worse in answers[i + 1 :]:
+            if better.config in used_configs or better.rank in used_ranks or better.rank == worse.rank:
+                continue
+            if len(better.text) < len(worse.text) and len(better.text) < threshold:
+                dropped += 1
+                continue
+            pairs.append((better, worse))
+            used_configs.add(better.config)
+            used_ranks.add(better.rank)
+    return pairs, dropped
+
+
+# --- inputs ----------------------------------------------------------------------------------------
+
+
+def load_answers(directory: Path, name: str) -> tuple[list[str], list[str | None]]:
+    """(prompts, answers) of one configuration; an answer is None when it is BAD or empty."""
+    jsonl = output_path(directory, name)
+    if jsonl.exists():
+        return _rg_answers(jsonl)
+    seed_json = directory / f"{name}.json"
+    if seed_json.exists():
+        return _seed_answers(seed_json, directory / "prompts.txt")
+    shards = sorted(p.name for p in directory.glob(f"{name}.shard-*.jsonl"))
+    hint = f"; its shards are there: run almost merge --output_dir {directory}" if shards else ""
+    available = sorted({p.name.removesuffix(".jsonl").removesuffix(".json") for p in directory.glob("*.json*")} - {"cs_stats", "comparison", "pg_stats"})
+    listed = f" (found: {', '.join(a for a in available if '.shard-' not in a and not a.endswith('.partial')) or 'none'})"
+    raise AlmostError(f"--rubric names {name!r}, which has no output in {directory}: expected {name}.jsonl or {name}.json{hint or listed}")
+
+
+def _rg_answers(path: Path) -> tuple[list[str], list[str | None]]:
+    rows = read_jsonl(path, "rg output")
+    if not rows:
+        raise AlmostError(f"{path} has no rows")
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str) or row.get("index") != n - 1:
+            raise AlmostError(f"{path} row {n}: expected index {n - 1} with string prompt and response (an almost rg output)")
+    answers = [None if row.get("bad") or not row["response"].strip() else row["response"] for row in rows]
+    return [row["prompt"] for row in rows], answers
+
+
+def _seed_answers(path: Path, prompts_path: Path) -> tuple[list[str], list[str | None]]:
+    data = read_json(path, "rg output")
+    if not isinstance(data, list) or not all(isinstance(a, str) or a is None for a in data):
+        raise AlmostError(f"{path}: expected a JSON list of answer strings (seed layout)")
+    if not prompts_path.exists():
+        raise AlmostError(f"{path} is in the seed layout, which needs {prompts_path} beside it")
+    prompts = read_prompts(prompts_path)
+    if len(prompts) != len(data):
+        raise AlmostError(f"{path} has {len(data)} answers but {prompts_path} has {len(prompts)} prompts")
+    answers = [None if a is None or a.strip() in ("", SEED_BAD) else a for a in data]
+    return prompts, answers
+
+
+def load_rubric_outputs(directory: Path, ranks: dict[str, int]) -> tuple[list[str], dict[str, list[str | None]]]:
+    """Every ranked configuration's answers, checked to cover the same prompts in the same order."""
+    prompts: list[str] | None = None
+    first = None
+    answers: dict[str, list[str | None]] = {}
+    for name in ranks:
+        config_prompts, answers[name] = load_answers(directory, name)
+        if prompts is None:
+            prompts, first = config_prompts, name
+            continue
+        if len(config_prompts) != len(prompts):
+            raise AlmostError(f"{name} has {len(config_prompts)} answers but {first} has {len(prompts)}: outputs of different prompt lists")
+        differ = next((i for i, (a, b) in enumerate(zip(config_prompts, prompts)) if a != b), None)
+        if differ is not None:
+            raise AlmostError(f"{name} and {first} differ at prompt {differ}: outputs of different prompt lists")
+    return prompts, answers
+
+
+# --- the stage -------------------------------------------------------------------------------------
+
+
+def run_cs(config: CSArguments) -> dict:
+    ranks = parse_rubric(config.rubric)
+    directory = Path(config.input_dir or config.output_dir)
+    prompts, answers = load_rubric_outputs(directory, ranks)
+
+    rows, per_pair = [], Counter()
+    dropped = few_valid = 0
+    for index, prompt in enumerate(prompts):
+        valid = [Answer(name, rank, answers[name][index]) for name, rank in ranks.items() if answers[name][index] is not None]
+        if len(valid) < 2:
+            few_valid += 1
+            continue
+        pairs, prompt_dropped = prompt_pairs(valid)
+        dropped += prompt_dropped
+        for better, worse in pairs:
+            rows.append({"prompt": prompt, "chosen": better.text, "rejected": worse.text,
+                         "chosen_config": better.config, "rejected_config": worse.config})  # fmt: skip
+            per_pair[f"{better.config} > {worse.config}"] += 1
+    if not rows:
+        raise AlmostError(
+            f"no comparisons: {few_valid} of {len(prompts)} prompts have fewer than two valid answers and the filter dropped {dropped} pairs"
+        )
+    stats = {
+        "prompts": len(prompts),
+        "pairs": len(rows),
+        "dropped_by_filter": dropped,
+        "prompts_with_fewer_than_two_valid": few_valid,
+        "valid_answers": {name: sum(a is not None for a in answers[name]) for name in ranks},
+        "pairs_per_configuration_pair": dict(per_pair.most_common()),
+        "rubric": [sorted((n for n, r in ranks.items() if r == rank), key=list(ranks).index) for rank in sorted(set(ranks.values()))],
+    }
+    out = Path(config.output_dir)
+    write_json_atomic(out / "cs_stats.json", stats)
+    write_jsonl_atomic(out / "comparison.jsonl", rows)
+    print(
+        f"almost cs: {stats['pairs']} pairs from {stats['prompts']} prompts → {out / 'comparison.jsonl'} "
+        f"(dropped by the length filter: {dropped}; prompts with < 2 valid answers: {few_valid})"
+    )
+    for pair, count in stats["pairs_per_configuration_pair"].items():
+        print(f"  {count:6d}  {pair}")
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    (config,) = parse("almost cs", [CSArguments], argv, description=__doc__.splitlines()[0])
+    run_cs(config)
+    return 0
