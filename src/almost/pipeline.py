@@ -436,6 +436,15 @@ def run_step(step: Step, in_process: bool) -> int:
     return subprocess.run([*prefix, step.command[0], *step.argv]).returncode
 
 
+def cpu_seconds() -> float:
+    """CPU time used so far by this process and its finished children: unlike wall time, it does not
+    grow when other jobs share the machine, so it tells how long a step takes on an idle one."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 @dataclass
 class Outcome:
     step: Step
@@ -458,7 +467,7 @@ def execute(steps: list[Step], first: str | None, in_process: bool) -> list[Outc
         marker = read_marker(step)
         if not forced and marker.get("fingerprint") == fp and is_done(step, marker):
             print(f"almost pipeline: {step.name}: unchanged, skipped", flush=True)
-            outcomes.append(Outcome(step, "skipped", marker.get("seconds", 0.0)))
+            outcomes.append(Outcome(step, "skipped", marker.get("seconds", 0.0), {"cpu_seconds": marker.get("cpu_seconds")}))
             continue
         if marker and (forced or marker.get("fingerprint") != fp):
             print(f"almost pipeline: {step.name}: settings or inputs changed, starting it again", flush=True)
@@ -468,23 +477,24 @@ def execute(steps: list[Step], first: str | None, in_process: bool) -> list[Outc
         print(f"almost pipeline: {step.name}: {step.command_line()}", flush=True)
         step.output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(step.marker, {"status": "running", "fingerprint": fp, "command": step.command_line()})
-        start = time.time()
+        start, cpu_start = time.time(), cpu_seconds()
         rc = run_step(step, in_process)
-        seconds = round(time.time() - start, 1)
+        seconds, cpu = round(time.time() - start, 1), round(cpu_seconds() - cpu_start, 1)
         if rc != 0 or not step.product.exists():
             outcomes.append(Outcome(step, "failed", seconds, {"rc": rc}))
             break
-        write_json_atomic(step.marker, {"status": "done", "fingerprint": fp, "command": step.command_line(), "seconds": seconds})
-        outcomes.append(Outcome(step, "ran", seconds))
+        write_json_atomic(step.marker, {"status": "done", "fingerprint": fp, "command": step.command_line(), "seconds": seconds, "cpu_seconds": cpu})
+        outcomes.append(Outcome(step, "ran", seconds, {"cpu_seconds": cpu}))
     return outcomes
 
 
 def print_summary(outcomes: list[Outcome], run_dir: Path, report_path: Path | None) -> None:
     from .report import step_figures
 
-    rows = [("step", "status", "time", "produced", "figures")]
+    rows = [("step", "status", "time (cpu)", "produced", "figures")]
     for o in outcomes:
-        took = f"{o.seconds:.0f}s" + (" earlier" if o.status == "skipped" else "")
+        cpu = o.extra.get("cpu_seconds")
+        took = f"{o.seconds:.0f}s" + (f" ({cpu:.0f}s)" if cpu is not None else "") + (" earlier" if o.status == "skipped" else "")
         try:
             produced = str(o.step.product.relative_to(run_dir))
         except ValueError:
@@ -495,8 +505,9 @@ def print_summary(outcomes: list[Outcome], run_dir: Path, report_path: Path | No
     print()
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
-    total = sum(o.seconds for o in outcomes if o.status != "skipped")
-    print(f"\nrun directory: {run_dir}   (this run took {total / 60:.1f} min of stage time)")
+    ran = [o for o in outcomes if o.status != "skipped"]
+    total, cpu = sum(o.seconds for o in ran), sum(o.extra.get("cpu_seconds") or 0 for o in ran)
+    print(f"\nrun directory: {run_dir}   (stages run now: {total / 60:.1f} min, {cpu / 60:.1f} CPU-min)")
     if report_path is not None:
         print(f"report: {report_path}")
 
