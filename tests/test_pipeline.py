@@ -146,12 +146,15 @@ def test_steps_run_as_child_processes_and_failures_stop_the_run(tmp_path, rg_out
         ({"rm": {"train": {"learnin_rate": 1e-5}}}, "rm/train: unknown key 'learnin_rate'"),
         ({"rm": {"train": {"model_name_or_path": "nobody/no-such-model"}}}, "not in the local hub cache"),
         ({"rm": {"train": {"learning_rate": "fast"}}}, "rm/train:"),
+        ({"cs": {"rubric": ["a", "b"], "output_dir": "elsewhere"}}, "output_dir is chosen by the pipeline"),
+        ({"pg": ["num_generation", 3]}, "pg must be a mapping"),
         ({"eval": {"models": {"base": "smollm2-135m"}, "mmlu": {}}}, "unknown evaluation 'mmlu'"),
         ("RUBRIC", "cs.rubric names 'tiny-hhh-1shot', which is not an rg configuration"),
     ],
 )
-def test_bad_configs_fail_before_any_work(tmp_path, tiny_model_path, capsys, config, message):
+def test_bad_configs_fail_before_any_work(tmp_path, request, capsys, config, message):
     if config == "RUBRIC":
+        tiny_model_path = request.getfixturevalue("tiny_model_path")
         config = {
             "rg": {"model_name_or_path": tiny_model_path, "configurations": [{"n_shot": 1}, {"prompt_file_path": "basic_prompt.txt", "n_shot": 1}]},
             "cs": {"rubric": [f"{Path(tiny_model_path).name.lower()}-faithful-1shot", "tiny-hhh-1shot"]},

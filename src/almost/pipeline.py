@@ -155,6 +155,8 @@ def probe_command(command: tuple[str, ...], argv: list[str], allow_errors: bool 
 def as_asset(value: Any) -> Any:
     """A relative path that is not a local file but names a built-in asset (``basic_prompt.txt``,
     ``eval/hhh_sample.jsonl``) → the asset's path, so configs can use the shipped files anywhere."""
+    if isinstance(value, list):
+        return [as_asset(v) for v in value]
     if isinstance(value, str) and value and not Path(value).is_absolute() and not Path(value).exists() and (ASSETS / value).is_file():
         return str(ASSETS / value)
     return value
@@ -318,6 +320,8 @@ def validate(steps: list[Step], planner: Planner, check_models: bool = True, par
     for step in steps:
         options = planner.options(step.command)
         for key in step.user_keys:
+            if key == "output_dir":
+                raise AlmostError(f"{where}: {step.name}: output_dir is chosen by the pipeline (a folder per step under the run directory); remove it")
             if key != "launcher" and key not in options:
                 raise AlmostError(f"{where}: {step.name}: unknown key {key!r} for `almost {' '.join(step.command)}` (see its --help)")
         if planner.config.get("in_process") and (step.launcher or step.flags.get("backend") == "vllm"):
