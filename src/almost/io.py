@@ -28,6 +28,19 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     return path
 
 
+def read_lines(path: str | os.PathLike, what: str = "text file") -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped; an error when there are none."""
+    path = require_file(path, what)
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError:
+        raise AlmostError(f"{path} is not UTF-8 text") from None
+    lines = [line for line in lines if line]
+    if not lines:
+        raise AlmostError(f"{what} {path} is empty")
+    return lines
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     path = require_file(path, what)
     try:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..config import EngineArguments, parse
 from ..engines import Engine, Sampling, load_engine
-from ..io import AlmostError, ResumableJsonl, require_file, write_json_atomic, write_text_atomic
+from ..io import AlmostError, ResumableJsonl, read_lines, write_json_atomic, write_text_atomic
 from ..models import resolve_model
 from .demos import SEED_PROMPTS
 
@@ -102,14 +102,7 @@ def is_instruction_line(line: str) -> bool:
 
 
 def read_prompt_file(path: str | Path) -> PromptFile:
-    path = require_file(path, "prompt file")
-    try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except UnicodeDecodeError:
-        raise AlmostError(f"{path} is not UTF-8 text") from None
-    lines = [line for line in lines if line]
-    if not lines:
-        raise AlmostError(f"prompt file {path} is empty")
+    lines = read_lines(path, "prompt file")
     if not is_instruction_line(lines[0]):
         raise AlmostError(
             f"{path}: the first line must be an instruction (e.g. '### Instruction: ...'), got {lines[0][:60]!r}"
