@@ -318,6 +318,23 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, crash_on):
     assert len(engine.calls) == total_rounds - (crash_on - 1)  # finished rounds were not generated again
 
 
+def test_killed_while_finishing_leaves_a_complete_result(tmp_path, monkeypatch):
+    from almost.io import ResumableJsonl
+
+    def killed_while_moving_the_log(self, order=None):
+        raise Killed()
+
+    config = pg_config(tmp_path, num_generation=5)
+    with monkeypatch.context() as m:
+        m.setattr(ResumableJsonl, "finalize", killed_while_moving_the_log)
+        with pytest.raises(Killed):
+            run_pg(config, ScriptedEngine(scripted_query))
+    out = Path(config.output_dir)
+    assert (out / "pg_rounds.jsonl.partial").exists() and len(read_outputs(config.output_dir)[0]) == 5
+    assert run_pg(config, CrashingEngine(scripted_query, crash_on=1))["skipped"] is True
+    assert (out / "pg_rounds.jsonl").exists() and not list(out.glob("*.partial*"))
+
+
 def test_finished_run_is_a_no_op_and_overwrite_restarts(tmp_path, capsys):
     config = pg_config(tmp_path, num_generation=5)
     run_pg(config, ScriptedEngine(scripted_query))
@@ -400,7 +417,7 @@ def test_cli_bad_settings_exit_2_and_write_nothing(tmp_path, capsys, args, messa
 def test_pg_on_the_real_model(tmp_path, smollm2_path, capsys):
     out = tmp_path / "out"
     argv = ["pg", "--output_dir", str(out), "--model_name_or_path", smollm2_path, "--use_hf",
-            "--num_generation", "3", "--batch_size", "4", "--max_new_tokens", "32"]  # fmt: skip
+            "--num_generation", "3", "--batch_size", "4", "--max_new_tokens", "24"]  # fmt: skip
     assert cli_main(argv) == 0
     prompts = (out / "prompts.txt").read_text().splitlines()
     assert len(prompts) == 3
