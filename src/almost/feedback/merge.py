@@ -1,0 +1,103 @@
+"""``almost merge``: join the shards of ``almost rg --shard i/n`` runs into ``{config}.jsonl``.
+
+Every set ``{config}.shard-{i}-of-{n}.jsonl`` in ``--output_dir`` is checked before anything is
+written: all n shards present and finished, each holding exactly the prompts with index i modulo n,
+no index twice, no gap, and (when ``prompts.txt`` is there) the same prompts. Then each set becomes
+``{config}.jsonl`` in prompt order; the shard files are kept.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import parse
+from ..io import AlmostError, read_jsonl, require_columns, write_jsonl_atomic
+from .rg import ROW_FIELDS, output_path, read_prompts
+
+SHARD_FILE = re.compile(r"^(?P<name>.+)\.shard-(?P<i>\d+)-of-(?P<n>\d+)\.jsonl$")
+
+
+@dataclass
+class MergeArguments:
+    """Options of ``almost merge``."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "Directory holding the shard files of almost rg (required)."})
+    overwrite: bool = field(default=False, metadata={"help": "Merge again even if {config}.jsonl exists."})
+
+    def __post_init__(self):
+        if not self.output_dir:
+            raise ValueError("--output_dir is required")
+
+
+def find_shard_sets(directory: Path) -> dict[str, dict]:
+    """``{config: {"n": n, "files": {i: path}}}`` for the finished shard files in ``directory``."""
+    sets: dict[str, dict] = {}
+    for path in sorted(directory.iterdir()):
+        match = SHARD_FILE.match(path.name)
+        if not match:
+            continue
+        name, i, n = match["name"], int(match["i"]), int(match["n"])
+        entry = sets.setdefault(name, {"n": n, "files": {}})
+        if entry["n"] != n:
+            raise AlmostError(f"{directory}: {name} has shards of two splits (of {entry['n']} and of {n}); remove one set")
+        entry["files"][i] = path
+    return sets
+
+
+def merged_rows(directory: Path, name: str, n: int, files: dict[int, Path], prompts: list[str] | None) -> list[dict]:
+    """The rows of one complete shard set in prompt order; AlmostError if the set is not exactly right."""
+    missing = [i for i in range(n) if i not in files]
+    if missing:
+        running = [i for i in missing if output_path(directory, name, (i, n)).with_suffix(".jsonl.partial").exists()]
+        detail = f" (shard {running[0]} is unfinished: rerun it)" if running else ""
+        raise AlmostError(f"{name}: shard(s) {', '.join(map(str, missing))} of {n} are missing{detail}; nothing merged")
+    rows: dict[int, dict] = {}
+    for i, path in sorted(files.items()):
+        shard_rows = read_jsonl(path, "shard file")
+        require_columns(shard_rows, ROW_FIELDS, path)
+        for row in shard_rows:
+            index = row["index"]
+            if not isinstance(index, int) or index % n != i:
+                raise AlmostError(f"{path}: row index {index!r} does not belong to shard {i}/{n}; nothing merged")
+            if index in rows:
+                raise AlmostError(f"{name}: prompt {index} appears twice (overlapping shards); nothing merged")
+            rows[index] = row
+    total = len(prompts) if prompts is not None else max(rows) + 1
+    gaps = [i for i in range(total) if i not in rows]
+    if gaps or len(rows) != total:
+        raise AlmostError(f"{name}: the shards hold {len(rows)} prompts, expected {total} (first missing index: {gaps[0] if gaps else total}); nothing merged")
+    if prompts is not None:
+        wrong = next((i for i in range(total) if rows[i]["prompt"] != prompts[i]), None)
+        if wrong is not None:
+            raise AlmostError(f"{name}: prompt {wrong} differs from prompts.txt (shards made from another prompt list?); nothing merged")
+    return [rows[i] for i in range(total)]
+
+
+def run_merge(config: MergeArguments) -> dict:
+    directory = Path(config.output_dir)
+    if not directory.is_dir():
+        raise AlmostError(f"output directory not found: {directory}")
+    sets = find_shard_sets(directory)
+    if not sets:
+        raise AlmostError(f"no shard files ({{config}}.shard-i-of-n.jsonl) in {directory}")
+    prompts = read_prompts(directory / "prompts.txt") if (directory / "prompts.txt").exists() else None
+    todo = {}
+    for name, entry in sets.items():
+        target = output_path(directory, name)
+        if target.exists() and not config.overwrite:
+            print(f"almost merge: {target} exists; skipped (--overwrite merges again)")
+            continue
+        todo[name] = merged_rows(directory, name, entry["n"], entry["files"], prompts)
+    # Written only once every set has passed its checks.
+    for name, rows in todo.items():
+        write_jsonl_atomic(output_path(directory, name), rows)
+        print(f"almost merge: {len(sets[name]['files'])} shards → {output_path(directory, name)} ({len(rows)} rows)")
+    return {name: len(rows) for name, rows in todo.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    (config,) = parse("almost merge", [MergeArguments], argv, description=__doc__.splitlines()[0])
+    run_merge(config)
+    return 0

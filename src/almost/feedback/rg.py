@@ -1,0 +1,235 @@
+"""Stage RG: one answer per prompt under each configuration (model, demonstration file, n_shot).
+
+A configuration's prompt is the demonstration file's header and its first ``n_shot`` dialogues,
+then ``Human: {prompt}`` and ``Assistant:``. The engine stops at the next dialogue separator or
+``Human:`` turn; the answer is cut there too and marked BAD (the row is kept) by the seed's rules
+(``demos.bad_answer_reasons``). Several ``--prompt_file_path`` and ``--n_shot`` values run every
+combination with one model load.
+
+Work goes in fixed chunks of ``--chunk_size`` prompts (chunk k holds prompts k·size ... (k+1)·size-1
+of the whole prompt list). A chunk's randomness comes from ``--seed``, the configuration and k only,
+and its rows are appended and fsynced together, so a run killed at any point and started again
+writes exactly what an uninterrupted run writes. ``--shard i/n`` keeps the prompts whose index is
+i modulo n (``almost merge`` joins the shards afterwards).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from contextlib import closing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..config import EngineArguments, parse, parse_shard
+from ..engines import Engine, Sampling, load_engine
+from ..io import AlmostError, ResumableJsonl, require_file
+from ..models import ResolvedModel, resolve_model
+from .demos import ANSWER_STOP, BETTER_DEMONSTRATIONS, Demonstrations, bad_answer_reasons, cut_answer, few_shot_prompt, load_demonstrations
+
+ROW_FIELDS = ("index", "prompt", "response", "bad", "bad_reasons", "config")
+
+
+@dataclass
+class RGArguments(EngineArguments):
+    """Options of ``almost rg`` (seed spellings; dash spellings work too)."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "Directory for the {config}.jsonl outputs (required)."})
+    prompts_path: str | None = field(
+        default=None, metadata={"help": "Prompts, one per line (default: OUTPUT_DIR/prompts.txt, as written by almost pg)."}
+    )
+    prompt_file_path: list[str] = field(
+        default_factory=lambda: [str(BETTER_DEMONSTRATIONS)],
+        metadata={"help": "Demonstration file(s): a header, then dialogues separated by '-----' lines (default: the project's high-quality file). Several files run one configuration each."},
+    )
+    n_shot: list[int] = field(
+        default_factory=lambda: [3],
+        metadata={"help": "Demonstrations in the prompt; several values run one configuration each (with every --prompt_file_path)."},
+    )
+    max_new_tokens: int = field(
+        default=256,
+        metadata={"help": "Token limit per answer. Answers stop at the next turn anyway; the seed used 768 (faithful) / 384 (others) on GPUs, 256 keeps runaway samples affordable on CPU."},
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (seed: 1.0)."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling mass (seed: 0.9)."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call of the hf backend (sorted by length)."})
+    chunk_size: int = field(
+        default=32,
+        metadata={"help": "Prompts per unit of work: seeded, generated and saved together (resume granularity). Part of what decides the output."},
+    )
+    shard: str | None = field(
+        default=None, metadata={"help": "i/n: only prompts whose index is i modulo n, written to {config}.shard-i-of-n.jsonl."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.output_dir:
+            raise ValueError("--output_dir is required")
+        if any(n < 0 for n in self.n_shot):
+            raise ValueError("--n_shot must not be negative")
+        for name in ("max_new_tokens", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("--temperature must be >= 0 and --top_p in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One RG configuration: a model, a demonstration file and a number of shots."""
+
+    model_short_name: str
+    demos: Demonstrations
+    n_shot: int
+
+    @property
+    def name(self) -> str:
+        return configuration_name(self.model_short_name, self.demos.name, self.n_shot)
+
+    def prompt(self, user_prompt: str) -> str:
+        return few_shot_prompt(self.demos, self.n_shot, [{"role": "user", "content": user_prompt}])
+
+
+def configuration_name(model_short_name: str, demonstration_name: str, n_shot: int) -> str:
+    """``smollm2-135m-faithful-3shot``."""
+    return f"{model_short_name}-{demonstration_name}-{n_shot}shot"
+
+
+def model_short_name(model_name_or_path: str) -> str:
+    return ResolvedModel(name=model_name_or_path, path=model_name_or_path).short_name
+
+
+def configurations(config: RGArguments) -> list[Configuration]:
+    """Every (demonstration file, n_shot) combination, checked before any work starts."""
+    short = model_short_name(config.model_name_or_path)
+    result: dict[str, Configuration] = {}
+    for path, n_shot in itertools.product(config.prompt_file_path, config.n_shot):
+        demos = load_demonstrations(path)
+        demos.static_prompt(n_shot)  # fails early when the file has too few dialogues
+        c = Configuration(short, demos, n_shot)
+        if c.name in result:
+            raise AlmostError(f"configuration {c.name} is asked for twice (two demonstration files with the same name?)")
+        result[c.name] = c
+    return list(result.values())
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt per non-empty line; a prompt's index is its position in this list."""
+    path = require_file(path, "prompts file")
+    try:
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError:
+        raise AlmostError(f"{path} is not UTF-8 text") from None
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise AlmostError(f"prompts file {path} is empty")
+    return prompts
+
+
+def output_path(output_dir: str | Path, name: str, shard: tuple[int, int] | None = None) -> Path:
+    suffix = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
+    return Path(output_dir) / f"{name}{suffix}.jsonl"
+
+
+def chunk_seed(seed: int, name: str, chunk_index: int) -> int:
+    digest = hashlib.sha256(f"rg:{seed}:{name}:{chunk_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def answer_row(index: int, prompt: str, generation: str, name: str) -> dict:
+    response = cut_answer(generation)
+    reasons = bad_answer_reasons(response)
+    return {"index": index, "prompt": prompt, "response": response, "bad": bool(reasons), "bad_reasons": reasons, "config": name}
+
+
+def _resume_settings(config: RGArguments, configuration: Configuration, prompts: Sequence[str], shard) -> dict:
+    return {
+        "model": config.model_name_or_path,
+        "backend": config.backend,
+        "dtype": config.dtype,
+        "batch_size": config.batch_size if config.backend == "hf" else None,
+        "chunk_size": config.chunk_size,
+        "sampling": [config.temperature, config.top_p, config.max_new_tokens, config.seed],
+        "demonstrations": [configuration.demos.header, configuration.demos.dialogues, configuration.n_shot],
+        "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+        "shard": shard,
+    }
+
+
+def run_rg(config: RGArguments, engine: Engine | None = None) -> dict:
+    """Write ``{config}.jsonl`` (or its shard) for every configuration; returns a summary per configuration.
+
+    ``engine`` replaces the model named in the config (tests pass a scripted one).
+    """
+    shard = parse_shard(config.shard)
+    prompts = read_prompts(config.prompts_path or Path(config.output_dir) / "prompts.txt")
+    todo_configurations = configurations(config)
+    indices = [i for i in range(len(prompts)) if shard is None or i % shard[1] == shard[0]]
+    if not indices:
+        raise AlmostError(f"--shard {config.shard} holds no prompts ({len(prompts)} prompts in all)")
+
+    summary: dict[str, dict] = {}
+    logs = {}
+    for c in todo_configurations:
+        log = ResumableJsonl(output_path(config.output_dir, c.name, shard), "index", _resume_settings(config, c, prompts, shard))
+        if config.overwrite:
+            log.discard()
+            log.final_path.unlink(missing_ok=True)
+        if log.complete:
+            print(f"almost rg: {log.final_path} is complete; nothing to do (--overwrite starts again)")
+            summary[c.name] = {"path": str(log.final_path), "skipped": True}
+        else:
+            logs[c.name] = log.open()  # refuses a partial file made with other settings before any work
+    if not logs:
+        return summary
+    if engine is None:
+        model = resolve_model(config.model_name_or_path, config.cache_dir)
+        engine = load_engine(
+            config.backend, model, batch_size=config.batch_size, seed=config.seed,
+            tensor_parallel_size=config.tensor_parallel_size, dtype=config.dtype,
+            trust_remote_code=config.trust_remote_code, cache_dir=config.cache_dir,
+        )  # fmt: skip
+    for c in todo_configurations:
+        if c.name in logs:
+            summary[c.name] = _generate(config, c, prompts, indices, engine, logs[c.name])
+    return summary
+
+
+def _generate(config: RGArguments, c: Configuration, prompts: list[str], indices: list[int], engine: Engine, log: ResumableJsonl) -> dict:
+    chunks: dict[int, list[int]] = {}
+    for i in indices:
+        chunks.setdefault(i // config.chunk_size, []).append(i)
+    started = time.perf_counter()
+    generated = 0
+    with tqdm(total=len(indices), desc=f"rg {c.name}", unit="prompt") as bar, closing(log):
+        bar.update(sum(1 for i in indices if log.done(i)))
+        for chunk_index, members in chunks.items():
+            # A chunk cut short by a kill is generated again whole: same prompts, same seed, same rows.
+            if all(log.done(i) for i in members):
+                continue
+            sampling = Sampling(
+                temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
+                stop=ANSWER_STOP, seed=chunk_seed(config.seed, c.name, chunk_index),
+            )  # fmt: skip
+            generations = engine.generate([c.prompt(prompts[i]) for i in members], sampling, desc=f"chunk {chunk_index}")
+            rows = [answer_row(i, prompts[i], samples[0], c.name) for i, samples in zip(members, generations, strict=True)]
+            new = sum(1 for i in members if not log.done(i))
+            log.append(rows)
+            generated += len(members)
+            bar.update(new)
+            bar.set_postfix(bad=sum(r["bad"] for r in log.rows.values()))
+        rows = log.finalize(order=indices)
+    seconds = time.perf_counter() - started
+    bad = sum(r["bad"] for r in rows)
+    print(f"almost rg: wrote {len(rows)} answers ({bad} BAD) to {log.final_path} in {seconds:.0f} s")
+    return {"path": str(log.final_path), "rows": len(rows), "bad": bad, "generated": generated, "seconds": round(seconds, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    (config,) = parse("almost rg", [RGArguments], argv, description=__doc__.splitlines()[0])
+    run_rg(config)
+    return 0

@@ -1,0 +1,277 @@
+"""RG: answer rules, prompt building, naming, resume after a kill, shards and merge, the real model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from almost.engines import Sampling, ScriptedEngine
+from almost.engines.hf import HFEngine
+from almost.feedback import demos
+from almost.feedback.merge import MergeArguments, run_merge
+from almost.feedback.rg import RGArguments, answer_row, configurations, run_rg
+from almost.io import AlmostError
+
+PROMPTS = ["How do I boil an egg?", "Why is the sea salty?", "Name a prime number.", "What is rain?", "Tell me a joke."]
+GOOD = "This is a perfectly reasonable answer that is long enough to count as usable."
+
+
+def write_prompts(directory: Path, prompts=PROMPTS) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "prompts.txt"
+    path.write_text("".join(p + "\n" for p in prompts))
+    return path
+
+
+def rows_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def echo_engine() -> ScriptedEngine:
+    """Answers with the question it was asked, then runs on into the next turn (which must be cut)."""
+
+    def respond(prompt: str, i: int) -> str:
+        question = prompt.rsplit("Human: ", 1)[1].split("\n", 1)[0]
+        return f" You asked: {question} {GOOD}\n\nHuman: and another thing"
+
+    return ScriptedEngine(respond)
+
+
+# --- answer rules and prompts ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer, reasons",
+    [
+        (GOOD, []),
+        ("Too short.", ["too_short"]),
+        (GOOD[:-1] + "?", ["ends_with_question_or_colon", "no_final_period"]),
+        (GOOD[:-1] + ":", ["ends_with_question_or_colon", "no_final_period"]),
+        ("Well, " + GOOD, ["starts_with_well"]),
+        (GOOD[:-1], ["no_final_period"]),
+        (GOOD + " Wow!", []),
+        ("I don't know much about this, but " + GOOD, ["dont_know"]),
+        ("I do not know much about this, but " + GOOD, ["dont_know"]),
+        (GOOD + " Human: hi.", ["echoes_human"]),
+        ("<Image> " + GOOD, ["mentions_image"]),
+        ("", ["too_short"]),
+    ],
+)
+def test_bad_answer_rules(answer, reasons):
+    assert demos.bad_answer_reasons(answer) == reasons
+
+
+def test_cut_answer_at_separator_and_next_turn():
+    assert demos.cut_answer(" Fine answer.\n\nHuman: next") == "Fine answer."
+    assert demos.cut_answer(" Fine answer.\n-----\nHuman: x") == "Fine answer."
+    assert demos.cut_answer("No stop at all.") == "No stop at all."
+
+
+def test_answer_row_cuts_and_marks():
+    row = answer_row(3, "q", f" {GOOD}\nHuman: more", "cfg")
+    assert row == {"index": 3, "prompt": "q", "response": GOOD, "bad": False, "bad_reasons": [], "config": "cfg"}
+    assert answer_row(0, "q", " Well", "cfg")["bad"] is True
+
+
+def test_project_demonstration_files_parse_and_differ_in_quality():
+    better = demos.load_demonstrations(demos.BETTER_DEMONSTRATIONS)
+    worse = demos.load_demonstrations(demos.WORSE_DEMONSTRATIONS)
+    assert (better.name, worse.name) == ("faithful", "basic")
+    assert len(better.dialogues) >= 5 and len(worse.dialogues) >= 5
+    assert any(d.count("Human:") > 1 for d in better.dialogues)
+    # The contrast is real: the better file's answers are several times longer.
+    assert sum(map(len, better.dialogues)) > 4 * sum(map(len, worse.dialogues))
+    for d in (*better.dialogues, *worse.dialogues):  # every demonstrated answer passes the answer rules
+        for turn in d.split("\n\nHuman:"):
+            assert demos.bad_answer_reasons(turn.split("Assistant:", 1)[1]) == []
+
+
+def test_prompt_is_header_first_n_dialogues_then_the_question(tmp_path):
+    config = RGArguments(output_dir=str(tmp_path), n_shot=[2])
+    (c,) = configurations(config)
+    prompt = c.prompt("What is rain?")
+    d = c.demos
+    assert prompt.startswith(d.header + "\n-----\n" + d.dialogues[0] + "\n-----\n" + d.dialogues[1] + "\n-----")
+    assert d.dialogues[2] not in prompt
+    assert prompt.endswith("-----\n\nHuman: What is rain?\n\nAssistant:")
+
+
+def test_configuration_names_cartesian_product(tmp_path):
+    config = RGArguments(
+        output_dir=str(tmp_path), model_name_or_path="meta-llama/Llama-2-7b-hf",
+        prompt_file_path=[str(demos.BETTER_DEMONSTRATIONS), str(demos.WORSE_DEMONSTRATIONS)], n_shot=[1, 3],
+    )  # fmt: skip
+    assert [c.name for c in configurations(config)] == [
+        "llama-2-7b-hf-faithful-1shot", "llama-2-7b-hf-faithful-3shot", "llama-2-7b-hf-basic-1shot", "llama-2-7b-hf-basic-3shot",
+    ]  # fmt: skip
+    assert configurations(RGArguments(output_dir="d"))[0].name == "smollm2-135m-faithful-3shot"
+
+
+def test_too_many_shots_and_duplicate_configurations_are_errors(tmp_path):
+    with pytest.raises(AlmostError, match="asked for 99 demonstrations"):
+        configurations(RGArguments(output_dir=str(tmp_path), n_shot=[99]))
+    with pytest.raises(AlmostError, match="twice"):
+        configurations(RGArguments(output_dir=str(tmp_path), n_shot=[1, 1]))
+
+
+# --- the stage with a scripted engine --------------------------------------------------------------
+
+
+def test_rg_writes_one_row_per_prompt_with_seed_sampling(tmp_path):
+    write_prompts(tmp_path)
+    engine = echo_engine()
+    summary = run_rg(RGArguments(output_dir=str(tmp_path), n_shot=[0, 1], chunk_size=2), engine=engine)
+    assert set(summary) == {"smollm2-135m-faithful-0shot", "smollm2-135m-faithful-1shot"}
+    rows = rows_of(tmp_path / "smollm2-135m-faithful-1shot.jsonl")
+    assert [r["index"] for r in rows] == list(range(len(PROMPTS)))
+    assert [r["prompt"] for r in rows] == PROMPTS
+    assert rows[1]["response"] == f"You asked: {PROMPTS[1]} {GOOD}"
+    assert all(not r["bad"] and r["config"] == "smollm2-135m-faithful-1shot" for r in rows)
+    _, sampling = engine.calls[0]
+    assert (sampling.temperature, sampling.top_p, sampling.max_new_tokens, sampling.stop) == (1.0, 0.9, 256, demos.ANSWER_STOP)
+    assert len(engine.calls) == 2 * 3  # 2 configurations x 3 chunks of at most 2 prompts
+    assert not list(tmp_path.glob("*.partial*"))
+    # Finished outputs make a rerun a no-op.
+    again = echo_engine()
+    run_rg(RGArguments(output_dir=str(tmp_path), n_shot=[0, 1], chunk_size=2), engine=again)
+    assert again.calls == []
+
+
+def test_bad_rows_are_kept(tmp_path):
+    write_prompts(tmp_path)
+    run_rg(RGArguments(output_dir=str(tmp_path)), engine=ScriptedEngine(lambda p, i: " Well, maybe?"))
+    rows = rows_of(tmp_path / "smollm2-135m-faithful-3shot.jsonl")
+    assert len(rows) == len(PROMPTS) and all(r["bad"] for r in rows)
+    assert "starts_with_well" in rows[0]["bad_reasons"]
+
+
+@pytest.mark.parametrize("content, message", [(None, "prompts file not found"), ("\n\n", "is empty")])
+def test_missing_or_empty_prompts_are_errors(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / "prompts.txt").write_text(content)
+    with pytest.raises(AlmostError, match=message):
+        run_rg(RGArguments(output_dir=str(tmp_path)), engine=echo_engine())
+    assert not list(tmp_path.glob("*.jsonl*"))
+
+
+class KilledAfter:
+    """Delegates to an engine and dies (like a kill) on call number ``calls + 1``."""
+
+    name = "killed"
+
+    def __init__(self, engine, calls: int):
+        self.engine, self.left = engine, calls
+
+    def generate(self, prompts, sampling: Sampling, desc=None):
+        if self.left == 0:
+            raise KeyboardInterrupt
+        self.left -= 1
+        return self.engine.generate(prompts, sampling, desc)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_path):
+    """A real (tiny, random) model samples, so every row depends on the seeding of its chunk."""
+    engine = HFEngine(tiny_model_path, batch_size=2)
+    settings = dict(model_name_or_path=tiny_model_path, prompt_file_path=[str(demos.WORSE_DEMONSTRATIONS)], n_shot=[1],
+                    max_new_tokens=8, chunk_size=2, seed=7)  # fmt: skip
+    name = f"{Path(tiny_model_path).name.lower()}-basic-1shot"
+
+    whole = tmp_path / "whole"
+    write_prompts(whole)
+    run_rg(RGArguments(output_dir=str(whole), **settings), engine=engine)
+    expected = (whole / f"{name}.jsonl").read_text()
+
+    resumed = tmp_path / "resumed"
+    write_prompts(resumed)
+    with pytest.raises(KeyboardInterrupt):
+        run_rg(RGArguments(output_dir=str(resumed), **settings), engine=KilledAfter(engine, calls=2))
+    partial = resumed / f"{name}.jsonl.partial"
+    assert len(partial.read_text().splitlines()) == 4 and not (resumed / f"{name}.jsonl").exists()
+    # Also tear the last chunk apart, as a kill in the middle of writing it would.
+    lines = partial.read_text().splitlines(keepends=True)
+    partial.write_text(lines[0] + lines[1] + lines[2] + lines[3][:10])
+    run_rg(RGArguments(output_dir=str(resumed), **settings), engine=engine)
+    assert (resumed / f"{name}.jsonl").read_text() == expected
+    assert not partial.exists()
+
+    # A different seed is a different run: resuming its partial output with this one is refused.
+    other = tmp_path / "other"
+    write_prompts(other)
+    with pytest.raises(KeyboardInterrupt):
+        run_rg(RGArguments(output_dir=str(other), **settings), engine=KilledAfter(engine, calls=1))
+    with pytest.raises(AlmostError, match="different settings"):
+        run_rg(RGArguments(output_dir=str(other), **{**settings, "seed": 8}), engine=engine)
+    run_rg(RGArguments(output_dir=str(other), overwrite=True, **{**settings, "seed": 8}), engine=engine)
+    assert (other / f"{name}.jsonl").read_text() != expected
+
+
+# --- shards and merge ------------------------------------------------------------------------------
+
+
+def test_shards_are_disjoint_and_merge_to_the_whole(tmp_path):
+    write_prompts(tmp_path)
+    for i in range(3):
+        run_rg(RGArguments(output_dir=str(tmp_path), n_shot=[1], shard=f"{i}/3"), engine=echo_engine())
+    name = "smollm2-135m-faithful-1shot"
+    shard_indices = [[r["index"] for r in rows_of(tmp_path / f"{name}.shard-{i}-of-3.jsonl")] for i in range(3)]
+    assert shard_indices == [[0, 3], [1, 4], [2]]
+    assert run_merge(MergeArguments(output_dir=str(tmp_path))) == {name: len(PROMPTS)}
+
+    whole = tmp_path / "whole"
+    write_prompts(whole)
+    run_rg(RGArguments(output_dir=str(whole), n_shot=[1]), engine=echo_engine())
+    assert (tmp_path / f"{name}.jsonl").read_text() == (whole / f"{name}.jsonl").read_text()
+
+
+def merge_error(capsys, directory) -> str:
+    from almost import cli
+
+    capsys.readouterr()  # progress bars of the runs before
+    assert cli.main(["merge", "--output_dir", str(directory)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    return err[0]
+
+
+def test_merge_refuses_incomplete_overlapping_or_foreign_shards(tmp_path, capsys):
+    write_prompts(tmp_path)
+    name = "smollm2-135m-faithful-1shot"
+    run_rg(RGArguments(output_dir=str(tmp_path), n_shot=[1], shard="0/2"), engine=echo_engine())
+    assert "shard(s) 1 of 2 are missing" in merge_error(capsys, tmp_path)
+
+    run_rg(RGArguments(output_dir=str(tmp_path), n_shot=[1], shard="1/2"), engine=echo_engine())
+    shard1 = tmp_path / f"{name}.shard-1-of-2.jsonl"
+    good = shard1.read_text()
+    first = json.loads(good.splitlines()[0])
+    shard1.write_text(good + json.dumps({**first, "index": 0}) + "\n")
+    assert "does not belong to shard 1/2" in merge_error(capsys, tmp_path)
+
+    shard1.write_text(good.splitlines(keepends=True)[0])  # drops index 3
+    assert "expected 5" in merge_error(capsys, tmp_path)
+
+    shard1.write_text(good)
+    write_prompts(tmp_path, [*PROMPTS[:3], "A different question?", PROMPTS[4]])
+    assert "prompt 3 differs from prompts.txt" in merge_error(capsys, tmp_path)
+    assert not (tmp_path / f"{name}.jsonl").exists()
+
+
+# --- the real model --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_almost_rg_on_the_real_smollm2(tmp_path):
+    write_prompts(tmp_path, PROMPTS[:2])
+    command = [sys.executable, "-m", "almost", "rg", "--output_dir", str(tmp_path), "--prompt_file_path",
+               str(demos.WORSE_DEMONSTRATIONS), "--n_shot", "1", "--max_new_tokens", "24", "--seed", "1"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = rows_of(tmp_path / "smollm2-135m-basic-1shot.jsonl")
+    assert [r["prompt"] for r in rows] == PROMPTS[:2]
+    for r in rows:
+        assert r["response"] and "Human:" not in r["response"] and "-----" not in r["response"]
+        assert r["bad"] == bool(r["bad_reasons"]) and r["bad_reasons"] == demos.bad_answer_reasons(r["response"])
