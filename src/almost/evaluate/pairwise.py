@@ -1,0 +1,354 @@
+"""``almost eval pairwise``: a model against a baseline on the same questions, judged in both orders.
+
+Both models answer every question of a Vicuna-style question file (JSONL rows with ``question_id``,
+``text`` and ``category``; ``question``/``prompt``/``turns`` also work). Answers are cached in
+``answers_<model>-<settings>.jsonl`` (written as they are made; a rerun reuses or resumes them).
+A judge then compares each pair twice, with the model's answer shown first and then second:
+
+- ``--judge rm:PATH``: a reward model from ``almost rm train`` scores both answers;
+- ``--judge llm:MODEL``: a local model (any ``--model_name_or_path`` spelling) reads a judging prompt;
+- ``--judge openai:URL``: an OpenAI-compatible chat endpoint (``--judge_model``; the key, if any, from
+  the environment variable named by ``--judge_api_key_env``).
+
+Each order gives the two answers a score (RM rewards, or 1/0/0.5 for an LLM verdict A/B/tie); the
+model wins a question when its two scores add up to more than the baseline's, so a judge that always
+prefers the first position produces ties. Writes ``metrics.json`` (win/tie/loss, win rate
+(wins + ties/2) / n with a 95% interval, per category), ``metrics.txt`` and ``judgments.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+from tqdm.auto import tqdm
+
+from ..chat import as_messages, render_prompt, transcript
+from ..config import EngineArguments, parse
+from ..engines import Sampling, load_engine
+from ..io import AlmostError, ResumableJsonl, fingerprint, read_jsonl
+from ..models import resolve_model
+from .scoring import write_results
+
+JUDGE_KINDS = ("rm", "llm", "openai")
+JUDGE_PROMPT = """You are judging two AI assistant responses to the same user question. Compare them on helpfulness, harmlessness and honesty: which one serves the user better? Ignore the order in which they are shown and do not let length alone decide.
+
+[User question]
+{question}
+
+[Response A]
+{answer_a}
+
+[Response B]
+{answer_b}
+
+Explain your judgement in one or two sentences, then give your verdict on the last line, exactly as [[A]] if Response A is better, [[B]] if Response B is better, or [[C]] for a tie."""
+_VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
+
+
+@dataclass(frozen=True)
+class Question:
+    question_id: str
+    text: str
+    category: str | None = None
+
+
+@dataclass
+class PairwiseConfig(EngineArguments):
+    """Settings of ``almost eval pairwise``; --model_name_or_path is the model being evaluated."""
+
+    baseline_model_name_or_path: str | None = field(default=None, metadata={"help": "The model to compare against (same spellings as --model_name_or_path)."})
+    data_path: str | None = field(default=None, metadata={"help": "Question JSONL: question_id, text (or question/prompt/turns), category."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where answers_*.jsonl, judgments.jsonl, metrics.json and metrics.txt go."})
+    judge: str | None = field(default=None, metadata={"help": "rm:PATH (reward model), llm:MODEL (local judge model) or openai:URL (OpenAI-compatible endpoint)."})
+    judge_model: str | None = field(default=None, metadata={"help": "Model name sent to an openai: judge endpoint."})
+    judge_api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the openai: endpoint's API key (unset: no key sent)."})
+    judge_max_new_tokens: int = field(default=256, metadata={"help": "Longest judge reply (llm: and openai: judges)."})
+    judge_timeout: float = field(default=120.0, metadata={"help": "Seconds to wait for one openai: endpoint reply."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest answer of the model and the baseline, in tokens."})
+    temperature: float = field(default=0.0, metadata={"help": "Answer sampling temperature (0 = greedy, the same answers every run)."})
+    max_questions: int | None = field(default=None, metadata={"help": "Use only the first N questions."})
+
+
+class Judge(Protocol):
+    name: str
+
+    def compare(self, items: Sequence[tuple[str, str, str]]) -> list[tuple[float, float]]:
+        """(question, answer shown as A, answer shown as B) → (score of A, score of B) for each item."""
+        ...
+
+
+def read_questions(path: str, limit: int | None = None) -> list[Question]:
+    rows = read_jsonl(path, "question file")
+    questions, seen = [], set()
+    for i, row in enumerate(rows, 1):
+        text = row.get("text") or row.get("question") or row.get("prompt")
+        if text is None and isinstance(row.get("turns"), list) and row["turns"]:
+            text = row["turns"][0]  # MT-bench: the first turn is the question
+        if not isinstance(text, str) or not text.strip():
+            raise AlmostError(f"{path} row {i} has no question text (text, question, prompt or turns)")
+        qid = str(row.get("question_id", row.get("id", i)))
+        if qid in seen:
+            raise AlmostError(f"{path} row {i}: question_id {qid} appears twice")
+        seen.add(qid)
+        questions.append(Question(qid, text.strip(), row.get("category") or row.get("type")))
+    questions = questions[:limit]
+    if not questions:
+        raise AlmostError(f"{path} has no questions")
+    return questions
+
+
+def generate_answers(get_engine: Callable[[], object], questions: Sequence[Question], sampling: Sampling, path: Path, settings: dict, batch_size: int) -> dict[str, str]:
+    """Answers by question id, cached at ``path``: reused when finished, resumed when half-written.
+
+    ``get_engine`` is called only when something is left to generate.
+    """
+    store = ResumableJsonl(path, "question_id", settings)
+    if store.complete:
+        rows = read_jsonl(path)
+        answers = {r["question_id"]: r["answer"] for r in rows}
+        if all(q.question_id in answers for q in questions):
+            return answers
+        path.unlink()  # made for fewer questions: regenerate the whole file
+    with store:
+        todo = [q for q in questions if not store.done(q.question_id)]
+        engine = get_engine() if todo else None
+        tokenizer = getattr(engine, "tokenizer", None)
+        for start in tqdm(range(0, len(todo), batch_size), desc=f"answers {path.stem}", unit="batch"):
+            batch = todo[start : start + batch_size]
+            prompts = [answer_prompt(tokenizer, q.text) for q in batch]
+            # The seed follows the question, not the batch: a resumed run samples what an uninterrupted one does.
+            outputs = [
+                engine.generate([prompt], replace(sampling, seed=(sampling.seed or 0) + int(fingerprint({"q": q.question_id}), 16) % 100_000))[0]
+                for prompt, q in zip(prompts, batch)
+            ] if sampling.temperature > 0 else engine.generate(prompts, sampling)
+            store.append({"question_id": q.question_id, "question": q.text, "answer": out[0].strip()} for q, out in zip(batch, outputs))
+        rows = store.finalize([q.question_id for q in questions])
+    return {r["question_id"]: r["answer"] for r in rows}
+
+
+def answer_prompt(tokenizer, question: str) -> str:
+    """The question as the answering model sees it (its chat template, else the seed's transcript)."""
+    messages = as_messages(question)
+    return render_prompt(tokenizer, messages) if tokenizer is not None else transcript(messages) + "\n\nAssistant:"
+
+
+def judge_prompt(question: str, answer_a: str, answer_b: str) -> str:
+    return JUDGE_PROMPT.format(question=question, answer_a=answer_a, answer_b=answer_b)
+
+
+def parse_verdict(text: str) -> str | None:
+    """The judge's last ``[[A]]``/``[[B]]``/``[[C]]``; None when it gave none."""
+    found = _VERDICT.findall(text)
+    return found[-1] if found else None
+
+
+VERDICT_SCORES = {"A": (1.0, 0.0), "B": (0.0, 1.0), "C": (0.5, 0.5), None: (0.5, 0.5)}
+
+
+class RewardModelJudge:
+    """Both answers scored by a reward model; the higher reward is preferred (order cannot matter)."""
+
+    name = "rm"
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+
+    def compare(self, items):
+        conversations = [as_messages(q, a) for q, a, _ in items] + [as_messages(q, b) for q, _, b in items]
+        rewards = self.scorer.score(conversations)
+        return list(zip(rewards[: len(items)], rewards[len(items) :]))
+
+
+class LLMJudge:
+    """A judge model reading ``JUDGE_PROMPT``; ``complete(list of message lists) -> replies`` talks to it."""
+
+    name = "llm"
+
+    def __init__(self, complete: Callable[[list[list[dict]]], list[str]]):
+        self.complete = complete
+        self.replies: list[str] = []
+
+    def compare(self, items):
+        replies = self.complete([as_messages(judge_prompt(q, a, b)) for q, a, b in items])
+        self.replies = replies
+        return [VERDICT_SCORES[parse_verdict(r)] for r in replies]
+
+
+def local_completer(engine, tokenizer, max_new_tokens: int) -> Callable[[list[list[dict]]], list[str]]:
+    def complete(conversations):
+        prompts = [render_prompt(tokenizer, c) for c in conversations]
+        return [out[0] for out in engine.generate(prompts, Sampling(temperature=0.0, max_new_tokens=max_new_tokens), desc="judge")]
+
+    return complete
+
+
+def openai_completer(url: str, model: str | None, api_key: str | None, max_new_tokens: int, timeout: float) -> Callable[[list[list[dict]]], list[str]]:
+    """Chat completions from an OpenAI-compatible endpoint, with the standard library only."""
+    endpoint = url.rstrip("/")
+    if not endpoint.endswith("/chat/completions"):
+        endpoint += "/chat/completions"
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+
+    def one(messages: list[dict]) -> str:
+        body = json.dumps({"model": model, "messages": messages, "temperature": 0.0, "max_tokens": max_new_tokens}).encode()
+        for attempt in range(4):
+            request = urllib.request.Request(endpoint, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    reply = json.loads(response.read().decode("utf-8"))
+                return reply["choices"][0]["message"]["content"] or ""
+            except urllib.error.HTTPError as e:
+                if e.code in (429, 500, 502, 503, 504) and attempt < 3:
+                    time.sleep(2**attempt)  # rate limits and overloads pass; back off and retry
+                    continue
+                raise AlmostError(f"judge endpoint {endpoint} answered HTTP {e.code}: {e.reason}") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                raise AlmostError(f"cannot reach judge endpoint {endpoint}: {getattr(e, 'reason', e)}") from None
+            except (KeyError, IndexError, TypeError, json.JSONDecodeError):
+                raise AlmostError(f"judge endpoint {endpoint} did not return an OpenAI chat completion") from None
+        raise AlmostError(f"judge endpoint {endpoint} kept failing")
+
+    def complete(conversations):
+        return [one(c) for c in tqdm(conversations, desc="judge", unit="request", leave=False)]
+
+    return complete
+
+
+def parse_judge_spec(spec: str | None) -> tuple[str, str]:
+    if not spec or ":" not in spec:
+        raise AlmostError(f"--judge must be rm:PATH, llm:MODEL or openai:URL, got {spec!r}")
+    kind, target = spec.split(":", 1)
+    if kind not in JUDGE_KINDS or not target:
+        raise AlmostError(f"--judge must be rm:PATH, llm:MODEL or openai:URL, got {spec!r}")
+    return kind, target
+
+
+def build_judge(config: PairwiseConfig) -> Judge:
+    kind, target = parse_judge_spec(config.judge)
+    if kind == "rm":
+        from ..reward.scorer import RewardScorer
+
+        return RewardModelJudge(RewardScorer(resolve_model(target, config.cache_dir).path, batch_size=config.batch_size))
+    if kind == "llm":
+        engine = load_engine(config.backend, resolve_model(target, config.cache_dir), batch_size=config.batch_size, seed=config.seed, dtype=config.dtype, cache_dir=config.cache_dir)
+        return LLMJudge(local_completer(engine, engine.tokenizer, config.judge_max_new_tokens))
+    if not target.startswith(("http://", "https://")):
+        raise AlmostError(f"--judge openai:URL needs an http(s) URL, got {target!r}")
+    return LLMJudge(openai_completer(target, config.judge_model, os.environ.get(config.judge_api_key_env), config.judge_max_new_tokens, config.judge_timeout))
+
+
+def judge_both_orders(judge: Judge, questions: Sequence[Question], model_answers: dict, baseline_answers: dict) -> list[dict]:
+    """Every question judged with the model's answer first, then second; the sums decide."""
+    items = []
+    for q in questions:
+        a, b = model_answers[q.question_id], baseline_answers[q.question_id]
+        items += [(q.text, a, b), (q.text, b, a)]
+    scores = judge.compare(items)
+    replies = getattr(judge, "replies", None) or [None] * len(items)
+    rows = []
+    for k, q in enumerate(questions):
+        (m1, b1), (b2, m2) = scores[2 * k], scores[2 * k + 1]
+        model_total, baseline_total = m1 + m2, b1 + b2
+        outcome = "win" if model_total > baseline_total else "loss" if model_total < baseline_total else "tie"
+        row = {"question_id": q.question_id, "category": q.category, "model_score": model_total, "baseline_score": baseline_total, "outcome": outcome}
+        if replies[2 * k] is not None:
+            row["judge_replies"] = [replies[2 * k], replies[2 * k + 1]]
+        rows.append(row)
+    return rows
+
+
+def win_rate(outcomes: Sequence[str]) -> dict:
+    """Win / tie / loss counts and (wins + ties/2) / n with a normal-approximation 95% interval."""
+    n = len(outcomes)
+    points = [1.0 if o == "win" else 0.5 if o == "tie" else 0.0 for o in outcomes]
+    rate = sum(points) / n
+    variance = sum((p - rate) ** 2 for p in points) / (n - 1) if n > 1 else 0.25
+    half = 1.96 * math.sqrt(variance / n)
+    return {
+        "win": outcomes.count("win"),
+        "tie": outcomes.count("tie"),
+        "loss": outcomes.count("loss"),
+        "n": n,
+        "win_rate": rate,
+        "ci95": [max(0.0, rate - half), min(1.0, rate + half)],
+    }
+
+
+def pairwise_metrics(rows: Sequence[dict]) -> dict:
+    outcomes = [r["outcome"] for r in rows]
+    metrics = win_rate(outcomes)
+    categories = sorted({r["category"] or "(none)" for r in rows})
+    metrics["per_category"] = {c: win_rate([r["outcome"] for r in rows if (r["category"] or "(none)") == c]) for c in categories}
+    return metrics
+
+
+def pairwise_table(metrics: dict) -> str:
+    def line(name: str, m: dict) -> str:
+        low, high = m["ci95"]
+        return f"{name:<24}{m['win']:>5}{m['tie']:>5}{m['loss']:>5}  {m['win_rate']:>8.3f}  [{low:.3f}, {high:.3f}]"
+
+    lines = [f"{'':<24}{'win':>5}{'tie':>5}{'loss':>5}  {'win rate':>8}  {'95% interval':>14}", line("all", metrics)]
+    lines += [line("  " + c, m) for c, m in metrics["per_category"].items()]
+    return "\n".join(lines)
+
+
+def _answers_for(role_name: str, model_name: str, engine, questions, config: PairwiseConfig, out: Path) -> dict[str, str]:
+    sampling = Sampling(temperature=config.temperature, max_new_tokens=config.max_new_tokens, seed=config.seed)
+    resolved = resolve_model(model_name, config.cache_dir)
+    settings = {"model": resolved.path, "sampling": sampling.__dict__, "backend": config.backend}
+    path = out / f"answers_{resolved.short_name}-{fingerprint(settings)[:8]}.jsonl"
+    if config.overwrite:
+        ResumableJsonl(path, "question_id", settings).discard()
+        path.unlink(missing_ok=True)
+    def get_engine():
+        if engine is not None:
+            return engine
+        return load_engine(
+            config.backend,
+            resolved,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            dtype=config.dtype,
+            trust_remote_code=config.trust_remote_code,
+            cache_dir=config.cache_dir,
+        )
+
+    print(f"almost eval pairwise: {role_name} answers in {path}")
+    return generate_answers(get_engine, questions, sampling, path, settings, config.batch_size)
+
+
+def run_pairwise(config: PairwiseConfig, model_engine=None, baseline_engine=None, judge: Judge | None = None) -> dict:
+    """Answer, judge and summarise. Engines and judge can be passed in (tests); else they are loaded."""
+    if not config.baseline_model_name_or_path:
+        raise AlmostError("--baseline_model_name_or_path is required (the model to compare against)")
+    if not config.data_path or not config.output_dir:
+        raise AlmostError("--data_path and --output_dir are required")
+    questions = read_questions(config.data_path, config.max_questions)
+    # The judge is set up first so that a bad --judge fails before any answer is generated.
+    judge = judge or build_judge(config)
+    out = Path(config.output_dir)
+    model_answers = _answers_for("model", config.model_name_or_path, model_engine, questions, config, out)
+    baseline_answers = _answers_for("baseline", config.baseline_model_name_or_path, baseline_engine, questions, config, out)
+    rows = judge_both_orders(judge, questions, model_answers, baseline_answers)
+    metrics = pairwise_metrics(rows)
+    metrics.update(task="pairwise", model=config.model_name_or_path, baseline=config.baseline_model_name_or_path, judge=config.judge or judge.name, data=str(config.data_path))
+    write_results(config.output_dir, metrics, pairwise_table(metrics), rows, rows_name="judgments.jsonl")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    (config,) = parse("almost eval pairwise", [PairwiseConfig], argv, description=__doc__.split("\n\n")[0])
+    run_pairwise(config)
+    return 0

@@ -1,0 +1,152 @@
+"""What the multiple-choice evaluations share: next-token probabilities of answer options, and
+writing/printing their results.
+
+``hhh`` and ``truthfulqa`` ask a model a question whose answer is one short word ("A"/"B",
+"true"/"false") and read the probability of each option's first token after the prompt. They take
+any object with ``tokenizer`` (for the chat template; None means the seed's transcript format) and
+``option_probs(prompts, options)``: ``LanguageModelOptions`` for a real model, a scripted one in tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from tqdm.auto import tqdm
+
+from ..chat import render_prompt, transcript
+from ..io import AlmostError, write_json_atomic, write_text_atomic
+from ..models import cpu_bf16_is_fast, load_tokenizer
+
+
+class OptionScorer(Protocol):
+    tokenizer: object | None
+
+    def option_probs(self, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> list[list[float]]:
+        """For each prompt, the probability of each option (the sum over its spellings) as the next token."""
+        ...
+
+
+def chat_prompt(tokenizer, question: str, answer_prefix: str) -> str:
+    """A one-turn question to the assistant, with the start of its answer already written."""
+    messages = [{"role": "user", "content": question}]
+    prefix = render_prompt(tokenizer, messages) if tokenizer is not None else transcript(messages) + "\n\nAssistant:"
+    return prefix + answer_prefix
+
+
+class LanguageModelOptions:
+    """A causal LM read at one position: softmax over the vocabulary after each prompt."""
+
+    def __init__(
+        self,
+        model_path: str,
+        batch_size: int = 8,
+        max_length: int = 2048,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        cache_dir: str | None = None,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code, padding_side="left", cache_dir=cache_dir)
+        load_dtype = torch.bfloat16 if self.device == "cuda" and dtype in ("auto", "bfloat16") else torch.float32
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                model_path, dtype=load_dtype, trust_remote_code=trust_remote_code, cache_dir=cache_dir
+            )
+        except (OSError, ValueError) as e:
+            raise AlmostError(f"cannot load a causal language model from {model_path}: {str(e).splitlines()[0]}") from None
+        self.model = model.to(self.device).eval()
+        self.batch_size = max(1, batch_size)
+        self.max_length = max_length
+        self.autocast_bf16 = self.device == "cpu" and (dtype == "bfloat16" or (dtype == "auto" and cpu_bf16_is_fast()))
+
+    def option_token_ids(self, options: Sequence[Sequence[str]]) -> list[list[int]]:
+        """The first token of every spelling of every option (duplicates within an option dropped)."""
+        ids = []
+        for spellings in options:
+            firsts = {self.tokenizer(s, add_special_tokens=False).input_ids[0] for s in spellings}
+            ids.append(sorted(firsts))
+        flat = [i for option in ids for i in option]
+        if len(flat) != len(set(flat)):
+            raise AlmostError(f"options {options} share a first token in this tokenizer; they cannot be told apart")
+        return ids
+
+    def option_probs(self, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> list[list[float]]:
+        import torch
+
+        option_ids = self.option_token_ids(options)
+        # Truncate from the left: the end of the prompt, where the answer starts, must be kept.
+        self.tokenizer.truncation_side = "left"
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        results: list[list[float]] = [[] for _ in prompts]
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast_bf16 else contextlib.nullcontext()
+        with tqdm(total=len(prompts), desc="scoring", unit="prompt", leave=False) as bar:
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                enc = self.tokenizer(
+                    [prompts[i] for i in batch],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    add_special_tokens=False,
+                ).to(self.device)
+                with torch.no_grad(), autocast:
+                    # Left padding: the last position predicts the next token, and only its logits are needed.
+                    logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].float()
+                probs = torch.softmax(logits, dim=-1)
+                for row, i in enumerate(batch):
+                    results[i] = [float(probs[row, ids].sum()) for ids in option_ids]
+                bar.update(len(batch))
+        return results
+
+
+def require_paths(data_path: str | None, output_dir: str | None) -> None:
+    if not data_path:
+        raise AlmostError("--data_path is required")
+    if not output_dir:
+        raise AlmostError("--output_dir is required")
+
+
+def accuracy_table(metrics: dict, group_key: str = "per_type", unit: str = "items") -> str:
+    """Overall and per-group accuracy with 95% intervals, as aligned text."""
+    lines = [f"{'':<28}{'accuracy':>9}  {'95% interval':>15}  {unit:>6}"]
+
+    def line(name: str, acc: dict) -> str:
+        low, high = acc["ci95"]
+        return f"{name:<28}{acc['accuracy']:>9.3f}  [{low:.3f}, {high:.3f}]  {acc['n']:>6}"
+
+    lines.append(line("all", metrics))
+    for name, acc in metrics.get(group_key, {}).items():
+        lines.append(line("  " + name, acc))
+    return "\n".join(lines)
+
+
+def accuracy(correct: Sequence[bool]) -> dict:
+    from ..reward.evaluate import wilson_interval
+
+    n, right = len(correct), sum(correct)
+    low, high = wilson_interval(right, n)
+    return {"accuracy": right / n if n else 0.0, "ci95": [low, high], "n": n}
+
+
+def grouped_accuracy(correct: Sequence[bool], groups: Sequence[str | None]) -> dict:
+    names = sorted({g or "(none)" for g in groups})
+    return {name: accuracy([c for c, g in zip(correct, groups) if (g or "(none)") == name]) for name in names}
+
+
+def write_results(output_dir: str, metrics: dict, table: str, rows: list[dict] | None = None, rows_name: str = "predictions.jsonl") -> None:
+    """metrics.json, metrics.txt (the printed table) and per-item rows; then print the table."""
+    from ..io import write_jsonl_atomic
+
+    out = Path(output_dir)
+    if rows is not None:
+        write_jsonl_atomic(out / rows_name, rows)
+    write_text_atomic(out / "metrics.txt", table + "\n")
+    write_json_atomic(out / "metrics.json", metrics)
+    print(table)

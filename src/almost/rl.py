@@ -1,0 +1,341 @@
+"""``almost rl``: reinforcement learning of the SFT policy against the synthetic reward model.
+
+Step 6b of the method. The policy samples several answers per prompt, the reward model trained by
+``almost rm train`` scores each (prompt, answer) in the same text format as ``almost rm``
+(``RewardScorer``), and TRL's ``RLOOTrainer`` (default) or ``GRPOTrainer`` updates the policy with
+a KL penalty (``--beta``) to the starting policy, which serves as the frozen reference. An optional
+length penalty subtracts ``--length_penalty`` per answer token.
+
+Writes to ``--output_dir``: the policy as an HF checkpoint (safetensors, tokenizer, README.md model
+card; LoRA adapters are merged unless ``--merge_lora false``), ``rl_log.csv`` (one row per logged
+step: reward, rm_reward, kl, completion_length, ...), and ``rl_summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from trl import GRPOConfig, RLOOConfig
+
+from .chat import as_messages, render_prompt
+from .config import parse
+from .io import AlmostError, read_rows, require_file, write_json_atomic, write_text_atomic
+from .models import resolve_model
+
+ALGORITHMS = ("rloo", "grpo")
+# Columns of rl_log.csv, in order: TRL's metric name → ours. The report reads these names.
+LOG_COLUMNS = {
+    "step": "step",
+    "reward": "reward",
+    "rewards/rm/mean": "rm_reward",
+    "rewards/length/mean": "length_tokens",
+    "kl": "kl",
+    "completions/mean_length": "completion_length",
+    "reward_std": "reward_std",
+    "entropy": "entropy",
+    "loss": "loss",
+    "grad_norm": "grad_norm",
+    "learning_rate": "learning_rate",
+}
+
+
+@dataclass
+class RLConfig(RLOOConfig):
+    """Settings of ``almost rl``: our fields plus every field of TRL's RLOOConfig (CPU-sane defaults)."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The policy to improve (normally the `almost sft` output): checkpoint, hub id, .gguf or embedded name."}
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The reward model from `almost rm train` (a sequence-classification checkpoint)."}
+    )
+    prompts_path: str | None = field(
+        default=None,
+        metadata={"help": "Prompts: `almost pg`'s prompts.txt (one per line), or JSONL/JSON rows with `prompt` (text or messages) or `messages`."},
+    )
+    algorithm: str = field(default="rloo", metadata={"help": "rloo (TRL RLOOTrainer, default) or grpo (TRL GRPOTrainer)."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts (all by default)."})
+    length_penalty: float = field(
+        default=0.0, metadata={"help": "Subtracted from the reward per answer token (0 = off); counters an RM that favours long answers."}
+    )
+    reward_batch_size: int = field(default=8, metadata={"help": "Answers per reward-model forward pass."})
+    reward_max_length: int = field(default=1024, metadata={"help": "Longest (prompt, answer) text the RM reads, in tokens."})
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (with --use_peft)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha (with --use_peft)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (with --use_peft)."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names to adapt (with --use_peft); default: all linear layers."}
+    )
+    merge_lora: bool = field(default=True, metadata={"help": "Save LoRA runs as a merged full checkpoint (false: save the adapter only)."})
+    # TRL fields whose defaults suit a GPU cluster; these suit a laptop CPU and are overridable.
+    beta: float = field(default=0.05, metadata={"help": "KL penalty coefficient against the starting (SFT) policy; must be > 0 to keep the policy close."})
+    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate."})
+    num_generations: int | None = field(default=4, metadata={"help": "Answers sampled per prompt (the RLOO/GRPO group size, at least 2)."})
+    max_completion_length: int | None = field(default=64, metadata={"help": "Longest sampled answer, in tokens."})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Answers per device per optimisation step (a multiple of num_generations)."})
+    logging_steps: float = field(default=1, metadata={"help": "Log (and write a rl_log.csv row) every N steps."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory (slower; useful on GPU for big models)."})
+    bf16: bool | None = field(default=False, metadata={"help": "bf16 mixed precision (turn on for GPUs; slow on CPUs without native bf16)."})
+    save_strategy: str = field(default="no", metadata={"help": "Intermediate checkpoints: no, steps or epoch (the final policy is always saved)."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Trackers for TRL's logs: none, tensorboard, wandb, trackio, ..."})
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown --algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        if self.beta < 0:
+            raise ValueError("--beta must be >= 0")
+        if self.length_penalty < 0:
+            raise ValueError("--length_penalty must be >= 0 (it is subtracted per token)")
+        # TrainingArguments.__post_init__ derives fields from others (e.g. generation_batch_size);
+        # a GRPO config is built from the values as given, before that.
+        self.given_values = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        super().__post_init__()
+
+
+def read_prompts(path: str, limit: int | None = None) -> list[list[dict]]:
+    """Prompts as message lists (the conversation before the answer) from prompts.txt or JSONL/JSON."""
+    path = str(require_file(path, "prompts file"))
+    if path.endswith(".txt"):
+        with open(path, encoding="utf-8") as f:
+            contexts = [as_messages(line.strip()) for line in f if line.strip()]
+    else:
+        contexts = []
+        for i, row in enumerate(read_rows(path, "prompts file"), 1):
+            value = row.get("prompt", row.get("messages"))
+            if isinstance(value, str) and value.strip():
+                contexts.append(as_messages(value.strip()))
+            elif isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+                messages = [{"role": m["role"], "content": str(m["content"])} for m in value]
+                while messages and messages[-1]["role"] == "assistant":  # a whole conversation: answer its last user turn
+                    messages.pop()
+                if messages:
+                    contexts.append(messages)
+            else:
+                raise AlmostError(f"{path} row {i}: needs a 'prompt' (text or messages) or 'messages' column")
+    if limit is not None:
+        contexts = contexts[:limit]
+    if not contexts:
+        raise AlmostError(f"{path} has no prompts")
+    return contexts
+
+
+def build_dataset(contexts: list[list[dict]], tokenizer):
+    """TRL prompt rows: conversational when the policy has a chat template, else the seed's transcript text.
+
+    The ``context`` column (JSON) carries the conversation to the reward function, which scores it
+    with the answer appended, whatever form the policy saw.
+    """
+    from datasets import Dataset
+
+    conversational = bool(getattr(tokenizer, "chat_template", None))
+    return Dataset.from_dict(
+        {
+            "prompt": [c if conversational else render_prompt(tokenizer, c) for c in contexts],
+            "context": [json.dumps(c, ensure_ascii=False) for c in contexts],
+        }
+    )
+
+
+def completion_text(completion) -> str:
+    """TRL hands completions as text, or as ``[{role: assistant, content}]`` for conversational prompts."""
+    if isinstance(completion, list):
+        return "".join(str(m.get("content", "")) for m in completion)
+    return str(completion)
+
+
+def make_reward_functions(scorer, length_penalty: float) -> tuple[list, list[float]]:
+    """TRL reward functions and weights: the RM score, and (if asked) minus the answer length in tokens."""
+
+    def rm(prompts, completions, context, **kwargs):
+        conversations = [json.loads(c) + [{"role": "assistant", "content": completion_text(a)}] for c, a in zip(context, completions)]
+        return scorer.score(conversations)
+
+    def length(prompts, completions, completion_ids, **kwargs):
+        return [float(len(ids)) for ids in completion_ids]
+
+    if length_penalty > 0:
+        return [rm, length], [1.0, -length_penalty]
+    return [rm], [1.0]
+
+
+def _trainer_classes(algorithm: str):
+    from trl import GRPOTrainer, RLOOTrainer
+
+    return (RLOOConfig, RLOOTrainer) if algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
+
+
+def trl_config(config: RLConfig, reward_weights: list[float]):
+    """The TRL config for the chosen algorithm: ours for RLOO, else a GRPOConfig with every shared field."""
+    if config.algorithm == "rloo":
+        config.reward_weights = reward_weights
+        return config
+    shared = {f.name for f in fields(GRPOConfig) if f.init}
+    return GRPOConfig(**{k: v for k, v in config.given_values.items() if k in shared}, reward_weights=reward_weights)
+
+
+class CsvLogCallback:
+    """Appends one row per TRL log event to rl_log.csv (the file ``almost report`` plots)."""
+
+    def __init__(self, path: Path):
+        from transformers import TrainerCallback
+
+        self.path = path
+        self.rows: list[dict] = []
+        callback = self
+
+        class _Callback(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "reward" in logs:
+                    callback.append({"step": state.global_step, **logs})
+
+        self.trainer_callback = _Callback()
+
+    def append(self, logs: dict) -> None:
+        row = {ours: logs.get(theirs, "") for theirs, ours in LOG_COLUMNS.items()}
+        self.rows.append(row)
+        new = not self.path.exists()
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(LOG_COLUMNS.values()))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def model_card(config: RLConfig, summary: dict) -> str:
+    first, last = summary.get("first_log") or {}, summary.get("last_log") or {}
+
+    def show(row: dict, key: str) -> str:
+        value = row.get(key, "")
+        return f"{value:.4f}" if isinstance(value, float) else str(value or "-")
+
+    return f"""---
+library_name: transformers
+tags: [almost, rlhf, {config.algorithm}, synthetic-feedback]
+---
+
+# {Path(config.output_dir).name}
+
+A policy trained by `almost rl` ({config.algorithm.upper()}, TRL) against a reward model learned from
+synthetic feedback, following "Aligning Large Language Models through Synthetic Feedback" (Kim et al., EMNLP 2023).
+
+| setting | value |
+|---|---|
+| starting policy (also the KL reference) | `{config.model_name_or_path}` |
+| reward model | `{config.reward_model_name_or_path}` |
+| prompts | `{config.prompts_path}` ({summary['prompts']} prompts) |
+| algorithm | {config.algorithm} |
+| KL coefficient (beta) | {config.beta} |
+| length penalty per token | {config.length_penalty} |
+| answers per prompt | {config.num_generations} |
+| learning rate | {config.learning_rate} |
+| optimisation steps | {summary['steps']} |
+| LoRA | {'r=%d alpha=%d (merged)' % (config.lora_r, config.lora_alpha) if config.use_peft and config.merge_lora else 'adapter' if config.use_peft else 'no (all weights)'} |
+
+| logged | first step | last step |
+|---|---|---|
+| reward | {show(first, 'reward')} | {show(last, 'reward')} |
+| KL to reference | {show(first, 'kl')} | {show(last, 'kl')} |
+| answer length (tokens) | {show(first, 'completion_length')} | {show(last, 'completion_length')} |
+
+Per-step figures are in `rl_log.csv`.
+"""
+
+
+def run_rl(config: RLConfig, scorer=None) -> dict:
+    """Train and save the policy. ``scorer`` (anything with ``score(conversations)``) replaces the RM for tests."""
+    import torch
+
+    from .models import load_tokenizer
+    from .reward.scorer import RewardScorer, check_reward_model
+
+    if not config.model_name_or_path:
+        raise AlmostError("--model_name_or_path is required (the policy to train, normally the SFT output)")
+    if not config.prompts_path:
+        raise AlmostError("--prompts_path is required (prompts.txt from `almost pg`, or JSONL)")
+    if scorer is None and not config.reward_model_name_or_path:
+        raise AlmostError("--reward_model_name_or_path is required (a reward model from `almost rm train`)")
+    if config.per_device_train_batch_size % config.num_generations and config.generation_batch_size is None:
+        raise AlmostError(
+            f"--per_device_train_batch_size ({config.per_device_train_batch_size}) must be a multiple of --num_generations ({config.num_generations})"
+        )
+    policy = resolve_model(config.model_name_or_path)
+    contexts = read_prompts(config.prompts_path, config.max_prompts)
+    if scorer is None:
+        reward_path = resolve_model(config.reward_model_name_or_path).path
+        check_reward_model(reward_path)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "rl_log.csv"
+    log_path.unlink(missing_ok=True)  # a rerun trains from the start: its log starts afresh
+
+    if scorer is None:
+        scorer = RewardScorer(reward_path, batch_size=config.reward_batch_size, max_length=config.reward_max_length)
+    tokenizer = load_tokenizer(policy.path, config.trust_remote_code, padding_side="left")
+    reward_funcs, weights = make_reward_functions(scorer, config.length_penalty)
+    args = trl_config(config, weights)
+    _, trainer_class = _trainer_classes(config.algorithm)
+    peft_config = None
+    if config.use_peft:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules or "all-linear",
+            task_type="CAUSAL_LM",
+        )
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        policy.path, dtype=torch.float32 if not torch.cuda.is_available() else "auto", trust_remote_code=config.trust_remote_code
+    )
+    csv_log = CsvLogCallback(log_path)
+    trainer = trainer_class(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=build_dataset(contexts, tokenizer),
+        processing_class=tokenizer,
+        callbacks=[csv_log.trainer_callback],
+        peft_config=peft_config,
+    )
+    trainer.train()
+
+    trained = trainer.model
+    if config.use_peft and config.merge_lora:
+        trained = trained.merge_and_unload()
+    trained.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    summary = {
+        "algorithm": config.algorithm,
+        "policy": config.model_name_or_path,
+        "reward_model": config.reward_model_name_or_path,
+        "prompts": len(contexts),
+        "steps": trainer.state.global_step,
+        "beta": config.beta,
+        "length_penalty": config.length_penalty,
+        "first_log": csv_log.rows[0] if csv_log.rows else None,
+        "last_log": csv_log.rows[-1] if csv_log.rows else None,
+    }
+    write_text_atomic(out / "README.md", model_card(config, summary))
+    write_json_atomic(out / "rl_summary.json", summary)
+    last = summary["last_log"] or {}
+    print(
+        f"almost rl: {summary['steps']} steps; last logged reward {last.get('reward', '-')}, KL {last.get('kl', '-')}, "
+        f"answer length {last.get('completion_length', '-')} tokens; policy saved to {out}"
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    (config,) = parse("almost rl", [RLConfig], argv, description=__doc__.split("\n\n")[0])
+    run_rl(config)
+    return 0
