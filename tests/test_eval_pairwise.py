@@ -1,0 +1,174 @@
+"""Pairwise evaluation: order swapping, verdict parsing, cached answers, an OpenAI-compatible stub judge."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from almost.cli import main as cli_main
+from almost.engines import ScriptedEngine
+from almost.evaluate import QUESTIONS_SAMPLE
+from almost.evaluate.pairwise import (
+    LLMJudge,
+    PairwiseConfig,
+    Question,
+    RewardModelJudge,
+    judge_both_orders,
+    openai_completer,
+    parse_verdict,
+    read_questions,
+    run_pairwise,
+    win_rate,
+)
+from almost.io import AlmostError
+
+QUESTIONS = [Question("1", "q1", "math"), Question("2", "q2", "math"), Question("3", "q3", "writing")]
+MODEL = {"1": "long good answer", "2": "long good answer", "3": "meh"}
+BASELINE = {"1": "bad", "2": "bad", "3": "meh too"}
+
+
+class ScriptedJudge:
+    name = "scripted"
+
+    def __init__(self, decide):
+        self.decide = decide
+
+    def compare(self, items):
+        return [self.decide(q, a, b) for q, a, b in items]
+
+
+def test_judge_always_preferring_position_a_gives_ties():
+    rows = judge_both_orders(ScriptedJudge(lambda q, a, b: (1.0, 0.0)), QUESTIONS, MODEL, BASELINE)
+    assert [r["outcome"] for r in rows] == ["tie", "tie", "tie"]
+
+
+def test_judge_preferring_content_wins_and_loses():
+    rows = judge_both_orders(ScriptedJudge(lambda q, a, b: (float(len(a)), float(len(b)))), QUESTIONS, MODEL, BASELINE)
+    assert [r["outcome"] for r in rows] == ["win", "win", "loss"]
+
+
+def test_llm_judge_parses_verdicts_in_both_orders():
+    # A judge that reads the content: prefers the answer containing "good", whatever its position.
+    def complete(conversations):
+        replies = []
+        for messages in conversations:
+            text = messages[0]["content"]
+            a = text.split("[Response A]\n")[1].split("\n\n[Response B]")[0]
+            replies.append("A is better. [[A]]" if "good" in a else "B is better.\n[[B]]" if "good" in text else "Same. [[C]]")
+        return replies
+
+    rows = judge_both_orders(LLMJudge(complete), QUESTIONS, MODEL, BASELINE)
+    assert [r["outcome"] for r in rows] == ["win", "win", "tie"]
+    assert rows[0]["judge_replies"][0].endswith("[[A]]") and rows[0]["judge_replies"][1].endswith("[[B]]")
+
+
+@pytest.mark.parametrize("text,verdict", [("[[A]]", "A"), ("x [[B]] then [[ C ]]", "C"), ("no verdict", None)])
+def test_parse_verdict(text, verdict):
+    assert parse_verdict(text) == verdict
+
+
+def test_win_rate_interval():
+    m = win_rate(["win"] * 6 + ["tie"] * 2 + ["loss"] * 2)
+    assert (m["win"], m["tie"], m["loss"], m["n"]) == (6, 2, 2, 10)
+    assert m["win_rate"] == pytest.approx(0.7)
+    low, high = m["ci95"]
+    assert 0.4 < low < 0.7 < high <= 1.0
+
+
+def test_rm_judge_uses_rewards_of_question_and_answer():
+    class LengthScorer:
+        def score(self, conversations):
+            assert all(c[0]["role"] == "user" and c[-1]["role"] == "assistant" for c in conversations)
+            return [float(len(c[-1]["content"])) for c in conversations]
+
+    rows = judge_both_orders(RewardModelJudge(LengthScorer()), QUESTIONS, MODEL, BASELINE)
+    assert [r["outcome"] for r in rows] == ["win", "win", "loss"]
+
+
+def test_run_pairwise_caches_answers(tmp_path, tiny_model_path):
+    model = ScriptedEngine(lambda prompt, i: "a good answer")
+    baseline = ScriptedEngine(lambda prompt, i: "bad")
+    judge = ScriptedJudge(lambda q, a, b: (1.0, 0.0) if "good" in a else (0.0, 1.0))
+    config = PairwiseConfig(
+        model_name_or_path=tiny_model_path,
+        baseline_model_name_or_path=str(tmp_path),  # any other local checkpoint name works for the cache key
+        data_path=str(QUESTIONS_SAMPLE),
+        output_dir=str(tmp_path / "e"),
+        max_new_tokens=8,
+    )
+    (tmp_path / "config.json").write_text("{}")
+    metrics = run_pairwise(config, model, baseline, judge)
+    assert (metrics["win"], metrics["n"]) == (10, 10) and metrics["win_rate"] == 1.0
+    assert set(metrics["per_category"]) == {"generic", "knowledge", "writing", "math", "coding", "safety"}
+    assert len(list((tmp_path / "e").glob("answers_*.jsonl"))) == 2
+    # A rerun reads the cached answers: engines that would fail are never called.
+    def fail(prompt, i):
+        raise AssertionError("regenerated a cached answer")
+
+    again = run_pairwise(config, ScriptedEngine(fail), ScriptedEngine(fail), judge)
+    assert again["win"] == 10
+
+
+class _StubChat(BaseHTTPRequestHandler):
+    seen: list[dict] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _StubChat.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        text = body["messages"][0]["content"]
+        a = text.split("[Response A]\n")[1].split("\n\n[Response B]")[0]
+        reply = {"choices": [{"message": {"role": "assistant", "content": "[[A]]" if "good" in a else "[[B]]"}}]}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_openai_judge_against_local_stub(monkeypatch):
+    server = HTTPServer(("127.0.0.1", 0), _StubChat)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("STUB_KEY", "sekrit")
+        complete = openai_completer(f"http://127.0.0.1:{server.server_port}/v1", "judge-model", "sekrit", 32, 10)
+        rows = judge_both_orders(LLMJudge(complete), QUESTIONS, MODEL, BASELINE)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [r["outcome"] for r in rows] == ["win", "win", "tie"]
+    assert _StubChat.seen[0]["path"] == "/v1/chat/completions"
+    assert _StubChat.seen[0]["auth"] == "Bearer sekrit" and _StubChat.seen[0]["body"]["model"] == "judge-model"
+
+
+def test_openai_judge_unreachable_is_one_clear_error():
+    complete = openai_completer("http://127.0.0.1:9/v1", "m", None, 8, 2)
+    with pytest.raises(AlmostError, match="cannot reach judge endpoint"):
+        complete([[{"role": "user", "content": "x"}]])
+
+
+def test_read_questions_rejects_duplicates_and_empty_rows(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question_id": 1, "text": "a"}\n{"question_id": 1, "text": "b"}\n')
+    with pytest.raises(AlmostError, match="twice"):
+        read_questions(str(path))
+    path.write_text('{"question_id": 1, "category": "x"}\n')
+    with pytest.raises(AlmostError, match="no question text"):
+        read_questions(str(path))
+
+
+@pytest.mark.parametrize("judge", ["nonsense", "gpt:foo", "openai:ftp://x", "rm:/nonexistent/rm"])
+def test_pairwise_bad_judge_exits_2_before_any_output(judge, tmp_path, tiny_model_path, capsys):
+    out = tmp_path / "e"
+    argv = ["eval", "pairwise", "--model_name_or_path", tiny_model_path, "--baseline_model_name_or_path", tiny_model_path]
+    argv += ["--data_path", str(QUESTIONS_SAMPLE), "--output_dir", str(out), "--judge", judge]
+    assert cli_main(argv) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not out.exists()
