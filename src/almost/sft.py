@@ -1,0 +1,325 @@
+"""``almost sft``: supervised fine-tuning on demonstrations, with TRL's ``SFTTrainer``.
+
+Reads ``demonstrations.jsonl`` from ``almost rmsp`` (or any JSONL/JSON/saved dataset with a
+``messages`` column, or ``prompt``/``completion`` rows). The loss falls on assistant turns only:
+every assistant turn of a multi-turn dialogue, and nothing the user (or system) wrote.
+
+TRL's own ``assistant_only_loss`` needs ``{% generation %}`` markers in the chat template, which
+SmolLM2's (and most) templates lack. So the masks are built here: the dialogue is rendered with
+the model's chat template one assistant turn at a time, the text is cut at the turn boundaries,
+and each piece is tokenized on its own, so an assistant piece holds exactly the tokens the model
+produces after the generation prompt (its answer and the end-of-turn token). The dataset goes to
+``SFTTrainer`` as ``input_ids`` + ``assistant_masks``, and TRL turns the masks into labels (-100
+elsewhere). One sequence per dialogue trains all its answers in one pass; expanding a dialogue into
+one prompt/completion row per answer would re-encode the early turns once per later answer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from trl import SFTConfig
+
+from .chat import as_messages
+from .config import parse
+from .io import AlmostError, read_rows, write_json_atomic, write_text_atomic
+from .models import DEFAULT_MODEL, cpu_bf16_is_fast, load_tokenizer, resolve_model
+
+ROLES = ("system", "user", "assistant")
+ADAPTER_DIR = "adapter"
+# For tokenizers without a chat template: the seed's transcript format (as almost.chat renders it),
+# with the end-of-sequence token after each answer so the model learns to stop. It is saved with
+# the checkpoint, so every later stage renders conversations the same way.
+TRANSCRIPT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '\\n\\nHuman: ' + message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}{{ '\\n\\nAssistant: ' + message['content'] + eos_token }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '\\n\\nAssistant:' }}{% endif %}"
+)
+
+
+@dataclass
+class SFTArguments(SFTConfig):
+    """Settings of ``almost sft``: every TRL SFTConfig / TrainingArguments field, with the seed
+    release's defaults, plus the data and LoRA options below."""
+
+    model_name_or_path: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": f"Model to fine-tune: hub id, local checkpoint, .gguf file, or embedded name (default {DEFAULT_MODEL})."},
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where hub downloads and converted GGUF checkpoints are cached."})
+    data_path: str | None = field(
+        default=None,
+        metadata={"help": "demonstrations.jsonl from `almost rmsp`, or any JSONL/JSON/saved dataset with `messages` or `prompt`/`completion` (required)."},
+    )
+    warmup_ratio: float | None = field(
+        default=0.03, metadata={"help": "Share of steps spent warming the learning rate up (seed spelling; sets --warmup_steps)."}
+    )
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of every weight; merged into the saved model."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling (alpha)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules that get adapters (default: every linear layer)."}
+    )
+
+    # Defaults of the seed release (Alpaca-style SFT), not TRL's.
+    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate of AdamW."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the demonstrations."})
+    max_length: int | None = field(default=512, metadata={"help": "Longest training sequence in tokens; longer dialogues are cut at the end."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule (cosine, linear, constant, ...)."})
+    save_strategy: str = field(default="no", metadata={"help": "Intermediate checkpoints: no, steps or epoch (the final model is always saved)."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every X optimizer steps."})
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Recompute activations to save memory (default: on with a GPU, off on CPU)."}
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision (default: on with a bf16-capable GPU, and on CPUs with native bf16; off elsewhere, where it is slower)."},
+    )
+
+    def __post_init__(self):
+        import torch
+
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            self.warmup_steps = self.warmup_ratio
+        gpu = torch.cuda.is_available() and not self.use_cpu
+        if self.gradient_checkpointing is None:
+            self.gradient_checkpointing = gpu
+        if self.bf16 is None:
+            self.bf16 = (gpu and torch.cuda.is_bf16_supported()) or (not gpu and cpu_bf16_is_fast())
+        super().__post_init__()
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: rows → (messages, first message that is trained) → token ids with assistant masks.
+
+
+def _check_messages(messages, where: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise AlmostError(f"{where}: `messages` must be a non-empty list of {{role, content}} objects")
+    for k, m in enumerate(messages, 1):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise AlmostError(f"{where}: message {k} must be {{role: system|user|assistant, content: text}}, got {str(m)[:80]}")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def row_to_dialogue(row: dict, where: str) -> tuple[list[dict], int]:
+    """(messages, index of the first message that may be trained): every assistant turn of a
+    ``messages`` row; only the completion of a ``prompt``/``completion`` row."""
+    if "messages" in row:
+        messages, first_trained = _check_messages(row["messages"], where), 0
+    elif "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(prompt, str):
+            prompt = as_messages(prompt)
+        prompt = _check_messages(prompt, f"{where} prompt")
+        completion = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else completion
+        completion = _check_messages(completion, f"{where} completion")
+        messages, first_trained = prompt + completion, len(prompt)
+    else:
+        raise AlmostError(f"{where}: needs a `messages` column or `prompt` and `completion` columns (has: {', '.join(row)})")
+    if not any(m["role"] == "assistant" for m in messages[first_trained:]):
+        raise AlmostError(f"{where}: no assistant turn to train on")
+    return messages, first_trained
+
+
+def load_dialogues(path: str | Path) -> list[tuple[list[dict], int]]:
+    rows = read_rows(path, "SFT data")
+    if not rows:
+        raise AlmostError(f"{path} has no rows")
+    return [row_to_dialogue(row, f"{path} row {i}") for i, row in enumerate(rows, 1)]
+
+
+def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def encode_dialogue(tokenizer, messages: list[dict], first_trained: int = 0) -> tuple[list[int], list[int]]:
+    """Token ids of the whole dialogue and a mask that is 1 exactly on the trained assistant turns.
+
+    Each assistant turn's text is what the chat template adds after the generation prompt (the
+    answer and the end-of-turn marker). This needs a template that renders a dialogue's prefix the
+    same way whatever follows it, which is checked.
+    """
+    segments: list[tuple[str, int]] = []
+    done = ""
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant" or i < first_trained:
+            continue
+        before = _render(tokenizer, messages[:i], generation_prompt=True)
+        after = _render(tokenizer, messages[: i + 1])
+        if not before.startswith(done) or not after.startswith(before):
+            raise AlmostError(
+                "the chat template renders earlier turns differently once later turns follow, so answer-only "
+                "masks cannot be cut from it; pass a template without that behaviour via --chat_template_path"
+            )
+        segments += [(before[len(done) :], 0), (after[len(before) :], 1)]
+        done = after
+    full = _render(tokenizer, messages)
+    if not full.startswith(done):
+        raise AlmostError("the chat template renders the dialogue differently from its prefixes; pass another --chat_template_path")
+    segments.append((full[len(done) :], 0))
+    input_ids: list[int] = []
+    mask: list[int] = []
+    for text, trained in segments:
+        if text:
+            ids = tokenizer(text, add_special_tokens=False).input_ids
+            input_ids += ids
+            mask += [trained] * len(ids)
+    return input_ids, mask
+
+
+def prepare_tokenizer(path: str, config: SFTArguments):
+    tokenizer = load_tokenizer(path, config.trust_remote_code, padding_side="right", cache_dir=config.cache_dir)
+    if config.chat_template_path:
+        template = Path(config.chat_template_path)
+        if template.suffix not in (".jinja", ".j2") or not template.is_file():
+            raise AlmostError(f"--chat_template_path must be a .jinja file, got {template}")
+        tokenizer.chat_template = template.read_text(encoding="utf-8")
+        # Applied here, before tokenization; TRL would otherwise apply it again after the data is encoded.
+        config.chat_template_path = None
+    elif not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = TRANSCRIPT_CHAT_TEMPLATE
+    return tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and saving.
+
+
+def lora_config(config: SFTArguments):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules or "all-linear",
+    )
+
+
+def model_card(config: SFTArguments, summary: dict) -> str:
+    hyper = {
+        k: getattr(config, k)
+        for k in (
+            "learning_rate", "weight_decay", "num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type",
+            "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "bf16", "seed", "lora",
+        )
+    }
+    if config.lora:
+        hyper.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
+    rows = "\n".join(f"| {k} | {v} |" for k, v in hyper.items())
+    data, train = summary["data"], summary["train"]
+    return f"""---
+library_name: transformers
+tags: [sft, almost, trl]
+base_model: {config.model_name_or_path}
+---
+
+# Chat model fine-tuned with `almost sft`
+
+Supervised fine-tuning with TRL's `SFTTrainer` on demonstrations, following "Aligning Large
+Language Models through Synthetic Feedback" (Kim et al., EMNLP 2023): the demonstrations are
+dialogues whose assistant turns a reward model picked during self-play (`almost rmsp`).
+
+- **Base model:** `{config.model_name_or_path}`
+- **Data:** `{config.data_path}`: {data['dialogues']} dialogues, {data['assistant_turns']} trained assistant turns,
+  {data['tokens']} tokens of which {data['trained_tokens']} carry loss; {data['truncated']} cut at {config.max_length} tokens.
+- **Loss:** assistant turns only (every turn of a multi-turn dialogue; user and system tokens get label -100).
+- **Training:** {train['global_step']} steps, first logged loss {train['first_loss']}, last {train['last_loss']}.
+- **Chat format:** the tokenizer's chat template, saved with this checkpoint.
+
+| hyperparameter | value |
+|---|---|
+{rows}
+"""
+
+
+def _save_merged_lora(adapter_dir: Path, output_dir: Path, trust_remote_code: bool) -> None:
+    from peft import AutoPeftModelForCausalLM
+
+    model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir), trust_remote_code=trust_remote_code).merge_and_unload()
+    model.save_pretrained(output_dir)
+
+
+def run_sft(config: SFTArguments) -> dict:
+    if not config.data_path:
+        raise AlmostError("--data_path is required (demonstrations.jsonl from `almost rmsp`, or messages / prompt+completion rows)")
+    if not config.output_dir:
+        raise AlmostError("--output_dir is required")
+    dialogues = load_dialogues(config.data_path)
+    model = resolve_model(config.model_name_or_path, config.cache_dir)
+    tokenizer = prepare_tokenizer(model.path, config)
+    encoded = [encode_dialogue(tokenizer, messages, first) for messages, first in dialogues]
+    limit = config.max_length or math.inf
+    data = {
+        "dialogues": len(dialogues),
+        "assistant_turns": sum(sum(m["role"] == "assistant" for m in msgs[first:]) for msgs, first in dialogues),
+        "tokens": sum(len(ids) for ids, _ in encoded),
+        "trained_tokens": sum(sum(mask) for _, mask in encoded),
+        "truncated": sum(len(ids) > limit for ids, _ in encoded),
+    }
+
+    import datasets
+    from trl import SFTTrainer
+
+    dataset = datasets.Dataset.from_dict({"input_ids": [ids for ids, _ in encoded], "assistant_masks": [m for _, m in encoded]})
+    trainer = SFTTrainer(
+        model=model.path,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(config) if config.lora else None,
+    )
+    if trainer.is_world_process_zero():
+        print(
+            f"almost sft: {data['dialogues']} dialogues, {data['assistant_turns']} assistant turns, "
+            f"{data['trained_tokens']}/{data['tokens']} tokens trained, {data['truncated']} cut at {config.max_length}",
+            flush=True,
+        )
+    result = trainer.train()
+    output_dir = Path(config.output_dir)
+    trainer.save_model(str(output_dir / ADAPTER_DIR) if config.lora else str(output_dir))
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return {}
+    if config.lora:
+        _save_merged_lora(output_dir / ADAPTER_DIR, output_dir, config.trust_remote_code)
+    tokenizer.save_pretrained(output_dir)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    summary = {
+        "model": str(output_dir),
+        "base_model": config.model_name_or_path,
+        "data": data,
+        "train": {
+            **result.metrics,
+            "global_step": result.global_step,
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "losses": losses,
+        },
+        "config": {k: v for k, v in asdict(config).items() if isinstance(v, (str, int, float, bool, type(None)))},
+    }
+    write_text_atomic(output_dir / "README.md", model_card(config, summary))
+    write_json_atomic(output_dir / "metrics.json", summary)
+    # Trainer leaves its own state next to the model; the checkpoint folder is the product.
+    (output_dir / "training_args.bin").unlink(missing_ok=True)
+    if config.lora:
+        (output_dir / ADAPTER_DIR / "training_args.bin").unlink(missing_ok=True)
+        (output_dir / ADAPTER_DIR / "README.md").unlink(missing_ok=True)
+    print(f"almost sft: {result.global_step} steps, loss {summary['train']['first_loss']} -> {summary['train']['last_loss']}; saved {output_dir}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    (config,) = parse("almost sft", [SFTArguments], argv, description=__doc__.split("\n\n")[0])
+    run_sft(config)
+    return 0
