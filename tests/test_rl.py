@@ -1,0 +1,100 @@
+"""almost rl: a few RLOO steps on a tiny policy and tiny RM change the weights and log reward and KL."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from almost.cli import main as cli_main
+from almost.io import AlmostError
+from almost.rl import make_reward_functions, read_prompts
+
+
+def _weights(path) -> dict:
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_rloo_run_changes_weights_and_logs_kl(tmp_path, tiny_model_path, tiny_reward_model_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is the capital of France?\nHow do I boil an egg?\n\nTell me a joke.\nWhy is the sky blue?\n")
+    out = tmp_path / "rl"
+    argv = ["rl", "--model_name_or_path", tiny_model_path, "--reward_model_name_or_path", tiny_reward_model_path]
+    argv += ["--prompts_path", str(prompts), "--output_dir", str(out), "--max_steps", "2", "--max_completion_length", "8"]
+    argv += ["--learning_rate", "1e-2", "--length_penalty", "0.01", "--seed", "0"]
+    assert cli_main(argv) == 0
+
+    before, after = _weights(Path(tiny_model_path)), _weights(out)
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert len(changed) > len(before) // 2, f"only {len(changed)} of {len(before)} tensors changed"
+
+    rows = list(csv.DictReader(open(out / "rl_log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert {"reward", "rm_reward", "kl", "completion_length"} <= set(rows[0])
+    assert all(r["kl"] != "" for r in rows)
+    # After one update the policy differs from the reference, so the second step's KL is non-zero.
+    assert float(rows[1]["kl"]) != 0.0
+    # The length penalty enters the reward: reward = rm_reward - 0.01 * length.
+    assert float(rows[0]["reward"]) == pytest.approx(float(rows[0]["rm_reward"]) - 0.01 * float(rows[0]["length_tokens"]), abs=1e-4)
+    summary = json.loads((out / "rl_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["beta"] > 0 and summary["prompts"] == 4
+    assert "KL coefficient" in (out / "README.md").read_text()
+    assert (out / "tokenizer.json").exists()
+
+
+def test_read_prompts_formats(tmp_path):
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text(
+        '{"prompt": "hello"}\n'
+        '{"prompt": [{"role": "user", "content": "hi"}]}\n'
+        '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+    )
+    contexts = read_prompts(str(jsonl))
+    assert contexts == [[{"role": "user", "content": "hello"}], [{"role": "user", "content": "hi"}], [{"role": "user", "content": "a"}]]
+    assert read_prompts(str(jsonl), limit=1) == contexts[:1]
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(AlmostError, match="no prompts"):
+        read_prompts(str(tmp_path / "empty.txt"))
+    (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n')
+    with pytest.raises(AlmostError, match="needs a 'prompt'"):
+        read_prompts(str(tmp_path / "bad.jsonl"))
+
+
+def test_reward_function_scores_prompt_plus_completion():
+    seen = []
+
+    class Scorer:
+        def score(self, conversations):
+            seen.extend(conversations)
+            return [1.0] * len(conversations)
+
+    funcs, weights = make_reward_functions(Scorer(), 0.5)
+    context = json.dumps([{"role": "user", "content": "q"}])
+    rewards = funcs[0](prompts=["q"], completions=[[{"role": "assistant", "content": "ans"}]], context=[context])
+    assert rewards == [1.0] and seen == [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "ans"}]]
+    assert funcs[1](prompts=["q"], completions=["x"], completion_ids=[[1, 2, 3]]) == [3.0]
+    assert weights == [1.0, -0.5]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--algorithm", "ppo"], "unknown --algorithm"),
+        (["--reward_model_name_or_path", "POLICY"], "not a reward model"),
+        (["--prompts_path", "/nonexistent.txt"], "not found"),
+    ],
+)
+def test_rl_bad_input_exits_2(extra, message, tmp_path, tiny_model_path, tiny_reward_model_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hi\n")
+    out = tmp_path / "rl"
+    argv = ["rl", "--model_name_or_path", tiny_model_path, "--reward_model_name_or_path", tiny_reward_model_path, "--prompts_path", str(prompts), "--output_dir", str(out)]
+    argv += [tiny_model_path if a == "POLICY" else a for a in extra]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (out / "rl_log.csv").exists()
