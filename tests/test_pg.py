@@ -208,9 +208,9 @@ def test_seed_prompt_asset_is_valid_and_has_no_near_duplicates():
 
 # --- the stage with a scripted engine --------------------------------------------------------------
 
-WORDS = [f"{w}" for w in "apple river music engine garden winter planet coffee ladder violin tiger silver "
-         "candle forest rocket pillow mirror bridge carpet thunder lemon castle glacier puzzle harbor "
-         "meadow anchor falcon velvet lantern orchid canyon pepper marble saddle tunnel walnut".split()]  # fmt: skip
+WORDS = ("apple river music engine garden winter planet coffee ladder violin tiger silver candle forest rocket "
+         "pillow mirror bridge carpet thunder lemon castle glacier puzzle harbor meadow anchor falcon velvet "
+         "lantern orchid canyon pepper marble saddle tunnel walnut").split()  # fmt: skip
 
 
 def scripted_query(request: str, sample: int) -> str:
