@@ -78,7 +78,7 @@ def test_hhh_per_type_accuracy_on_sample_file(tmp_path):
     assert metrics["per_type"]["harmless"]["accuracy"] == 1.0
     assert metrics["per_type"]["helpful"]["accuracy"] == 0.0
     assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 16
-    assert len((out / "predictions.jsonl").read_text().splitlines()) == 16
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 16
 
 
 def _mc(correct: int, n: int = 3) -> dict:

@@ -32,7 +32,7 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
-from ..chat import as_messages, render_prompt, transcript
+from ..chat import as_messages, render_prompt
 from ..config import EngineArguments, parse
 from ..engines import Sampling, load_engine
 from ..io import AlmostError, ResumableJsonl, fingerprint, read_jsonl
@@ -138,8 +138,7 @@ def generate_answers(get_engine: Callable[[], object], questions: Sequence[Quest
 
 def answer_prompt(tokenizer, question: str) -> str:
     """The question as the answering model sees it (its chat template, else the seed's transcript)."""
-    messages = as_messages(question)
-    return render_prompt(tokenizer, messages) if tokenizer is not None else transcript(messages) + "\n\nAssistant:"
+    return render_prompt(tokenizer, as_messages(question))
 
 
 def judge_prompt(question: str, answer_a: str, answer_b: str) -> str:

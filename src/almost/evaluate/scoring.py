@@ -16,7 +16,7 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
-from ..chat import render_prompt, transcript
+from ..chat import render_prompt
 from ..io import AlmostError, write_json_atomic, write_text_atomic
 from ..models import cpu_bf16_is_fast, load_tokenizer
 
@@ -31,9 +31,8 @@ class OptionScorer(Protocol):
 
 def chat_prompt(tokenizer, question: str, answer_prefix: str) -> str:
     """A one-turn question to the assistant, with the start of its answer already written."""
-    messages = [{"role": "user", "content": question}]
-    prefix = render_prompt(tokenizer, messages) if tokenizer is not None else transcript(messages) + "\n\nAssistant:"
-    return prefix + answer_prefix
+    # render_prompt falls back to the seed's transcript for a tokenizer without a template (or None).
+    return render_prompt(tokenizer, [{"role": "user", "content": question}]) + answer_prefix
 
 
 class LanguageModelOptions:
