@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--num_candidates", type=int, default=4)
     parser.add_argument("--max_turns", type=int, default=2)
     parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--n_shot", type=int, default=1, help="demonstrations in the policy's prompt")
+    parser.add_argument("--user_n_shot", type=int, default=2, help="examples in the user simulator's prompt")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--sft_epochs", type=float, default=1.0)
     args = parser.parse_args()
@@ -76,6 +78,8 @@ def main() -> None:
             num_candidates=args.num_candidates,
             max_turns=args.max_turns,
             max_new_tokens=args.max_new_tokens,
+            n_shot=args.n_shot,
+            user_n_shot=args.user_n_shot,
             max_prompts=args.num_prompts,
             batch_size=args.batch_size,
         )
