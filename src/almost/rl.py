@@ -253,7 +253,7 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
     import torch
 
     from .models import load_tokenizer
-    from .reward.scorer import RewardScorer, check_reward_model
+    from .reward.scorer import RewardScorer, reward_model_path
 
     if not config.model_name_or_path:
         raise AlmostError("--model_name_or_path is required (the policy to train, normally the SFT output)")
@@ -268,8 +268,7 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
     policy = resolve_model(config.model_name_or_path)
     contexts = read_prompts(config.prompts_path, config.max_prompts)
     if scorer is None:
-        reward_path = resolve_model(config.reward_model_name_or_path).path
-        check_reward_model(reward_path)
+        reward_path = reward_model_path(config.reward_model_name_or_path)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "rl_log.csv"

@@ -237,9 +237,9 @@ def parse_judge_spec(spec: str | None) -> tuple[str, str]:
 def build_judge(config: PairwiseConfig) -> Judge:
     kind, target = parse_judge_spec(config.judge)
     if kind == "rm":
-        from ..reward.scorer import RewardScorer
+        from ..reward.scorer import RewardScorer, reward_model_path
 
-        return RewardModelJudge(RewardScorer(resolve_model(target, config.cache_dir).path, batch_size=config.batch_size))
+        return RewardModelJudge(RewardScorer(reward_model_path(target), batch_size=config.batch_size))
     if kind == "llm":
         engine = load_engine(config.backend, resolve_model(target, config.cache_dir), batch_size=config.batch_size, seed=config.seed, dtype=config.dtype, cache_dir=config.cache_dir)
         return LLMJudge(local_completer(engine, engine.tokenizer, config.judge_max_new_tokens))
