@@ -42,10 +42,10 @@ from .config import ParsedOnly, ParseProbe, parse_only
 from .feedback.demos import ASSETS
 from .io import AlmostError, fingerprint, read_json, write_json_atomic
 from .models import DEFAULT_MODEL, resolve_model
+from .report import EVAL_KINDS, OneLineArgumentParser, step_figures, write_report
 
 STAGES = ("pg", "rg", "cs", "rm", "rmsp", "sft", "rl", "eval")
 TOP_LEVEL_KEYS = ("output_dir", "shared", "in_process", *STAGES)
-EVAL_KINDS = ("hhh", "truthfulqa", "pairwise")
 MARKER_PREFIX = ".almost-step"
 # Files in inputs larger than this are fingerprinted by size and modification time, not content.
 CONTENT_HASH_LIMIT = 64 * 2**20
@@ -493,8 +493,6 @@ def execute(steps: list[Step], first: str | None, in_process: bool) -> list[Outc
 
 
 def print_summary(outcomes: list[Outcome], run_dir: Path, report_path: Path | None) -> None:
-    from .report import step_figures
-
     rows = [("step", "status", "time (cpu)", "produced", "figures")]
     for o in outcomes:
         cpu = o.extra.get("cpu_seconds")
@@ -517,8 +515,6 @@ def print_summary(outcomes: list[Outcome], run_dir: Path, report_path: Path | No
 
 
 def build_parser():
-    from .report import OneLineArgumentParser
-
     p = OneLineArgumentParser(prog="almost pipeline", description="Run every stage of the method from one YAML config; finished, unchanged steps are skipped.")
     p.add_argument("config", help="The pipeline YAML (see docs/pipeline.md).")
     p.add_argument("--output_dir", "--output-dir", help="Run directory (default: output_dir in the config).")
@@ -556,8 +552,6 @@ def run_pipeline(config_path: str | os.PathLike, output_dir: str | None = None, 
     outcomes = execute(steps, first, bool(config.get("in_process")))
     report_path = None
     if report:
-        from .report import write_report
-
         report_path = write_report(run_dir)
     print_summary(outcomes, run_dir, report_path)
     failed = [o for o in outcomes if o.status == "failed"]

@@ -31,7 +31,7 @@ from .io import AlmostError, read_json, read_jsonl, write_text_atomic
 REPORT = "report.md"
 FIGURES = "report_figures"  # the PNGs, next to report.md
 RG_ROW_KEYS = {"index", "prompt", "response", "bad", "config"}
-EVAL_KINDS = ("hhh", "truthfulqa", "pairwise")
+EVAL_KINDS = ("hhh", "truthfulqa", "pairwise")  # the `almost eval` subcommands, in report order
 
 
 def _find(run: Path, folder: str, name: str) -> Path | None:
