@@ -98,3 +98,16 @@ def test_rl_bad_input_exits_2(extra, message, tmp_path, tiny_model_path, tiny_re
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (out / "rl_log.csv").exists()
+
+
+def test_grpo_config_carries_our_settings(tmp_path):
+    from trl import GRPOConfig
+
+    from almost.config import parse
+    from almost.rl import RLConfig, trl_config
+
+    (config,) = parse("almost rl", [RLConfig], ["--algorithm", "grpo", "--output_dir", str(tmp_path), "--beta", "0.1", "--num_generations", "2", "--max_completion_length", "12"])
+    args = trl_config(config, [1.0, -0.01])
+    assert isinstance(args, GRPOConfig)
+    assert (args.beta, args.num_generations, args.max_completion_length, args.reward_weights) == (0.1, 2, 12, [1.0, -0.01])
+    assert args.bf16 is False and args.gradient_checkpointing is False and args.report_to in ("none", [], ["none"])

@@ -175,7 +175,9 @@ def trl_config(config: RLConfig, reward_weights: list[float]):
         config.reward_weights = reward_weights
         return config
     shared = {f.name for f in fields(GRPOConfig) if f.init}
-    return GRPOConfig(**{k: v for k, v in config.given_values.items() if k in shared}, reward_weights=reward_weights)
+    values = {k: v for k, v in config.given_values.items() if k in shared}
+    values["reward_weights"] = reward_weights
+    return GRPOConfig(**values)
 
 
 class CsvLogCallback:
