@@ -17,6 +17,7 @@ from almost.selfplay import (
     read_prompts,
     run_rmsp,
     select_candidate,
+    trim_to_sentence,
     unit_seed,
     user_prompt,
     user_turn_verdict,
@@ -134,6 +135,13 @@ def test_select_candidate_argmax_and_gates():
     assert select_candidate([0.2, 0.1], min_reward=1.0, min_margin=0.05) == (0, None)
     assert select_candidate([2.0, 1.99], min_reward=1.0, min_margin=0.5) == (0, None)
     assert select_candidate([0.2, 0.19], min_reward=1.0, min_margin=0.5) == (None, "below_min_reward_and_margin_below_min")
+
+
+def test_trim_to_sentence():
+    assert trim_to_sentence("One sentence. Two sentences! And a third that was cut") == "One sentence. Two sentences!"
+    assert trim_to_sentence("Version 2.5 is out. It adds") == "Version 2.5 is out."
+    assert trim_to_sentence("Complete answer.") == "Complete answer."
+    assert trim_to_sentence("no sentence end at all") == "no sentence end at all"
 
 
 def test_user_turn_verdict():
@@ -314,7 +322,7 @@ def test_rmsp_with_real_smollm2(tmp_path, files, smollm2_path, tiny_reward_model
     args = [
         "rmsp", "--output_dir", str(out), "--prompts_path", str(prompts), "--reward_model_name_or_path", tiny_reward_model_path,
         "--model_name_or_path", smollm2_path, "--prompt_file_path", str(demos), "--n_shot", "2", "--num_candidates", "4", "--max_turns", "2", "--max_prompts", "2",
-        "--max_new_tokens", "64", "--user_max_new_tokens", "32",
+        "--max_new_tokens", "48", "--user_max_new_tokens", "24",
     ]  # fmt: skip
     assert cli_main(args) == 0
     summary = json.loads((out / "rmsp_summary.json").read_text())

@@ -101,6 +101,10 @@ class RMSPArguments(EngineArguments):
     user_temperature: float = field(default=0.8, metadata={"help": "User simulator sampling temperature."})
     user_max_new_tokens: int = field(default=48, metadata={"help": "Longest user turn, in tokens."})
     reward_batch_size: int = field(default=8, metadata={"help": "Conversations per reward model forward pass."})
+    trim_to_sentence: bool = field(
+        default=True,
+        metadata={"help": "Cut an answer that stopped mid-sentence (at --max_new_tokens) back to its last full sentence before the BAD rules."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -189,6 +193,17 @@ def select_candidate(
     return best, None
 
 
+_SENTENCE_END = re.compile(r"[.!](?=\s|$)")
+
+
+def trim_to_sentence(answer: str) -> str:
+    """An answer cut off mid-sentence, back to its last complete sentence (unchanged if it has none)."""
+    if answer.endswith((".", "!")):
+        return answer
+    ends = [m.end() for m in _SENTENCE_END.finditer(answer)]
+    return answer[: ends[-1]] if ends else answer
+
+
 def unit_seed(seed: int, batch: int, turn: int, role: str) -> int:
     """The sampling seed of one engine call: fixed by the unit of work, not by the call order."""
     return int(fingerprint({"seed": seed, "batch": batch, "turn": turn, "role": role}), 16) % (2**31)
@@ -259,7 +274,8 @@ class SelfPlay:
         samples = self.policy.generate(prompts, sampling, desc=f"turn {turn + 1} answers")
         if len(samples) != len(live) or any(len(s) != c.num_candidates for s in samples):
             raise RuntimeError(f"engine returned {[len(s) for s in samples]} samples for {len(live)} prompts x {c.num_candidates}")
-        candidates = [[{"text": cut_answer(t), "reward": None, "bad_reasons": []} for t in texts] for texts in samples]
+        trim = trim_to_sentence if c.trim_to_sentence else (lambda text: text)
+        candidates = [[{"text": trim(cut_answer(t)), "reward": None, "bad_reasons": []} for t in texts] for texts in samples]
         to_score = []  # (dialogue position, candidate position)
         for k, cands in enumerate(candidates):
             for j, cand in enumerate(cands):
