@@ -110,4 +110,5 @@ def test_grpo_config_carries_our_settings(tmp_path):
     args = trl_config(config, [1.0, -0.01])
     assert isinstance(args, GRPOConfig)
     assert (args.beta, args.num_generations, args.max_completion_length, args.reward_weights) == (0.1, 2, 12, [1.0, -0.01])
-    assert args.bf16 is False and args.gradient_checkpointing is False and args.report_to in ("none", [], ["none"])
+    # bf16 follows the hardware (auto); whatever it resolved to must reach the GRPO config unchanged.
+    assert args.bf16 is config.bf16 and args.gradient_checkpointing is False and args.report_to in ("none", [], ["none"])

@@ -130,3 +130,23 @@ def parse_shard(shard: str | None) -> tuple[int, int] | None:
     if not (n >= 1 and 0 <= i < n):
         raise AlmostError(f"--shard {shard}: need 0 <= i < n")
     return i, n
+
+
+def resolve_training_hardware(args) -> None:
+    """Fill a training config's hardware-dependent defaults (None = auto) before TRL validates them.
+
+    Without ``use_cpu`` on a machine with no accelerator, a multi-process launch (accelerate launch,
+    torchrun) starts a process group that Trainer then ignores, and bf16 is refused outright.
+    bf16 pays off on GPUs that support it and on CPUs with native bf16; elsewhere it is slower.
+    """
+    import torch
+
+    from .models import cpu_bf16_is_fast
+
+    if not torch.accelerator.is_available():
+        args.use_cpu = True
+    gpu = torch.cuda.is_available() and not args.use_cpu
+    if args.gradient_checkpointing is None:
+        args.gradient_checkpointing = gpu
+    if args.bf16 is None:
+        args.bf16 = (gpu and torch.cuda.is_bf16_supported()) or (not gpu and cpu_bf16_is_fast())

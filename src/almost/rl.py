@@ -22,7 +22,7 @@ from pathlib import Path
 from trl import GRPOConfig, RLOOConfig
 
 from .chat import as_messages, render_prompt
-from .config import parse
+from .config import parse, resolve_training_hardware
 from .io import AlmostError, read_rows, require_file, write_json_atomic, write_text_atomic
 from .models import resolve_model
 
@@ -80,7 +80,10 @@ class RLConfig(RLOOConfig):
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Answers per device per optimisation step (a multiple of num_generations)."})
     logging_steps: float = field(default=1, metadata={"help": "Log (and write a rl_log.csv row) every N steps."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory (slower; useful on GPU for big models)."})
-    bf16: bool | None = field(default=False, metadata={"help": "bf16 mixed precision (turn on for GPUs; slow on CPUs without native bf16)."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision (default: on with a bf16-capable GPU, and on CPUs with native bf16; off elsewhere, where it is slower)."},
+    )
     save_strategy: str = field(default="no", metadata={"help": "Intermediate checkpoints: no, steps or epoch (the final policy is always saved)."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Trackers for TRL's logs: none, tensorboard, wandb, trackio, ..."})
 
@@ -93,6 +96,7 @@ class RLConfig(RLOOConfig):
             raise ValueError("--length_penalty must be >= 0 (it is subtracted per token)")
         # TrainingArguments.__post_init__ derives fields from others (e.g. generation_batch_size);
         # a GRPO config is built from the values as given, before that.
+        resolve_training_hardware(self)
         self.given_values = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         super().__post_init__()
 

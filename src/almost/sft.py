@@ -23,9 +23,9 @@ from pathlib import Path
 from trl import SFTConfig
 
 from .chat import as_messages
-from .config import parse
+from .config import parse, resolve_training_hardware
 from .io import AlmostError, read_rows, write_json_atomic, write_text_atomic
-from .models import DEFAULT_MODEL, cpu_bf16_is_fast, load_tokenizer, resolve_model
+from .models import DEFAULT_MODEL, load_tokenizer, resolve_model
 
 ROLES = ("system", "user", "assistant")
 ADAPTER_DIR = "adapter"
@@ -83,17 +83,11 @@ class SFTArguments(SFTConfig):
     )
 
     def __post_init__(self):
-        import torch
-
         if self.warmup_ratio is not None:
             if not 0 <= self.warmup_ratio < 1:
                 raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
             self.warmup_steps = self.warmup_ratio
-        gpu = torch.cuda.is_available() and not self.use_cpu
-        if self.gradient_checkpointing is None:
-            self.gradient_checkpointing = gpu
-        if self.bf16 is None:
-            self.bf16 = (gpu and torch.cuda.is_bf16_supported()) or (not gpu and cpu_bf16_is_fast())
+        resolve_training_hardware(self)
         super().__post_init__()
 
 

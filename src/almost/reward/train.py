@@ -18,9 +18,9 @@ from pathlib import Path
 from trl import RewardConfig
 
 from ..chat import render_conversation
-from ..config import parse
+from ..config import parse, resolve_training_hardware
 from ..io import AlmostError, write_json_atomic, write_text_atomic
-from ..models import DEFAULT_MODEL, cpu_bf16_is_fast, load_tokenizer, resolve_model
+from ..models import DEFAULT_MODEL, load_tokenizer, resolve_model
 from .formats import Pair, load_pairs
 
 TRUNCATION_SIDES = ("left", "right", "drop")
@@ -81,8 +81,6 @@ class RewardTrainingConfig(RewardConfig):
     )
 
     def __post_init__(self):
-        import torch
-
         if self.truncation_side not in TRUNCATION_SIDES:
             raise ValueError(f"--truncation_side must be one of {', '.join(TRUNCATION_SIDES)}, got {self.truncation_side!r}")
         if not 0 <= self.eval_fraction < 1:
@@ -91,15 +89,7 @@ class RewardTrainingConfig(RewardConfig):
             self.max_length = self.model_max_length
         if self.warmup_ratio is not None:
             self.warmup_steps = self.warmup_ratio
-        if not torch.accelerator.is_available():
-            # Without this, a multi-process launch on a CPU-only machine (accelerate launch --multi_gpu,
-            # torchrun) starts a process group that Trainer then ignores: every process trains alone.
-            self.use_cpu = True
-        gpu = torch.cuda.is_available() and not self.use_cpu
-        if self.gradient_checkpointing is None:
-            self.gradient_checkpointing = gpu
-        if self.bf16 is None:
-            self.bf16 = (gpu and torch.cuda.is_bf16_supported()) or (not gpu and cpu_bf16_is_fast())
+        resolve_training_hardware(self)
         super().__post_init__()
 
 
