@@ -10,14 +10,13 @@ import pytest
 
 from almost.cli import main as cli_main
 from almost.engines import Sampling, ScriptedEngine, truncate_at_stop
-from almost.feedback.demos import USER_SIMULATOR_PROMPT, load_demonstrations
+from almost.feedback.demos import USER_SIMULATOR_PROMPT, load_demonstrations, trim_to_sentence
 from almost.io import AlmostError, read_jsonl
 from almost.selfplay import (
     RMSPArguments,
     read_prompts,
     run_rmsp,
     select_candidate,
-    trim_to_sentence,
     unit_seed,
     user_prompt,
     user_turn_verdict,

@@ -41,6 +41,7 @@ from .feedback.demos import (
     few_shot_prompt,
     load_demonstrations,
     render_turns,
+    trim_to_sentence,
 )
 from .io import (
     AlmostError,
@@ -191,17 +192,6 @@ def select_candidate(
     if failed and len(failed) == gates:
         return None, "_and_".join(failed)
     return best, None
-
-
-_SENTENCE_END = re.compile(r"[.!](?=\s|$)")
-
-
-def trim_to_sentence(answer: str) -> str:
-    """An answer cut off mid-sentence, back to its last complete sentence (unchanged if it has none)."""
-    if answer.endswith((".", "!")):
-        return answer
-    ends = [m.end() for m in _SENTENCE_END.finditer(answer)]
-    return answer[: ends[-1]] if ends else answer
 
 
 def unit_seed(seed: int, batch: int, turn: int, role: str) -> int:

@@ -85,6 +85,21 @@ def cut_answer(text: str) -> str:
     return text.strip()
 
 
+_SENTENCE_END = re.compile(r"[.!](?=\s|$)")
+
+
+def trim_to_sentence(answer: str) -> str:
+    """An answer cut off mid-sentence (at the token limit), back to its last complete sentence.
+
+    Unchanged when it already ends a sentence or has no complete sentence. Small token budgets (CPU
+    runs) otherwise make nearly every answer BAD for lacking a final period.
+    """
+    if answer.endswith((".", "!")):
+        return answer
+    ends = [m.end() for m in _SENTENCE_END.finditer(answer)]
+    return answer[: ends[-1]] if ends else answer
+
+
 def bad_answer_reasons(answer: str) -> list[str]:
     """Why an (already cut) answer is BAD; empty when it is usable."""
     a = answer.strip()

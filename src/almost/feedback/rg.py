@@ -29,7 +29,16 @@ from ..config import EngineArguments, parse, parse_shard
 from ..engines import Engine, Sampling, load_engine
 from ..io import AlmostError, ResumableJsonl, require_file
 from ..models import ResolvedModel, resolve_model
-from .demos import ANSWER_STOP, BETTER_DEMONSTRATIONS, Demonstrations, bad_answer_reasons, cut_answer, few_shot_prompt, load_demonstrations
+from .demos import (
+    ANSWER_STOP,
+    BETTER_DEMONSTRATIONS,
+    Demonstrations,
+    bad_answer_reasons,
+    cut_answer,
+    few_shot_prompt,
+    load_demonstrations,
+    trim_to_sentence,
+)
 
 ROW_FIELDS = ("index", "prompt", "response", "bad", "bad_reasons", "config")
 
@@ -53,6 +62,10 @@ class RGArguments(EngineArguments):
     max_new_tokens: int = field(
         default=256,
         metadata={"help": "Token limit per answer. Answers stop at the next turn anyway; the seed used 768 (faithful) / 384 (others) on GPUs, 256 keeps runaway samples affordable on CPU."},
+    )
+    trim_to_sentence: bool = field(
+        default=False,
+        metadata={"help": "Cut an answer that stopped mid-sentence (at --max_new_tokens) back to its last full sentence before the BAD rules. Off by default, as in the seed; small CPU token budgets need it."},
     )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (seed: 1.0)."})
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling mass (seed: 0.9)."})
@@ -140,8 +153,10 @@ def chunk_seed(seed: int, name: str, chunk_index: int) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-def answer_row(index: int, prompt: str, generation: str, name: str) -> dict:
+def answer_row(index: int, prompt: str, generation: str, name: str, trim: bool = False) -> dict:
     response = cut_answer(generation)
+    if trim:
+        response = trim_to_sentence(response)
     reasons = bad_answer_reasons(response)
     return {"index": index, "prompt": prompt, "response": response, "bad": bool(reasons), "bad_reasons": reasons, "config": name}
 
@@ -153,7 +168,7 @@ def _resume_settings(config: RGArguments, configuration: Configuration, prompts:
         "dtype": config.dtype,
         "batch_size": config.batch_size if config.backend == "hf" else None,
         "chunk_size": config.chunk_size,
-        "sampling": [config.temperature, config.top_p, config.max_new_tokens, config.seed],
+        "sampling": [config.temperature, config.top_p, config.max_new_tokens, config.seed, config.trim_to_sentence],
         "demonstrations": [configuration.demos.header, configuration.demos.dialogues, configuration.n_shot],
         "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
         "shard": shard,
@@ -216,7 +231,10 @@ def _generate(config: RGArguments, c: Configuration, prompts: list[str], indices
                 stop=ANSWER_STOP, seed=chunk_seed(config.seed, c.name, chunk_index),
             )  # fmt: skip
             generations = engine.generate([c.prompt(prompts[i]) for i in members], sampling, desc=f"chunk {chunk_index}")
-            rows = [answer_row(i, prompts[i], samples[0], c.name) for i, samples in zip(members, generations, strict=True)]
+            rows = [
+                answer_row(i, prompts[i], samples[0], c.name, config.trim_to_sentence)
+                for i, samples in zip(members, generations, strict=True)
+            ]
             new = sum(1 for i in members if not log.done(i))
             log.append(rows)
             generated += len(members)
