@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from almost.reward.evaluate import evaluate_pairs
@@ -90,7 +91,9 @@ def test_lora_saves_adapter_with_score_head_and_both_load(tmp_path, tiny_model_p
     pairs = load_pairs(data).pairs[:6]
     merged, _ = evaluate_pairs(RewardScorer(str(out)), pairs, progress=False)
     from_adapter, _ = evaluate_pairs(RewardScorer(str(out / "adapter")), pairs, progress=False)
-    assert merged["mean_margin"] == pytest.approx(from_adapter["mean_margin"], abs=1e-4)
+    # fp32 on CPU agrees to rounding; on a GPU the scorer runs in bf16 and merging rounds differently.
+    tolerance = 1e-2 if torch.cuda.is_available() else 1e-4
+    assert merged["mean_margin"] == pytest.approx(from_adapter["mean_margin"], abs=tolerance)
     assert merged["mean_margin"] != 0.0
 
 
@@ -101,7 +104,8 @@ def test_two_process_cpu_training_under_accelerate(tmp_path, tiny_model_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port", "0",
            "-m", "almost.cli", "rm", "train", "--model_name_or_path", tiny_model_path, "--data_path", str(data),
            "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", *FAST]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # CUDA hidden: this is the CPU (gloo) launch, which must not grab a GPU on machines that have one.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
