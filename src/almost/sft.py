@@ -24,11 +24,11 @@ from trl import SFTConfig
 
 from .chat import as_messages
 from .config import parse, resolve_training_hardware
-from .io import AlmostError, read_rows, write_json_atomic, write_text_atomic
+from .io import AlmostError, read_rows
 from .models import DEFAULT_MODEL, load_tokenizer, resolve_model
+from .training import finish_checkpoint, lora_config, save_trained_model
 
 ROLES = ("system", "user", "assistant")
-ADAPTER_DIR = "adapter"
 # For tokenizers without a chat template: the seed's transcript format (as almost.chat renders it),
 # with the end-of-sequence token after each answer so the model learns to stop. It is saved with
 # the checkpoint, so every later stage renders conversations the same way.
@@ -188,18 +188,6 @@ def prepare_tokenizer(path: str, config: SFTArguments):
 # Training and saving.
 
 
-def lora_config(config: SFTArguments):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        task_type="CAUSAL_LM",
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules or "all-linear",
-    )
-
-
 def model_card(config: SFTArguments, summary: dict) -> str:
     hyper = {
         k: getattr(config, k)
@@ -271,7 +259,7 @@ def run_sft(config: SFTArguments) -> dict:
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(config) if config.lora else None,
+        peft_config=lora_config(config, "CAUSAL_LM") if config.lora else None,
     )
     if trainer.is_world_process_zero():
         print(
@@ -281,12 +269,9 @@ def run_sft(config: SFTArguments) -> dict:
         )
     result = trainer.train()
     output_dir = Path(config.output_dir)
-    trainer.save_model(str(output_dir / ADAPTER_DIR) if config.lora else str(output_dir))
-    trainer.accelerator.wait_for_everyone()
-    if not trainer.is_world_process_zero():
+    merge = lambda adapter_dir, target: _save_merged_lora(adapter_dir, target, config.trust_remote_code)  # noqa: E731
+    if not save_trained_model(trainer, output_dir, config.lora, merge):
         return {}
-    if config.lora:
-        _save_merged_lora(output_dir / ADAPTER_DIR, output_dir, config.trust_remote_code)
     tokenizer.save_pretrained(output_dir)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     summary = {
@@ -302,13 +287,7 @@ def run_sft(config: SFTArguments) -> dict:
         },
         "config": {k: v for k, v in asdict(config).items() if isinstance(v, (str, int, float, bool, type(None)))},
     }
-    write_text_atomic(output_dir / "README.md", model_card(config, summary))
-    write_json_atomic(output_dir / "metrics.json", summary)
-    # Trainer leaves its own state next to the model; the checkpoint folder is the product.
-    (output_dir / "training_args.bin").unlink(missing_ok=True)
-    if config.lora:
-        (output_dir / ADAPTER_DIR / "training_args.bin").unlink(missing_ok=True)
-        (output_dir / ADAPTER_DIR / "README.md").unlink(missing_ok=True)
+    finish_checkpoint(output_dir, config.lora, model_card(config, summary), summary)
     print(f"almost sft: {result.global_step} steps, loss {summary['train']['first_loss']} -> {summary['train']['last_loss']}; saved {output_dir}")
     return summary
 

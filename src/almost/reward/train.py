@@ -19,12 +19,12 @@ from trl import RewardConfig
 
 from ..chat import render_conversation
 from ..config import parse, resolve_training_hardware
-from ..io import AlmostError, write_json_atomic, write_text_atomic
+from ..io import AlmostError
 from ..models import DEFAULT_MODEL, load_tokenizer, resolve_model
+from ..training import finish_checkpoint, lora_config, save_trained_model
 from .formats import Pair, load_pairs
 
 TRUNCATION_SIDES = ("left", "right", "drop")
-ADAPTER_DIR = "adapter"
 
 
 @dataclass
@@ -134,20 +134,6 @@ def encode_pairs(tokenizer, pairs: list[Pair], max_length: int | None, truncatio
     return out
 
 
-def lora_config(config: RewardTrainingConfig):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        task_type="SEQ_CLS",
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules or "all-linear",
-        # The score head starts random: it must be trained in full and saved with the adapter.
-        modules_to_save=["score"],
-    )
-
-
 def model_card(config: RewardTrainingConfig, summary: dict) -> str:
     held = summary.get("heldout") or {}
     acc = held.get("accuracy")
@@ -242,7 +228,8 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(config) if config.lora else None,
+        # The score head starts random: it must be trained in full and saved with the adapter.
+        peft_config=lora_config(config, "SEQ_CLS", modules_to_save=["score"]) if config.lora else None,
     )
     if trainer.is_world_process_zero():
         print(
@@ -252,13 +239,10 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         )
     result = trainer.train()
     output_dir = Path(config.output_dir)
-    trainer.save_model(str(output_dir / ADAPTER_DIR) if config.lora else str(output_dir))
-    trainer.accelerator.wait_for_everyone()
-    if not trainer.is_world_process_zero():
+    merge = lambda adapter_dir, target: _save_merged_lora(adapter_dir, target, config.trust_remote_code)  # noqa: E731
+    if not save_trained_model(trainer, output_dir, config.lora, merge):
         return {}
-
     if config.lora:
-        _save_merged_lora(output_dir / ADAPTER_DIR, output_dir, config.trust_remote_code)
         tokenizer.save_pretrained(output_dir)
     summary = {
         "model": str(output_dir),
@@ -278,13 +262,7 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         held = summary["heldout"]
         print(f"almost rm train: held-out rubric agreement {held['accuracy']:.3f} on {held['n']} pairs", flush=True)
     summary["config"] = {k: v for k, v in asdict(config).items() if isinstance(v, (str, int, float, bool, type(None)))}
-    write_text_atomic(output_dir / "README.md", model_card(config, summary))
-    write_json_atomic(output_dir / "metrics.json", summary)
-    # Trainer leaves its own state next to the model; the checkpoint folder is the product.
-    (output_dir / "training_args.bin").unlink(missing_ok=True)
-    if config.lora:
-        (output_dir / ADAPTER_DIR / "training_args.bin").unlink(missing_ok=True)
-        (output_dir / ADAPTER_DIR / "README.md").unlink(missing_ok=True)
+    finish_checkpoint(output_dir, config.lora, model_card(config, summary), summary)
     return summary
 
 
