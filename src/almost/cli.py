@@ -27,29 +27,33 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def usage() -> str:
-    lines = ["usage: almost <command> [options]   (almost <command> --help for its options)", "", "commands:"]
-    lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
-    return "\n".join(lines)
+def dispatch(prog: str, kind: str, table: dict[str, tuple[str, str]], argv: list[str]) -> int:
+    """Hand ``argv[1:]`` to ``main`` of the module that ``argv[0]`` names in ``table``.
+
+    Serves ``almost <command>`` and the commands with subcommands (``almost rm``, ``almost eval``).
+    """
+    if not argv or argv[0] in ("-h", "--help"):
+        lines = [f"usage: {prog} <{kind}> [options]   ({prog} <{kind}> --help for its options)", "", f"{kind}s:"]
+        width = max(map(len, table)) + 2
+        lines += [f"  {name:<{width}}{help_}" for name, (_, help_) in table.items()]
+        print("\n".join(lines))
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in table:
+        raise AlmostError(f"unknown {kind} {name!r}; choose one of {', '.join(table)}")
+    return int(importlib.import_module(table[name][0]).main(rest) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        sys.stderr.write(f"almost: error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}\n")
-        return 2
+    prog = f"almost {argv[0]}" if argv and argv[0] in COMMANDS else "almost"
     try:
-        module = importlib.import_module(COMMANDS[command][0])
-        return int(module.main(rest) or 0)
+        return dispatch("almost", "command", COMMANDS, argv)
     except AlmostError as e:
-        sys.stderr.write(f"almost {command}: error: {e}\n")
+        sys.stderr.write(f"{prog}: error: {e}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write(f"almost {command}: interrupted; rerun the same command to resume\n")
+        sys.stderr.write(f"{prog}: interrupted; rerun the same command to resume\n")
         return 130
 
 
