@@ -19,6 +19,7 @@ def build_tiny_model(target: Path, kind: str = "causal-lm", seed: int = 0) -> Pa
     """A 2-layer LLaMA with SmolLM2's vocabulary and tokenizer, saved like a real checkpoint."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     config = AutoConfig.from_pretrained(SMOLLM2_FILES)
     config.update(
@@ -30,8 +31,13 @@ def build_tiny_model(target: Path, kind: str = "causal-lm", seed: int = 0) -> Pa
         model = AutoModelForSequenceClassification.from_config(config)
     else:
         model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(target)
-    AutoTokenizer.from_pretrained(SMOLLM2_FILES).save_pretrained(target)
+    # Quietly: a test that builds the fixture first must not find its progress bar in its own stderr.
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(target)
+        AutoTokenizer.from_pretrained(SMOLLM2_FILES).save_pretrained(target)
+    finally:
+        hf_logging.enable_progress_bar()
     return target
 
 
