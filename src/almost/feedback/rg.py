@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..config import EngineArguments, parse, parse_shard
 from ..engines import Engine, Sampling, load_engine
-from ..io import AlmostError, ResumableJsonl, require_file
+from ..io import AlmostError, ResumableJsonl, read_lines
 from ..models import ResolvedModel, resolve_model
 from .demos import (
     ANSWER_STOP,
@@ -132,15 +132,7 @@ def configurations(config: RGArguments) -> list[Configuration]:
 
 def read_prompts(path: str | Path) -> list[str]:
     """One prompt per non-empty line; a prompt's index is its position in this list."""
-    path = require_file(path, "prompts file")
-    try:
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except UnicodeDecodeError:
-        raise AlmostError(f"{path} is not UTF-8 text") from None
-    prompts = [p for p in prompts if p]
-    if not prompts:
-        raise AlmostError(f"prompts file {path} is empty")
-    return prompts
+    return read_lines(path, "prompts file")
 
 
 def output_path(output_dir: str | Path, name: str, shard: tuple[int, int] | None = None) -> Path:
