@@ -8,13 +8,17 @@ checkpoint in the cache (``$ALMOST_CACHE``, default ``~/.cache/almost``) and reu
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from .io import AlmostError
 
@@ -140,6 +144,64 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+@dataclass(frozen=True)
+class InferencePrecision:
+    """Where an inference model runs and in which precision.
+
+    bf16 weights on a GPU; on CPU fp32 weights with the matmuls autocast to bf16 where the CPU does
+    that natively (elsewhere bf16 is slower than fp32).
+    """
+
+    device: str
+    load_dtype: object  # a torch.dtype
+    autocast_bf16: bool
+
+    def autocast(self):
+        import torch
+
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast_bf16 else contextlib.nullcontext()
+
+
+def inference_precision(dtype: str = "auto") -> InferencePrecision:
+    """``--dtype`` (auto, bfloat16, float16, float32) on this machine → an InferencePrecision."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "float16":
+        load_dtype = torch.float16
+    elif device == "cuda" and dtype in ("auto", "bfloat16"):
+        load_dtype = torch.bfloat16
+    else:
+        load_dtype = torch.float32
+    autocast_bf16 = device == "cpu" and (dtype == "bfloat16" or (dtype == "auto" and cpu_bf16_is_fast()))
+    return InferencePrecision(device, load_dtype, autocast_bf16)
+
+
+def length_sorted_batches(
+    tokenizer, texts: Sequence[str], batch_size: int, max_length: int, device: str, desc: str, unit: str, progress: bool = True
+) -> Iterator[tuple[list[int], object]]:
+    """Tokenized batches of ``texts``, longest first, each with the indices of its texts.
+
+    Similar lengths share a batch, so little is spent on padding. Texts longer than ``max_length``
+    tokens lose their beginning: what is scored (an answer, the next token) sits at the end.
+    """
+    tokenizer.truncation_side = "left"
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    with tqdm(total=len(texts), desc=desc, unit=unit, disable=not progress, leave=False) as bar:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            enc = tokenizer(
+                [texts[i] for i in batch],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                add_special_tokens=False,
+            ).to(device)
+            yield batch, enc
+            bar.update(len(batch))
 
 
 def cpu_bf16_is_fast() -> bool:

@@ -25,6 +25,7 @@ from .chat import as_messages, render_prompt
 from .config import parse, resolve_training_hardware
 from .io import AlmostError, read_rows, require_file, write_json_atomic, write_text_atomic
 from .models import resolve_model
+from .training import HardwareArguments, LoraArguments, lora_config
 
 ALGORITHMS = ("rloo", "grpo")
 # Columns of rl_log.csv, in order: TRL's metric name → ours. The report reads these names.
@@ -44,7 +45,7 @@ LOG_COLUMNS = {
 
 
 @dataclass
-class RLConfig(RLOOConfig):
+class RLConfig(LoraArguments, HardwareArguments, RLOOConfig):
     """Settings of ``almost rl``: our fields plus every field of TRL's RLOOConfig (CPU-sane defaults)."""
 
     model_name_or_path: str | None = field(
@@ -65,12 +66,6 @@ class RLConfig(RLOOConfig):
     reward_batch_size: int = field(default=8, metadata={"help": "Answers per reward-model forward pass."})
     reward_max_length: int = field(default=1024, metadata={"help": "Longest (prompt, answer) text the RM reads, in tokens."})
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (with --use_peft)."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha (with --use_peft)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (with --use_peft)."})
-    lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Module names to adapt (with --use_peft); default: all linear layers."}
-    )
     merge_lora: bool = field(default=True, metadata={"help": "Save LoRA runs as a merged full checkpoint (false: save the adapter only)."})
     # TRL fields whose defaults suit a GPU cluster; these suit a laptop CPU and are overridable.
     beta: float = field(default=0.05, metadata={"help": "KL penalty coefficient against the starting (SFT) policy; must be > 0 to keep the policy close."})
@@ -79,11 +74,6 @@ class RLConfig(RLOOConfig):
     max_completion_length: int | None = field(default=64, metadata={"help": "Longest sampled answer, in tokens."})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Answers per device per optimisation step (a multiple of num_generations)."})
     logging_steps: float = field(default=1, metadata={"help": "Log (and write a rl_log.csv row) every N steps."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory (slower; useful on GPU for big models)."})
-    bf16: bool | None = field(
-        default=None,
-        metadata={"help": "bf16 mixed precision (default: on with a bf16-capable GPU, and on CPUs with native bf16; off elsewhere, where it is slower)."},
-    )
     save_strategy: str = field(default="no", metadata={"help": "Intermediate checkpoints: no, steps or epoch (the final policy is always saved)."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Trackers for TRL's logs: none, tensorboard, wandb, trackio, ..."})
 
@@ -214,12 +204,14 @@ class CsvLogCallback:
             os.fsync(f.fileno())
 
 
+def show_logged(row: dict, key: str) -> str:
+    """One logged figure for people: 4 significant digits, "-" when it was not logged."""
+    value = row.get(key, "")
+    return f"{value:.4g}" if isinstance(value, float) else str(value or "-")
+
+
 def model_card(config: RLConfig, summary: dict) -> str:
     first, last = summary.get("first_log") or {}, summary.get("last_log") or {}
-
-    def show(row: dict, key: str) -> str:
-        value = row.get(key, "")
-        return f"{value:.4f}" if isinstance(value, float) else str(value or "-")
 
     return f"""---
 library_name: transformers
@@ -246,9 +238,9 @@ synthetic feedback, following "Aligning Large Language Models through Synthetic 
 
 | logged | first step | last step |
 |---|---|---|
-| reward | {show(first, 'reward')} | {show(last, 'reward')} |
-| KL to reference | {show(first, 'kl')} | {show(last, 'kl')} |
-| answer length (tokens) | {show(first, 'completion_length')} | {show(last, 'completion_length')} |
+| reward | {show_logged(first, 'reward')} | {show_logged(last, 'reward')} |
+| KL to reference | {show_logged(first, 'kl')} | {show_logged(last, 'kl')} |
+| answer length (tokens) | {show_logged(first, 'completion_length')} | {show_logged(last, 'completion_length')} |
 
 Per-step figures are in `rl_log.csv`.
 """
@@ -286,17 +278,7 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
     reward_funcs, weights = make_reward_functions(scorer, config.length_penalty)
     args = trl_config(config, weights)
     _, trainer_class = _trainer_classes(config.algorithm)
-    peft_config = None
-    if config.use_peft:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules or "all-linear",
-            task_type="CAUSAL_LM",
-        )
+    peft_config = lora_config(config, "CAUSAL_LM") if config.use_peft else None
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -334,8 +316,8 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
     write_json_atomic(out / "rl_summary.json", summary)
     last = summary["last_log"] or {}
     print(
-        f"almost rl: {summary['steps']} steps; last logged reward {last.get('reward', '-')}, KL {last.get('kl', '-')}, "
-        f"answer length {last.get('completion_length', '-')} tokens; policy saved to {out}"
+        f"almost rl: {summary['steps']} steps; last logged reward {show_logged(last, 'reward')}, KL {show_logged(last, 'kl')}, "
+        f"answer length {show_logged(last, 'completion_length')} tokens; policy saved to {out}"
     )
     return summary
 

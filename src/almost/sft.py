@@ -23,10 +23,10 @@ from pathlib import Path
 from trl import SFTConfig
 
 from .chat import as_messages
-from .config import parse, resolve_training_hardware
+from .config import parse
 from .io import AlmostError, read_rows
 from .models import DEFAULT_MODEL, load_tokenizer, resolve_model
-from .training import finish_checkpoint, lora_config, save_trained_model
+from .training import TrainingStageArguments, finish_checkpoint, lora_config, save_trained_model
 
 ROLES = ("system", "user", "assistant")
 # For tokenizers without a chat template: the seed's transcript format (as almost.chat renders it),
@@ -42,7 +42,7 @@ TRANSCRIPT_CHAT_TEMPLATE = (
 
 
 @dataclass
-class SFTArguments(SFTConfig):
+class SFTArguments(TrainingStageArguments, SFTConfig):
     """Settings of ``almost sft``: every TRL SFTConfig / TrainingArguments field, with the seed
     release's defaults, plus the data and LoRA options below."""
 
@@ -50,45 +50,14 @@ class SFTArguments(SFTConfig):
         default=DEFAULT_MODEL,
         metadata={"help": f"Model to fine-tune: hub id, local checkpoint, .gguf file, or embedded name (default {DEFAULT_MODEL})."},
     )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where hub downloads and converted GGUF checkpoints are cached."})
     data_path: str | None = field(
         default=None,
         metadata={"help": "demonstrations.jsonl from `almost rmsp`, or any JSONL/JSON/saved dataset with `messages` or `prompt`/`completion` (required)."},
     )
-    warmup_ratio: float | None = field(
-        default=0.03, metadata={"help": "Share of steps spent warming the learning rate up (seed spelling; sets --warmup_steps)."}
-    )
-    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of every weight; merged into the saved model."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling (alpha)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
-    lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Modules that get adapters (default: every linear layer)."}
-    )
-
     # Defaults of the seed release (Alpaca-style SFT), not TRL's.
-    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate of AdamW."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the demonstrations."})
     max_length: int | None = field(default=512, metadata={"help": "Longest training sequence in tokens; longer dialogues are cut at the end."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule (cosine, linear, constant, ...)."})
-    save_strategy: str = field(default="no", metadata={"help": "Intermediate checkpoints: no, steps or epoch (the final model is always saved)."})
-    logging_steps: float = field(default=1, metadata={"help": "Log every X optimizer steps."})
-    gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Recompute activations to save memory (default: on with a GPU, off on CPU)."}
-    )
-    bf16: bool | None = field(
-        default=None,
-        metadata={"help": "bf16 mixed precision (default: on with a bf16-capable GPU, and on CPUs with native bf16; off elsewhere, where it is slower)."},
-    )
-
-    def __post_init__(self):
-        if self.warmup_ratio is not None:
-            if not 0 <= self.warmup_ratio < 1:
-                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-            self.warmup_steps = self.warmup_ratio
-        resolve_training_hardware(self)
-        super().__post_init__()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,13 +194,6 @@ dialogues whose assistant turns a reward model picked during self-play (`almost 
 """
 
 
-def _save_merged_lora(adapter_dir: Path, output_dir: Path, trust_remote_code: bool) -> None:
-    from peft import AutoPeftModelForCausalLM
-
-    model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir), trust_remote_code=trust_remote_code).merge_and_unload()
-    model.save_pretrained(output_dir)
-
-
 def run_sft(config: SFTArguments) -> dict:
     if not config.data_path:
         raise AlmostError("--data_path is required (demonstrations.jsonl from `almost rmsp`, or messages / prompt+completion rows)")
@@ -269,8 +231,7 @@ def run_sft(config: SFTArguments) -> dict:
         )
     result = trainer.train()
     output_dir = Path(config.output_dir)
-    merge = lambda adapter_dir, target: _save_merged_lora(adapter_dir, target, config.trust_remote_code)  # noqa: E731
-    if not save_trained_model(trainer, output_dir, config.lora, merge):
+    if not save_trained_model(trainer, output_dir, "CAUSAL_LM" if config.lora else None, config.trust_remote_code):
         return {}
     tokenizer.save_pretrained(output_dir)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -288,7 +249,8 @@ def run_sft(config: SFTArguments) -> dict:
         "config": {k: v for k, v in asdict(config).items() if isinstance(v, (str, int, float, bool, type(None)))},
     }
     finish_checkpoint(output_dir, config.lora, model_card(config, summary), summary)
-    print(f"almost sft: {result.global_step} steps, loss {summary['train']['first_loss']} -> {summary['train']['last_loss']}; saved {output_dir}")
+    loss_change = f"loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "no loss logged"
+    print(f"almost sft: {result.global_step} steps, {loss_change}; saved {output_dir}")
     return summary
 
 

@@ -9,16 +9,13 @@ any object with ``tokenizer`` (for the chat template; None means the seed's tran
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from tqdm.auto import tqdm
-
 from ..chat import render_prompt
 from ..io import AlmostError, write_json_atomic, write_text_atomic
-from ..models import cpu_bf16_is_fast, load_tokenizer
+from ..models import inference_precision, length_sorted_batches, load_tokenizer
 
 
 class OptionScorer(Protocol):
@@ -47,22 +44,19 @@ class LanguageModelOptions:
         trust_remote_code: bool = False,
         cache_dir: str | None = None,
     ):
-        import torch
         from transformers import AutoModelForCausalLM
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.precision = inference_precision(dtype)
         self.tokenizer = load_tokenizer(model_path, trust_remote_code, padding_side="left", cache_dir=cache_dir)
-        load_dtype = torch.bfloat16 if self.device == "cuda" and dtype in ("auto", "bfloat16") else torch.float32
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                model_path, dtype=load_dtype, trust_remote_code=trust_remote_code, cache_dir=cache_dir
+                model_path, dtype=self.precision.load_dtype, trust_remote_code=trust_remote_code, cache_dir=cache_dir
             )
         except (OSError, ValueError) as e:
             raise AlmostError(f"cannot load a causal language model from {model_path}: {str(e).splitlines()[0]}") from None
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.precision.device).eval()
         self.batch_size = max(1, batch_size)
         self.max_length = max_length
-        self.autocast_bf16 = self.device == "cpu" and (dtype == "bfloat16" or (dtype == "auto" and cpu_bf16_is_fast()))
 
     def option_token_ids(self, options: Sequence[Sequence[str]]) -> list[list[int]]:
         """The first token of every spelling of every option (duplicates within an option dropped)."""
@@ -79,29 +73,17 @@ class LanguageModelOptions:
         import torch
 
         option_ids = self.option_token_ids(options)
-        # Truncate from the left: the end of the prompt, where the answer starts, must be kept.
-        self.tokenizer.truncation_side = "left"
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list[list[float]] = [[] for _ in prompts]
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast_bf16 else contextlib.nullcontext()
-        with tqdm(total=len(prompts), desc="scoring", unit="prompt", leave=False) as bar:
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                enc = self.tokenizer(
-                    [prompts[i] for i in batch],
-                    return_tensors="pt",
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    add_special_tokens=False,
-                ).to(self.device)
-                with torch.no_grad(), autocast:
-                    # Left padding: the last position predicts the next token, and only its logits are needed.
-                    logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].float()
-                probs = torch.softmax(logits, dim=-1)
-                for row, i in enumerate(batch):
-                    results[i] = [float(probs[row, ids].sum()) for ids in option_ids]
-                bar.update(len(batch))
+        batches = length_sorted_batches(
+            self.tokenizer, prompts, self.batch_size, self.max_length, self.precision.device, "scoring", "prompt"
+        )
+        for batch, enc in batches:
+            with torch.no_grad(), self.precision.autocast():
+                # Left padding: the last position predicts the next token, and only its logits are needed.
+                logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].float()
+            probs = torch.softmax(logits, dim=-1)
+            for row, i in enumerate(batch):
+                results[i] = [float(probs[row, ids].sum()) for ids in option_ids]
         return results
 
 

@@ -6,15 +6,13 @@ self-play and RL all call it, so the text an RM sees is always made by ``almost.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ..chat import render_conversation
 from ..io import AlmostError, read_json
-from ..models import cpu_bf16_is_fast, load_tokenizer, resolve_model
+from ..models import inference_precision, length_sorted_batches, load_tokenizer, resolve_model
+from ..training import load_merged_adapter
 
 
 def is_adapter(path: str) -> bool:
@@ -69,29 +67,20 @@ class RewardScorer:
         model=None,
         tokenizer=None,
     ):
-        import torch
         from transformers import AutoModelForSequenceClassification
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.precision = inference_precision(dtype)
         if model is None:
             check_reward_model(model_path)
-            load_dtype = torch.bfloat16 if self.device == "cuda" and dtype in ("auto", "bfloat16") else torch.float32
             if is_adapter(model_path):
-                from peft import AutoPeftModelForSequenceClassification
-
-                # The adapter holds LoRA weights and the trained score head; merging makes scoring as
-                # fast as with a full checkpoint.
-                from trl.trainer.reward_trainer import suppress_seqcls_warning
-
-                with suppress_seqcls_warning():  # the base lacks the score head the adapter brings
-                    model = AutoPeftModelForSequenceClassification.from_pretrained(
-                        model_path, num_labels=1, dtype=load_dtype, trust_remote_code=trust_remote_code
-                    ).merge_and_unload()
+                # The adapter holds LoRA weights and the trained score head; merged, it scores as fast
+                # as a full checkpoint.
+                model = load_merged_adapter(model_path, "SEQ_CLS", trust_remote_code, self.precision.load_dtype)
             else:
                 model = AutoModelForSequenceClassification.from_pretrained(
-                    model_path, num_labels=1, dtype=load_dtype, trust_remote_code=trust_remote_code
+                    model_path, num_labels=1, dtype=self.precision.load_dtype, trust_remote_code=trust_remote_code
                 )
-            model = model.to(self.device)
+            model = model.to(self.precision.device)
         self.model = model.eval()
         self.tokenizer = tokenizer or load_tokenizer(model_path, trust_remote_code, padding_side="right")
         # The score head reads the last non-pad token: the model must know the pad id.
@@ -99,7 +88,6 @@ class RewardScorer:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size = max(1, batch_size)
         self.max_length = max_length
-        self.autocast_bf16 = self.device == "cpu" and (dtype == "bfloat16" or (dtype == "auto" and cpu_bf16_is_fast()))
 
     def texts(self, conversations: Sequence[list[dict]]) -> list[str]:
         return [render_conversation(self.tokenizer, c) for c in conversations]
@@ -109,26 +97,13 @@ class RewardScorer:
         import torch
 
         texts = self.texts(conversations)
-        # Truncate from the left so the answer being judged is always seen whole.
-        self.tokenizer.truncation_side = "left"
-        lengths = [len(t) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # similar lengths share a batch
         rewards = [0.0] * len(texts)
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast_bf16 else contextlib.nullcontext()
-        with tqdm(total=len(texts), desc="reward", unit="text", disable=not progress, leave=False) as bar:
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                enc = self.tokenizer(
-                    [texts[i] for i in batch],
-                    return_tensors="pt",
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    add_special_tokens=False,
-                ).to(self.device)
-                with torch.no_grad(), autocast:
-                    logits = self.model(**enc).logits[:, 0].float()
-                for i, r in zip(batch, logits.tolist()):
-                    rewards[i] = r
-                bar.update(len(batch))
+        batches = length_sorted_batches(
+            self.tokenizer, texts, self.batch_size, self.max_length, self.precision.device, "reward", "text", progress
+        )
+        for batch, enc in batches:
+            with torch.no_grad(), self.precision.autocast():
+                logits = self.model(**enc).logits[:, 0].float()
+            for i, r in zip(batch, logits.tolist()):
+                rewards[i] = r
         return rewards

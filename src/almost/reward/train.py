@@ -18,17 +18,17 @@ from pathlib import Path
 from trl import RewardConfig
 
 from ..chat import render_conversation
-from ..config import parse, resolve_training_hardware
+from ..config import parse
 from ..io import AlmostError
 from ..models import DEFAULT_MODEL, load_tokenizer, resolve_model
-from ..training import finish_checkpoint, lora_config, save_trained_model
+from ..training import TrainingStageArguments, finish_checkpoint, lora_config, save_trained_model
 from .formats import Pair, load_pairs
 
 TRUNCATION_SIDES = ("left", "right", "drop")
 
 
 @dataclass
-class RewardTrainingConfig(RewardConfig):
+class RewardTrainingConfig(TrainingStageArguments, RewardConfig):
     """Settings of ``almost rm train``: every TRL RewardConfig / TrainingArguments field, with the
     seed release's defaults, plus the data and LoRA options below."""
 
@@ -36,7 +36,6 @@ class RewardTrainingConfig(RewardConfig):
         default=DEFAULT_MODEL,
         metadata={"help": f"Base model: hub id, local checkpoint, .gguf file, or embedded name (default {DEFAULT_MODEL})."},
     )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where hub downloads and converted GGUF checkpoints are cached."})
     data_path: str | None = field(
         default=None,
         metadata={"help": "Preference pairs: comparison.jsonl from `almost cs`, any prompt/chosen/rejected JSONL/JSON, Anthropic-HH rows, or a saved HF dataset."},
@@ -50,34 +49,11 @@ class RewardTrainingConfig(RewardConfig):
         metadata={"help": "Pairs longer than --max_length: left (drop the beginning, as the seed did; keeps the answer), right (drop the end), or drop (skip the pair)."},
     )
     model_max_length: int | None = field(default=None, metadata={"help": "Seed-release spelling of --max_length."})
-    warmup_ratio: float | None = field(
-        default=0.03, metadata={"help": "Share of steps spent warming the learning rate up (seed spelling; sets --warmup_steps)."}
-    )
-    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters plus the score head instead of every weight."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling (alpha)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
-    lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Modules that get adapters (default: every linear layer)."}
-    )
-
     # Defaults of the seed release (its train.py run for the reward model), not TRL's.
-    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate of AdamW."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule (cosine, linear, constant, ...)."})
-    save_strategy: str = field(default="no", metadata={"help": "Intermediate checkpoints: no, steps or epoch (the final model is always saved)."})
-    logging_steps: float = field(default=1, metadata={"help": "Log every X optimizer steps."})
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "DDP: look for parameters without gradients each step (every RM parameter gets one; off saves a graph walk)."}
-    )
-    # None = decide by hardware: on where it pays (GPU), off on CPU where it only costs time.
-    gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Recompute activations to save memory (default: on with a GPU, off on CPU)."}
-    )
-    bf16: bool | None = field(
-        default=None,
-        metadata={"help": "bf16 mixed precision (default: on with a bf16-capable GPU, and on CPUs with native bf16; off elsewhere, where it is slower)."},
     )
 
     def __post_init__(self):
@@ -87,9 +63,6 @@ class RewardTrainingConfig(RewardConfig):
             raise ValueError(f"--eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.model_max_length is not None:
             self.max_length = self.model_max_length
-        if self.warmup_ratio is not None:
-            self.warmup_steps = self.warmup_ratio
-        resolve_training_hardware(self)
         super().__post_init__()
 
 
@@ -172,18 +145,6 @@ on synthetic comparisons, following "Aligning Large Language Models through Synt
 """
 
 
-def _save_merged_lora(adapter_dir: Path, output_dir: Path, trust_remote_code: bool) -> None:
-    """Merge the saved adapter into its base and save a plain checkpoint next to it."""
-    from peft import AutoPeftModelForSequenceClassification
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
-
-    with suppress_seqcls_warning():  # the base lacks the score head the adapter brings
-        model = AutoPeftModelForSequenceClassification.from_pretrained(
-            str(adapter_dir), num_labels=1, trust_remote_code=trust_remote_code
-        ).merge_and_unload()
-    model.save_pretrained(output_dir)
-
-
 def run_rm_train(config: RewardTrainingConfig) -> dict:
     if not config.data_path:
         raise AlmostError("--data_path is required (comparison.jsonl from `almost cs`, or prompt/chosen/rejected rows)")
@@ -239,8 +200,7 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         )
     result = trainer.train()
     output_dir = Path(config.output_dir)
-    merge = lambda adapter_dir, target: _save_merged_lora(adapter_dir, target, config.trust_remote_code)  # noqa: E731
-    if not save_trained_model(trainer, output_dir, config.lora, merge):
+    if not save_trained_model(trainer, output_dir, "SEQ_CLS" if config.lora else None, config.trust_remote_code):
         return {}
     if config.lora:
         tokenizer.save_pretrained(output_dir)
