@@ -1,5 +1,5 @@
 from almost.engines import Sampling, ScriptedEngine, truncate_at_stop
-from almost.engines.hf import HFEngine
+from almost.engines.hf import MIN_SHARED_PREFIX, HFEngine, shared_prefix_length
 from almost.models import resolve_model
 
 
@@ -26,3 +26,35 @@ def test_hf_engine_batches_samples_and_is_repeatable(tiny_model_path):
     single = HFEngine(resolve_model(tiny_model_path).path, batch_size=1)
     greedy = Sampling(temperature=0.0, max_new_tokens=6)
     assert single.generate(prompts[::-1], greedy)[::-1] == single.generate(prompts, greedy)
+
+
+def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert shared_prefix_length([[1, 2, 3]]) == 2
+    assert shared_prefix_length([[7, 2], [1, 2]]) == 0
+
+
+def test_hf_engine_shared_prefix_gives_what_each_prompt_gets_alone(tiny_model_path):
+    import torch
+
+    engine = HFEngine(resolve_model(tiny_model_path).path, batch_size=2)
+    # Random weights at their initial scale make a near-uniform model whose greedy choice hardly
+    # depends on the context; larger weights make a wrong prefix, position or mask change the text.
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in engine.model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0, 0.3)
+    header = "The following is a conversation between a curious person and a helpful, honest assistant.\n\n"
+    prompts = [header + f"Human: {q}\n\nAssistant:" for q in ("hi", "a much longer question about many different things", "why?")]
+    token_ids = [engine.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    assert shared_prefix_length(token_ids) >= MIN_SHARED_PREFIX  # the cached path is the one under test
+    assert engine._prefix_cache(token_ids[0][:MIN_SHARED_PREFIX]) is not None
+
+    out = engine.generate(prompts, Sampling(temperature=0.0, max_new_tokens=6, n=2))
+    for prompt, ids, samples in zip(prompts, token_ids, out):
+        with torch.no_grad():
+            alone = engine.model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=engine.tokenizer.pad_token_id)
+        expected = engine.tokenizer.decode(alone[0, len(ids) :], skip_special_tokens=True)
+        assert samples == [expected, expected], prompt
