@@ -55,6 +55,7 @@ def full_run(tmp_path: Path) -> Path:
         ]},
     )  # fmt: skip
     write_jsonl(run / "rmsp" / "demonstrations.jsonl", [{"messages": []}] * 4)
+    write_json(run / "sft" / "metrics.json", {"train": {"global_step": 4, "first_loss": 1.7, "last_loss": 1.45}})
     (run / "rl").mkdir()
     with open(run / "rl" / "rl_log.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["step", "reward", "kl", "completion_length", "loss"])
@@ -128,6 +129,7 @@ def test_step_figures_for_the_summary(full_run: Path):
     assert step_figures("rg", full_run / "rg" / "weak.jsonl") == "2 answers, 1 BAD, mean length 60 chars"
     assert step_figures("cs", full_run / "cs" / "comparison.jsonl") == "5 pairs, 2 dropped by the filter"
     assert step_figures("rm", full_run / "rm" / "config.json") == "accuracy 0.714 on 14 pairs"
+    assert step_figures("sft", full_run / "sft" / "config.json") == "4 steps, loss 1.700 → 1.450"
     assert step_figures("rl", full_run / "rl" / "config.json") == "3 logged steps, reward 0.10 → 0.65, KL 0.050"
     assert step_figures("eval", full_run / "eval" / "pairwise" / "sft-vs-base" / "metrics.json") == "win_rate 0.600"
 

@@ -432,6 +432,11 @@ def _step_figures(stage: str, product: Path) -> str:
         dialogues = sum(1 for _ in read_jsonl(product))
         gain = f", best {turns[0]['best']:.2f} vs mean {turns[0]['mean']:.2f} reward (turn 1)" if turns else ""
         return f"{dialogues} dialogues{gain}"
+    if stage == "sft":
+        train = (_load_json(folder / "metrics.json") or {}).get("train") or {}
+        if train.get("first_loss") is None:
+            return ""
+        return f"{train['global_step']} steps, loss {train['first_loss']:.3f} → {train['last_loss']:.3f}"
     if stage == "rl":
         rows = [r for r in read_rl_log(folder / "rl_log.csv") if "reward" in r] if (folder / "rl_log.csv").exists() else []
         if rows:
