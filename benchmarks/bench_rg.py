@@ -5,13 +5,14 @@ same thing: tokens of the final (cut) answers per second of wall time.
 
 - seed: fixed batches of 4 in file order, every sequence generated to --max_new_tokens, then cut at
   the next turn (what the original release did with --use_hf);
-- almost: ``run_rg``'s path: the HF engine with prompts sorted by length, --batch_size per call and
-  stop strings, so a batch ends when all its answers have reached the next turn.
+- almost: ``run_rg``'s path: the HF engine with prompts sorted by length, --batch_size per call, the
+  shared demonstration prefix encoded once, and stop strings, so a batch ends when all its answers
+  have reached the next turn.
 
 ``--cli_backends hf vllm`` also times the whole ``almost rg`` command (model load and engine start
 included) for --cli_prompts prompts x 3 configurations, for sizing the demo.
 
-    python benchmarks/bench_rg.py --num_prompts 16 --max_new_tokens 128
+    python benchmarks/bench_rg.py --num_prompts 8 --max_new_tokens 768   # the seed's limit for the faithful file
     python benchmarks/bench_rg.py --num_prompts 0 --cli_backends hf vllm --cli_prompts 20
 """
 
