@@ -41,7 +41,6 @@ from .feedback.demos import (
     few_shot_prompt,
     load_demonstrations,
     render_turns,
-    trim_to_sentence,
 )
 from .io import (
     AlmostError,
@@ -264,8 +263,7 @@ class SelfPlay:
         samples = self.policy.generate(prompts, sampling, desc=f"turn {turn + 1} answers")
         if len(samples) != len(live) or any(len(s) != c.num_candidates for s in samples):
             raise RuntimeError(f"engine returned {[len(s) for s in samples]} samples for {len(live)} prompts x {c.num_candidates}")
-        trim = trim_to_sentence if c.trim_to_sentence else (lambda text: text)
-        candidates = [[{"text": trim(cut_answer(t)), "reward": None, "bad_reasons": []} for t in texts] for texts in samples]
+        candidates = [[{"text": cut_answer(t, c.trim_to_sentence), "reward": None, "bad_reasons": []} for t in texts] for texts in samples]
         to_score = []  # (dialogue position, candidate position)
         for k, cands in enumerate(candidates):
             for j, cand in enumerate(cands):

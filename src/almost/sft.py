@@ -17,7 +17,7 @@ one prompt/completion row per answer would re-encode the early turns once per la
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl import SFTConfig
@@ -26,7 +26,7 @@ from .chat import as_messages
 from .config import parse
 from .io import AlmostError, read_rows
 from .models import DEFAULT_MODEL, load_tokenizer, resolve_model
-from .training import TrainingStageArguments, finish_checkpoint, lora_config, save_trained_model
+from .training import TrainingStageArguments, finish_checkpoint, lora_config, plain_settings, save_trained_model
 
 ROLES = ("system", "user", "assistant")
 # For tokenizers without a chat template: the seed's transcript format (as almost.chat renders it),
@@ -246,7 +246,7 @@ def run_sft(config: SFTArguments) -> dict:
             "last_loss": losses[-1] if losses else None,
             "losses": losses,
         },
-        "config": {k: v for k, v in asdict(config).items() if isinstance(v, (str, int, float, bool, type(None)))},
+        "config": plain_settings(config),
     }
     finish_checkpoint(output_dir, config.lora, model_card(config, summary), summary)
     loss_change = f"loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "no loss logged"

@@ -3,7 +3,7 @@ clean checkpoint folder."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import resolve_training_hardware
@@ -113,6 +113,11 @@ def save_trained_model(trainer, output_dir: Path, lora_task_type: str | None, tr
     if lora_task_type:
         load_merged_adapter(output_dir / ADAPTER_DIR, lora_task_type, trust_remote_code).save_pretrained(output_dir)
     return True
+
+
+def plain_settings(config) -> dict:
+    """The config's scalar settings (text, numbers, flags), as metrics.json records them."""
+    return {k: v for k, v in asdict(config).items() if isinstance(v, (str, int, float, bool, type(None)))}
 
 
 def finish_checkpoint(output_dir: Path, lora: bool, model_card: str, summary: dict) -> None:

@@ -76,13 +76,14 @@ def few_shot_prompt(demos: Demonstrations, n_shot: int, messages: list[dict]) ->
     return f"{demos.static_prompt(n_shot)}\n\n{render_turns(messages)}\n\nAssistant:"
 
 
-def cut_answer(text: str) -> str:
-    """Keep the answer up to the next dialogue separator or human turn."""
+def cut_answer(text: str, to_sentence: bool = False) -> str:
+    """Keep the answer up to the next dialogue separator or human turn; with ``to_sentence``, also
+    back to its last full sentence when the token limit cut it mid-sentence (``trim_to_sentence``)."""
     for stop in ANSWER_STOP:
         i = text.find(stop)
         if i != -1:
             text = text[:i]
-    return text.strip()
+    return trim_to_sentence(text.strip()) if to_sentence else text.strip()
 
 
 _SENTENCE_END = re.compile(r"[.!](?=\s|$)")

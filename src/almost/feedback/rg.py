@@ -29,16 +29,7 @@ from ..config import EngineArguments, parse, parse_shard
 from ..engines import Engine, Sampling, load_engine
 from ..io import AlmostError, ResumableJsonl, read_lines
 from ..models import ResolvedModel, resolve_model
-from .demos import (
-    ANSWER_STOP,
-    BETTER_DEMONSTRATIONS,
-    Demonstrations,
-    bad_answer_reasons,
-    cut_answer,
-    few_shot_prompt,
-    load_demonstrations,
-    trim_to_sentence,
-)
+from .demos import ANSWER_STOP, BETTER_DEMONSTRATIONS, Demonstrations, bad_answer_reasons, cut_answer, few_shot_prompt, load_demonstrations
 
 ROW_FIELDS = ("index", "prompt", "response", "bad", "bad_reasons", "config")
 
@@ -146,9 +137,7 @@ def chunk_seed(seed: int, name: str, chunk_index: int) -> int:
 
 
 def answer_row(index: int, prompt: str, generation: str, name: str, trim: bool = False) -> dict:
-    response = cut_answer(generation)
-    if trim:
-        response = trim_to_sentence(response)
+    response = cut_answer(generation, trim)
     reasons = bad_answer_reasons(response)
     return {"index": index, "prompt": prompt, "response": response, "bad": bool(reasons), "bad_reasons": reasons, "config": name}
 

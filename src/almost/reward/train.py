@@ -12,7 +12,7 @@ prepares the same data, only the main process writes files.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl import RewardConfig
@@ -21,7 +21,7 @@ from ..chat import render_conversation
 from ..config import parse
 from ..io import AlmostError
 from ..models import DEFAULT_MODEL, load_tokenizer, resolve_model
-from ..training import TrainingStageArguments, finish_checkpoint, lora_config, save_trained_model
+from ..training import TrainingStageArguments, finish_checkpoint, lora_config, plain_settings, save_trained_model
 from .formats import Pair, load_pairs
 
 TRUNCATION_SIDES = ("left", "right", "drop")
@@ -221,7 +221,7 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         summary["heldout"], _ = evaluate_pairs(scorer, held_pairs, progress=False)
         held = summary["heldout"]
         print(f"almost rm train: held-out rubric agreement {held['accuracy']:.3f} on {held['n']} pairs", flush=True)
-    summary["config"] = {k: v for k, v in asdict(config).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    summary["config"] = plain_settings(config)
     finish_checkpoint(output_dir, config.lora, model_card(config, summary), summary)
     return summary
 
