@@ -36,17 +36,28 @@ def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
 
 
 def test_hf_engine_shared_prefix_gives_what_each_prompt_gets_alone(tiny_model_path):
+    """The cached-prefix path (prefix encoded once, padding between prefix and prompt, positions from
+    the mask, a fresh copy of the cache per batch) gives each prompt exactly what it gets alone.
+
+    In float64: the cached path and the one-pass path multiply matrices of different shapes, and in
+    float32 that rounding alone flipped a greedy argmax on some CPUs. float64 rounding (~1e-16) is
+    far below any gap between the two best logits a real bug leaves, so exact tokens stay a sharp
+    test: it fails with left padding, with positions that ignore the mask, and with a prefix cache
+    that is not copied per batch (each checked by breaking the engine once).
+    """
     import torch
 
-    engine = HFEngine(resolve_model(tiny_model_path).path, batch_size=2)
+    engine = HFEngine(resolve_model(tiny_model_path).path, batch_size=2, dtype="float32")
     # Random weights at their initial scale make a near-uniform model whose greedy choice hardly
     # depends on the context; larger weights make a wrong prefix, position or mask change the text.
     torch.manual_seed(0)
+    engine.model.to(torch.float64)
     with torch.no_grad():
         for parameter in engine.model.parameters():
             if parameter.dim() > 1:
                 parameter.normal_(0, 0.3)
     header = "The following is a conversation between a curious person and a helpful, honest assistant.\n\n"
+    # Three prompts in batches of two: the second batch must start from a clean copy of the cache.
     prompts = [header + f"Human: {q}\n\nAssistant:" for q in ("hi", "a much longer question about many different things", "why?")]
     token_ids = [engine.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     assert shared_prefix_length(token_ids) >= MIN_SHARED_PREFIX  # the cached path is the one under test
