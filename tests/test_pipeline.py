@@ -110,7 +110,7 @@ def test_rg_configurations_are_steps_of_their_own(tmp_path, tiny_model_path, cap
     config = {
         "in_process": True,
         "rg": {
-            "prompts_path": str(prompts), "model_name_or_path": tiny_model_path, "max_new_tokens": 2, "batch_size": 1,
+            "prompts_path": str(prompts), "model_name_or_path": tiny_model_path, "max_new_tokens": 2, "batch_size": 1, "backend": "hf",
             "configurations": [{"prompt_file_path": "faithful_prompt.txt", "n_shot": 0}, {"prompt_file_path": "basic_prompt.txt", "n_shot": 0}],
         },
     }  # fmt: skip

@@ -298,6 +298,7 @@ def test_rmsp_command_with_tiny_policy_and_reward_model(tmp_path, files, tiny_mo
         "rmsp", "--prompts_path", str(prompts), "--reward_model_name_or_path", tiny_reward_model_path,
         "--model_name_or_path", tiny_model_path, "--prompt_file_path", str(demos), "--n_shot", "2",
         "--num_candidates", "3", "--max_turns", "2", "--max_new_tokens", "6", "--max_prompts", "3", "--batch_size", "2",
+        "--backend", "hf",
     ]  # fmt: skip
     assert cli_main(args + ["--output_dir", str(tmp_path / "a")]) == 0
     summary = json.loads((tmp_path / "a" / "rmsp_summary.json").read_text())
@@ -321,7 +322,7 @@ def test_rmsp_with_real_smollm2(tmp_path, files, smollm2_path, tiny_reward_model
     args = [
         "rmsp", "--output_dir", str(out), "--prompts_path", str(prompts), "--reward_model_name_or_path", tiny_reward_model_path,
         "--model_name_or_path", smollm2_path, "--prompt_file_path", str(demos), "--n_shot", "2", "--num_candidates", "4", "--max_turns", "2", "--max_prompts", "2",
-        "--max_new_tokens", "48", "--user_max_new_tokens", "24",
+        "--max_new_tokens", "48", "--user_max_new_tokens", "24", "--backend", "hf",
     ]  # fmt: skip
     assert cli_main(args) == 0
     summary = json.loads((out / "rmsp_summary.json").read_text())

@@ -99,24 +99,38 @@ class ModelArguments:
 class EngineArguments(ModelArguments):
     """Model plus generation engine; shared by the generation stages (pg, rg, rmsp, eval)."""
 
-    backend: str = field(default="hf", metadata={"help": "Generation engine: hf (transformers) or vllm."})
+    backend: str = field(
+        default="auto",
+        metadata={"help": "Generation engine: vllm, hf (transformers), or auto: vllm wherever it is installed, else hf with a notice."},
+    )
     use_hf: bool = field(default=False, metadata={"help": "Seed-release spelling of --backend hf."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per batch (hf backend)."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per batch (hf backend; vLLM schedules its own batches)."})
     dtype: str = field(
         default="auto",
         metadata={"help": "auto, bfloat16, float16 or float32. auto: bf16 on GPU, fp32 weights with bf16 autocast on CPUs that support it."},
     )
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model (vllm backend)."})
+    kv_cache_gib: float | None = field(
+        default=None,
+        metadata={"help": "vLLM's KV cache on CPU, in GiB (default: a share of the memory available at start; see docs/feedback.md)."},
+    )
+    gpu_memory_utilization: float = field(
+        default=0.9, metadata={"help": "Share of GPU memory vLLM may take, weights and KV cache (vllm backend on GPUs)."}
+    )
     seed: int = field(default=42, metadata={"help": "Random seed: the same seed on the same backend repeats a run."})
     overwrite: bool = field(default=False, metadata={"help": "Start again even if finished or partial outputs exist."})
 
     def __post_init__(self):
-        if self.use_hf:
-            self.backend = "hf"
-        if self.backend not in ("hf", "vllm"):
-            raise ValueError(f"unknown backend {self.backend!r}; choose hf or vllm")
+        from .engines import resolve_backend
+
+        # Resolved once here, so that what a run records (fingerprints, stats) names the real engine.
+        self.backend = resolve_backend("hf" if self.use_hf else self.backend)
         if self.batch_size < 1:
             raise ValueError("--batch_size must be at least 1")
+        if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
+            raise ValueError("--kv_cache_gib must be positive")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("--gpu_memory_utilization must be in (0, 1]")
 
 
 def parse_shard(shard: str | None) -> tuple[int, int] | None:

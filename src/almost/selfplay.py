@@ -409,9 +409,9 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
         todo = [b for b in range(len(batches)) if not all(store.done(i) for i, _ in batches[b])]
         if todo:
             if policy is None:
-                policy = _load(config, policy_model)
+                policy = load_engine(config, policy_model)
             if user is None:
-                user = policy if user_model.path == policy_model.path else _load(config, user_model)
+                user = policy if user_model.path == policy_model.path else load_engine(config, user_model)
             if scorer is None:
                 from .reward.scorer import RewardScorer
 
@@ -433,19 +433,6 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
     store.finalize(order=[r["index"] for r in rows if r["num_turns"] > 0])
     print(format_summary(summary))
     return summary
-
-
-def _load(config: RMSPArguments, model) -> Engine:
-    return load_engine(
-        config.backend,
-        model,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        tensor_parallel_size=config.tensor_parallel_size,
-        dtype=config.dtype,
-        trust_remote_code=config.trust_remote_code,
-        cache_dir=config.cache_dir,
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

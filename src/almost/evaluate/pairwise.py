@@ -241,7 +241,7 @@ def build_judge(config: PairwiseConfig) -> Judge:
 
         return RewardModelJudge(RewardScorer(reward_model_path(target), batch_size=config.batch_size))
     if kind == "llm":
-        engine = load_engine(config.backend, resolve_model(target, config.cache_dir), batch_size=config.batch_size, seed=config.seed, dtype=config.dtype, cache_dir=config.cache_dir)
+        engine = load_engine(config, resolve_model(target, config.cache_dir))
         return LLMJudge(local_completer(engine, engine.tokenizer, config.judge_max_new_tokens))
     if not target.startswith(("http://", "https://")):
         raise AlmostError(f"--judge openai:URL needs an http(s) URL, got {target!r}")
@@ -314,15 +314,7 @@ def _answers_for(role_name: str, model_name: str, engine, questions, config: Pai
     def get_engine():
         if engine is not None:
             return engine
-        return load_engine(
-            config.backend,
-            resolved,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            dtype=config.dtype,
-            trust_remote_code=config.trust_remote_code,
-            cache_dir=config.cache_dir,
-        )
+        return load_engine(config, resolved)
 
     print(f"almost eval pairwise: {role_name} answers in {path}")
     return generate_answers(get_engine, questions, sampling, path, settings, config.batch_size)

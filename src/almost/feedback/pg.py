@@ -356,11 +356,7 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
             progress.replay(rounds_log.rows[round_index])
         if len(progress.accepted) < config.num_generation:
             if engine is None:
-                engine = load_engine(
-                    config.backend, model, batch_size=config.batch_size, seed=config.seed,
-                    tensor_parallel_size=config.tensor_parallel_size, dtype=config.dtype,
-                    trust_remote_code=config.trust_remote_code, cache_dir=config.cache_dir,
-                )  # fmt: skip
+                engine = load_engine(config, model)
             _generate_rounds(config, prompt_file, engine, progress, rounds_log)
 
     stats = {

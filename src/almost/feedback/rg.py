@@ -184,11 +184,7 @@ def run_rg(config: RGArguments, engine: Engine | None = None) -> dict:
         return summary
     if engine is None:
         model = resolve_model(config.model_name_or_path, config.cache_dir)
-        engine = load_engine(
-            config.backend, model, batch_size=config.batch_size, seed=config.seed,
-            tensor_parallel_size=config.tensor_parallel_size, dtype=config.dtype,
-            trust_remote_code=config.trust_remote_code, cache_dir=config.cache_dir,
-        )  # fmt: skip
+        engine = load_engine(config, model)
     for c in todo_configurations:
         if c.name in logs:
             summary[c.name] = _generate(config, c, prompts, indices, engine, logs[c.name])
