@@ -157,16 +157,14 @@ CONTENT_HASH_LIMIT = 64 * 2**20
 _EDGE_BYTES = 2**20
 SAMPLED_BLOCKS = 64
 _BLOCK_BYTES = 64 * 2**10
-_digest_memo: dict[tuple[str, int, int], str] = {}
 
 
 def digest_file(path: str | os.PathLike) -> str:
     """A content hash of one file (whole up to ``CONTENT_HASH_LIMIT``, sampled above it)."""
-    path = Path(path).resolve()
+    # No memo keyed by mtime: a file rewritten within one clock tick keeps its mtime, and reading a
+    # few MiB is cheap enough to do every time.
+    path = Path(path)
     stat = path.stat()
-    memo_key = (str(path), stat.st_size, stat.st_mtime_ns)  # same file, unchanged: hash once per process
-    if memo_key in _digest_memo:
-        return _digest_memo[memo_key]
     h = hashlib.sha256(f"{stat.st_size}\n".encode())
     with open(path, "rb") as f:
         if stat.st_size <= CONTENT_HASH_LIMIT:
@@ -174,15 +172,13 @@ def digest_file(path: str | os.PathLike) -> str:
                 h.update(chunk)
         else:
             h.update(f.read(_EDGE_BYTES))
-            span = stat.st_size - 2 * _EDGE_BYTES - _BLOCK_BYTES
+            span = max(0, stat.st_size - 2 * _EDGE_BYTES - _BLOCK_BYTES)
             for k in range(SAMPLED_BLOCKS):
                 f.seek(_EDGE_BYTES + span * k // max(1, SAMPLED_BLOCKS - 1))
                 h.update(f.read(_BLOCK_BYTES))
             f.seek(stat.st_size - _EDGE_BYTES)
             h.update(f.read(_EDGE_BYTES))
-    digest = h.hexdigest()[:16]
-    _digest_memo[memo_key] = digest
-    return digest
+    return h.hexdigest()[:16]
 
 
 # Files of a checkpoint folder that do not decide what the model computes: training logs, the model
