@@ -7,7 +7,8 @@ model ...), gives every step its own folder under the run directory, and runs th
 through the stages' own ``main(argv)``.
 
 A step records a marker (``.almost-step*.json``) in its folder holding a fingerprint of its command
-line and of the input files it reads. A step whose marker says "done" with the same fingerprint is
+line and of the input files it reads (by content; models by their config, tokenizer and weights;
+``cache_dir`` and other ``NOT_RESULT_FLAGS`` left out). A step whose marker says "done" with the same fingerprint is
 skipped; a step that started but did not finish is run again with the same flags and resumes by
 itself (every stage is resumable); a step whose fingerprint changed starts again from an empty
 folder, and so do the later steps that read its outputs, because their inputs changed.
