@@ -144,13 +144,143 @@ def fingerprint(settings: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+# --- fingerprints of input contents -------------------------------------------------------------
+#
+# A finished output is reused only when the settings and the *contents* of the inputs that made it
+# are the same as now; paths say nothing (a retrained reward model keeps its folder). Files up to
+# CONTENT_HASH_LIMIT are hashed whole. Larger ones (model weights) are hashed by size, their first
+# and last MiB (the safetensors/GGUF header, and in a safetensors file the last tensors, where a
+# reward model's score head sits) and SAMPLED_BLOCKS blocks spread evenly in between: a few MiB read
+# per file instead of gigabytes, and any retraining changes the sampled bytes.
+
+CONTENT_HASH_LIMIT = 64 * 2**20
+_EDGE_BYTES = 2**20
+SAMPLED_BLOCKS = 64
+_BLOCK_BYTES = 64 * 2**10
+
+
+def digest_file(path: str | os.PathLike) -> str:
+    """A content hash of one file (whole up to ``CONTENT_HASH_LIMIT``, sampled above it)."""
+    # No memo keyed by mtime: a file rewritten within one clock tick keeps its mtime, and reading a
+    # few MiB is cheap enough to do every time.
+    path = Path(path)
+    stat = path.stat()
+    h = hashlib.sha256(f"{stat.st_size}\n".encode())
+    with open(path, "rb") as f:
+        if stat.st_size <= CONTENT_HASH_LIMIT:
+            for chunk in iter(lambda: f.read(2**20), b""):
+                h.update(chunk)
+        else:
+            h.update(f.read(_EDGE_BYTES))
+            span = max(0, stat.st_size - 2 * _EDGE_BYTES - _BLOCK_BYTES)
+            for k in range(SAMPLED_BLOCKS):
+                f.seek(_EDGE_BYTES + span * k // max(1, SAMPLED_BLOCKS - 1))
+                h.update(f.read(_BLOCK_BYTES))
+            f.seek(stat.st_size - _EDGE_BYTES)
+            h.update(f.read(_EDGE_BYTES))
+    return h.hexdigest()[:16]
+
+
+# Files of a checkpoint folder that do not decide what the model computes: training logs, the model
+# card (it records paths and dates), trainer state. Hidden files (locks, pipeline markers) and
+# subfolders (intermediate checkpoints) are left out too.
+_NOT_MODEL_FILES = frozenset(
+    {"README.md", "training_args.bin", "trainer_state.json", "metrics.json", "all_results.json", "train_results.json", "eval_results.json"}
+)
+_MODEL_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken", ".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def digest_model(name_or_path: str | os.PathLike) -> str:
+    """What identifies a model's behaviour: for a checkpoint folder the contents of its config,
+    tokenizer and weight files (weights sampled, see ``digest_file``); for a file its content; for
+    anything else (a hub id not downloaded, an embedded model's name) the name itself."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return digest_file(path)
+    if not path.is_dir():
+        return str(name_or_path)
+    files = sorted(
+        p for p in path.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name not in _NOT_MODEL_FILES and p.name.endswith(_MODEL_SUFFIXES)
+    )  # fmt: skip
+    return fingerprint({p.name: digest_file(p) for p in files})
+
+
+# --- finished outputs carry the fingerprint of what made them -----------------------------------
+#
+# Beside every finished output ``X`` lies ``X.settings.json``: the fingerprint of the settings and
+# input contents that made it, and a short form of those settings (to say which one changed). A rerun
+# with the same fingerprint reuses ``X``; with another one it stops with one line naming
+# --overwrite (exit 2), because silently recomputing could throw away hours of paid compute and
+# silently reusing would hand stale data to the next stage. The sidecar is written just before
+# ``X`` is (atomically) put in place, so ``X`` never exists with a sidecar from other settings.
+
+SETTINGS_SUFFIX = ".settings.json"
+_SHOWN_VALUE_CHARS = 120
+
+
+def settings_path(output: str | os.PathLike) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + SETTINGS_SUFFIX)
+
+
+def settings_record(settings: dict) -> dict:
+    """The fingerprint, and each setting as it is (or its hash, when long) for messages."""
+    shown = {}
+    for key, value in settings.items():
+        text = json.dumps(value, sort_keys=True, default=str)
+        shown[key] = value if len(text) <= _SHOWN_VALUE_CHARS else f"#{fingerprint({'v': value})}"
+    return {"fingerprint": fingerprint(settings), "settings": json.loads(json.dumps(shown, default=str))}
+
+
+def changed_settings(recorded: dict, settings: dict) -> str:
+    """``temperature 1.0 → 0.5, model`` from a recorded ``settings_record`` and the settings now."""
+    before, now = recorded.get("settings") or {}, settings_record(settings)["settings"]
+    changes = []
+    for key in sorted(set(before) | set(now)):
+        if before.get(key) == now.get(key):
+            continue
+        a, b = before.get(key), now.get(key)
+        short = all(isinstance(v, (int, float, str, bool, type(None))) and len(str(v)) <= 40 for v in (a, b))
+        changes.append(f"{key} {a!r} → {b!r}" if short else key)
+    return ", ".join(changes) or "settings"
+
+
+def output_is_current(output: str | os.PathLike, settings: dict) -> bool:
+    """True when ``output`` exists and was made with ``settings``; False when it does not exist.
+
+    Raises AlmostError when it exists but was made otherwise (or records nothing: an older almost).
+    """
+    output = Path(output)
+    if not output.exists():
+        return False
+    sidecar = settings_path(output)
+    recorded = read_json(sidecar, "settings record") if sidecar.exists() else {}
+    if isinstance(recorded, dict) and recorded.get("fingerprint") == fingerprint(settings):
+        return True
+    why = changed_settings(recorded, settings) if isinstance(recorded, dict) and recorded else "it records no settings"
+    raise AlmostError(f"{output} was made with different settings or inputs ({why}); pass --overwrite to make it again")
+
+
+def record_settings(output: str | os.PathLike, settings: dict) -> None:
+    """Write ``output``'s sidecar; call it just before writing ``output`` itself."""
+    write_json_atomic(settings_path(output), settings_record(settings))
+
+
+def remove_output(output: str | os.PathLike) -> None:
+    """--overwrite: the output first, then its sidecar (never a sidecar-less stale output)."""
+    Path(output).unlink(missing_ok=True)
+    settings_path(output).unlink(missing_ok=True)
+
+
 class ResumableJsonl:
     """Rows appended to ``<final>.partial`` as they are made, then moved to ``<final>`` at the end.
 
     Each row carries a key (``key_field``). On a rerun the rows already in the partial file are kept
     and their keys reported as done, so the job skips them; a torn last line (the process was killed
     mid-write) is dropped. A sidecar ``<final>.partial.json`` holds the fingerprint of the settings
-    that made the rows: resuming with different settings is refused instead of mixing outputs.
+    that made the rows: resuming with different settings is refused instead of mixing outputs. The
+    finished file keeps that fingerprint in ``<final>.settings.json`` (see ``output_is_current``).
     """
 
     def __init__(self, final_path: str | os.PathLike, key_field: str, settings: dict):
@@ -158,13 +288,15 @@ class ResumableJsonl:
         self.partial_path = self.final_path.with_name(self.final_path.name + ".partial")
         self.meta_path = self.final_path.with_name(self.final_path.name + ".partial.json")
         self.key_field = key_field
+        self.settings = settings
         self.fingerprint = fingerprint(settings)
         self.rows: dict[Any, dict] = {}
         self._file = None
 
     @property
     def complete(self) -> bool:
-        return self.final_path.exists()
+        """The final file exists and was made with these settings; AlmostError if made with others."""
+        return output_is_current(self.final_path, self.settings)
 
     def open(self) -> ResumableJsonl:
         self.final_path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,12 +304,12 @@ class ResumableJsonl:
             meta = read_json(self.meta_path) if self.meta_path.exists() else {}
             if meta.get("fingerprint") != self.fingerprint:
                 raise AlmostError(
-                    f"{self.partial_path} was started with different settings; "
+                    f"{self.partial_path} was started with different settings or inputs ({changed_settings(meta, self.settings)}); "
                     "rerun with the same settings to resume, or pass --overwrite to start again"
                 )
             self._load_partial()
         else:
-            write_json_atomic(self.meta_path, {"fingerprint": self.fingerprint})
+            write_json_atomic(self.meta_path, settings_record(self.settings))
         self._file = open(self.partial_path, "a", encoding="utf-8")
         return self
 
@@ -225,6 +357,7 @@ class ResumableJsonl:
         rows = [self.rows[k] for k in keys]
         if drop_key:
             rows = [{c: v for c, v in row.items() if c != self.key_field} for row in rows]
+        record_settings(self.final_path, self.settings)
         write_jsonl_atomic(self.final_path, rows)
         self.partial_path.unlink(missing_ok=True)
         self.meta_path.unlink(missing_ok=True)
@@ -234,6 +367,11 @@ class ResumableJsonl:
         self.close()
         self.partial_path.unlink(missing_ok=True)
         self.meta_path.unlink(missing_ok=True)
+
+    def reset(self) -> None:
+        """--overwrite: the partial file and the finished one (with its settings record) go."""
+        self.discard()
+        remove_output(self.final_path)
 
     def close(self) -> None:
         if self._file is not None:

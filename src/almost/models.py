@@ -96,6 +96,14 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
     return target
 
 
+def gguf_conversion_dir(gguf_path: Path, root: Path) -> Path:
+    """Where a user's GGUF file is converted: keyed by its content, so that another file copied to
+    the same path (same size, say another quantization) is converted again, not served stale."""
+    from .io import digest_file
+
+    return root / "models" / f"{gguf_path.stem.lower()}-{digest_file(gguf_path)}"
+
+
 def resolve_model(name_or_path: str | None, cache_dir: str | None = None) -> ResolvedModel:
     """Turn what the user typed into a local checkpoint path (or a hub id when online)."""
     name = name_or_path or DEFAULT_MODEL
@@ -106,10 +114,7 @@ def resolve_model(name_or_path: str | None, cache_dir: str | None = None) -> Res
         return ResolvedModel(name=key, path=str(path))
     local = Path(name).expanduser()
     if local.is_file() and local.suffix == ".gguf":
-        from .io import fingerprint
-
-        target = root / "models" / f"{local.stem.lower()}-{fingerprint({'p': str(local.resolve()), 's': local.stat().st_size})}"
-        return ResolvedModel(name=name, path=str(convert_gguf(local.resolve(), target)))
+        return ResolvedModel(name=name, path=str(convert_gguf(local.resolve(), gguf_conversion_dir(local, root))))
     if local.is_dir():
         if not (local / "config.json").exists() and not (local / "adapter_config.json").exists():
             raise AlmostError(f"{local} is not a model checkpoint (no config.json)")

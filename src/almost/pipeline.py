@@ -7,7 +7,8 @@ model ...), gives every step its own folder under the run directory, and runs th
 through the stages' own ``main(argv)``.
 
 A step records a marker (``.almost-step*.json``) in its folder holding a fingerprint of its command
-line and of the input files it reads. A step whose marker says "done" with the same fingerprint is
+line and of the input files it reads (by content; models by their config, tokenizer and weights;
+``cache_dir`` and other ``NOT_RESULT_FLAGS`` left out). A step whose marker says "done" with the same fingerprint is
 skipped; a step that started but did not finish is run again with the same flags and resumes by
 itself (every stage is resumable); a step whose fingerprint changed starts again from an empty
 folder, and so do the later steps that read its outputs, because their inputs changed.
@@ -41,15 +42,16 @@ from .cli import COMMANDS
 from .config import ParsedOnly, ParseProbe, parse_only
 from .engines import AUTO, resolve_backend
 from .feedback.demos import ASSETS
-from .io import AlmostError, fingerprint, read_json, write_json_atomic
+from .io import AlmostError, digest_file, digest_model, fingerprint, read_json, write_json_atomic
 from .models import DEFAULT_MODEL, resolve_model
 from .report import EVAL_KINDS, OneLineArgumentParser, step_figures, write_report
 
 STAGES = ("pg", "rg", "cs", "rm", "rmsp", "sft", "rl", "eval")
 TOP_LEVEL_KEYS = ("output_dir", "shared", "in_process", *STAGES)
 MARKER_PREFIX = ".almost-step"
-# Files in inputs larger than this are fingerprinted by size and modification time, not content.
-CONTENT_HASH_LIMIT = 64 * 2**20
+# Flags that do not decide a step's result: left out of its fingerprint. The cache changes by itself
+# (downloads, the embedded model's conversion); a model found through it is fingerprinted by content.
+NOT_RESULT_FLAGS = frozenset({"cache_dir"})
 
 
 @dataclass
@@ -256,7 +258,7 @@ class Planner:
             if name in self.configuration_names:
                 raise AlmostError(f"{self.where}: rg configuration {name!r} is listed twice")
             self.configuration_names.append(name)
-            owned = (out / f"{name}.jsonl", out / f"{name}.jsonl.partial", out / f"{name}.jsonl.partial.json")
+            owned = (out / f"{name}.jsonl", out / f"{name}.jsonl.settings.json", out / f"{name}.jsonl.partial", out / f"{name}.jsonl.partial.json")
             self.add("rg", f"rg/{name}", ("rg",), user, wired, out, f"{name}.jsonl", owned=owned)
 
     def plan_rm(self) -> str:
@@ -362,16 +364,14 @@ def validate(steps: list[Step], planner: Planner, check_models: bool = True, par
 
 
 def digest_path(path: Path) -> str:
-    """Content hash of a file (size and mtime when large); names, sizes and mtimes of a folder's files."""
-    h = hashlib.sha256()
+    """Content hash of a file (sampled when large, see ``io.digest_file``); a model checkpoint's
+    config, tokenizer and weights by content (``io.digest_model``: its logs, card and intermediate
+    checkpoints do not count); names, sizes and mtimes of any other folder's files."""
     if path.is_file():
-        stat = path.stat()
-        if stat.st_size > CONTENT_HASH_LIMIT:
-            return f"{stat.st_size}:{stat.st_mtime_ns}"
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(2**20), b""):
-                h.update(chunk)
-        return h.hexdigest()[:16]
+        return digest_file(path)
+    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+        return digest_model(path)
+    h = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         if file.name.startswith(MARKER_PREFIX):
             continue
@@ -381,10 +381,12 @@ def digest_path(path: Path) -> str:
 
 
 def step_fingerprint(step: Step) -> str:
-    """The step's command line plus a digest of every existing input path it names."""
+    """The step's command line plus a digest of every existing input path it names, both without the
+    flags that do not decide the result (``NOT_RESULT_FLAGS``)."""
     inputs = {}
     own = step.output_dir.resolve()
-    for value in step.flags.values():
+    flags = {k: v for k, v in step.flags.items() if k not in NOT_RESULT_FLAGS}
+    for value in flags.values():
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if not isinstance(v, str) or not v or len(v) > 4096:
                 continue
@@ -397,7 +399,8 @@ def step_fingerprint(step: Step) -> str:
             if resolved == own or own in resolved.parents:
                 continue
             inputs[v] = digest_path(path)
-    return fingerprint({"command": list(step.command), "argv": step.argv, "launcher": list(step.launcher), "inputs": inputs})
+    argv = [*step.command[1:], *flags_to_argv(flags)]
+    return fingerprint({"command": list(step.command), "argv": argv, "launcher": list(step.launcher), "inputs": inputs})
 
 
 def read_marker(step: Step) -> dict:

@@ -45,6 +45,7 @@ from .feedback.demos import (
 from .io import (
     AlmostError,
     ResumableJsonl,
+    digest_model,
     fingerprint,
     read_json,
     read_rows,
@@ -356,6 +357,12 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+_NOT_RESULT_SETTINGS = (
+    "output_dir", "prompts_path", "overwrite", "use_hf", "cache_dir", "reward_batch_size", "max_prompts", "kv_cache_gib", "gpu_memory_utilization",
+    "model_name_or_path", "user_model_name_or_path", "reward_model_name_or_path", "prompt_file_path", "user_prompt_file_path",
+)  # fmt: skip
+
+
 def _file_digest(path: str | Path) -> str:
     return fingerprint({"text": Path(path).read_text(encoding="utf-8")})
 
@@ -380,25 +387,24 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
         reward_model = resolve_model(config.reward_model_name_or_path, config.cache_dir)
         check_reward_model(reward_model.path)
 
-    if config.overwrite:
-        for name in (DEMONSTRATIONS_FILE, DROPPED_FILE, SUMMARY_FILE):
-            (out / name).unlink(missing_ok=True)
-        ResumableJsonl(final, "index", {}).discard()
+    # Models and files by content, not by path: a reward model retrained in the same folder must not
+    # add its rows to the old one's. Paths, the cache, and knobs that only trade memory for speed
+    # (reward_batch_size) are left out; max_prompts is in the prompts' digest.
     settings = {
         "prompts": fingerprint({"prompts": prompts}),
-        "policy": policy_model.path,
-        "user": user_model.path,
-        "reward_model": config.reward_model_name_or_path,
+        "policy": digest_model(policy_model.path),
+        "user": digest_model(user_model.path),
+        "reward_model": digest_model(reward_model.path if reward_model else config.reward_model_name_or_path),
         "demonstrations": _file_digest(config.prompt_file_path),
         "user_simulator": _file_digest(config.user_prompt_file_path),
-        **{
-            k: v
-            for k, v in asdict(config).items()
-            if k not in ("output_dir", "prompts_path", "overwrite", "use_hf", "cache_dir", "reward_batch_size", "max_prompts")
-        },
+        **{k: v for k, v in asdict(config).items() if k not in _NOT_RESULT_SETTINGS},
     }
     store = ResumableJsonl(final, "index", settings)
-    if store.complete:
+    if config.overwrite:
+        for name in (DROPPED_FILE, SUMMARY_FILE):
+            (out / name).unlink(missing_ok=True)
+        store.reset()
+    if store.complete:  # refuses a finished file made with other settings
         print(f"rmsp: {final} is finished; pass --overwrite to make it again")
         summary_path = out / SUMMARY_FILE
         return read_json(summary_path) if summary_path.exists() else summarize(read_rows(final), config)

@@ -2,7 +2,9 @@
 
 Both models answer every question of a Vicuna-style question file (JSONL rows with ``question_id``,
 ``text`` and ``category``; ``question``/``prompt``/``turns`` also work). Answers are cached in
-``answers_<model>-<settings>.jsonl`` (written as they are made; a rerun reuses or resumes them).
+``answers_<model>-<settings>.jsonl`` (written as they are made; a rerun reuses or resumes them),
+where ``<settings>`` hashes the model's contents and the sampling settings, and each answer is kept
+under its question's id and text: an edited question is answered again.
 A judge then compares each pair twice, with the model's answer shown first and then second:
 
 - ``--judge rm:PATH``: a reward model from ``almost rm train`` scores both answers;
@@ -35,7 +37,7 @@ from tqdm.auto import tqdm
 from ..chat import as_messages, render_prompt
 from ..config import EngineArguments, parse
 from ..engines import Sampling, load_engine
-from ..io import AlmostError, ResumableJsonl, fingerprint, read_jsonl
+from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, read_jsonl
 from ..models import resolve_model
 from .scoring import write_results
 
@@ -107,20 +109,27 @@ def read_questions(path: str, limit: int | None = None) -> list[Question]:
     return questions
 
 
+def answer_key(question: Question) -> str:
+    """What an answer is cached under: the question's id *and* text, so that a question file edited
+    under the same ids gets new answers instead of the old questions' ones."""
+    return f"{question.question_id}:{fingerprint({'text': question.text})}"
+
+
 def generate_answers(get_engine: Callable[[], object], questions: Sequence[Question], sampling: Sampling, path: Path, settings: dict, batch_size: int) -> dict[str, str]:
-    """Answers by question id, cached at ``path``: reused when finished, resumed when half-written.
+    """Answers by question id, cached at ``path`` under ``answer_key``: reused when finished,
+    resumed when half-written.
 
     ``get_engine`` is called only when something is left to generate.
     """
-    store = ResumableJsonl(path, "question_id", settings)
+    store = ResumableJsonl(path, "key", settings)
     if store.complete:
         rows = read_jsonl(path)
-        answers = {r["question_id"]: r["answer"] for r in rows}
-        if all(q.question_id in answers for q in questions):
-            return answers
-        path.unlink()  # made for fewer questions: regenerate the whole file
+        cached = {r.get("key"): r["answer"] for r in rows}
+        if all(answer_key(q) in cached for q in questions):
+            return {q.question_id: cached[answer_key(q)] for q in questions}
+        store.reset()  # made for other or fewer questions: regenerate the whole file
     with store:
-        todo = [q for q in questions if not store.done(q.question_id)]
+        todo = [q for q in questions if not store.done(answer_key(q))]
         engine = get_engine() if todo else None
         tokenizer = getattr(engine, "tokenizer", None)
         for start in tqdm(range(0, len(todo), batch_size), desc=f"answers {path.stem}", unit="batch"):
@@ -131,8 +140,8 @@ def generate_answers(get_engine: Callable[[], object], questions: Sequence[Quest
                 engine.generate([prompt], replace(sampling, seed=(sampling.seed or 0) + int(fingerprint({"q": q.question_id}), 16) % 100_000))[0]
                 for prompt, q in zip(prompts, batch)
             ] if sampling.temperature > 0 else engine.generate(prompts, sampling)
-            store.append({"question_id": q.question_id, "question": q.text, "answer": out[0].strip()} for q, out in zip(batch, outputs))
-        rows = store.finalize([q.question_id for q in questions])
+            store.append({"key": answer_key(q), "question_id": q.question_id, "question": q.text, "answer": out[0].strip()} for q, out in zip(batch, outputs))
+        rows = store.finalize([answer_key(q) for q in questions])
     return {r["question_id"]: r["answer"] for r in rows}
 
 
@@ -306,11 +315,11 @@ def pairwise_table(metrics: dict) -> str:
 def _answers_for(role_name: str, model_name: str, engine, questions, config: PairwiseConfig, out: Path) -> dict[str, str]:
     sampling = Sampling(temperature=config.temperature, max_new_tokens=config.max_new_tokens, seed=config.seed)
     resolved = resolve_model(model_name, config.cache_dir)
-    settings = {"model": resolved.path, "sampling": sampling.__dict__, "backend": config.backend}
+    # The model by content: a checkpoint retrained in the same folder gets a cache file of its own.
+    settings = {"model": digest_model(resolved.path), "sampling": sampling.__dict__, "backend": config.backend, "dtype": config.dtype}
     path = out / f"answers_{resolved.short_name}-{fingerprint(settings)[:8]}.jsonl"
     if config.overwrite:
-        ResumableJsonl(path, "question_id", settings).discard()
-        path.unlink(missing_ok=True)
+        ResumableJsonl(path, "key", settings).reset()
     def get_engine():
         if engine is not None:
             return engine

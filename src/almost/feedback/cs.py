@@ -9,7 +9,9 @@ i before j, are walked in order, exactly as the seed release does:
 - otherwise emit "i's answer is better than j's" and mark i's configuration and rank as used.
 
 Inputs are the ``{config}.jsonl`` files of ``almost rg``, or the seed release's layout:
-``prompts.txt`` plus ``{config}.json`` lists of answers with ``"BAD"`` for bad ones.
+``prompts.txt`` plus ``{config}.json`` lists of answers with ``"BAD"`` for bad ones. When shards
+of a configuration lie beside its ``{config}.jsonl``, that file must be the merge of those shards as
+they are now (``almost merge`` records them); otherwise cs stops and asks for a new merge.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import parse
-from ..io import AlmostError, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
+from ..io import AlmostError, output_is_current, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
 from .rg import output_path, read_prompts
 
 SEED_BAD = "BAD"
@@ -103,6 +105,7 @@ def load_answers(directory: Path, name: str) -> tuple[list[str], list[str | None
     """(prompts, answers) of one configuration; an answer is None when it is BAD or empty."""
     jsonl = output_path(directory, name)
     if jsonl.exists():
+        _check_not_older_than_shards(directory, name, jsonl)
         return _rg_answers(jsonl)
     seed_json = directory / f"{name}.json"
     if seed_json.exists():
@@ -110,8 +113,25 @@ def load_answers(directory: Path, name: str) -> tuple[list[str], list[str | None
     shards = sorted(p.name for p in directory.glob(f"{name}.shard-*.jsonl"))
     hint = f"; its shards are there: run almost merge --output_dir {directory}" if shards else ""
     available = sorted({p.name.removesuffix(".jsonl").removesuffix(".json") for p in directory.glob("*.json*")} - {"cs_stats", "comparison", "pg_stats"})
-    listed = f" (found: {', '.join(a for a in available if '.shard-' not in a and not a.endswith('.partial')) or 'none'})"
+    listed = f" (found: {', '.join(a for a in available if '.shard-' not in a and not a.endswith(('.partial', '.settings'))) or 'none'})"
     raise AlmostError(f"--rubric names {name!r}, which has no output in {directory}: expected {name}.jsonl or {name}.json{hint or listed}")
+
+
+def _check_not_older_than_shards(directory: Path, name: str, jsonl: Path) -> None:
+    """With shards of ``name`` beside it, ``{name}.jsonl`` must be their merge as they are now: a
+    shard rerun after the merge would otherwise be ignored in favour of the old merged rows."""
+    from .merge import find_shard_sets, merge_settings
+
+    shard_set = find_shard_sets(directory).get(name)
+    if shard_set is None:
+        return
+    try:
+        output_is_current(jsonl, merge_settings(directory, shard_set["files"]))
+    except AlmostError:
+        raise AlmostError(
+            f"{jsonl} is not the merge of the shards now beside it ({name}.shard-*): "
+            f"run almost merge --output_dir {directory} --overwrite"
+        ) from None
 
 
 def _rg_answers(path: Path) -> tuple[list[str], list[str | None]]:

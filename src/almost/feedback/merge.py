@@ -3,7 +3,9 @@
 Every set ``{config}.shard-{i}-of-{n}.jsonl`` in ``--output_dir`` is checked before anything is
 written: all n shards present and finished, each holding exactly the prompts with index i modulo n,
 no index twice, no gap, and (when ``prompts.txt`` is there) the same prompts. Then each set becomes
-``{config}.jsonl`` in prompt order; the shard files are kept.
+``{config}.jsonl`` in prompt order; the shard files are kept. The merged file records the contents of
+the shards it was made from (``{config}.jsonl.settings.json``): a rerun after a shard changed stops
+and asks for ``--overwrite``, and ``almost cs`` refuses a merged file older than its shards.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import parse
-from ..io import AlmostError, read_jsonl, require_columns, write_jsonl_atomic
+from ..io import AlmostError, digest_file, output_is_current, read_jsonl, record_settings, require_columns, write_jsonl_atomic
 from .rg import ROW_FIELDS, output_path, read_prompts
 
 SHARD_FILE = re.compile(r"^(?P<name>.+)\.shard-(?P<i>\d+)-of-(?P<n>\d+)\.jsonl$")
@@ -75,6 +77,17 @@ def merged_rows(directory: Path, name: str, n: int, files: dict[int, Path], prom
     return [rows[i] for i in range(total)]
 
 
+def merge_settings(directory: Path, files: dict[int, Path]) -> dict:
+    """What a merged file is made of: the contents of its shards (and of prompts.txt, which the
+    merge checks them against). ``almost cs`` compares it too, to refuse a merged file older than
+    the shards beside it."""
+    prompts = directory / "prompts.txt"
+    return {
+        "shards": {path.name: digest_file(path) for _, path in sorted(files.items())},
+        "prompts": digest_file(prompts) if prompts.exists() else None,
+    }
+
+
 def run_merge(config: MergeArguments) -> dict:
     directory = Path(config.output_dir)
     if not directory.is_dir():
@@ -86,12 +99,14 @@ def run_merge(config: MergeArguments) -> dict:
     todo = {}
     for name, entry in sets.items():
         target = output_path(directory, name)
-        if target.exists() and not config.overwrite:
-            print(f"almost merge: {target} exists; skipped (--overwrite merges again)")
+        # A merged file made from other shards (rerun, changed) is refused, not kept.
+        if not config.overwrite and output_is_current(target, merge_settings(directory, entry["files"])):
+            print(f"almost merge: {target} is up to date with its shards; skipped")
             continue
         todo[name] = merged_rows(directory, name, entry["n"], entry["files"], prompts)
     # Written only once every set has passed its checks.
     for name, rows in todo.items():
+        record_settings(output_path(directory, name), merge_settings(directory, sets[name]["files"]))
         write_jsonl_atomic(output_path(directory, name), rows)
         print(f"almost merge: {len(sets[name]['files'])} shards → {output_path(directory, name)} ({len(rows)} rows)")
     return {name: len(rows) for name, rows in todo.items()}

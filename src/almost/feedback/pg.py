@@ -30,7 +30,17 @@ from tqdm.auto import tqdm
 
 from ..config import EngineArguments, parse
 from ..engines import Engine, Sampling, load_engine
-from ..io import AlmostError, ResumableJsonl, read_lines, write_json_atomic, write_text_atomic
+from ..io import (
+    AlmostError,
+    ResumableJsonl,
+    digest_model,
+    output_is_current,
+    read_lines,
+    record_settings,
+    remove_output,
+    write_json_atomic,
+    write_text_atomic,
+)
 from ..models import resolve_model
 from .demos import SEED_PROMPTS
 
@@ -277,12 +287,16 @@ def output_paths(output_dir: str | Path) -> dict[str, Path]:
     return {"prompts": out / "prompts.txt", "stats": out / "pg_stats.json", "rounds": out / "pg_rounds.jsonl"}
 
 
-def _resume_settings(config: PGArguments, prompt_file: PromptFile) -> dict:
-    """What decides the rounds' content. --num_generation and --max_rounds only decide when to stop."""
-    keys = ("model_name_or_path", "backend", "dtype", "batch_size", "num_examples", "temperature", "top_p",
+def _resume_settings(config: PGArguments, prompt_file: PromptFile, model: str) -> dict:
+    """What decides the rounds' content. --num_generation and --max_rounds only decide when to stop.
+
+    --batch_size is here because it is the number of requests per round (what a round samples), not
+    a memory knob; ``model`` is the model's content fingerprint (``io.digest_model``), not its path.
+    """
+    keys = ("backend", "dtype", "batch_size", "num_examples", "temperature", "top_p",
             "max_new_tokens", "min_chars", "max_chars", "rouge_l_threshold", "seed")  # fmt: skip
     settings = {k: v for k, v in asdict(config).items() if k in keys}
-    return {**settings, "instruction": prompt_file.instruction, "seeds": prompt_file.seeds}
+    return {**settings, "model": model, "instruction": prompt_file.instruction, "seeds": prompt_file.seeds}
 
 
 class _Progress:
@@ -335,18 +349,21 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
     """
     prompt_file = read_prompt_file(config.prompt_file_path)
     paths = output_paths(config.output_dir)
-    rounds_log = ResumableJsonl(paths["rounds"], key_field="round", settings=_resume_settings(config, prompt_file))
-    if paths["prompts"].exists() and not config.overwrite:
+    model = resolve_model(config.model_name_or_path, config.cache_dir) if engine is None else None
+    settings = _resume_settings(config, prompt_file, digest_model(model.path if model else config.model_name_or_path))
+    rounds_log = ResumableJsonl(paths["rounds"], key_field="round", settings=settings)
+    # prompts.txt also depends on how many prompts were asked for.
+    final_settings = {**settings, "num_generation": config.num_generation}
+    if config.overwrite:
+        rounds_log.reset()
+        for path in paths.values():
+            remove_output(path)
+    elif output_is_current(paths["prompts"], final_settings):
         if rounds_log.partial_path.exists():
             _finish_interrupted_log(rounds_log)
         count = len(paths["prompts"].read_text(encoding="utf-8").splitlines())
         print(f"almost pg: {paths['prompts']} is complete ({count} prompts); nothing to do (--overwrite starts again)")
         return {"accepted": count, "skipped": True}
-    model = resolve_model(config.model_name_or_path, config.cache_dir) if engine is None else None
-    if config.overwrite:
-        rounds_log.discard()
-        for path in paths.values():
-            path.unlink(missing_ok=True)
 
     progress = _Progress(prompt_file, config.rouge_l_threshold)
     with rounds_log:
@@ -372,7 +389,8 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
         "backend": getattr(engine, "name", config.backend),
     }
     write_json_atomic(paths["stats"], stats)
-    # prompts.txt last: its presence is what marks the stage finished.
+    # prompts.txt last: its presence (with its settings record) is what marks the stage finished.
+    record_settings(paths["prompts"], final_settings)
     write_text_atomic(paths["prompts"], "".join(p + "\n" for p in progress.accepted[: config.num_generation]))
     rounds_log.finalize()
     rejected = ", ".join(f"{k} {v}" for k, v in stats["rejected"].items()) or "none"

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..config import EngineArguments, parse, parse_shard
 from ..engines import Engine, Sampling, load_engine
-from ..io import AlmostError, ResumableJsonl, read_lines
+from ..io import AlmostError, ResumableJsonl, digest_model, read_lines
 from ..models import ResolvedModel, resolve_model
 from .demos import ANSWER_STOP, BETTER_DEMONSTRATIONS, Demonstrations, bad_answer_reasons, cut_answer, few_shot_prompt, load_demonstrations
 
@@ -142,9 +142,12 @@ def answer_row(index: int, prompt: str, generation: str, name: str, trim: bool =
     return {"index": index, "prompt": prompt, "response": response, "bad": bool(reasons), "bad_reasons": reasons, "config": name}
 
 
-def _resume_settings(config: RGArguments, configuration: Configuration, prompts: Sequence[str], shard) -> dict:
+def _resume_settings(config: RGArguments, configuration: Configuration, prompts: Sequence[str], shard, model: str) -> dict:
+    """What decides a configuration's rows. ``model`` is the model's content fingerprint
+    (``io.digest_model``); --batch_size counts only on the hf backend, where a batch's padding
+    changes the sampled tokens."""
     return {
-        "model": config.model_name_or_path,
+        "model": model,
         "backend": config.backend,
         "dtype": config.dtype,
         "batch_size": config.batch_size if config.backend == "hf" else None,
@@ -168,22 +171,26 @@ def run_rg(config: RGArguments, engine: Engine | None = None) -> dict:
     if not indices:
         raise AlmostError(f"--shard {config.shard} holds no prompts ({len(prompts)} prompts in all)")
 
+    # The model is resolved (and checked) before any file is written; tests that pass an engine
+    # fingerprint the name they give.
+    model = resolve_model(config.model_name_or_path, config.cache_dir) if engine is None else None
+    model_digest = digest_model(model.path if model else config.model_name_or_path)
     summary: dict[str, dict] = {}
     logs = {}
     for c in todo_configurations:
-        log = ResumableJsonl(output_path(config.output_dir, c.name, shard), "index", _resume_settings(config, c, prompts, shard))
+        log = ResumableJsonl(output_path(config.output_dir, c.name, shard), "index", _resume_settings(config, c, prompts, shard, model_digest))
         if config.overwrite:
-            log.discard()
-            log.final_path.unlink(missing_ok=True)
-        if log.complete:
+            log.reset()
+        if log.complete:  # refuses a finished file made with other settings, before anything is written
             print(f"almost rg: {log.final_path} is complete; nothing to do (--overwrite starts again)")
             summary[c.name] = {"path": str(log.final_path), "skipped": True}
         else:
-            logs[c.name] = log.open()  # refuses a partial file made with other settings before any work
+            logs[c.name] = log
+    for log in logs.values():
+        log.open()  # refuses a partial file made with other settings before any work
     if not logs:
         return summary
     if engine is None:
-        model = resolve_model(config.model_name_or_path, config.cache_dir)
         engine = load_engine(config, model)
     for c in todo_configurations:
         if c.name in logs:

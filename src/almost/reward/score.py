@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..chat import as_messages
 from ..config import parse
-from ..io import AlmostError, ResumableJsonl, read_rows
+from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, read_rows
 from .formats import context_messages
 from .scorer import RewardScorer, reward_model_path
 
@@ -77,12 +77,13 @@ def run_rm_score(config: RewardScoreConfig) -> dict:
     todo = [conversations_to_score(row, f"{config.data_path} row {i}") for i, row in enumerate(rows, 1)]
 
     final = Path(config.output_dir) / OUTPUT_FILE
-    settings = {"model": str(Path(model_path).resolve()), "data": str(Path(config.data_path).resolve()), "rows": len(rows), "max_length": config.max_length}
+    # The reward model and the rows by content (a model retrained in the same folder must not add
+    # its rewards to the old one's); dtype changes the rewards, batch_size only the speed.
+    settings = {"model": digest_model(model_path), "data": fingerprint({"rows": rows}), "rows": len(rows), "max_length": config.max_length, "dtype": config.dtype}
     store = ResumableJsonl(final, ROW_KEY, settings)
     if config.overwrite:
-        store.discard()
-        final.unlink(missing_ok=True)
-    elif store.complete:
+        store.reset()
+    elif store.complete:  # refuses a finished file made with other settings
         print(f"almost rm score: {final} is already complete (--overwrite to redo)")
         return {"output": str(final), "rows": len(rows), "scored_now": 0}
 
