@@ -184,3 +184,31 @@ def test_shipped_configs_name_only_real_options(tmp_path, example):
     assert {s.stage for s in steps} == {k for k in config if k in ("pg", "rg", "cs", "rm", "rmsp", "sft", "rl", "eval")}
     demo = example.name == "demo.yaml"
     validate(steps, planner, check_models=demo, parse_values=demo)
+
+
+def test_rg_configurations_of_one_model_run_in_one_call(tmp_path, tiny_model_path, capsys):
+    """One model load (one vLLM engine start) for every configuration that differs only in its
+    demonstration file and shots; each configuration keeps its own step, marker and output."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPTS[0] + "\n")
+    configurations = [{"prompt_file_path": "faithful_prompt.txt", "n_shot": 1}, {"prompt_file_path": "faithful_prompt.txt", "n_shot": 0},
+                      {"prompt_file_path": "basic_prompt.txt", "n_shot": 0}]  # fmt: skip
+    config = {"in_process": True, "rg": {"prompts_path": str(prompts), "model_name_or_path": tiny_model_path, "max_new_tokens": 2,
+                                         "backend": "hf", "configurations": configurations}}  # fmt: skip
+    path = write_config(tmp_path / "pipeline.yaml", config)
+    out = tmp_path / "run"
+    assert cli(["pipeline", str(path), "--output_dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    calls = [line for line in printed.splitlines() if re.search(r": almost rg ", line)]
+    name = Path(tiny_model_path).name.lower()
+    names = [f"{name}-faithful-1shot", f"{name}-faithful-0shot", f"{name}-basic-0shot"]
+    assert len(calls) == 1 and all(n in calls[0] for n in names) and "--select" in calls[0]
+    for n in names:  # not the whole product: no basic-1shot
+        assert json.loads((out / "rg" / f".almost-step-{n}.json").read_text())["status"] == "done"
+        assert (out / "rg" / f"{n}.jsonl").exists()
+    assert not (out / "rg" / f"{name}-basic-1shot.jsonl").exists()
+    # Run alone, a configuration writes the same file as in the shared call.
+    alone = tmp_path / "alone"
+    config["rg"]["configurations"] = configurations[2:]
+    assert cli(["pipeline", str(write_config(tmp_path / "alone.yaml", config)), "--output_dir", str(alone)]) == 0
+    assert (alone / "rg" / f"{names[2]}.jsonl").read_text() == (out / "rg" / f"{names[2]}.jsonl").read_text()

@@ -275,3 +275,15 @@ def test_almost_rg_on_the_real_smollm2(tmp_path):
     for r in rows:
         assert r["response"] and "Human:" not in r["response"] and "-----" not in r["response"]
         assert r["bad"] == bool(r["bad_reasons"]) and r["bad_reasons"] == demos.bad_answer_reasons(r["response"])
+
+
+def test_select_makes_only_the_named_configurations(tmp_path):
+    write_prompts(tmp_path)
+    files = [str(demos.BETTER_DEMONSTRATIONS), str(demos.WORSE_DEMONSTRATIONS)]
+    config = RGArguments(output_dir=str(tmp_path), prompt_file_path=files, n_shot=[1, 0],
+                         select=["smollm2-135m-faithful-1shot", "smollm2-135m-basic-0shot"])  # fmt: skip
+    summary = run_rg(config, engine=echo_engine())
+    assert sorted(summary) == ["smollm2-135m-basic-0shot", "smollm2-135m-faithful-1shot"]
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["smollm2-135m-basic-0shot.jsonl", "smollm2-135m-faithful-1shot.jsonl"]
+    with pytest.raises(AlmostError, match="--select names 'smollm2-135m-basic-3shot'"):
+        configurations(RGArguments(output_dir=str(tmp_path), prompt_file_path=files, n_shot=[1], select=["smollm2-135m-basic-3shot"]))

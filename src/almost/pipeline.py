@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -462,10 +462,44 @@ class Outcome:
     extra: dict = field(default_factory=dict)
 
 
+# What an rg step's own configuration sets; steps equal in everything else share one `almost rg` call.
+RG_CONFIGURATION_KEYS = ("prompt_file_path", "n_shot")
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def runs_with(first: Step, step: Step) -> bool:
+    """Whether ``step`` can join ``first``'s call: rg configurations of one model and the same settings
+    load the model (or start the vLLM engine) once for all of them."""
+    def rest(s: Step) -> dict:
+        return {k: v for k, v in s.flags.items() if k not in RG_CONFIGURATION_KEYS}
+
+    return first.stage == step.stage == "rg" and first.launcher == step.launcher and rest(first) == rest(step)
+
+
+def combined_step(group: list[Step]) -> Step:
+    """One ``almost rg`` call for several configuration steps: the demonstration files and shot counts
+    they use, and --select so that only their configurations are made (not the whole product)."""
+    if len(group) == 1:
+        return group[0]
+    flags = dict(group[0].flags)
+    for key in RG_CONFIGURATION_KEYS:
+        flags[key] = list(dict.fromkeys(v for s in group for v in _as_list(s.flags.get(key))))
+    flags["select"] = [s.name.split("/", 1)[1] for s in group]
+    return replace(group[0], name=" + ".join(s.name for s in group), flags=flags)
+
+
 def execute(steps: list[Step], first: str | None, in_process: bool) -> list[Outcome]:
-    outcomes = []
+    outcomes: list[Outcome] = []
     forced = False
+    waiting: list[tuple[Step, str]] = []  # rg steps to run in one call once the next step cannot join them
     for step in steps:
+        if waiting and not runs_with(waiting[0][0], step):
+            if not run_together(waiting, in_process, outcomes):
+                return outcomes
+            waiting = []
         forced = forced or (first is not None and step.stage == first)
         if first is not None and not forced:
             if not is_done(step):
@@ -483,18 +517,37 @@ def execute(steps: list[Step], first: str | None, in_process: bool) -> list[Outc
             clear_outputs(step)
         elif marker:
             print(f"almost pipeline: {step.name}: unfinished, resuming", flush=True)
-        print(f"almost pipeline: {step.name}: {step.command_line()}", flush=True)
+        waiting.append((step, fp))
+        if step.stage != "rg":
+            if not run_together(waiting, in_process, outcomes):
+                return outcomes
+            waiting = []
+    if waiting:
+        run_together(waiting, in_process, outcomes)
+    return outcomes
+
+
+def run_together(group: list[tuple[Step, str]], in_process: bool, outcomes: list[Outcome]) -> bool:
+    """Run one step, or several rg steps as one call; record each step's marker and outcome. The time
+    of a shared call is split evenly between its steps. False if any step failed."""
+    call = combined_step([s for s, _ in group])
+    print(f"almost pipeline: {call.name}: {call.command_line()}", flush=True)
+    for step, fp in group:
         step.output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(step.marker, {"status": "running", "fingerprint": fp, "command": step.command_line()})
-        start, cpu_start = time.time(), cpu_seconds()
-        rc = run_step(step, in_process)
-        seconds, cpu = round(time.time() - start, 1), round(cpu_seconds() - cpu_start, 1)
+        write_json_atomic(step.marker, {"status": "running", "fingerprint": fp, "command": call.command_line()})
+    start, cpu_start = time.time(), cpu_seconds()
+    rc = run_step(call, in_process)
+    seconds, cpu = round((time.time() - start) / len(group), 1), round((cpu_seconds() - cpu_start) / len(group), 1)
+    ok = True
+    for step, fp in group:
         if rc != 0 or not step.product.exists():
             outcomes.append(Outcome(step, "failed", seconds, {"rc": rc}))
-            break
-        write_json_atomic(step.marker, {"status": "done", "fingerprint": fp, "command": step.command_line(), "seconds": seconds, "cpu_seconds": cpu})
+            ok = False
+            continue
+        record = {"status": "done", "fingerprint": fp, "command": call.command_line(), "seconds": seconds, "cpu_seconds": cpu}
+        write_json_atomic(step.marker, record)
         outcomes.append(Outcome(step, "ran", seconds, {"cpu_seconds": cpu}))
-    return outcomes
+    return ok
 
 
 def print_summary(outcomes: list[Outcome], run_dir: Path, report_path: Path | None) -> None:

@@ -68,6 +68,10 @@ class RGArguments(EngineArguments):
     shard: str | None = field(
         default=None, metadata={"help": "i/n: only prompts whose index is i modulo n, written to {config}.shard-i-of-n.jsonl."}
     )
+    select: list[str] | None = field(
+        default=None,
+        metadata={"help": "Make only these of the configurations --prompt_file_path x --n_shot makes (names as {model}-{file}-{n}shot): several configurations that are not a full product, with one model load."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -108,16 +112,22 @@ def model_short_name(model_name_or_path: str) -> str:
 
 
 def configurations(config: RGArguments) -> list[Configuration]:
-    """Every (demonstration file, n_shot) combination, checked before any work starts."""
+    """Every (demonstration file, n_shot) combination (or the ones --select names), checked before any
+    work starts."""
     short = model_short_name(config.model_name_or_path)
+    selected = set(config.select or ())
     result: dict[str, Configuration] = {}
     for path, n_shot in itertools.product(config.prompt_file_path, config.n_shot):
-        demos = load_demonstrations(path)
-        demos.static_prompt(n_shot)  # fails early when the file has too few dialogues
-        c = Configuration(short, demos, n_shot)
+        c = Configuration(short, load_demonstrations(path), n_shot)
+        if selected and c.name not in selected:
+            continue
+        c.demos.static_prompt(n_shot)  # fails early when the file has too few dialogues
         if c.name in result:
             raise AlmostError(f"configuration {c.name} is asked for twice (two demonstration files with the same name?)")
         result[c.name] = c
+    missing = sorted(selected - set(result))
+    if missing:
+        raise AlmostError(f"--select names {missing[0]!r}, which --prompt_file_path x --n_shot does not make")
     return list(result.values())
 
 
