@@ -389,11 +389,20 @@ def redact(settings: dict) -> dict:
     return {k: REDACTED if is_secret(k) and v not in (None, "", False) else v for k, v in settings.items()}
 
 
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact_url(text: str) -> str:
+    """``https://user:pass@host/...`` → ``https://<redacted>@host/...`` wherever a URL appears."""
+    return _URL_CREDENTIALS.sub(REDACTED + "@", text)
+
+
 def redact_argv(argv: Iterable[str]) -> list[str]:
-    """A command line with the values of secret options (``--hub_token X``, ``--api_key=X``) hidden."""
+    """A command line with the values of secret options (``--hub_token X``, ``--api_key=X``) and the
+    credentials inside URLs hidden."""
     out: list[str] = []
     hide_next = False
-    for arg in argv:
+    for arg in map(redact_url, argv):
         if hide_next:
             out.append(REDACTED)
             hide_next = False

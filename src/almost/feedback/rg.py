@@ -167,6 +167,8 @@ def run_rg(config: RGArguments, engine: Engine | None = None) -> dict:
     indices = [i for i in range(len(prompts)) if shard is None or i % shard[1] == shard[0]]
     if not indices:
         raise AlmostError(f"--shard {config.shard} holds no prompts ({len(prompts)} prompts in all)")
+    # The model name is checked before any .partial file is made: a typo must leave nothing behind.
+    model = resolve_model(config.model_name_or_path, config.cache_dir) if engine is None else None
 
     summary: dict[str, dict] = {}
     logs = {}
@@ -183,7 +185,6 @@ def run_rg(config: RGArguments, engine: Engine | None = None) -> dict:
     if not logs:
         return summary
     if engine is None:
-        model = resolve_model(config.model_name_or_path, config.cache_dir)
         engine = load_engine(
             config.backend, model, batch_size=config.batch_size, seed=config.seed,
             tensor_parallel_size=config.tensor_parallel_size, dtype=config.dtype,
