@@ -32,10 +32,9 @@ class Parser(TrlParser):
         return parsed, rest
 
     def error(self, message: str) -> NoReturn:
-        if _probe is not None:
-            raise AlmostError(message)
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
+        # Raised, not sys.exit(2): the CLI prints it as one line and exits 2, and a caller running
+        # the stage in process (the pipeline, the tests) gets the same error as every other one.
+        raise AlmostError(message)
 
 
 @dataclass
