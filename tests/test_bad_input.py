@@ -91,6 +91,7 @@ CASES = {
     "rg --shard 3/2": lambda t, m: ["rg", "--output_dir", str(t / "out"), "--prompts_path", prompts(t), "--shard", "3/2", "--model_name_or_path", m["lm"]],
     # --- output and run directories ------------------------------------------------------------
     "--output_dir is a file": lambda t, m: ["pg", "--output_dir", str(write(t / "out", "x"))],
+    "report run directory is a file": lambda t, m: ["report", str(write(t / "run", "x"))],
     "pipeline --output_dir is a file": lambda t, m: ["pipeline", str(write(t / "p.yaml", f"cs: {{input_dir: {t}, rubric: [a, b]}}\n")), "--output_dir", str(write(t / "run", "x"))],
     # --- data files --------------------------------------------------------------------------
     "prompts file not UTF-8": lambda t, m: ["rg", "--output_dir", str(t / "out"), "--prompts_path", str(write(t / "p.txt", b"ok\n" + LATIN1)), "--model_name_or_path", m["lm"]],

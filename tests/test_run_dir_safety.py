@@ -189,9 +189,6 @@ def test_secrets_never_reach_markers_output_metrics_or_cards(tmp_path, tiny_rewa
 
 
 def test_redaction_helpers():
-    class Config:
-        pass
-
     from dataclasses import dataclass
 
     @dataclass

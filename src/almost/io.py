@@ -14,7 +14,6 @@ import json
 import lzma
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
