@@ -27,6 +27,21 @@ def render_prompt(tokenizer, messages: list[dict]) -> str:
     return transcript(messages) + "\n\nAssistant:"
 
 
+def check_chat_template(tokenizer, where: str) -> None:
+    """A chat template that does not compile is the user's file's fault: one line naming it, before
+    anything is written, instead of a traceback at the first prompt."""
+    if not getattr(tokenizer, "chat_template", None):
+        return
+    import jinja2
+
+    from .io import AlmostError
+
+    try:
+        tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    except jinja2.TemplateSyntaxError as e:
+        raise AlmostError(f"the chat template of {where} is not valid Jinja (line {e.lineno}: {e.message})") from None
+
+
 def as_messages(prompt: str | list[dict], answer: str | None = None) -> list[dict]:
     """A prompt (text or messages) plus an optional answer → a message list."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .io import AlmostError
+from .io import AlmostError, held_output_dirs, release_output_dirs
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("almost.demo", "Run the whole method at small scale on the embedded model."),
@@ -44,17 +44,42 @@ def dispatch(prog: str, kind: str, table: dict[str, tuple[str, str]], argv: list
     return int(importlib.import_module(table[name][0]).main(rest) or 0)
 
 
+def input_error(e: BaseException) -> str | None:
+    """One line for the errors that can only come from a user's file, not from our code: the stages
+    check their inputs themselves, this catches what reaches a library first (a model's chat
+    template, a tokenizer file) so that it too ends in one line and exit 2, not a traceback."""
+    if isinstance(e, AlmostError):
+        return str(e)
+    if isinstance(e, UnicodeDecodeError):
+        return f"an input file is not UTF-8 text ({e.reason} at byte {e.start})"
+    try:
+        import jinja2
+    except ImportError:  # pragma: no cover - transformers depends on it
+        jinja2 = None
+    if jinja2 is not None and isinstance(e, jinja2.TemplateError):
+        where = f" line {e.lineno}" if getattr(e, "lineno", None) else ""
+        return f"the model's chat template is broken ({type(e).__name__}{where}: {e.message or e})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = f"almost {argv[0]}" if argv and argv[0] in COMMANDS else "almost"
+    locked = held_output_dirs()
     try:
         return dispatch("almost", "command", COMMANDS, argv)
-    except AlmostError as e:
-        sys.stderr.write(f"{prog}: error: {e}\n")
-        return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted; rerun the same command to resume\n")
         return 130
+    except Exception as e:
+        message = input_error(e)
+        if message is None:
+            raise
+        sys.stderr.write(f"{prog}: error: {' '.join(message.split())}\n")
+        return 2
+    finally:
+        # The output directories this command locked (and created, if it wrote nothing there).
+        release_output_dirs(keep=locked)
 
 
 if __name__ == "__main__":

@@ -6,26 +6,35 @@ spellings (``--output-dir``) are accepted too.
 
 from __future__ import annotations
 
+import math
 import sys
+import types
+import typing
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NoReturn
 
 from trl import TrlParser
 
-from .io import AlmostError
+from .io import AlmostError, lock_output_dir, read_text, redact_argv, yaml_problem
 from .models import DEFAULT_MODEL
 
 
 class Parser(TrlParser):
     """TrlParser whose errors are one line (``almost X: error: ...``) with exit status 2."""
 
+    def parse_known_args(self, args=None, namespace=None):
+        # Checked here, between argparse and the dataclasses: a config's __post_init__ (TRL's
+        # included) may already divide by or index with the value.
+        parsed, rest = super().parse_known_args(args, namespace)
+        check_values(vars(parsed))
+        return parsed, rest
+
     def error(self, message: str) -> NoReturn:
-        if _probe is not None:
-            raise AlmostError(message)
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
+        # Raised, not sys.exit(2): the CLI prints it as one line and exits 2, and a caller running
+        # the stage in process (the pipeline, the tests) gets the same error as every other one.
+        raise AlmostError(message)
 
 
 @dataclass
@@ -66,8 +75,10 @@ def parse(prog: str, dataclass_types: Sequence[type], argv: Sequence[str] | None
     parser = Parser(dataclass_types, prog=prog, description=description)
     if _probe is not None:
         _probe.parser = parser
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    check_config_file(argv, dataclass_types)
     try:
-        parsed = parser.parse_args_and_config(list(argv) if argv is not None else None)
+        parsed = parser.parse_args_and_config(argv)
     except FileNotFoundError as e:
         raise AlmostError(f"config file not found: {e.filename}") from None
     except ValueError as e:
@@ -76,7 +87,108 @@ def parse(prog: str, dataclass_types: Sequence[type], argv: Sequence[str] | None
     if _probe is not None:
         _probe.parsed = tuple(parsed)
         raise ParsedOnly()
+    output_dir = next((c.output_dir for c in parsed if isinstance(getattr(c, "output_dir", None), str) and c.output_dir), None)
+    if output_dir:
+        lock_output_dir(output_dir, " ".join([prog, *redact_argv(argv)]))
     return parsed
+
+
+def check_config_file(argv: list[str], dataclass_types: Sequence[type]) -> None:
+    """``--config FILE``: present, UTF-8, valid YAML, a mapping whose values have the fields' types.
+
+    TrlParser hands YAML values to the dataclasses unconverted, so a list where a number belongs
+    would only fail (with a traceback) deep inside a stage; here it is one line naming the key.
+    """
+    import yaml
+
+    if "--config" not in argv:
+        return
+    i = argv.index("--config")
+    if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+        raise AlmostError("--config needs a YAML file: --config FILE.yaml")
+    path = argv[i + 1]
+    try:
+        config = yaml.safe_load(read_text(path, "config file"))
+    except yaml.YAMLError as e:
+        raise AlmostError(f"{path} is not valid YAML: {yaml_problem(e)}") from None
+    if not isinstance(config, dict):
+        raise AlmostError(f"{path} must be a YAML mapping of option names to values")
+    types = {f.name: f.type for t in dataclass_types for f in fields(t)}
+    for key, value in config.items():
+        if key == "env" or key not in types or value is None:
+            continue  # TRL's env block; unknown keys are reported by the parser itself
+        expected = _simple_types(types[key])
+        if expected is not None and not _has_type(value, expected):
+            names = " or ".join(sorted({t.__name__ if t is not list else "list" for t in expected}))
+            raise AlmostError(f"{path}: {key} must be {names}, got {type(value).__name__} {value!r}")
+
+
+def _simple_types(annotation: Any) -> set[type] | None:
+    """The plain types a field accepts (str, int, float, bool, list), or None when it is anything
+    else (the check is skipped). Handles string annotations (``"int | None"``) and typing objects."""
+    names = {"str": str, "int": int, "float": float, "bool": bool}
+    if isinstance(annotation, str):
+        parts = [p.strip() for p in annotation.replace("Optional[", "").rstrip("]").split("|")]
+        accepted = set()
+        for part in parts:
+            if part == "None":
+                continue
+            if part in names:
+                accepted.add(names[part])
+            elif part.startswith(("list[", "List[")):
+                accepted.add(list)
+            else:
+                return None
+        return accepted or None
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    accepted = set()
+    for arg in args:
+        if arg is type(None):
+            continue
+        if arg in (str, int, float, bool):
+            accepted.add(arg)
+        elif typing.get_origin(arg) is list or arg is list:
+            accepted.add(list)
+        else:
+            return None
+    return accepted or None
+
+
+def _has_type(value: Any, expected: set[type]) -> bool:
+    if isinstance(value, bool):
+        return bool in expected
+    if isinstance(value, int) and (int in expected or float in expected):
+        return True
+    if isinstance(value, float) and float in expected:
+        return True
+    if isinstance(value, str) and (str in expected or list in expected):
+        return True  # a single string for a list field is one entry, as on the command line
+    return isinstance(value, list) and list in expected and all(isinstance(v, (str, int, float)) for v in value)
+
+
+# Values every stage would otherwise accept and then fail on (a traceback deep in generation or
+# training) or silently misuse: checked once, by field name, for every stage that has the field.
+VALUE_RULES: dict[str, tuple[Any, str]] = {
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "temperature": (lambda v: v >= 0, "at least 0"),
+    "max_new_tokens": (lambda v: v >= 1, "at least 1"),
+    "max_questions": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "per_device_train_batch_size": (lambda v: v >= 1, "at least 1"),
+    "num_generations": (lambda v: v >= 2, "at least 2 (answers are compared within a prompt's group)"),
+    "max_length": (lambda v: v >= 1, "at least 1"),
+    "learning_rate": (lambda v: v > 0, "above 0"),
+}
+
+
+def check_values(values: dict[str, Any]) -> None:
+    """The field-name rules above, on the parsed values (None means "not set")."""
+    for name, (ok, wanted) in VALUE_RULES.items():
+        value = values.get(name)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if (isinstance(value, float) and math.isnan(value)) or not ok(value):
+            raise AlmostError(f"--{name} must be {wanted}, got {value}")
 
 
 @dataclass

@@ -6,9 +6,14 @@ all, and a long job killed at any moment continues where it stopped, without los
 
 from __future__ import annotations
 
+import atexit
+import bz2
+import gzip
 import hashlib
 import json
+import lzma
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -28,13 +33,43 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     return path
 
 
+# Compressed inputs are read as they are, by suffix; every text reader goes through ``read_text``.
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def read_text(path: str | os.PathLike, what: str = "text file") -> str:
+    """The whole of a UTF-8 text file (``.gz``/``.bz2``/``.xz`` read compressed), with one clear
+    error for a missing file, a damaged archive or bytes that are not UTF-8 (naming the line)."""
+    path = require_file(path, what)
+    opener = _OPENERS.get(path.suffix, open)
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise AlmostError(f"{what} {path} cannot be read ({path.suffix} archive damaged?): {e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise AlmostError(f"{what} {path} is not UTF-8 text (line {line}, byte {e.start})") from None
+
+
+def yaml_problem(e: Exception) -> str:
+    """PyYAML's several-line message as "line L column C: problem"."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"line {mark.line + 1} column {mark.column + 1}: {problem}" if mark is not None else problem
+
+
+def _strip_suffix(path: Path) -> str:
+    """The suffix that says the format: ``rows.jsonl.gz`` → ``.jsonl``."""
+    return Path(path.stem).suffix if path.suffix in _OPENERS else path.suffix
+
+
 def read_lines(path: str | os.PathLike, what: str = "text file") -> list[str]:
     """The non-empty lines of a UTF-8 text file, stripped; an error when there are none."""
-    path = require_file(path, what)
-    try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except UnicodeDecodeError:
-        raise AlmostError(f"{path} is not UTF-8 text") from None
+    path = Path(path)
+    lines = [line.strip() for line in read_text(path, what).splitlines()]
     lines = [line for line in lines if line]
     if not lines:
         raise AlmostError(f"{what} {path} is empty")
@@ -42,29 +77,27 @@ def read_lines(path: str | os.PathLike, what: str = "text file") -> list[str]:
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    path = require_file(path, what)
+    path = Path(path)
+    text = read_text(path, what)
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise AlmostError(f"malformed JSON in {path}: line {e.lineno}: {e.msg}") from None
-    except UnicodeDecodeError:
-        raise AlmostError(f"{path} is not UTF-8 text") from None
 
 
 def iter_jsonl(path: str | os.PathLike, what: str = "JSONL file") -> Iterator[dict]:
-    path = require_file(path, what)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise AlmostError(f"malformed JSON in {path} line {lineno}: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise AlmostError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
-            yield row
+    path = Path(path)
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other line separators raw.
+    for lineno, line in enumerate(read_text(path, what).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AlmostError(f"malformed JSON in {path} line {lineno}: {e.msg}") from None
+        if not isinstance(row, dict):
+            raise AlmostError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
+        yield row
 
 
 def read_jsonl(path: str | os.PathLike, what: str = "JSONL file") -> list[dict]:
@@ -84,7 +117,7 @@ def read_rows(path: str | os.PathLike, what: str = "data file") -> list[dict]:
         if isinstance(ds, datasets.DatasetDict):
             ds = ds["train"] if "train" in ds else next(iter(ds.values()))
         return [dict(r) for r in ds]
-    if path.suffix == ".json":
+    if _strip_suffix(path) == ".json":
         data = read_json(path, what)
         if isinstance(data, dict):
             # Some exports wrap the rows ({"data": [...]}, {"examples": [...]}).
@@ -383,3 +416,160 @@ class ResumableJsonl:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# One writer per output directory
+
+
+LOCK_NAME = ".almost.lock"
+_locks: dict[Path, tuple[int, Path, Path | None]] = {}  # resolved dir → (fd, dir, topmost folder we created)
+
+
+def lock_output_dir(path: str | os.PathLike, command: str) -> None:
+    """Hold ``<path>/.almost.lock`` (``flock``) for this process: a second run on the same output
+    directory stops with one line naming the holder instead of interleaving its writes.
+
+    The kernel drops the lock when the process dies however it dies, so a crash never leaves the
+    directory locked. Creates the directory; if this run then writes nothing (a bad input found
+    later), ``release_output_dirs`` removes what it created. Only the main process of a
+    multi-process launch (``RANK``/``LOCAL_RANK`` 0) locks: the others write nothing of their own.
+    """
+    import fcntl
+
+    if int(os.environ.get("RANK") or 0) or int(os.environ.get("LOCAL_RANK") or 0):
+        return
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AlmostError(f"output directory {path} is an existing file")
+    key = path.resolve()
+    if key in _locks:
+        fd, _, _ = _locks[key]
+        try:
+            if os.fstat(fd).st_ino == os.stat(key / LOCK_NAME).st_ino:
+                return  # already ours (a stage called twice in one process)
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the folder was emptied under us (the pipeline starts a step again): lock anew
+        del _locks[key]
+    created = next((p for p in reversed([key, *key.parents]) if not p.exists()), None)
+    try:
+        key.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AlmostError(f"cannot create output directory {path}: {e.strerror}") from None
+    lock_path = key / LOCK_NAME
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise AlmostError(f"{path} is in use by {holder}; wait for it to finish or choose another output directory") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed the file between our open and flock: lock the new one
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} ({command})\n".encode(), 0)
+    _locks[key] = (fd, key, created)
+
+
+def release_output_dirs(keep: Iterable[Path] = ()) -> None:
+    """Give up the locks taken since ``keep`` was current; remove folders we created and left empty."""
+    keep = set(keep)
+    for key in [k for k in _locks if k not in keep]:
+        fd, path, created = _locks.pop(key)
+        try:
+            if os.fstat(fd).st_ino == os.stat(path / LOCK_NAME).st_ino:
+                os.unlink(path / LOCK_NAME)  # before closing: nobody can lock a file that is gone
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+        if created is not None:
+            for folder in [path, *path.parents]:
+                try:
+                    folder.rmdir()  # only if empty: this run wrote nothing there
+                except OSError:
+                    break
+                if folder == created:
+                    break
+
+
+def held_output_dirs() -> list[Path]:
+    return list(_locks)
+
+
+atexit.register(release_output_dirs)
+
+
+# ----------------------------------------------------------------------------------------------
+# What may be recorded: no secrets, no machine paths
+
+
+REDACTED = "<redacted>"
+_SECRET_WORD = re.compile(r"(?:^|_)(?:token|key|secret|password|passwd|credentials?)$|secret|password", re.I)
+_NOT_SECRET = frozenset({"pad_token", "eos_token", "bos_token", "unk_token"})  # tokenizer settings, not credentials
+
+
+def is_secret(name: str) -> bool:
+    """A setting whose name says token/key/secret/password (``hub_token``, ``api_key``)."""
+    name = name.lstrip("-").replace("-", "_")
+    return name not in _NOT_SECRET and bool(_SECRET_WORD.search(name))
+
+
+def redact(settings: dict) -> dict:
+    """``settings`` with every secret's value replaced by ``<redacted>`` (unset ones stay unset)."""
+    return {k: REDACTED if is_secret(k) and v not in (None, "", False) else v for k, v in settings.items()}
+
+
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact_url(text: str) -> str:
+    """``https://user:pass@host/...`` → ``https://<redacted>@host/...`` wherever a URL appears."""
+    return _URL_CREDENTIALS.sub(REDACTED + "@", text)
+
+
+def redact_argv(argv: Iterable[str]) -> list[str]:
+    """A command line with the values of secret options (``--hub_token X``, ``--api_key=X``) and the
+    credentials inside URLs hidden."""
+    out: list[str] = []
+    hide_next = False
+    for arg in map(redact_url, argv):
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+        elif arg.startswith("--") and "=" in arg and is_secret(arg.split("=", 1)[0]):
+            out.append(arg.split("=", 1)[0] + "=" + REDACTED)
+        else:
+            out.append(arg)
+            hide_next = arg.startswith("--") and is_secret(arg)
+    return out
+
+
+def portable(value: Any, base: str | os.PathLike) -> Any:
+    """Strings (in dicts and lists too) with absolute paths under ``base`` made relative to it and
+    paths under the home folder written ``~/...``: what cards and metrics record says nothing about
+    the machine it ran on. ``base`` is the run directory (the parent of a stage's output folder)."""
+    if isinstance(value, dict):
+        return {k: portable(v, base) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(portable(v, base) for v in value)
+    if not isinstance(value, str) or "/" not in value:
+        return value
+    base = str(Path(base).resolve())
+    replacements = [(base, "")] if base != "/" else []
+    home = str(Path.home())
+    if home not in ("/", base):
+        replacements.append((home, "~/"))
+    for prefix, replacement in replacements:
+        # Only a whole path: at the start or after a space, quote, backtick, bracket, "=" or a scheme's
+        # ":" (rm:PATH); the prefix followed by "/" or by the end of the path.
+        pattern = rf"(?:^|(?<=[\s`'\"(\[=:,])){re.escape(prefix)}(/|(?=[\s`'\")\],]|$))"
+        whole = replacement.rstrip("/") or "."  # the prefix itself: "." for the run directory, "~" for home
+        value = re.sub(pattern, lambda m: replacement if m.group(1) == "/" else whole, value)
+    return value

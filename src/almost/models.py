@@ -148,6 +148,9 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    from .chat import check_chat_template
+
+    check_chat_template(tokenizer, path)
     return tokenizer
 
 

@@ -25,11 +25,15 @@ parsing the step's real command line with the stage's own parser), models, and t
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib
 import json
 import os
+import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -42,7 +46,21 @@ from .cli import COMMANDS
 from .config import ParsedOnly, ParseProbe, parse_only
 from .engines import AUTO, resolve_backend
 from .feedback.demos import ASSETS
-from .io import AlmostError, digest_file, digest_model, fingerprint, read_json, write_json_atomic
+from .io import (
+    LOCK_NAME,
+    AlmostError,
+    digest_file,
+    digest_model,
+    fingerprint,
+    held_output_dirs,
+    lock_output_dir,
+    read_json,
+    read_text,
+    redact_argv,
+    release_output_dirs,
+    write_json_atomic,
+    yaml_problem,
+)
 from .models import DEFAULT_MODEL, resolve_model
 from .report import EVAL_KINDS, OneLineArgumentParser, step_figures, write_report
 
@@ -52,6 +70,8 @@ MARKER_PREFIX = ".almost-step"
 # Flags that do not decide a step's result: left out of its fingerprint. The cache changes by itself
 # (downloads, the embedded model's conversion); a model found through it is fingerprinted by content.
 NOT_RESULT_FLAGS = frozenset({"cache_dir"})
+# An eval model label becomes a folder name: one plain name, never a path.
+LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass
@@ -79,7 +99,8 @@ class Step:
 
     def command_line(self) -> str:
         prefix = [*self.launcher, "-m", "almost"] if self.launcher else ["almost"]
-        return " ".join([*prefix, self.command[0], *self.argv])
+        # Printed and kept in markers: secrets (--hub_token ...) never appear in either.
+        return shlex.join(redact_argv([*prefix, self.command[0], *self.argv]))
 
 
 def flags_to_argv(flags: dict[str, Any]) -> list[str]:
@@ -111,9 +132,9 @@ def load_config(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise AlmostError(f"pipeline config not found: {path}")
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        config = yaml.safe_load(read_text(path, "pipeline config"))
     except yaml.YAMLError as e:
-        raise AlmostError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise AlmostError(f"{path} is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(config, dict):
         raise AlmostError(f"{path} must be a YAML mapping of stage names to their settings")
     unknown = [k for k in config if k not in TOP_LEVEL_KEYS]
@@ -121,7 +142,11 @@ def load_config(path: str | os.PathLike) -> dict:
         raise AlmostError(f"{path}: unknown stage {unknown[0]!r}; the stages are {', '.join(STAGES)} (plus output_dir, shared, in_process)")
     for key in (*STAGES, "shared"):
         if key in config and not isinstance(config[key] or {}, dict):
-            raise AlmostError(f"{path}: {key} must be a mapping of option names to values")
+            raise AlmostError(f"{path}: {key} must be a mapping of option names to values, got {type(config[key]).__name__}")
+    if config.get("output_dir") is not None and not isinstance(config["output_dir"], str):
+        raise AlmostError(f"{path}: output_dir must be a folder name (text), got {type(config['output_dir']).__name__}")
+    if not isinstance(config.get("in_process", False), bool):
+        raise AlmostError(f"{path}: in_process must be true or false")
     return config
 
 
@@ -183,11 +208,34 @@ class Planner:
     def section(self, stage: str) -> dict:
         return dict(self.config.get(stage) or {})
 
+    def mapping(self, value: Any, where: str) -> dict:
+        """A sub-section that must be a mapping (rm.train, eval.hhh, ...); empty when left blank."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise AlmostError(f"{self.where}: {where} must be a mapping of option names to values, got {type(value).__name__}")
+        return dict(value)
+
+    def inside_run(self, path: Path, what: str) -> Path:
+        """Every folder the pipeline creates, empties or deletes is inside the run directory."""
+        resolved = path.resolve()
+        if resolved == self.run or self.run not in resolved.parents:
+            raise AlmostError(f"{self.where}: {what} would be {path}, outside the run directory {self.run}")
+        return path
+
     def add(self, stage: str, name: str, command: tuple[str, ...], user: dict, wired: dict, output_dir: Path, product: str, owned: Iterable[Path] = ()) -> Step:
         user = dict(user)
         launcher = user.pop("launcher", None) or ()
         if isinstance(launcher, str):
-            launcher = tuple(launcher.split())
+            try:
+                launcher = tuple(shlex.split(launcher))  # quoted paths with spaces stay one argument
+            except ValueError as e:
+                raise AlmostError(f"{self.where}: {name}: launcher {launcher!r}: {e}") from None
+        if not isinstance(launcher, (list, tuple)) or not all(isinstance(x, (str, int, float)) for x in launcher):
+            raise AlmostError(f"{self.where}: {name}: launcher must be a command line (text) or a list of its words")
+        launcher = tuple(str(x) for x in launcher)
+        for path in (output_dir, *owned):
+            self.inside_run(path, f"{name}'s output")
         options = self.options(command)
         flags = {k: as_asset(v) if k.endswith("path") and not is_model_key(k) else v for k, v in user.items()}
         for key, value in self.shared.items():
@@ -267,27 +315,34 @@ class Planner:
         if unknown:
             raise AlmostError(f"{self.where}: rm takes 'train' and 'eval' sections, not {unknown[0]!r}")
         wired = {"data_path": str(self.run / "cs" / "comparison.jsonl")} if "cs" in self.config else {}
-        self.add("rm", "rm/train", ("rm", "train"), rm.get("train") or {}, wired, self.run / "rm", "config.json")
+        self.add("rm", "rm/train", ("rm", "train"), self.mapping(rm.get("train"), "rm.train"), wired, self.run / "rm", "config.json")
         if "eval" in rm:
             # Human preference data (rubric agreement on held-out synthetic pairs is in rm/metrics.json).
-            evaluation = dict(rm["eval"] or {})
+            evaluation = self.mapping(rm["eval"], "rm.eval")
             wired = {"model_name_or_path": str(self.run / "rm")}
             self.add("rm", "rm/eval", ("rm", "eval"), evaluation, wired, self.run / "rm_eval", "metrics.json")
         return str(self.run / "rm")
 
     def plan_eval(self, models: dict[str, str], reward_model: str | None) -> None:
         evaluation = self.section("eval")
-        models = {**models, **(evaluation.pop("models", None) or {})}
+        models = {**models, **self.mapping(evaluation.pop("models", None), "eval.models")}
         models = {label: m for label, m in models.items() if m}
+        for label, model in models.items():
+            if not isinstance(label, str) or not LABEL.match(label):
+                raise AlmostError(f"{self.where}: eval.models label {label!r} must be a plain name (letters, digits, . _ -): it names a folder of the run")
+            if not isinstance(model, str):
+                raise AlmostError(f"{self.where}: eval.models.{label} must be a model name or path (text), got {type(model).__name__}")
         if not models:
             raise AlmostError(f"{self.where}: eval has no models: add eval.models (label: model) or an sft/rl stage")
         unknown = [k for k in evaluation if k not in EVAL_KINDS]
         if unknown:
             raise AlmostError(f"{self.where}: unknown evaluation {unknown[0]!r} under eval; choose from {', '.join(EVAL_KINDS)} (and models)")
         for kind, settings in evaluation.items():
-            settings = dict(settings or {})
+            settings = self.mapping(settings, f"eval.{kind}")
             if kind == "pairwise":
                 baseline = settings.pop("baseline", "base")
+                if not isinstance(baseline, str):
+                    raise AlmostError(f"{self.where}: eval.pairwise.baseline must be a model label (text), got {type(baseline).__name__}")
                 if baseline not in models:
                     raise AlmostError(f"{self.where}: eval.pairwise.baseline {baseline!r} is not one of the models ({', '.join(models)})")
                 for label, model in models.items():
@@ -373,7 +428,7 @@ def digest_path(path: Path) -> str:
         return digest_model(path)
     h = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        if file.name.startswith(MARKER_PREFIX):
+        if file.name.startswith(MARKER_PREFIX) or file.name == LOCK_NAME:
             continue
         stat = file.stat()
         h.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
@@ -433,6 +488,7 @@ def clear_outputs(step: Step) -> None:
 def run_step(step: Step, in_process: bool) -> int:
     if in_process:
         module = importlib.import_module(COMMANDS[step.command[0]][0])
+        locked = held_output_dirs()
         try:
             return int(module.main(step.argv) or 0)
         except AlmostError as e:
@@ -440,9 +496,22 @@ def run_step(step: Step, in_process: bool) -> int:
             return 2
         except SystemExit as e:
             return e.code if isinstance(e.code, int) else 1
+        finally:
+            release_output_dirs(keep=locked)  # the step's own folder, as its own process would
     prefix = [*step.launcher, "-m", "almost"] if step.launcher else [sys.executable, "-m", "almost"]
     sys.stdout.flush()
-    return subprocess.run([*prefix, step.command[0], *step.argv]).returncode
+    parent = os.getpid()
+    return subprocess.run([*prefix, step.command[0], *step.argv], preexec_fn=lambda: die_with_parent(parent)).returncode
+
+
+def die_with_parent(parent: int) -> None:
+    """In the child, before it starts: ask Linux to send it SIGTERM when the pipeline dies, however
+    it dies (kill -9 included), so that no stage runs on orphaned. Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the pipeline died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def cpu_seconds() -> float:
@@ -606,7 +675,8 @@ def run_pipeline(config_path: str | os.PathLike, output_dir: str | None = None, 
             state = "done" if is_done(step, marker) and marker.get("fingerprint") == step_fingerprint(step) else "to run"
             print(f"{step.name:<40} {state:<7} {step.command_line()}")
         return 0
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # One pipeline per run directory; a second one says who holds it and stops.
+    lock_output_dir(run_dir, "almost pipeline " + shlex.join([str(config_path), "--output_dir", str(run_dir)]))
     outcomes = execute(steps, first, bool(config.get("in_process")))
     report_path = None
     if report:

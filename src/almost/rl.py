@@ -23,7 +23,7 @@ from trl import GRPOConfig, RLOOConfig
 
 from .chat import as_messages, render_prompt
 from .config import parse, resolve_training_hardware
-from .io import AlmostError, read_rows, require_file, write_json_atomic, write_text_atomic
+from .io import AlmostError, portable, read_rows, read_text, require_file, write_json_atomic, write_text_atomic
 from .models import resolve_model
 from .training import HardwareArguments, LoraArguments, lora_config
 
@@ -95,8 +95,7 @@ def read_prompts(path: str, limit: int | None = None) -> list[list[dict]]:
     """Prompts as message lists (the conversation before the answer) from prompts.txt or JSONL/JSON."""
     path = str(require_file(path, "prompts file"))
     if path.endswith(".txt"):
-        with open(path, encoding="utf-8") as f:
-            contexts = [as_messages(line.strip()) for line in f if line.strip()]
+        contexts = [as_messages(line.strip()) for line in read_text(path, "prompts file").splitlines() if line.strip()]
     else:
         contexts = []
         for i, row in enumerate(read_rows(path, "prompts file"), 1):
@@ -312,8 +311,9 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
         "first_log": csv_log.rows[0] if csv_log.rows else None,
         "last_log": csv_log.rows[-1] if csv_log.rows else None,
     }
-    write_text_atomic(out / "README.md", model_card(config, summary))
-    write_json_atomic(out / "rl_summary.json", summary)
+    base = out.resolve().parent  # paths relative to the run directory, not this machine's
+    write_text_atomic(out / "README.md", portable(model_card(config, summary), base))
+    write_json_atomic(out / "rl_summary.json", portable(summary, base))
     last = summary["last_log"] or {}
     print(
         f"almost rl: {summary['steps']} steps; last logged reward {show_logged(last, 'reward')}, KL {show_logged(last, 'kl')}, "

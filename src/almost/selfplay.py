@@ -49,6 +49,7 @@ from .io import (
     fingerprint,
     read_json,
     read_rows,
+    read_text,
     require_file,
     write_json_atomic,
     write_jsonl_atomic,
@@ -138,10 +139,7 @@ def read_prompts(path: str | Path) -> list[str]:
                 raise AlmostError(f"{path} row {i}: needs a non-empty string `prompt`")
             prompts.append(prompt.strip())
     else:
-        try:
-            prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except UnicodeDecodeError:
-            raise AlmostError(f"{path} is not UTF-8 text") from None
+        prompts = [line.strip() for line in read_text(path, "prompts file").splitlines() if line.strip()]
     if not prompts:
         raise AlmostError(f"{path} has no prompts")
     return prompts

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from trl import SFTConfig
 
-from .chat import as_messages
+from .chat import as_messages, check_chat_template
 from .config import parse
-from .io import AlmostError, read_rows
+from .io import AlmostError, read_rows, read_text
 from .models import DEFAULT_MODEL, load_tokenizer, resolve_model
 from .training import TrainingStageArguments, finish_checkpoint, lora_config, plain_settings, save_trained_model
 
@@ -145,7 +145,8 @@ def prepare_tokenizer(path: str, config: SFTArguments):
         template = Path(config.chat_template_path)
         if template.suffix not in (".jinja", ".j2") or not template.is_file():
             raise AlmostError(f"--chat_template_path must be a .jinja file, got {template}")
-        tokenizer.chat_template = template.read_text(encoding="utf-8")
+        tokenizer.chat_template = read_text(template, "chat template")
+        check_chat_template(tokenizer, str(template))
         # Applied here, before tokenization; TRL would otherwise apply it again after the data is encoded.
         config.chat_template_path = None
     elif not getattr(tokenizer, "chat_template", None):

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import resolve_training_hardware
-from .io import write_json_atomic, write_text_atomic
+from .io import portable, redact, write_json_atomic, write_text_atomic
 
 ADAPTER_DIR = "adapter"  # with --lora: the adapter lives here, the merged model at the top level
 
@@ -116,14 +116,18 @@ def save_trained_model(trainer, output_dir: Path, lora_task_type: str | None, tr
 
 
 def plain_settings(config) -> dict:
-    """The config's scalar settings (text, numbers, flags), as metrics.json records them."""
-    return {k: v for k, v in asdict(config).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    """The config's scalar settings (text, numbers, flags), as metrics.json records them: secrets
+    (``hub_token``, anything named *_key, *secret*, *password*) redacted, as TRL does."""
+    return redact({k: v for k, v in asdict(config).items() if isinstance(v, (str, int, float, bool, type(None)))})
 
 
 def finish_checkpoint(output_dir: Path, lora: bool, model_card: str, summary: dict) -> None:
-    """Write the model card and metrics, and remove what Trainer leaves beside the model."""
-    write_text_atomic(output_dir / "README.md", model_card)
-    write_json_atomic(output_dir / "metrics.json", summary)
+    """Write the model card and metrics, and remove what Trainer leaves beside the model.
+
+    Both record paths relative to the run directory (the output folder's parent), not this machine's."""
+    base = Path(output_dir).resolve().parent
+    write_text_atomic(output_dir / "README.md", portable(model_card, base))
+    write_json_atomic(output_dir / "metrics.json", portable(summary, base))
     (output_dir / "training_args.bin").unlink(missing_ok=True)
     if lora:
         (output_dir / ADAPTER_DIR / "training_args.bin").unlink(missing_ok=True)

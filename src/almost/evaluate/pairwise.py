@@ -20,12 +20,15 @@ prefers the first position produces ties. Writes ``metrics.json`` (win/tie/loss,
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import json
 import math
 import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,7 +40,7 @@ from tqdm.auto import tqdm
 from ..chat import as_messages, render_prompt
 from ..config import EngineArguments, parse
 from ..engines import Sampling, load_engine
-from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, read_jsonl
+from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, read_jsonl, redact_url
 from ..models import resolve_model
 from .scoring import write_results
 
@@ -76,6 +79,10 @@ class PairwiseConfig(EngineArguments):
     judge_api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the openai: endpoint's API key (unset: no key sent)."})
     judge_max_new_tokens: int = field(default=256, metadata={"help": "Longest judge reply (llm: and openai: judges)."})
     judge_timeout: float = field(default=120.0, metadata={"help": "Seconds to wait for one openai: endpoint reply."})
+    judge_allow_http: bool = field(
+        default=False,
+        metadata={"help": "Allow a plain http:// openai: endpoint on another machine (the key and the questions cross the network unencrypted); loopback hosts are always allowed."},
+    )
     max_new_tokens: int = field(default=256, metadata={"help": "Longest answer of the model and the baseline, in tokens."})
     temperature: float = field(default=0.0, metadata={"help": "Answer sampling temperature (0 = greedy, the same answers every run)."})
     max_questions: int | None = field(default=None, metadata={"help": "Use only the first N questions."})
@@ -200,21 +207,67 @@ def local_completer(engine, tokenizer, max_new_tokens: int) -> Callable[[list[li
     return complete
 
 
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_judge_url(url: str, allow_http: bool) -> None:
+    """An openai: endpoint is https, or http on this machine, or http elsewhere when asked for."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AlmostError(f"--judge openai:URL needs an http(s) URL, got {redact_url(url)!r}")
+    if parts.scheme == "http" and not is_loopback(parts.hostname) and not allow_http:
+        raise AlmostError(
+            f"--judge {redact_url(url)} is plain http to another machine: the API key and the questions would cross the network unencrypted; use https, or pass --judge_allow_http"
+        )
+
+
+class _KeyStaysWithHost(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but never carry the credentials to another scheme, host or port."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            old, moved = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(new.full_url)
+            if (old.scheme, old.hostname, old.port) != (moved.scheme, moved.hostname, moved.port):
+                for store in (new.headers, new.unredirected_hdrs):
+                    store.pop("Authorization", None)
+        return new
+
+
 def openai_completer(url: str, model: str | None, api_key: str | None, max_new_tokens: int, timeout: float) -> Callable[[list[list[dict]]], list[str]]:
-    """Chat completions from an OpenAI-compatible endpoint, with the standard library only."""
-    endpoint = url.rstrip("/")
+    """Chat completions from an OpenAI-compatible endpoint, with the standard library only.
+
+    Credentials in the URL (``https://user:pass@host``) are sent as HTTP basic auth when there is no
+    API key, and left out of every message and record; neither goes to a host a redirect points to."""
+    parts = urllib.parse.urlsplit(url)
+    user, password = parts.username, parts.password
+    if user is not None or password is not None:
+        parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
+    endpoint = urllib.parse.urlunsplit(parts).rstrip("/")
     if not endpoint.endswith("/chat/completions"):
         endpoint += "/chat/completions"
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
+    elif user is not None:
+        token = base64.b64encode(f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password or '')}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    opener = urllib.request.build_opener(_KeyStaysWithHost)
 
     def one(messages: list[dict]) -> str:
         body = json.dumps({"model": model, "messages": messages, "temperature": 0.0, "max_tokens": max_new_tokens}).encode()
         for attempt in range(4):
             request = urllib.request.Request(endpoint, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=timeout) as response:
+                with opener.open(request, timeout=timeout) as response:
                     reply = json.loads(response.read().decode("utf-8"))
                 return reply["choices"][0]["message"]["content"] or ""
             except urllib.error.HTTPError as e:
@@ -252,8 +305,7 @@ def build_judge(config: PairwiseConfig) -> Judge:
     if kind == "llm":
         engine = load_engine(config, resolve_model(target, config.cache_dir))
         return LLMJudge(local_completer(engine, engine.tokenizer, config.judge_max_new_tokens))
-    if not target.startswith(("http://", "https://")):
-        raise AlmostError(f"--judge openai:URL needs an http(s) URL, got {target!r}")
+    check_judge_url(target, config.judge_allow_http)
     return LLMJudge(openai_completer(target, config.judge_model, os.environ.get(config.judge_api_key_env), config.judge_max_new_tokens, config.judge_timeout))
 
 
@@ -343,7 +395,7 @@ def run_pairwise(config: PairwiseConfig, model_engine=None, baseline_engine=None
     baseline_answers = _answers_for("baseline", config.baseline_model_name_or_path, baseline_engine, questions, config, out)
     rows = judge_both_orders(judge, questions, model_answers, baseline_answers)
     metrics = pairwise_metrics(rows)
-    metrics.update(task="pairwise", model=config.model_name_or_path, baseline=config.baseline_model_name_or_path, judge=config.judge or judge.name, data=str(config.data_path))
+    metrics.update(task="pairwise", model=config.model_name_or_path, baseline=config.baseline_model_name_or_path, judge=redact_url(config.judge or judge.name), data=str(config.data_path))
     write_results(config.output_dir, metrics, pairwise_table(metrics), rows, rows_name="judgments.jsonl")
     return metrics
 

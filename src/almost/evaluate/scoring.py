@@ -123,11 +123,12 @@ def grouped_accuracy(correct: Sequence[bool], groups: Sequence[str | None]) -> d
 
 def write_results(output_dir: str, metrics: dict, table: str, rows: list[dict] | None = None, rows_name: str = "predictions.jsonl") -> None:
     """metrics.json, metrics.txt (the printed table) and per-item rows; then print the table."""
-    from ..io import write_jsonl_atomic
+    from ..io import portable, write_jsonl_atomic
 
     out = Path(output_dir)
     if rows is not None:
         write_jsonl_atomic(out / rows_name, rows)
     write_text_atomic(out / "metrics.txt", table + "\n")
-    write_json_atomic(out / "metrics.json", metrics)
+    # Paths as the run directory (the parent of this output folder) sees them, not this machine's.
+    write_json_atomic(out / "metrics.json", portable(metrics, out.resolve().parent))
     print(table)

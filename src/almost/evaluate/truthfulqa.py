@@ -66,7 +66,7 @@ def parse_questions(rows: Sequence[dict], source: str) -> list[MCQuestion]:
         choices, labels = targets.get("choices"), targets.get("labels")
         if not isinstance(choices, list) or not isinstance(labels, list) or len(choices) != len(labels) or len(choices) < 2:
             raise AlmostError(f"{where}: mc1_targets needs equally long 'choices' and 'labels' lists with at least 2 entries")
-        if sorted(labels) != [0] * (len(labels) - 1) + [1]:
+        if not all(type(label) is int for label in labels) or sorted(labels) != [0] * (len(labels) - 1) + [1]:
             raise AlmostError(f"{where}: mc1_targets labels must hold exactly one 1 (the true answer), got {labels}")
         category = row.get("category") or row.get("type")
         questions.append(MCQuestion(row["question"], tuple(str(c) for c in choices), labels.index(1), category))

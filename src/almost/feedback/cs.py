@@ -61,6 +61,8 @@ def parse_rubric(entries: Sequence[str]) -> dict[str, int]:
         for name in (x.strip() for x in entry.split(",")):
             if not name:
                 continue
+            if "/" in name or "\\" in name or name in (".", ".."):
+                raise AlmostError(f"--rubric takes configuration names (the {{name}}.jsonl files in --input_dir), not paths: got {name!r}")
             if name in ranks:
                 raise AlmostError(f"--rubric names {name!r} twice")
             ranks[name] = rank

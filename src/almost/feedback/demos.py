@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import AlmostError, require_file
+from ..io import AlmostError, read_text, require_file
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # The project's own files (users may pass theirs): seed queries for PG, a high-quality and a
@@ -47,7 +47,7 @@ def demonstration_name(path: str | Path) -> str:
 
 def load_demonstrations(path: str | Path) -> Demonstrations:
     path = require_file(path, "demonstration file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "demonstration file")
     blocks = [b.strip() for b in re.split(rf"^\s*{re.escape(SEPARATOR)}\s*$", text, flags=re.M)]
     header, dialogues = blocks[0], [b for b in blocks[1:] if b]
     if not header:

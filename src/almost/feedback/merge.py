@@ -41,6 +41,8 @@ def find_shard_sets(directory: Path) -> dict[str, dict]:
         if not match:
             continue
         name, i, n = match["name"], int(match["i"]), int(match["n"])
+        if not 0 <= i < n:
+            raise AlmostError(f"{path}: shard {i} of {n} is not a shard (need 0 <= i < n); remove or rename it")
         entry = sets.setdefault(name, {"n": n, "files": {}})
         if entry["n"] != n:
             raise AlmostError(f"{directory}: {name} has shards of two splits (of {entry['n']} and of {n}); remove one set")

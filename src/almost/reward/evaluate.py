@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import parse
-from ..io import AlmostError, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from ..io import AlmostError, portable, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .formats import Pair, load_pairs
 from .scorer import RewardScorer, reward_model_path
 
@@ -197,7 +197,7 @@ def run_rm_eval(config: RewardEvalConfig) -> dict:
         plot_rewards(rows, out / "reward_eval.png", f"{Path(config.model_name_or_path).name} on {Path(config.data_path).name}")
     table = metrics_table(metrics)
     write_text_atomic(out / "metrics.txt", table + "\n")
-    write_json_atomic(out / "metrics.json", metrics)
+    write_json_atomic(out / "metrics.json", portable(metrics, out.resolve().parent))  # paths relative to the run
     print(table)
     skipped = pair_set.identical + pair_set.unsplittable
     if skipped:

@@ -156,6 +156,8 @@ def pairs_from_bigbench(task: dict, source: str, subset: str | None = None) -> P
         scores = example.get("target_scores") if isinstance(example, dict) else None
         if not isinstance(scores, dict) or "input" not in example:
             raise AlmostError(f"{source} example {i} lacks 'input' or 'target_scores'")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values()):
+            raise AlmostError(f"{source} example {i}: every target_scores value must be a number, got {sorted({type(v).__name__ for v in scores.values()})}")
         context = context_messages(str(example["input"]), f"{source} example {i}")
         for (a, score_a), (b, score_b) in combinations(scores.items(), 2):
             if score_a == score_b:
