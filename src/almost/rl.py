@@ -26,6 +26,7 @@ from .config import parse, resolve_training_hardware
 from .io import AlmostError, read_json, read_rows, require_file, write_json_atomic, write_text_atomic
 from .models import resolve_model
 from .training import (
+    ADAPTER_DIR,
     CheckpointArguments,
     HardwareArguments,
     LoraArguments,
@@ -349,7 +350,9 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
     if not save_trained_model(trainer, out, "CAUSAL_LM" if config.use_peft and config.merge_lora else None, config.trust_remote_code):
         return {}
     tokenizer.save_pretrained(out)
-    (out / "training_args.bin").unlink(missing_ok=True)
+    # What Trainer and peft leave beside the weights: the pickled arguments and peft's own card.
+    for leftover in (out / "training_args.bin", out / ADAPTER_DIR / "training_args.bin", out / ADAPTER_DIR / "README.md"):
+        leftover.unlink(missing_ok=True)
     summary = {
         "algorithm": config.algorithm,
         "policy": config.model_name_or_path,
