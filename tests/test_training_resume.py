@@ -149,6 +149,14 @@ def test_rerun_with_other_settings_stops_unless_overwrite(tmp_path, tiny_model_p
     assert cli_main([*argv, "--learning_rate", "1e-3", "--overwrite", "true"]) == 0
     assert json.loads((out / TRAINING_STATUS).read_text())["settings"]["learning_rate"] == 1e-3
 
+    # Checkpoints that no run of ours made (no status file) are neither resumed nor deleted.
+    foreign = tmp_path / "foreign"
+    (foreign / "checkpoint-3").mkdir(parents=True)
+    capsys.readouterr()
+    assert cli_main([*argv, "--output_dir", str(foreign)]) == 2  # the last --output_dir wins
+    assert "checkpoint folders of another program's run" in capsys.readouterr().err
+    assert (foreign / "checkpoint-3").is_dir() and not (foreign / TRAINING_STATUS).exists()
+
 
 def test_a_half_saved_model_is_refused_by_every_reader(tmp_path, tiny_model_path):
     """A crash while the final model is saved leaves config.json beside partial weights: no reader

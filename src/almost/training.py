@@ -245,7 +245,12 @@ def check_output_dir(config, stage: str) -> Rerun:
     if config.overwrite:
         return Rerun(fresh=True)
     if not status_file.exists():
-        # Checkpoints without a status file come from elsewhere (an older almost, plain Trainer): not resumed.
+        # Every run of ours writes the status file before its first checkpoint: checkpoints without
+        # one come from elsewhere (plain Trainer, another tool), and are neither resumed nor deleted.
+        if checkpoints(out):
+            raise AlmostError(
+                f"--output_dir {out} holds checkpoint folders of another program's run; choose another folder, or pass --overwrite true to delete them"
+            )
         return Rerun(fresh=True)
     status = read_json(status_file, "training status")
     if status.get("stage") != stage:
