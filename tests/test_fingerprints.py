@@ -295,7 +295,7 @@ def test_pipeline_ignores_the_cache_folder_and_a_model_folder_s_logs(tmp_path, t
     config = {
         "in_process": True,
         "shared": {"cache_dir": str(cache)},
-        "rg": {"prompts_path": str(prompts), "model_name_or_path": str(model), "max_new_tokens": 2, "batch_size": 1,
+        "rg": {"prompts_path": str(prompts), "model_name_or_path": str(model), "max_new_tokens": 2, "batch_size": 1, "backend": "hf",
                "configurations": [{"prompt_file_path": "basic_prompt.txt", "n_shot": 0}]},
     }  # fmt: skip
     path = tmp_path / "pipeline.yaml"

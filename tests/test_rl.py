@@ -112,3 +112,31 @@ def test_grpo_config_carries_our_settings(tmp_path):
     assert (args.beta, args.num_generations, args.max_completion_length, args.reward_weights) == (0.1, 2, 12, [1.0, -0.01])
     # bf16 follows the hardware (auto); whatever it resolved to must reach the GRPO config unchanged.
     assert args.bf16 is config.bf16 and args.gradient_checkpointing is False and args.report_to in ("none", [], ["none"])
+
+
+def test_two_process_cpu_rl_writes_each_output_once(tmp_path, tiny_model_path, tiny_reward_model_path):
+    """Under `accelerate launch` only the main process writes rl_log.csv, the policy and the card."""
+    import os
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is the capital of France?\nHow do I boil an egg?\nTell me a joke.\nWhy is the sky blue?\n")
+    out = tmp_path / "rl-ddp"
+    config = Path(__file__).parent.parent / "configs" / "accelerate" / "cpu_ddp.yaml"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port", "0",
+           "-m", "almost.cli", "rl", "--model_name_or_path", tiny_model_path, "--reward_model_name_or_path", tiny_reward_model_path,
+           "--prompts_path", str(prompts), "--output_dir", str(out), "--max_steps", "2", "--max_completion_length", "8",
+           "--learning_rate", "1e-2", "--report_to", "none", "--disable_tqdm", "true"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Each process logs every step; two writers would leave each row (and the header) twice.
+    lines = (out / "rl_log.csv").read_text().splitlines()
+    assert lines[0].startswith("step,") and [line.split(",")[0] for line in lines[1:]] == ["1", "2"]
+    assert proc.stdout.count("almost rl: 2 steps") == 1, proc.stdout[-2000:]
+    assert json.loads((out / "rl_summary.json").read_text())["steps"] == 2
+    assert json.loads((out / "training_status.json").read_text())["status"] == "done"
+    before, after = _weights(Path(tiny_model_path)), _weights(out)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))

@@ -29,6 +29,43 @@ EMBEDDED_MODELS = {
 }
 
 
+# Written by `rm train`, `sft` and `rl` into their output folder: "running" before anything else is
+# saved there, "done" after the last file of the final model. A folder holding it with any other
+# status is a half-finished run (its config.json may sit beside partial weights), so no reader
+# takes it for a model. Folders without it (hub downloads, other tools' checkpoints) are read as is.
+TRAINING_STATUS = "training_status.json"
+ADAPTER_DIR = "adapter"  # with LoRA: the adapter lives here, the merged model at the top level
+
+
+def unfinished_training(path: str | os.PathLike) -> str | None:
+    """The stage whose training into ``path`` has not finished (None when it finished or is no
+    training output). An ``adapter`` folder belongs to the run in its parent."""
+    import json
+
+    path = Path(path)
+    for folder in (path, path.parent) if path.name == ADAPTER_DIR else (path,):
+        status_file = folder / TRAINING_STATUS
+        if not status_file.is_file():
+            continue
+        try:
+            status = json.loads(status_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return "an unknown stage"  # written atomically, so unreadable means damaged: not finished
+        if status.get("status") != "done":
+            return str(status.get("stage") or "an unknown stage")
+    return None
+
+
+def require_finished_training(path: str | os.PathLike) -> None:
+    """One clear error when ``path`` is the output of a training run that stopped before its end."""
+    stage = unfinished_training(path)
+    if stage is not None:
+        raise AlmostError(
+            f"{path} holds an unfinished `almost {stage}` run (no complete final model yet); "
+            f"rerun the same command to resume it, then use it"
+        )
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """A model as the user named it (``name``) and where its checkpoint lives (``path``)."""
@@ -118,6 +155,7 @@ def resolve_model(name_or_path: str | None, cache_dir: str | None = None) -> Res
     if local.is_dir():
         if not (local / "config.json").exists() and not (local / "adapter_config.json").exists():
             raise AlmostError(f"{local} is not a model checkpoint (no config.json)")
+        require_finished_training(local)
         return ResolvedModel(name=name, path=str(local))
     if local.exists():
         raise AlmostError(f"unknown model {name!r}: a file that is not .gguf")

@@ -61,7 +61,7 @@ from .io import (
     write_json_atomic,
     yaml_problem,
 )
-from .models import DEFAULT_MODEL, resolve_model
+from .models import DEFAULT_MODEL, resolve_model, unfinished_training
 from .report import EVAL_KINDS, OneLineArgumentParser, step_figures, write_report
 
 STAGES = ("pg", "rg", "cs", "rm", "rmsp", "sft", "rl", "eval")
@@ -469,7 +469,8 @@ def read_marker(step: Step) -> dict:
 
 def is_done(step: Step, marker: dict | None = None) -> bool:
     marker = read_marker(step) if marker is None else marker
-    return marker.get("status") == "done" and step.product.exists()
+    # A training step's folder also says itself whether its final model was saved in full.
+    return marker.get("status") == "done" and step.product.exists() and unfinished_training(step.output_dir) is None
 
 
 def clear_outputs(step: Step) -> None:

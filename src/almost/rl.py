@@ -23,9 +23,19 @@ from trl import GRPOConfig, RLOOConfig
 
 from .chat import as_messages, render_prompt
 from .config import parse, resolve_training_hardware
-from .io import AlmostError, portable, read_rows, read_text, require_file, write_json_atomic, write_text_atomic
+from .io import AlmostError, portable, read_json, read_rows, read_text, require_file, write_json_atomic, write_text_atomic
 from .models import resolve_model
-from .training import HardwareArguments, LoraArguments, lora_config
+from .training import (
+    ADAPTER_DIR,
+    CheckpointArguments,
+    HardwareArguments,
+    LoraArguments,
+    check_output_dir,
+    lora_config,
+    mark_finished,
+    save_trained_model,
+    train_resumably,
+)
 
 ALGORITHMS = ("rloo", "grpo")
 # Columns of rl_log.csv, in order: TRL's metric name → ours. The report reads these names.
@@ -45,7 +55,7 @@ LOG_COLUMNS = {
 
 
 @dataclass
-class RLConfig(LoraArguments, HardwareArguments, RLOOConfig):
+class RLConfig(LoraArguments, HardwareArguments, CheckpointArguments, RLOOConfig):
     """Settings of ``almost rl``: our fields plus every field of TRL's RLOOConfig (CPU-sane defaults)."""
 
     model_name_or_path: str | None = field(
@@ -74,7 +84,6 @@ class RLConfig(LoraArguments, HardwareArguments, RLOOConfig):
     max_completion_length: int | None = field(default=64, metadata={"help": "Longest sampled answer, in tokens."})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Answers per device per optimisation step (a multiple of num_generations)."})
     logging_steps: float = field(default=1, metadata={"help": "Log (and write a rl_log.csv row) every N steps."})
-    save_strategy: str = field(default="no", metadata={"help": "Intermediate checkpoints: no, steps or epoch (the final policy is always saved)."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Trackers for TRL's logs: none, tensorboard, wandb, trackio, ..."})
 
     def __post_init__(self):
@@ -174,7 +183,11 @@ def trl_config(config: RLConfig, reward_weights: list[float]):
 
 
 class CsvLogCallback:
-    """Appends one row per TRL log event to rl_log.csv (the file ``almost report`` plots)."""
+    """Appends one row per TRL log event to rl_log.csv (the file ``almost report`` plots).
+
+    Only the main process writes (under ``accelerate launch`` every process logs the same figures).
+    When training starts, rows of steps after the step it starts from are dropped: a run resumed
+    from a checkpoint logs those steps again, and a fresh run starts an empty file."""
 
     def __init__(self, path: Path):
         from transformers import TrainerCallback
@@ -184,11 +197,34 @@ class CsvLogCallback:
         callback = self
 
         class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                if state.is_world_process_zero:
+                    callback.keep_until(state.global_step)
+
             def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs and "reward" in logs:
+                if logs and "reward" in logs and state.is_world_process_zero:
                     callback.append({"step": state.global_step, **logs})
 
         self.trainer_callback = _Callback()
+
+    def keep_until(self, step: int) -> None:
+        """Keep the rows of steps up to ``step`` (none when 0), rewritten atomically."""
+        kept = []
+        if step > 0 and self.path.exists():
+            with open(self.path, newline="", encoding="utf-8") as f:
+                kept = [row for row in csv.DictReader(f) if row.get("step") and int(row["step"]) <= step]
+        self.rows = [{k: _number(v) for k, v in row.items()} for row in kept]
+        if not kept:
+            self.path.unlink(missing_ok=True)
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(LOG_COLUMNS.values()))
+            writer.writeheader()
+            writer.writerows(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def append(self, logs: dict) -> None:
         row = {ours: logs.get(theirs, "") for theirs, ours in LOG_COLUMNS.items()}
@@ -201,6 +237,16 @@ class CsvLogCallback:
             writer.writerow(row)
             f.flush()
             os.fsync(f.fileno())
+
+
+def _number(value: str):
+    """A rl_log.csv cell as logged: int, float, or "" when the figure was not logged."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def show_logged(row: dict, key: str) -> str:
@@ -258,18 +304,22 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
         raise AlmostError("--prompts_path is required (prompts.txt from `almost pg`, or JSONL)")
     if scorer is None and not config.reward_model_name_or_path:
         raise AlmostError("--reward_model_name_or_path is required (a reward model from `almost rm train`)")
+    if not config.output_dir:
+        raise AlmostError("--output_dir is required")
     if config.per_device_train_batch_size % config.num_generations and config.generation_batch_size is None:
         raise AlmostError(
             f"--per_device_train_batch_size ({config.per_device_train_batch_size}) must be a multiple of --num_generations ({config.num_generations})"
         )
+    rerun = check_output_dir(config, "rl")
+    out = Path(config.output_dir)
+    if rerun.finished:
+        print(f"almost rl: {out} already holds the finished policy; nothing to do", flush=True)
+        return read_json(out / "rl_summary.json", "rl summary")
     policy = resolve_model(config.model_name_or_path)
     contexts = read_prompts(config.prompts_path, config.max_prompts)
     if scorer is None:
         reward_path = reward_model_path(config.reward_model_name_or_path)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     log_path = out / "rl_log.csv"
-    log_path.unlink(missing_ok=True)  # a rerun trains from the start: its log starts afresh
 
     if scorer is None:
         scorer = RewardScorer(reward_path, batch_size=config.reward_batch_size, max_length=config.reward_max_length)
@@ -293,13 +343,15 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
         callbacks=[csv_log.trainer_callback],
         peft_config=peft_config,
     )
-    trainer.train()
+    train_resumably(trainer, config, "rl", rerun)
 
-    trained = trainer.model
-    if config.use_peft and config.merge_lora:
-        trained = trained.merge_and_unload()
-    trained.save_pretrained(out)
+    # Every process takes part in saving (it may gather shards); the main process alone writes.
+    if not save_trained_model(trainer, out, "CAUSAL_LM" if config.use_peft and config.merge_lora else None, config.trust_remote_code):
+        return {}
     tokenizer.save_pretrained(out)
+    # What Trainer and peft leave beside the weights: the pickled arguments and peft's own card.
+    for leftover in (out / "training_args.bin", out / ADAPTER_DIR / "training_args.bin", out / ADAPTER_DIR / "README.md"):
+        leftover.unlink(missing_ok=True)
     summary = {
         "algorithm": config.algorithm,
         "policy": config.model_name_or_path,
@@ -314,6 +366,7 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
     base = out.resolve().parent  # paths relative to the run directory, not this machine's
     write_text_atomic(out / "README.md", portable(model_card(config, summary), base))
     write_json_atomic(out / "rl_summary.json", portable(summary, base))
+    mark_finished(out, config, "rl", trainer.state.global_step)
     last = summary["last_log"] or {}
     print(
         f"almost rl: {summary['steps']} steps; last logged reward {show_logged(last, 'reward')}, KL {show_logged(last, 'kl')}, "

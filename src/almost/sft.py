@@ -24,9 +24,18 @@ from trl import SFTConfig
 
 from .chat import as_messages, check_chat_template
 from .config import parse
-from .io import AlmostError, read_rows, read_text
+from .io import AlmostError, read_json, read_rows, read_text
 from .models import DEFAULT_MODEL, load_tokenizer, resolve_model
-from .training import TrainingStageArguments, finish_checkpoint, lora_config, plain_settings, save_trained_model
+from .training import (
+    TrainingStageArguments,
+    check_output_dir,
+    finish_checkpoint,
+    lora_config,
+    mark_finished,
+    plain_settings,
+    save_trained_model,
+    train_resumably,
+)
 
 ROLES = ("system", "user", "assistant")
 # For tokenizers without a chat template: the seed's transcript format (as almost.chat renders it),
@@ -200,6 +209,10 @@ def run_sft(config: SFTArguments) -> dict:
         raise AlmostError("--data_path is required (demonstrations.jsonl from `almost rmsp`, or messages / prompt+completion rows)")
     if not config.output_dir:
         raise AlmostError("--output_dir is required")
+    rerun = check_output_dir(config, "sft")
+    if rerun.finished:
+        print(f"almost sft: {config.output_dir} already holds the finished model; nothing to do", flush=True)
+        return read_json(Path(config.output_dir) / "metrics.json", "sft metrics")
     dialogues = load_dialogues(config.data_path)
     model = resolve_model(config.model_name_or_path, config.cache_dir)
     tokenizer = prepare_tokenizer(model.path, config)
@@ -230,7 +243,7 @@ def run_sft(config: SFTArguments) -> dict:
             f"{data['trained_tokens']}/{data['tokens']} tokens trained, {data['truncated']} cut at {config.max_length}",
             flush=True,
         )
-    result = trainer.train()
+    result = train_resumably(trainer, config, "sft", rerun)
     output_dir = Path(config.output_dir)
     if not save_trained_model(trainer, output_dir, "CAUSAL_LM" if config.lora else None, config.trust_remote_code):
         return {}
@@ -250,6 +263,7 @@ def run_sft(config: SFTArguments) -> dict:
         "config": plain_settings(config),
     }
     finish_checkpoint(output_dir, config.lora, model_card(config, summary), summary)
+    mark_finished(output_dir, config, "sft", result.global_step)
     loss_change = f"loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "no loss logged"
     print(f"almost sft: {result.global_step} steps, {loss_change}; saved {output_dir}")
     return summary

@@ -19,9 +19,18 @@ from trl import RewardConfig
 
 from ..chat import render_conversation
 from ..config import parse
-from ..io import AlmostError
+from ..io import AlmostError, read_json
 from ..models import DEFAULT_MODEL, load_tokenizer, resolve_model
-from ..training import TrainingStageArguments, finish_checkpoint, lora_config, plain_settings, save_trained_model
+from ..training import (
+    TrainingStageArguments,
+    check_output_dir,
+    finish_checkpoint,
+    lora_config,
+    mark_finished,
+    plain_settings,
+    save_trained_model,
+    train_resumably,
+)
 from .formats import Pair, load_pairs
 
 TRUNCATION_SIDES = ("left", "right", "drop")
@@ -150,6 +159,10 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         raise AlmostError("--data_path is required (comparison.jsonl from `almost cs`, or prompt/chosen/rejected rows)")
     if not config.output_dir:
         raise AlmostError("--output_dir is required")
+    rerun = check_output_dir(config, "rm train")
+    if rerun.finished:
+        print(f"almost rm train: {config.output_dir} already holds the finished reward model; nothing to do", flush=True)
+        return read_json(Path(config.output_dir) / "metrics.json", "rm train metrics")
     pair_set = load_pairs(config.data_path)
     model = resolve_model(config.model_name_or_path, config.cache_dir)
     tokenizer = load_tokenizer(model.path, config.trust_remote_code, padding_side="right", cache_dir=config.cache_dir)
@@ -198,7 +211,7 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
             f"{encoded.truncated} truncated ({config.truncation_side}), {encoded.dropped_long} dropped as too long",
             flush=True,
         )
-    result = trainer.train()
+    result = train_resumably(trainer, config, "rm train", rerun)
     output_dir = Path(config.output_dir)
     if not save_trained_model(trainer, output_dir, "SEQ_CLS" if config.lora else None, config.trust_remote_code):
         return {}
@@ -223,6 +236,7 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         print(f"almost rm train: held-out rubric agreement {held['accuracy']:.3f} on {held['n']} pairs", flush=True)
     summary["config"] = plain_settings(config)
     finish_checkpoint(output_dir, config.lora, model_card(config, summary), summary)
+    mark_finished(output_dir, config, "rm train", result.global_step)
     return summary
 
 
