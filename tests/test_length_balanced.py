@@ -102,3 +102,41 @@ def test_pairwise_oracle_and_ties_count_half():
     split = m["length_balanced"]
     assert split["model_longer"]["rate"] == 1.0 and split["model_shorter"]["rate"] == pytest.approx(0.75)
     assert split["win_rate"] == pytest.approx(0.875)
+
+
+def test_shipped_human_pairs_are_disjoint_halves_that_the_script_reproduces(tmp_path):
+    import importlib.util
+    import json
+    import gzip
+    from pathlib import Path
+
+    from almost.evaluate import HH_HARMLESS_DEV, HH_HARMLESS_TEST, SHIPPED_PAIRS
+    from almost.reward.evaluate import eval_data_path
+    from almost.reward.formats import load_pairs
+
+    assert eval_data_path("hh-harmless-dev") == HH_HARMLESS_DEV and eval_data_path("hh-harmless-test") == HH_HARMLESS_TEST
+    assert eval_data_path("some/file.jsonl") == Path("some/file.jsonl")
+    for path in SHIPPED_PAIRS.values():
+        assert path.stat().st_size < 1_000_000
+    assert (HH_HARMLESS_DEV.parent / "hh-rlhf-LICENSE").read_text().startswith("MIT License")
+    dev, test = (load_pairs(p) for p in (HH_HARMLESS_DEV, HH_HARMLESS_TEST))
+    assert (dev.rows, len(dev.pairs), test.rows, len(test.pairs)) == (1156, 1154, 1156, 1153)
+
+    def rows(path):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+    dev_rows, test_rows = rows(HH_HARMLESS_DEV), rows(HH_HARMLESS_TEST)
+    ids = [r["id"] for r in dev_rows + test_rows]
+    assert sorted(ids) == list(range(2312))  # the whole split, each row once, no overlap
+    # Rebuild the source order from the ids and split it again with the script: the same bytes.
+    script = Path(__file__).resolve().parent.parent / "scripts" / "make_hh_eval_split.py"
+    spec = importlib.util.spec_from_file_location("make_hh_eval_split", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    source = sorted(dev_rows + test_rows, key=lambda r: r["id"])
+    again_dev, again_test = module.split([{"chosen": r["chosen"], "rejected": r["rejected"]} for r in source])
+    module.write_gz(tmp_path / "dev.gz", again_dev)
+    module.write_gz(tmp_path / "test.gz", again_test)
+    assert (tmp_path / "dev.gz").read_bytes() == HH_HARMLESS_DEV.read_bytes()
+    assert (tmp_path / "test.gz").read_bytes() == HH_HARMLESS_TEST.read_bytes()

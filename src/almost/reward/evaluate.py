@@ -30,7 +30,7 @@ class RewardEvalConfig:
     )
     data_path: str | None = field(
         default=None,
-        metadata={"help": "Preference data: prompt/chosen/rejected JSONL/JSON, Anthropic-HH rows (.jsonl or .jsonl.gz), a saved HF dataset, or BIG-bench hhh_alignment task.json / task folder."},
+        metadata={"help": "Preference data: prompt/chosen/rejected JSONL/JSON, Anthropic-HH rows (.jsonl or .jsonl.gz), a saved HF dataset, BIG-bench hhh_alignment task.json / task folder, or a shipped set by name: hh-harmless-dev (choose options on it), hh-harmless-test (report on it)."},
     )
     output_dir: str | None = field(default=None, metadata={"help": "Where metrics.json, rewards.jsonl and reward_eval.png go."})
     batch_size: int = field(default=8, metadata={"help": "Texts per forward pass."})
@@ -255,13 +255,22 @@ def plot_rewards(rows: Sequence[dict], path: Path, title: str) -> Path:
     return path
 
 
+def eval_data_path(data_path: str) -> Path:
+    """A shipped set's short name (``hh-harmless-dev``) → its file; anything else is a path."""
+    from ..evaluate import SHIPPED_PAIRS
+
+    if data_path in SHIPPED_PAIRS and not Path(data_path).exists():
+        return SHIPPED_PAIRS[data_path]
+    return Path(data_path)
+
+
 def run_rm_eval(config: RewardEvalConfig) -> dict:
     if not config.data_path:
         raise AlmostError("--data_path is required (preference pairs to evaluate on)")
     if not config.output_dir:
         raise AlmostError("--output_dir is required")
     model_path = reward_model_path(config.model_name_or_path)
-    pair_set = load_pairs(config.data_path)
+    pair_set = load_pairs(eval_data_path(config.data_path))
     scorer = RewardScorer(model_path, config.batch_size, config.max_length, config.dtype, config.trust_remote_code)
     metrics, rows = evaluate_pairs(scorer, pair_set.pairs)
     metrics.update(
