@@ -49,6 +49,16 @@ class RewardTrainingConfig(TrainingStageArguments, RewardConfig):
         metadata={"help": "Pairs longer than --max_length: left (drop the beginning, as the seed did; keeps the answer), right (drop the end), or drop (skip the pair)."},
     )
     model_max_length: int | None = field(default=None, metadata={"help": "Seed-release spelling of --max_length."})
+    length_head: bool = field(
+        default=False,
+        metadata={"help": "Train a length-disentangled reward (ODIN): a second head takes the length part of the preference and the saved `score` head is decorrelated from length (see almost.reward.odin)."},
+    )
+    length_correlation_coefficient: float = field(
+        default=1.0, metadata={"help": "--length_head: weight of |corr(quality, length)| and of -corr(length head, length) within each batch."}
+    )
+    orthogonality_coefficient: float = field(
+        default=1.0, metadata={"help": "--length_head: weight of |cosine| between the quality and the length head's weights."}
+    )
     # Defaults of the seed release (its train.py run for the reward model), not TRL's.
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs."})
@@ -177,13 +187,19 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
     import datasets
     from trl import RewardTrainer
 
+    from .odin import DisentangledRewardTrainer
+
     train_dataset = datasets.Dataset.from_dict({"chosen_ids": encoded.chosen_ids, "rejected_ids": encoded.rejected_ids})
     eval_dataset = None
     if held_pairs and config.eval_strategy != "no":
         # Held-out pairs are always left-truncated for TRL's in-training eval, like RewardScorer does.
         held = encode_pairs(tokenizer, held_pairs, config.max_length, "left")
         eval_dataset = datasets.Dataset.from_dict({"chosen_ids": held.chosen_ids, "rejected_ids": held.rejected_ids})
-    trainer = RewardTrainer(
+    extra = {}
+    if config.length_head:
+        extra = {"length_correlation_coefficient": config.length_correlation_coefficient, "orthogonality_coefficient": config.orthogonality_coefficient}
+    trainer = (DisentangledRewardTrainer if config.length_head else RewardTrainer)(
+        **extra,
         model=model.path,
         args=config,
         train_dataset=train_dataset,
@@ -204,6 +220,8 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         return {}
     if config.lora:
         tokenizer.save_pretrained(output_dir)
+    if config.length_head:
+        trainer.save_length_head(output_dir)  # the saved `score` head is the quality head alone
     summary = {
         "model": str(output_dir),
         "base_model": config.model_name_or_path,
@@ -212,6 +230,8 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         "heldout": None,
     }
     summary["train"].update(global_steps=result.global_step, num_processes=trainer.accelerator.num_processes)
+    if config.length_head:
+        summary["length_head"] = trainer.length_head_summary()
     if held_pairs:
         from .evaluate import evaluate_pairs
         from .scorer import RewardScorer
