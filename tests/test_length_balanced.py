@@ -67,6 +67,19 @@ def test_bootstrap_interval_narrows_with_more_pairs():
     assert 0 < width(50) < width(5)
 
 
+def test_bootstrap_on_a_large_set_is_drawn_in_parts_and_repeatable():
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    n = 6000  # more than one part of resamples
+    a, b = rng.integers(1, 100, n), rng.integers(1, 100, n)
+    points = (rng.random(n) < 0.7).astype(float)
+    first, again = length_balanced(points, a, b), length_balanced(points, a, b)
+    assert first == again and first["bootstrap"]["undefined"] == 0
+    low, high = first["ci95"]
+    assert low < first["value"] < high and high - low < 0.05
+
+
 class Scripted:
     def __init__(self, fn):
         self.fn, self.name = fn, "scripted"

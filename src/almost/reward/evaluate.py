@@ -4,8 +4,9 @@ fooled by length.
 Reads any format ``reward.formats`` knows (prompt/chosen/rejected rows, Anthropic-HH transcripts,
 BIG-bench hhh_alignment), scores both answers of every pair with ``RewardScorer``, and writes
 ``metrics.json`` (accuracy with a 95% Wilson interval, per-subset accuracy, length-bias statistics,
-and the length-balanced accuracy with a 95% bootstrap interval), ``rewards.jsonl`` (one row per pair) and ``reward_eval.png``. A tie counts as wrong: an RM that
-cannot tell two answers apart has not agreed with the label.
+the length-balanced accuracy with a 95% bootstrap interval), ``rewards.jsonl`` (one row per pair)
+and ``reward_eval.png``. A tie counts as wrong: an RM that cannot tell two answers apart has not
+agreed with the label.
 """
 
 from __future__ import annotations
@@ -97,12 +98,16 @@ def length_balanced(
     result["value"] = (result["a_longer"]["rate"] + result["a_shorter"]["rate"]) / 2
     rng = np.random.default_rng(seed)
     n = len(score)
-    idx = rng.integers(0, n, size=(samples, n))
-    longer, points_drawn = a_longer[idx], score[idx]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rate_longer = (points_drawn * longer).sum(axis=1) / longer.sum(axis=1)
-        rate_shorter = (points_drawn * ~longer).sum(axis=1) / (~longer).sum(axis=1)
-    balanced = (rate_longer + rate_shorter) / 2
+    parts = []
+    step = max(1, 4_000_000 // n)  # resamples per draw: memory stays bounded on large sets
+    for start in range(0, samples, step):
+        idx = rng.integers(0, n, size=(min(step, samples - start), n))
+        longer, points_drawn = a_longer[idx], score[idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate_longer = (points_drawn * longer).sum(axis=1) / longer.sum(axis=1)
+            rate_shorter = (points_drawn * ~longer).sum(axis=1) / (~longer).sum(axis=1)
+        parts.append((rate_longer + rate_shorter) / 2)
+    balanced = np.concatenate(parts)
     defined = balanced[~np.isnan(balanced)]
     result["bootstrap"]["undefined"] = int(samples - len(defined))
     if len(defined):
