@@ -63,25 +63,47 @@ def confounded_pairs(path: Path, n: int = 48, seed: int = 0) -> Path:
     return path
 
 
-def test_training_with_a_length_head_saves_the_quality_head_as_score(tmp_path, tiny_model_path):
+def train(tmp_path: Path, tiny_model_path: str, data: Path, name: str, *extra: str) -> Path:
+    out = tmp_path / name
+    args = ["--model_name_or_path", tiny_model_path, "--data_path", str(data), "--output_dir", str(out), "--learning_rate", "1e-3",
+            "--max_steps", "16", "--per_device_train_batch_size", "8", "--eval_fraction", "0.25", "--seed", "1", *extra]  # fmt: skip
+    assert train_main(args + FAST) == 0
+    return out
+
+
+def length_correlation(model_dir: Path, data: Path) -> float:
+    """Pearson(reward, tokens) over both answers of every pair, as the length head's loss sees length."""
+    from almost.reward.formats import load_pairs
+    from almost.reward.scorer import RewardScorer
+
+    scorer = RewardScorer(str(model_dir), batch_size=16)
+    conversations = [p.conversation(a) for p in load_pairs(data).pairs for a in (p.chosen, p.rejected)]
+    lengths = [len(ids) for ids in scorer.tokenizer(scorer.texts(conversations), add_special_tokens=False)["input_ids"]]
+    return pearson(torch.tensor(scorer.score(conversations)), torch.tensor(lengths, dtype=torch.float)).item()
+
+
+def test_length_head_decorrelates_the_saved_reward_from_length(tmp_path, tiny_model_path):
     from transformers import AutoModelForSequenceClassification
 
     from almost.reward.scorer import RewardScorer
 
     data = confounded_pairs(tmp_path / "pairs.jsonl")
-    out = tmp_path / "rm"
-    args = ["--model_name_or_path", tiny_model_path, "--data_path", str(data), "--output_dir", str(out), "--length_head",
-            "--learning_rate", "1e-3", "--max_steps", "6", "--per_device_train_batch_size", "8", "--eval_fraction", "0.25", "--seed", "3"]  # fmt: skip
-    assert train_main(args + FAST) == 0
+    plain = train(tmp_path, tiny_model_path, data, "plain")
+    out = train(tmp_path, tiny_model_path, data, "odin", "--length_head", "--length_correlation_coefficient", "5")
     metrics = json.loads((out / "metrics.json").read_text())
     head = metrics["length_head"]
-    assert head["file"] == LENGTH_HEAD_FILE and head["first_log"]["step"] == 1 and head["last_log"]["step"] == 6
-    for key in ("preference_loss", "quality_length_corr", "length_head_length_corr", "head_cosine"):
-        assert math.isfinite(head["last_log"][key])
-    # The length head learned to track length (it starts random).
-    assert head["last_log"]["length_head_length_corr"] > head["first_log"]["length_head_length_corr"]
-    length_weight = load_file(str(out / LENGTH_HEAD_FILE))["weight"]
+    assert head["file"] == LENGTH_HEAD_FILE and head["length_correlation_coefficient"] == 5.0
+    assert head["first_log"]["step"] == 1 and head["last_log"]["step"] == 16
+    # In training, the length head took length over (it starts orthogonal to the quality head).
+    assert head["last_log"]["length_head_length_corr"] > max(0.8, head["first_log"]["length_head_length_corr"])
+    assert head["first_log"]["head_cosine"] < 0.1
+    # The saved reward (quality head only) tracks length less than a plain RM trained on the same pairs.
+    plain_corr, odin_corr = length_correlation(plain, data), length_correlation(out, data)
+    assert plain_corr > 0.5 and abs(odin_corr) < plain_corr - 0.2, (plain_corr, odin_corr)
+    assert "length_head" not in json.loads((plain / "metrics.json").read_text()) and not (plain / LENGTH_HEAD_FILE).exists()
+
     # The checkpoint is a plain one-label reward model whose `score` is the quality head only.
+    length_weight = load_file(str(out / LENGTH_HEAD_FILE))["weight"]
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.config.num_labels == 1 and model.score.weight.shape == length_weight.shape
     assert not torch.allclose(model.score.weight, length_weight)
@@ -91,4 +113,29 @@ def test_training_with_a_length_head_saves_the_quality_head_as_score(tmp_path, t
     with torch.no_grad():
         hidden = model.model(**enc).last_hidden_state[0, -1]
     assert scorer.score([conversation])[0] == pytest.approx((hidden @ model.score.weight[0]).item(), rel=1e-3, abs=1e-4)
-    assert metrics["heldout"]["n"] == 12
+    assert metrics["heldout"]["n"] == 12 and "length_balanced" in metrics["heldout"]
+
+
+def test_length_head_starts_orthogonal_to_the_quality_head():
+    from almost.reward.odin import orthogonal_init
+
+    torch.manual_seed(5)
+    quality = torch.randn(1, 64) * 0.02  # what a fresh score head looks like after set_seed(5)
+    length = orthogonal_init(quality, 5)
+    assert length.shape == quality.shape and length.norm().item() == pytest.approx(quality.norm().item(), rel=1e-4)
+    assert abs((length @ quality.T).item()) / (quality.norm() ** 2).item() < 1e-5
+
+
+def test_length_head_with_lora_finds_the_trainable_score_copy(tmp_path, tiny_model_path):
+    from almost.reward.scorer import RewardScorer
+
+    data = confounded_pairs(tmp_path / "pairs.jsonl", n=16)
+    out = tmp_path / "rm"
+    args = ["--model_name_or_path", tiny_model_path, "--data_path", str(data), "--output_dir", str(out), "--length_head", "--lora",
+            "--learning_rate", "5e-3", "--max_steps", "3", "--per_device_train_batch_size", "4", "--eval_fraction", "0"]  # fmt: skip
+    assert train_main(args + FAST) == 0
+    head = json.loads((out / "metrics.json").read_text())["length_head"]
+    assert head["last_log"]["step"] == 3 and (out / LENGTH_HEAD_FILE).exists() and (out / "adapter").is_dir()
+    # Both the merged checkpoint and the adapter load as one-label reward models.
+    rewards = [RewardScorer(str(path)).score([[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]])[0] for path in (out, out / "adapter")]
+    assert rewards[0] == pytest.approx(rewards[1], rel=1e-3, abs=1e-4)

@@ -95,6 +95,20 @@ def trainable_weight(head: nn.Module) -> torch.Tensor:
     return weights[0]
 
 
+def orthogonal_init(quality_weight: torch.Tensor, seed: int) -> torch.Tensor:
+    """A random length-head weight orthogonal to the quality head's, with the same norm.
+
+    Both heads get the same gradient from the preference loss, and a fresh score head is drawn
+    right after ``set_seed(seed)``: a length head drawn from the same seed would start parallel to it
+    (cosine 1), and the two would never separate.
+    """
+    q = quality_weight.reshape(-1)
+    generator = torch.Generator().manual_seed(seed + 1)
+    w = torch.randn(q.shape, generator=generator)
+    w = w - (w @ q) / (q @ q + 1e-12) * q
+    return (w / w.norm() * q.norm()).reshape(quality_weight.shape)
+
+
 class DisentangledRewardTrainer(RewardTrainer):
     """TRL's RewardTrainer with ODIN's length head and penalties (see the module docstring)."""
 
@@ -108,9 +122,8 @@ class DisentangledRewardTrainer(RewardTrainer):
         self.score_head = score_module(self.model)
         quality_weight = trainable_weight(self.score_head)
         self.length_head = nn.Linear(quality_weight.shape[-1], 1, bias=False).to(quality_weight.device)
-        generator = torch.Generator().manual_seed(self.args.seed)
         with torch.no_grad():
-            self.length_head.weight.copy_(torch.randn(self.length_head.weight.shape, generator=generator) * quality_weight.shape[-1] ** -0.5)
+            self.length_head.weight.copy_(orthogonal_init(quality_weight.detach().float().cpu(), self.args.seed))
         self._hidden: torch.Tensor | None = None
         # The hidden states the score head reads, so the length head reads exactly the same ones.
         self.score_head.register_forward_hook(self._keep_hidden)
