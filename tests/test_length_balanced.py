@@ -153,3 +153,13 @@ def test_shipped_human_pairs_are_disjoint_halves_that_the_script_reproduces(tmp_
     module.write_gz(tmp_path / "test.gz", again_test)
     assert (tmp_path / "dev.gz").read_bytes() == HH_HARMLESS_DEV.read_bytes()
     assert (tmp_path / "test.gz").read_bytes() == HH_HARMLESS_TEST.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["hh-harmless-test", "HH_PATH"])
+def test_rm_train_refuses_the_shipped_evaluation_pairs(name, tmp_path, capsys):
+    from almost.cli import main as almost_main
+    from almost.evaluate import HH_HARMLESS_TEST
+
+    data = str(HH_HARMLESS_TEST) if name == "HH_PATH" else name
+    assert almost_main(["rm", "train", "--data_path", data, "--output_dir", str(tmp_path / "rm")]) == 2
+    assert "never train on it" in capsys.readouterr().err and not (tmp_path / "rm").exists()

@@ -117,6 +117,15 @@ def encode_pairs(tokenizer, pairs: list[Pair], max_length: int | None, truncatio
     return out
 
 
+def refuse_evaluation_data(data_path: str) -> None:
+    """The human pairs shipped for evaluation measure the method; a model trained on them proves nothing."""
+    from ..evaluate import SAMPLE_DATA, SHIPPED_PAIRS
+
+    path = Path(data_path)
+    if data_path in SHIPPED_PAIRS or (path.exists() and path.resolve().is_relative_to(SAMPLE_DATA.resolve())):
+        raise AlmostError(f"--data_path {data_path} is almost's evaluation data (assets/eval); never train on it")
+
+
 def model_card(config: RewardTrainingConfig, summary: dict) -> str:
     held = summary.get("heldout") or {}
     acc = held.get("accuracy")
@@ -160,6 +169,7 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         raise AlmostError("--data_path is required (comparison.jsonl from `almost cs`, or prompt/chosen/rejected rows)")
     if not config.output_dir:
         raise AlmostError("--output_dir is required")
+    refuse_evaluation_data(config.data_path)
     pair_set = load_pairs(config.data_path)
     model = resolve_model(config.model_name_or_path, config.cache_dir)
     tokenizer = load_tokenizer(model.path, config.trust_remote_code, padding_side="right", cache_dir=config.cache_dir)
