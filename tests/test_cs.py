@@ -208,3 +208,70 @@ def test_unmerged_shards_point_to_almost_merge(tmp_path, capsys):
     (tmp_path / "sharded.shard-0-of-2.jsonl").write_text("")
     status, err = cs_cli(capsys, tmp_path, "big", "sharded")
     assert status == 2 and "almost merge" in err
+
+
+# --- length controls (off by default) ---------------------------------------------------------------
+
+
+def test_max_length_ratio_skips_far_apart_pairs_and_lets_the_walk_go_on():
+    from collections import Counter
+
+    # A (300) vs B (100) is 3x apart: skipped, so A pairs with C (200, 1.5x) instead.
+    drops = Counter()
+    pairs, dropped = prompt_pairs(answers(("A", 0, 300), ("B", 1, 100), ("C", 2, 200)), max_length_ratio=2.0, drops=drops)
+    assert names(pairs) == [("A", "C")] and dropped == 1 and drops["max_length_ratio"] == 1  # B > C: the seed's filter
+    # A is too far from both B and C; B > C (1.5x) is the only pair left.
+    drops = Counter()
+    pairs, dropped = prompt_pairs(answers(("A", 0, 400), ("B", 1, 150), ("C", 2, 100)), max_length_ratio=2.0, drops=drops)
+    assert names(pairs) == [("B", "C")] and dropped == 0 and drops["max_length_ratio"] == 2
+    # Without the option the seed's walk is unchanged.
+    assert names(prompt_pairs(answers(("A", 0, 400), ("B", 1, 150), ("C", 2, 100)))[0]) == [("A", "B"), ("B", "C")]
+
+
+RUBRIC = ["good", "weak,poor"]  # weak and poor share a rank: one pair per prompt, good > weak
+
+
+def balance_inputs(tmp_path, n=40):
+    # Chosen ("good") longer on 30 prompts, shorter on 6, equal on 4. Where it is shorter, a short
+    # "poor" answer lowers the seed filter's threshold so that the pair is kept.
+    good = ["g" * (200 if i < 30 else 180 if i < 36 else 150) for i in range(n)]
+    weak = ["w" * (100 if i < 30 else 200 if i < 36 else 150) for i in range(n)]
+    poor = ["p" * 100 for _ in range(n)]
+    prompts = [f"p{i}" for i in range(n)]
+    write_rg(tmp_path, "good", prompts, good)
+    write_rg(tmp_path, "weak", prompts, weak)
+    write_rg(tmp_path, "poor", prompts, poor, bad=set(range(30)) | set(range(36, n)))
+
+
+def test_length_balance_halves_the_longer_share_seeded(tmp_path):
+    balance_inputs(tmp_path)
+    stats = run_cs(CSArguments(output_dir=str(tmp_path), rubric=RUBRIC, length_balance=True, seed=3))
+    rows = [json.loads(line) for line in (tmp_path / "comparison.jsonl").read_text().splitlines()]
+    longer = [r for r in rows if len(r["chosen"]) > len(r["rejected"])]
+    shorter = [r for r in rows if len(r["chosen"]) < len(r["rejected"])]
+    assert len(longer) == len(shorter) == 6 and len(rows) == 16  # all 4 of equal length kept
+    assert stats["dropped_by_length_balance"] == 24 and stats["pairs"] == 16
+    assert (stats["chosen_longer"], stats["chosen_shorter"]) == (6, 6)
+    assert [r["prompt"] for r in rows] == sorted((r["prompt"] for r in rows), key=lambda p: int(p[1:]))  # order kept
+    again = run_cs(CSArguments(output_dir=str(tmp_path / "again"), input_dir=str(tmp_path), rubric=RUBRIC, length_balance=True, seed=3))
+    assert (tmp_path / "again" / "comparison.jsonl").read_text() == (tmp_path / "comparison.jsonl").read_text() and again == stats
+    run_cs(CSArguments(output_dir=str(tmp_path / "other"), input_dir=str(tmp_path), rubric=RUBRIC, length_balance=True, seed=4))
+    assert (tmp_path / "other" / "comparison.jsonl").read_text() != (tmp_path / "comparison.jsonl").read_text()
+
+
+def test_length_options_off_keep_the_seed_stats(tmp_path):
+    balance_inputs(tmp_path)
+    stats = run_cs(CSArguments(output_dir=str(tmp_path), rubric=RUBRIC))
+    assert stats["pairs"] == 40 and "chosen_longer" not in stats and "dropped_by_length_balance" not in stats
+    ratio = run_cs(CSArguments(output_dir=str(tmp_path / "r"), input_dir=str(tmp_path), rubric=RUBRIC, max_length_ratio=1.5))
+    # 200 vs 100 is 2x: dropped (30); 180 vs 200 and 150 vs 150 are within 1.5x: kept.
+    assert ratio["dropped_by_max_length_ratio"] == 30 and ratio["pairs"] == 10
+    assert (ratio["chosen_longer"], ratio["chosen_shorter"]) == (0, 6)
+
+
+def test_length_options_from_the_command_line(tmp_path, capsys):
+    balance_inputs(tmp_path)
+    assert cli.main(["cs", "--output_dir", str(tmp_path), "--rubric", "good", "weak,poor", "--length_balance", "--max_length_ratio", "3"]) == 0
+    assert "dropped by --max_length_ratio: 0; --length_balance: 24" in capsys.readouterr().out
+    assert cli.main(["cs", "--output_dir", str(tmp_path / "x"), "--input_dir", str(tmp_path), "--rubric", "good", "weak,poor", "--max_length_ratio", "0.5"]) == 2
+    assert "--max_length_ratio must be at least 1" in capsys.readouterr().err

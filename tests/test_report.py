@@ -46,7 +46,7 @@ def full_run(tmp_path: Path) -> Path:
         {"prompts": 9, "pairs": 5, "dropped_by_filter": 2, "valid_answers": {"good": 2, "weak": 1}, "pairs_per_configuration_pair": {"good > weak": 5}},
     )
     bias = {"chosen_longer": {"accuracy": 0.9, "n": 10}, "chosen_shorter": {"accuracy": 0.25, "n": 4}, "length_only_accuracy": 0.714, "spearman_reward_length": 0.61}
-    write_json(run / "rm" / "metrics.json", {"data": {"train_pairs": 40, "heldout_pairs": 14, "truncated": 1, "dropped_long": 0}, "heldout": {"accuracy": 0.7143, "n": 14, "length_bias": bias}})
+    write_json(run / "rm" / "metrics.json", {"data": {"train_pairs": 40, "heldout_pairs": 14, "truncated": 1, "dropped_long": 0}, "heldout": {"accuracy": 0.7143, "n": 14, "length_bias": bias, "length_balanced": {"accuracy": 0.575, "ci95": [0.31, 0.84]}}})
     write_json(
         run / "rmsp" / "rmsp_summary.json",
         {"dialogues": 4, "kept_dialogues": 4, "per_turn": [
@@ -65,7 +65,8 @@ def full_run(tmp_path: Path) -> Path:
     write_json(run / "eval" / "hhh" / "base" / "metrics.json", {"accuracy": 0.5, "n": 10})
     write_json(run / "eval" / "hhh" / "sft" / "metrics.json", {"accuracy": 0.6, "n": 10})
     write_json(run / "eval" / "hhh" / "rl" / "metrics.json", {"accuracy": 0.7, "n": 10})
-    write_json(run / "eval" / "pairwise" / "sft-vs-base" / "metrics.json", {"win": 6, "tie": 0, "loss": 4, "n": 10, "win_rate": 0.6})
+    write_json(run / "eval" / "pairwise" / "sft-vs-base" / "metrics.json", {"win": 6, "tie": 0, "loss": 4, "n": 10, "win_rate": 0.6, "length_balanced": {
+        "win_rate": 0.45, "ci95": [0.2, 0.7], "model_shorter": {"rate": 0.25, "n": 4}, "model_longer": {"rate": 0.65, "n": 5}, "same_length": 1}})
     return run
 
 
@@ -80,7 +81,7 @@ def test_full_report_has_every_number_and_plot(full_run: Path):
     # CS: 5 kept good > weak; cs_stats totals
     assert "| good | weak | 5 |" in text and "| dropped_by_filter | 2 |" in text and "| weak | 1 |" in text
     # RM: held-out agreement and length bias
-    assert "| held-out synthetic pairs (rubric agreement) | 14 | 0.714 | 0.900 | 0.250 | 0.714 | 0.610 |" in text
+    assert "| held-out synthetic pairs (rubric agreement) | 14 | 0.714 | 0.575 | [0.310, 0.840] | 0.900 | 0.250 | 0.714 | 0.610 |" in text
     # RMSP: best vs mean per turn
     assert "| 1 | 4 | 1.250 | 0.500 |" in text and "| 2 | 3 | 0.875 | -0.125 |" in text
     # RL: first and last logged step
@@ -89,6 +90,7 @@ def test_full_report_has_every_number_and_plot(full_run: Path):
     # Evaluation: base vs SFT vs RL in that order, pairwise win rate
     assert "| base | 0.500 | – |" in text and "| rl | 0.700 | – |" in text
     assert "| sft-vs-base | – | 0.600 |" in text
+    assert "| sft-vs-base | 0.600 | 0.250 | 4 | 0.650 | 5 | 1 | 0.450 | [0.200, 0.700] |" in text
     assert text.index("| base |") < text.index("| sft |") < text.index("| rl |")
     assert "No " not in text  # every section found its files
     for png in ("rg_answer_lengths", "cs_pairs", "rm_accuracy", "rmsp_rewards", "rl_curves", "eval"):

@@ -91,6 +91,8 @@ def test_eval_writes_metrics_plot_and_table(tmp_path, tiny_reward_model_path, ca
     assert 0 <= metrics["accuracy"] <= 1 and metrics["ci95"][0] <= metrics["accuracy"] <= metrics["ci95"][1]
     assert metrics["length_bias"]["chosen_longer"]["n"] == 12 and metrics["length_bias"]["length_only_accuracy"] == 1.0
     assert -1 <= metrics["length_bias"]["spearman_reward_length"] <= 1
+    # Every chosen answer is longer here: no balance can be struck, and the file says so.
+    assert metrics["length_balanced"]["accuracy"] is None and metrics["length_balanced"]["chosen_longer"]["n"] == 12
     assert (out / "reward_eval.png").read_bytes()[:4] == b"\x89PNG"
     assert len((out / "rewards.jsonl").read_text().splitlines()) == 12
     assert "chosen answer longer" in capsys.readouterr().out

@@ -91,6 +91,38 @@ def test_project_demonstration_files_parse_and_differ_in_quality():
             assert demos.bad_answer_reasons(turn.split("Assistant:", 1)[1]) == []
 
 
+def test_harmless_assets_are_selectable_by_name_and_decline_with_a_reason(tmp_path):
+    from almost.feedback.pg import read_prompt_file
+
+    config = RGArguments(output_dir=str(tmp_path), prompt_file_path=["harmless_prompt.txt"], n_shot=[2])
+    (c,) = configurations(config)
+    assert c.name == "smollm2-135m-harmless-2shot" and c.demos == demos.load_demonstrations(demos.HARMLESS_DEMONSTRATIONS)
+    answers = [d.split("\n\nAssistant:", 1)[1].strip() for d in c.demos.dialogues]
+    declines = [a for a in answers if a.startswith(("I won't", "I can't"))]
+    # Declines and full answers alternate, so even 2 shots show both (a file of refusals would teach refusing).
+    assert 3 <= len(declines) < len(answers) and answers[0] in declines and answers[1] not in declines
+    for answer in declines:  # the decline and its reason in the first paragraph, then a safe alternative
+        first, *rest = answer.split("\n\n")
+        assert first.count(". ") >= 1 and rest and sum(map(len, rest)) > len(first)
+    for d in c.demos.dialogues:  # every demonstrated answer passes the answer rules
+        for turn in d.split("\n\nHuman:"):
+            assert demos.bad_answer_reasons(turn.split("Assistant:", 1)[1]) == []
+    seeds = read_prompt_file("seed_prompts_harmless.txt")
+    assert seeds == read_prompt_file(demos.HARMLESS_SEED_PROMPTS) and len(seeds.seeds) >= 30
+    # The harmful requests are new; some everyday seeds are shared with the default file.
+    assert "harmful" in seeds.instruction and len(set(seeds.seeds) - set(read_prompt_file(demos.SEED_PROMPTS).seeds)) >= 15
+    # The defaults are untouched: a local file of the same name still wins over the asset.
+    (tmp_path / "harmless_prompt.txt").write_text("Header.\n-----\nHuman: hi\n\nAssistant: Hello there, how can I help you today?\n")
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert demos.load_demonstrations("harmless_prompt.txt").header == "Header."
+    finally:
+        os.chdir(cwd)
+
+
 def test_prompt_is_header_first_n_dialogues_then_the_question(tmp_path):
     config = RGArguments(output_dir=str(tmp_path), n_shot=[2])
     (c,) = configurations(config)

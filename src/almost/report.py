@@ -264,10 +264,17 @@ def section_comparisons(run: Path, figures: Path) -> str:
     return "\n\n".join(parts)
 
 
+def _interval(ci: Any) -> str | None:
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci):
+        return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+    return None
+
+
 def _rm_rows(label: str, metrics: dict) -> list[Any]:
     bias = metrics.get("length_bias") or {}
     longer, shorter = bias.get("chosen_longer") or {}, bias.get("chosen_shorter") or {}
-    return [label, metrics.get("n"), metrics.get("accuracy"), longer.get("accuracy"), shorter.get("accuracy"), bias.get("length_only_accuracy"), bias.get("spearman_reward_length")]
+    balanced = metrics.get("length_balanced") or {}
+    return [label, metrics.get("n"), metrics.get("accuracy"), balanced.get("accuracy"), _interval(balanced.get("ci95")), longer.get("accuracy"), shorter.get("accuracy"), bias.get("length_only_accuracy"), bias.get("spearman_reward_length")]
 
 
 def section_reward_model(run: Path, figures: Path) -> str:
@@ -286,15 +293,15 @@ def section_reward_model(run: Path, figures: Path) -> str:
     if isinstance(train, dict) and isinstance(train.get("data"), dict):
         d = train["data"]
         parts.append(f"Trained on {_fmt(d.get('train_pairs'))} pairs, {_fmt(d.get('heldout_pairs'))} held out; {_fmt(d.get('truncated'))} truncated, {_fmt(d.get('dropped_long'))} dropped as too long.")
-    header = ["evaluation", "pairs", "accuracy", "acc. when chosen is longer", "acc. when chosen is shorter", "'prefer longer' baseline", "Spearman(reward, length)"]
+    header = ["evaluation", "pairs", "accuracy", "length-balanced accuracy", "its 95% interval (bootstrap)", "acc. when chosen is longer", "acc. when chosen is shorter", "'prefer longer' baseline", "Spearman(reward, length)"]
     parts.append(_table(header, [_rm_rows(label, m) for label, m in evaluations]))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    bars = ["accuracy", "chosen longer", "chosen shorter", "prefer-longer baseline"]
+    bars = ["accuracy", "length-balanced", "chosen longer", "chosen shorter", "prefer-longer baseline"]
     width = 0.8 / len(evaluations)
     for i, (label, m) in enumerate(evaluations):
         row = _rm_rows(label, m)
-        values = [row[2], row[3], row[4], row[5]]
+        values = [row[2], row[3], row[5], row[6], row[7]]
         ax.bar([x + i * width for x in range(len(bars))], [v if isinstance(v, (int, float)) else 0 for v in values], width=width, label=label)
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks([x + width * (len(evaluations) - 1) / 2 for x in range(len(bars))], bars)
@@ -357,6 +364,15 @@ def section_evaluation(run: Path, figures: Path) -> str:
     header = ["model", *(f"{kind} ({headline(kind, next(iter(results[kind].values())))[0]})" for kind in results)]
     rows = [[label, *(headline(kind, results[kind][label])[1] if label in results[kind] else None for kind in results)] for label in labels]
     parts = [title, _table(header, rows)]
+    split_rows = []
+    for label, metrics in results.get("pairwise", {}).items():
+        split = metrics.get("length_balanced")
+        if isinstance(split, dict):
+            shorter, longer = split.get("model_shorter") or {}, split.get("model_longer") or {}
+            split_rows.append([label, metrics.get("win_rate"), shorter.get("rate"), shorter.get("n"), longer.get("rate"), longer.get("n"), split.get("same_length"), split.get("win_rate"), _interval(split.get("ci95"))])
+    if split_rows:
+        parts.append("Pairwise win rates split by length (a judge that only rewards length gives a length-balanced 0.5):")
+        parts.append(_table(["pairing", "win rate", "model's answer shorter", "n", "model's answer longer", "n", "same length", "length-balanced win rate", "its 95% interval (bootstrap)"], split_rows))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 2 * len(results)), 4))
     width = 0.8 / max(1, len(labels))

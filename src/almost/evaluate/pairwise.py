@@ -15,7 +15,9 @@ A judge then compares each pair twice, with the model's answer shown first and t
 Each order gives the two answers a score (RM rewards, or 1/0/0.5 for an LLM verdict A/B/tie); the
 model wins a question when its two scores add up to more than the baseline's, so a judge that always
 prefers the first position produces ties. Writes ``metrics.json`` (win/tie/loss, win rate
-(wins + ties/2) / n with a 95% interval, per category), ``metrics.txt`` and ``judgments.jsonl``.
+(wins + ties/2) / n with a 95% interval, per category, and split by length: the win rate where the
+model's answer is shorter and where it is longer than the baseline's, and their mean, the
+length-balanced win rate, with a 95% bootstrap interval), ``metrics.txt`` and ``judgments.jsonl``.
 """
 
 from __future__ import annotations
@@ -322,7 +324,8 @@ def judge_both_orders(judge: Judge, questions: Sequence[Question], model_answers
         (m1, b1), (b2, m2) = scores[2 * k], scores[2 * k + 1]
         model_total, baseline_total = m1 + m2, b1 + b2
         outcome = "win" if model_total > baseline_total else "loss" if model_total < baseline_total else "tie"
-        row = {"question_id": q.question_id, "category": q.category, "model_score": model_total, "baseline_score": baseline_total, "outcome": outcome}
+        row = {"question_id": q.question_id, "category": q.category, "model_score": model_total, "baseline_score": baseline_total, "outcome": outcome,
+               "model_length": len(model_answers[q.question_id]), "baseline_length": len(baseline_answers[q.question_id])}  # fmt: skip
         if replies[2 * k] is not None:
             row["judge_replies"] = [replies[2 * k], replies[2 * k + 1]]
         rows.append(row)
@@ -351,7 +354,26 @@ def pairwise_metrics(rows: Sequence[dict]) -> dict:
     metrics = win_rate(outcomes)
     categories = sorted({r["category"] or "(none)" for r in rows})
     metrics["per_category"] = {c: win_rate([r["outcome"] for r in rows if (r["category"] or "(none)") == c]) for c in categories}
+    if all("model_length" in r and "baseline_length" in r for r in rows):
+        metrics["length_balanced"] = length_split(rows)
     return metrics
+
+
+def length_split(rows: Sequence[dict]) -> dict:
+    """Win rate where the model's answer is shorter and where it is longer than the baseline's
+    (characters), and their mean: a judge that only rewards length gives a balanced 0.5."""
+    from ..reward.evaluate import length_balanced
+
+    points = [1.0 if r["outcome"] == "win" else 0.5 if r["outcome"] == "tie" else 0.0 for r in rows]
+    found = length_balanced(points, [r["model_length"] for r in rows], [r["baseline_length"] for r in rows])
+    return {
+        "win_rate": found["value"],
+        "ci95": found["ci95"],
+        "model_longer": found["a_longer"],
+        "model_shorter": found["a_shorter"],
+        "same_length": found["same_length"],
+        "bootstrap": found["bootstrap"],
+    }
 
 
 def pairwise_table(metrics: dict) -> str:
@@ -361,6 +383,18 @@ def pairwise_table(metrics: dict) -> str:
 
     lines = [f"{'':<24}{'win':>5}{'tie':>5}{'loss':>5}  {'win rate':>8}  {'95% interval':>14}", line("all", metrics)]
     lines += [line("  " + c, m) for c, m in metrics["per_category"].items()]
+    split = metrics.get("length_balanced")
+    if split:
+        def rate(part: dict) -> str:
+            return f"{part['rate']:.3f} ({part['n']})" if part["rate"] is not None else f"- ({part['n']})"
+
+        balanced = "-" if split["win_rate"] is None else f"{split['win_rate']:.3f}"
+        if split["ci95"][0] is not None:
+            balanced += f" [{split['ci95'][0]:.3f}, {split['ci95'][1]:.3f}]"
+        lines.append(
+            f"win rate where the model's answer is shorter: {rate(split['model_shorter'])}, longer: {rate(split['model_longer'])}, "
+            f"same length: {split['same_length']}; length-balanced: {balanced}"
+        )
     return "\n".join(lines)
 
 

@@ -8,6 +8,16 @@ i before j, are walked in order, exactly as the seed release does:
   character lengths of all valid answers to that prompt (population std);
 - otherwise emit "i's answer is better than j's" and mark i's configuration and rank as used.
 
+Two options control length further (both off by default, so the seed's pairs are unchanged):
+
+- ``--max_length_ratio R``: inside the same walk, also skip a pair whose longer answer is more than
+  R times as long as its shorter one (characters), so the next candidate may pair instead;
+- ``--length_balance``: after the walk, drop a seeded random surplus of the larger group so that
+  the chosen answer is the longer one in half of the pairs of unequal length (pairs of equal
+  length are all kept). A reward model trained on such pairs cannot win by preferring length.
+
+``cs_stats.json`` counts what each filter dropped.
+
 Inputs are the ``{config}.jsonl`` files of ``almost rg``, or the seed release's layout:
 ``prompts.txt`` plus ``{config}.json`` lists of answers with ``"BAD"`` for bad ones. When shards
 of a configuration lie beside its ``{config}.jsonl``, that file must be the merge of those shards as
@@ -17,6 +27,7 @@ they are now (``almost merge`` records them); otherwise cs stops and asks for a 
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,10 +52,21 @@ class CSArguments:
     input_dir: str | None = field(
         default=None, metadata={"help": "Where the rg outputs are (default: --output_dir, as in the seed release)."}
     )
+    max_length_ratio: float | None = field(
+        default=None,
+        metadata={"help": "Skip pairs whose longer answer is more than this many times as long as the shorter (characters); off by default."},
+    )
+    length_balance: bool = field(
+        default=False,
+        metadata={"help": "Drop a seeded random surplus so the chosen answer is the longer one in half of the pairs (equal lengths all kept)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of --length_balance's draw."})
 
     def __post_init__(self):
         if not self.output_dir:
             raise ValueError("--output_dir is required")
+        if self.max_length_ratio is not None and self.max_length_ratio < 1:
+            raise ValueError(f"--max_length_ratio must be at least 1 (longer / shorter), got {self.max_length_ratio}")
 
 
 @dataclass(frozen=True)
@@ -78,8 +100,18 @@ def length_threshold(lengths: Sequence[int]) -> float:
     return mean - std / 2
 
 
-def prompt_pairs(answers: Sequence[Answer]) -> tuple[list[tuple[Answer, Answer]], int]:
-    """The (chosen, rejected) pairs for one prompt's valid answers, and how many the filter dropped."""
+def length_ratio(a: str, b: str) -> float:
+    """Longer over shorter length in characters (inf when one is empty)."""
+    short, long = sorted((len(a), len(b)))
+    return long / short if short else math.inf
+
+
+def prompt_pairs(
+    answers: Sequence[Answer], max_length_ratio: float | None = None, drops: Counter | None = None
+) -> tuple[list[tuple[Answer, Answer]], int]:
+    """The (chosen, rejected) pairs for one prompt's valid answers, and how many the seed's filter
+    dropped. With ``max_length_ratio``, pairs too far apart in length are skipped too (counted in
+    ``drops["max_length_ratio"]`` when a Counter is given)."""
     answers = sorted(answers, key=lambda a: a.rank)  # stable: rubric order within a rank
     if len(answers) < 2:
         return [], 0
@@ -94,10 +126,24 @@ def prompt_pairs(answers: Sequence[Answer]) -> tuple[list[tuple[Answer, Answer]]
             if len(better.text) < len(worse.text) and len(better.text) < threshold:
                 dropped += 1
                 continue
+            if max_length_ratio is not None and length_ratio(better.text, worse.text) > max_length_ratio:
+                if drops is not None:
+                    drops["max_length_ratio"] += 1
+                continue
             pairs.append((better, worse))
             used_configs.add(better.config)
             used_ranks.add(better.rank)
     return pairs, dropped
+
+
+def balance_by_length(rows: list[dict], seed: int) -> list[dict]:
+    """Rows with a seeded random surplus dropped, so the chosen answer is longer in exactly as many
+    rows as it is shorter; rows of equal length are all kept, and the order is kept."""
+    longer = [i for i, r in enumerate(rows) if len(r["chosen"]) > len(r["rejected"])]
+    shorter = [i for i, r in enumerate(rows) if len(r["chosen"]) < len(r["rejected"])]
+    surplus = longer if len(longer) > len(shorter) else shorter
+    drop = set(random.Random(seed).sample(surplus, abs(len(longer) - len(shorter))))
+    return [r for i, r in enumerate(rows) if i not in drop]
 
 
 # --- inputs ----------------------------------------------------------------------------------------
@@ -186,31 +232,47 @@ def run_cs(config: CSArguments) -> dict:
     directory = Path(config.input_dir or config.output_dir)
     prompts, answers = load_rubric_outputs(directory, ranks)
 
-    rows, per_pair = [], Counter()
+    rows, per_pair, drops = [], Counter(), Counter()
     dropped = few_valid = 0
     for index, prompt in enumerate(prompts):
         valid = [Answer(name, rank, answers[name][index]) for name, rank in ranks.items() if answers[name][index] is not None]
         if len(valid) < 2:
             few_valid += 1
             continue
-        pairs, prompt_dropped = prompt_pairs(valid)
+        pairs, prompt_dropped = prompt_pairs(valid, config.max_length_ratio, drops)
         dropped += prompt_dropped
         for better, worse in pairs:
             rows.append({"prompt": prompt, "chosen": better.text, "rejected": worse.text,
                          "chosen_config": better.config, "rejected_config": worse.config})  # fmt: skip
-            per_pair[f"{better.config} > {worse.config}"] += 1
+    if config.length_balance:
+        before = len(rows)
+        rows = balance_by_length(rows, config.seed)
+        drops["length_balance"] = before - len(rows)
+    for row in rows:
+        per_pair[f"{row['chosen_config']} > {row['rejected_config']}"] += 1
     if not rows:
         raise AlmostError(
             f"no comparisons: {few_valid} of {len(prompts)} prompts have fewer than two valid answers and the filter dropped {dropped} pairs"
+            + "".join(f", {k} dropped {v}" for k, v in drops.items() if v)
         )
+    # The length options' counts are recorded only when one is on: the seed's cs_stats.json stays as it was.
+    length_split = {}
+    if config.max_length_ratio is not None or config.length_balance:
+        length_split = {
+            "chosen_longer": sum(len(r["chosen"]) > len(r["rejected"]) for r in rows),
+            "chosen_shorter": sum(len(r["chosen"]) < len(r["rejected"]) for r in rows),
+        }
     stats = {
         "prompts": len(prompts),
         "pairs": len(rows),
         "dropped_by_filter": dropped,
+        **({"dropped_by_max_length_ratio": drops["max_length_ratio"]} if config.max_length_ratio is not None else {}),
+        **({"dropped_by_length_balance": drops["length_balance"]} if config.length_balance else {}),
         "prompts_with_fewer_than_two_valid": few_valid,
         "valid_answers": {name: sum(a is not None for a in answers[name]) for name in ranks},
         "pairs_per_configuration_pair": dict(per_pair.most_common()),
         "rubric": [sorted((n for n, r in ranks.items() if r == rank), key=list(ranks).index) for rank in sorted(set(ranks.values()))],
+        **length_split,
     }
     out = Path(config.output_dir)
     write_json_atomic(out / "cs_stats.json", stats)
@@ -219,6 +281,9 @@ def run_cs(config: CSArguments) -> dict:
         f"almost cs: {stats['pairs']} pairs from {stats['prompts']} prompts → {out / 'comparison.jsonl'} "
         f"(dropped by the length filter: {dropped}; prompts with < 2 valid answers: {few_valid})"
     )
+    extra = [f"{name}: {stats[key]}" for name, key in (("--max_length_ratio", "dropped_by_max_length_ratio"), ("--length_balance", "dropped_by_length_balance")) if key in stats]
+    if extra:
+        print(f"  dropped by {'; '.join(extra)}; chosen answer longer in {stats['chosen_longer']} pairs, shorter in {stats['chosen_shorter']}")
     for pair, count in stats["pairs_per_configuration_pair"].items():
         print(f"  {count:6d}  {pair}")
     return stats

@@ -19,6 +19,20 @@ SEED_PROMPTS = ASSETS / "seed_prompts.txt"
 BETTER_DEMONSTRATIONS = ASSETS / "faithful_prompt.txt"
 WORSE_DEMONSTRATIONS = ASSETS / "basic_prompt.txt"
 USER_SIMULATOR_PROMPT = ASSETS / "user_simulator_prompt.txt"
+# Opt-in files for a rubric that can carry harmlessness at all: demonstrations whose better side also
+# declines harmful requests politely, with a reason and an alternative, and PG seed queries that
+# include such requests. The defaults above stay the seed's contrast.
+HARMLESS_DEMONSTRATIONS = ASSETS / "harmless_prompt.txt"
+HARMLESS_SEED_PROMPTS = ASSETS / "seed_prompts_harmless.txt"
+
+
+def asset_or_path(path: str | Path) -> Path:
+    """A file name that is not a local file but a shipped asset (``harmless_prompt.txt``) → the
+    asset; anything else is returned as it is, so an existing local file always wins."""
+    path = Path(path)
+    if not path.exists() and not path.is_absolute() and (ASSETS / path).is_file():
+        return ASSETS / path
+    return path
 
 SEPARATOR = "-----"
 # An answer ends where the model starts the next dialogue or the next human turn.
@@ -46,7 +60,7 @@ def demonstration_name(path: str | Path) -> str:
 
 
 def load_demonstrations(path: str | Path) -> Demonstrations:
-    path = require_file(path, "demonstration file")
+    path = require_file(asset_or_path(path), "demonstration file")
     text = read_text(path, "demonstration file")
     blocks = [b.strip() for b in re.split(rf"^\s*{re.escape(SEPARATOR)}\s*$", text, flags=re.M)]
     header, dialogues = blocks[0], [b for b in blocks[1:] if b]

@@ -42,7 +42,7 @@ from ..io import (
     write_text_atomic,
 )
 from ..models import resolve_model
-from .demos import SEED_PROMPTS
+from .demos import SEED_PROMPTS, asset_or_path
 
 QUERY_PREFIX = "Query:"
 # The candidate is the first line the model writes: it ends at a newline or where the model starts
@@ -112,7 +112,7 @@ def is_instruction_line(line: str) -> bool:
 
 
 def read_prompt_file(path: str | Path) -> PromptFile:
-    lines = read_lines(path, "prompt file")
+    lines = read_lines(asset_or_path(path), "prompt file")
     if not is_instruction_line(lines[0]):
         raise AlmostError(
             f"{path}: the first line must be an instruction (e.g. '### Instruction: ...'), got {lines[0][:60]!r}"

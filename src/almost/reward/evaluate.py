@@ -3,9 +3,10 @@ fooled by length.
 
 Reads any format ``reward.formats`` knows (prompt/chosen/rejected rows, Anthropic-HH transcripts,
 BIG-bench hhh_alignment), scores both answers of every pair with ``RewardScorer``, and writes
-``metrics.json`` (accuracy with a 95% Wilson interval, per-subset accuracy, length-bias statistics),
-``rewards.jsonl`` (one row per pair) and ``reward_eval.png``. A tie counts as wrong: an RM that
-cannot tell two answers apart has not agreed with the label.
+``metrics.json`` (accuracy with a 95% Wilson interval, per-subset accuracy, length-bias statistics,
+the length-balanced accuracy with a 95% bootstrap interval), ``rewards.jsonl`` (one row per pair)
+and ``reward_eval.png``. A tie counts as wrong: an RM that cannot tell two answers apart has not
+agreed with the label.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class RewardEvalConfig:
     )
     data_path: str | None = field(
         default=None,
-        metadata={"help": "Preference data: prompt/chosen/rejected JSONL/JSON, Anthropic-HH rows (.jsonl or .jsonl.gz), a saved HF dataset, or BIG-bench hhh_alignment task.json / task folder."},
+        metadata={"help": "Preference data: prompt/chosen/rejected JSONL/JSON, Anthropic-HH rows (.jsonl or .jsonl.gz), a saved HF dataset, BIG-bench hhh_alignment task.json / task folder, or a shipped set by name: hh-harmless-dev (choose options on it), hh-harmless-test (report on it)."},
     )
     output_dir: str | None = field(default=None, metadata={"help": "Where metrics.json, rewards.jsonl and reward_eval.png go."})
     batch_size: int = field(default=8, metadata={"help": "Texts per forward pass."})
@@ -55,6 +56,80 @@ def _accuracy(wins: Sequence[bool]) -> dict:
     n, correct = len(wins), sum(wins)
     low, high = wilson_interval(correct, n)
     return {"accuracy": correct / n if n else None, "ci95": [low, high], "n": n}
+
+
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+def length_balanced(
+    points: Sequence[float],
+    length_a: Sequence[int],
+    length_b: Sequence[int],
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict:
+    """The mean of side a's score where a is the longer answer and where it is the shorter one.
+
+    ``points`` are side a's scores in [0, 1] (1 = a preferred; for an RM, a is the chosen answer
+    and a reward tie scores 0). Pairs of equal length are set aside and counted. Any judge that
+    only prefers the longer (or only the shorter) answer scores exactly 0.5, whatever the share of
+    pairs where a is longer, which plain accuracy cannot promise. The 95% interval is a seeded
+    percentile bootstrap over the pairs (resampled with replacement; a resample that lacks one of
+    the two groups has no value and is left out, and counted).
+    """
+    import numpy as np
+
+    score = np.asarray(points, dtype=float)
+    diff = np.asarray(length_a, dtype=float) - np.asarray(length_b, dtype=float)
+    keep = diff != 0
+    score, a_longer = score[keep], diff[keep] > 0
+    n_longer, n_shorter = int(a_longer.sum()), int((~a_longer).sum())
+    result = {
+        "value": None,
+        "ci95": [None, None],
+        "a_longer": {"rate": float(score[a_longer].mean()) if n_longer else None, "n": n_longer},
+        "a_shorter": {"rate": float(score[~a_longer].mean()) if n_shorter else None, "n": n_shorter},
+        "same_length": int((~keep).sum()),
+        "bootstrap": {"samples": samples, "seed": seed, "undefined": 0},
+    }
+    if not (n_longer and n_shorter):
+        return result  # one side of the balance is missing: no balanced value to report
+    result["value"] = (result["a_longer"]["rate"] + result["a_shorter"]["rate"]) / 2
+    rng = np.random.default_rng(seed)
+    n = len(score)
+    parts = []
+    step = max(1, 4_000_000 // n)  # resamples per draw: memory stays bounded on large sets
+    for start in range(0, samples, step):
+        idx = rng.integers(0, n, size=(min(step, samples - start), n))
+        longer, points_drawn = a_longer[idx], score[idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate_longer = (points_drawn * longer).sum(axis=1) / longer.sum(axis=1)
+            rate_shorter = (points_drawn * ~longer).sum(axis=1) / (~longer).sum(axis=1)
+        parts.append((rate_longer + rate_shorter) / 2)
+    balanced = np.concatenate(parts)
+    defined = balanced[~np.isnan(balanced)]
+    result["bootstrap"]["undefined"] = int(samples - len(defined))
+    if len(defined):
+        low, high = np.percentile(defined, [2.5, 97.5])
+        result["ci95"] = [float(low), float(high)]
+    return result
+
+
+def length_balanced_accuracy(
+    rewards_chosen: Sequence[float], rewards_rejected: Sequence[float], length_chosen: Sequence[int], length_rejected: Sequence[int]
+) -> dict:
+    """``length_balanced`` for an RM on pairs: accuracy (ties wrong) where the chosen answer is longer
+    and where it is shorter, their mean, and its bootstrap interval."""
+    found = length_balanced([float(c > r) for c, r in zip(rewards_chosen, rewards_rejected)], length_chosen, length_rejected)
+    return {
+        "accuracy": found["value"],
+        "ci95": found["ci95"],
+        "chosen_longer": found["a_longer"],
+        "chosen_shorter": found["a_shorter"],
+        "same_length": found["same_length"],
+        "bootstrap": found["bootstrap"],
+    }
 
 
 def pairwise_metrics(
@@ -103,6 +178,7 @@ def pairwise_metrics(
         "rm_prefers_longer_rate": sum(prefers_longer) / len(prefers_longer) if prefers_longer else None,
         "length_only_accuracy": len(longer) / n,
     }
+    metrics["length_balanced"] = length_balanced_accuracy(rewards_chosen, rewards_rejected, length_chosen, length_rejected)
     return metrics
 
 
@@ -141,7 +217,16 @@ def metrics_table(metrics: dict) -> str:
     bias = metrics["length_bias"]
     lines.append(f"{'chosen answer longer':<26}{_fmt(bias['chosen_longer'])}")
     lines.append(f"{'chosen answer shorter':<26}{_fmt(bias['chosen_shorter'])}")
+    balanced = metrics.get("length_balanced") or {}
+    if balanced.get("accuracy") is None:
+        lines.append(f"{'length-balanced':<26}{'-':>8}  (needs pairs whose chosen answer is longer and pairs where it is shorter)")
+    else:
+        low, high = balanced["ci95"]
+        interval = f"[{low:.3f}, {high:.3f}]" if low is not None else f"{'':>15}"
+        n_balanced = balanced["chosen_longer"]["n"] + balanced["chosen_shorter"]["n"]
+        lines.append(f"{'length-balanced':<26}{balanced['accuracy']:>8.3f}  {interval}  {n_balanced:>6}")
     rho = bias["spearman_reward_length"]
+    lines.append(f"same length (left out of the balance): {bias['same_length']}   bootstrap: {balanced.get('bootstrap', {}).get('samples', '-')} resamples over pairs")
     lines.append(f"ties (counted wrong): {metrics['ties']}   mean margin: {metrics['mean_margin']:.3f}")
     lines.append(
         f"Spearman(reward, length): {'n/a' if rho is None else f'{rho:.3f}'}   "
@@ -175,13 +260,22 @@ def plot_rewards(rows: Sequence[dict], path: Path, title: str) -> Path:
     return path
 
 
+def eval_data_path(data_path: str) -> Path:
+    """A shipped set's short name (``hh-harmless-dev``) → its file; anything else is a path."""
+    from ..evaluate import SHIPPED_PAIRS
+
+    if data_path in SHIPPED_PAIRS and not Path(data_path).exists():
+        return SHIPPED_PAIRS[data_path]
+    return Path(data_path)
+
+
 def run_rm_eval(config: RewardEvalConfig) -> dict:
     if not config.data_path:
         raise AlmostError("--data_path is required (preference pairs to evaluate on)")
     if not config.output_dir:
         raise AlmostError("--output_dir is required")
     model_path = reward_model_path(config.model_name_or_path)
-    pair_set = load_pairs(config.data_path)
+    pair_set = load_pairs(eval_data_path(config.data_path))
     scorer = RewardScorer(model_path, config.batch_size, config.max_length, config.dtype, config.trust_remote_code)
     metrics, rows = evaluate_pairs(scorer, pair_set.pairs)
     metrics.update(

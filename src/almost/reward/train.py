@@ -58,6 +58,16 @@ class RewardTrainingConfig(TrainingStageArguments, RewardConfig):
         metadata={"help": "Pairs longer than --max_length: left (drop the beginning, as the seed did; keeps the answer), right (drop the end), or drop (skip the pair)."},
     )
     model_max_length: int | None = field(default=None, metadata={"help": "Seed-release spelling of --max_length."})
+    length_head: bool = field(
+        default=False,
+        metadata={"help": "Train a length-disentangled reward (ODIN): a second head takes the length part of the preference and the saved `score` head is decorrelated from length (see almost.reward.odin)."},
+    )
+    length_correlation_coefficient: float = field(
+        default=1.0, metadata={"help": "--length_head: weight of |corr(quality, length)| and of -corr(length head, length) within each batch."}
+    )
+    orthogonality_coefficient: float = field(
+        default=1.0, metadata={"help": "--length_head: weight of |cosine| between the quality and the length head's weights."}
+    )
     # Defaults of the seed release (its train.py run for the reward model), not TRL's.
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs."})
@@ -116,6 +126,15 @@ def encode_pairs(tokenizer, pairs: list[Pair], max_length: int | None, truncatio
     return out
 
 
+def refuse_evaluation_data(data_path: str) -> None:
+    """The human pairs shipped for evaluation measure the method; a model trained on them proves nothing."""
+    from ..evaluate import SAMPLE_DATA, SHIPPED_PAIRS
+
+    path = Path(data_path)
+    if data_path in SHIPPED_PAIRS or (path.exists() and path.resolve().is_relative_to(SAMPLE_DATA.resolve())):
+        raise AlmostError(f"--data_path {data_path} is almost's evaluation data (assets/eval); never train on it")
+
+
 def model_card(config: RewardTrainingConfig, summary: dict) -> str:
     held = summary.get("heldout") or {}
     acc = held.get("accuracy")
@@ -159,6 +178,7 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         raise AlmostError("--data_path is required (comparison.jsonl from `almost cs`, or prompt/chosen/rejected rows)")
     if not config.output_dir:
         raise AlmostError("--output_dir is required")
+    refuse_evaluation_data(config.data_path)
     rerun = check_output_dir(config, "rm train")
     if rerun.finished:
         print(f"almost rm train: {config.output_dir} already holds the finished reward model; nothing to do", flush=True)
@@ -190,13 +210,19 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
     import datasets
     from trl import RewardTrainer
 
+    from .odin import DisentangledRewardTrainer
+
     train_dataset = datasets.Dataset.from_dict({"chosen_ids": encoded.chosen_ids, "rejected_ids": encoded.rejected_ids})
     eval_dataset = None
     if held_pairs and config.eval_strategy != "no":
         # Held-out pairs are always left-truncated for TRL's in-training eval, like RewardScorer does.
         held = encode_pairs(tokenizer, held_pairs, config.max_length, "left")
         eval_dataset = datasets.Dataset.from_dict({"chosen_ids": held.chosen_ids, "rejected_ids": held.rejected_ids})
-    trainer = RewardTrainer(
+    extra = {}
+    if config.length_head:
+        extra = {"length_correlation_coefficient": config.length_correlation_coefficient, "orthogonality_coefficient": config.orthogonality_coefficient}
+    trainer = (DisentangledRewardTrainer if config.length_head else RewardTrainer)(
+        **extra,
         model=model.path,
         args=config,
         train_dataset=train_dataset,
@@ -217,6 +243,8 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         return {}
     if config.lora:
         tokenizer.save_pretrained(output_dir)
+    if config.length_head:
+        trainer.save_length_head(output_dir)  # the saved `score` head is the quality head alone
     summary = {
         "model": str(output_dir),
         "base_model": config.model_name_or_path,
@@ -225,6 +253,8 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         "heldout": None,
     }
     summary["train"].update(global_steps=result.global_step, num_processes=trainer.accelerator.num_processes)
+    if config.length_head:
+        summary["length_head"] = trainer.length_head_summary()
     if held_pairs:
         from .evaluate import evaluate_pairs
         from .scorer import RewardScorer
