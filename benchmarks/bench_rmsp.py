@@ -7,22 +7,33 @@ same prompts with the same loaded model; only the policy's sampling differs:
   samples decode together (what ``almost rmsp`` does);
 - separate: N engine calls with ``n=1`` per turn (what a loop over candidates would do).
 
-Reported: wall seconds, assistant turns, and candidate answers per second; the ratio of the two.
-It also times ``almost sft`` on the demonstrations of the per-call run, for sizing the demo.
+Both modes run on each backend named by ``--backend`` (default: hf, and vllm where it is installed),
+on one engine per backend loaded once and shared by the two modes (policy and user simulator are
+the same model, as ``almost rmsp`` shares them). Per backend: wall seconds, assistant turns,
+candidate answers per second, the ratio of the two modes, and the engine's start (model load;
+vLLM's engine start), which neither mode's seconds include. A note is printed when the machine's
+load average is above 1: figures are then not trustworthy.
+It also times ``almost sft`` on the demonstrations of the first backend's per-call run, for sizing
+the demo (``--sft_epochs 0`` skips it).
 
     python benchmarks/bench_rmsp.py --reward_model_name_or_path RM --num_prompts 4 --num_candidates 4
+    python benchmarks/bench_rmsp.py --reward_model_name_or_path RM --backend hf   # without vLLM
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
+import importlib.util
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
-from almost.engines import Sampling, load_engine
+from almost.config import EngineArguments
+from almost.engines import BACKENDS, Sampling, load_engine
 from almost.feedback.demos import SEED_PROMPTS
 from almost.models import resolve_model
 from almost.selfplay import RMSPArguments, read_prompts, run_rmsp
@@ -44,10 +55,20 @@ class SeparateCalls:
         return [[column[i][0] for column in columns] for i in range(len(prompts))]
 
 
+def load_note(when: str) -> str | None:
+    """A warning when other work shares the machine (1-minute load average above 1)."""
+    load = os.getloadavg()[0]
+    if load > 1:
+        return f"load average {load:.2f} > 1 {when}: other work shares this machine, so these figures are not trustworthy"
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reward_model_name_or_path", required=True)
     parser.add_argument("--model_name_or_path", default="smollm2-135m")
+    parser.add_argument("--backend", nargs="+", choices=BACKENDS, default=None,
+                        help="engines to compare the two modes on (default: hf, and vllm where it is installed)")  # fmt: skip
     parser.add_argument("--prompts_path", default=None, help="default: the first prompts of the PG seed file")
     parser.add_argument("--num_prompts", type=int, default=4)
     parser.add_argument("--num_candidates", type=int, default=4)
@@ -56,8 +77,10 @@ def main() -> None:
     parser.add_argument("--n_shot", type=int, default=1, help="demonstrations in the policy's prompt")
     parser.add_argument("--user_n_shot", type=int, default=2, help="examples in the user simulator's prompt")
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--sft_epochs", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--sft_epochs", type=float, default=1.0, help="0 skips the SFT timing")
     args = parser.parse_args()
+    backends = args.backend or ["hf", *(["vllm"] if importlib.util.find_spec("vllm") else [])]
 
     work = Path(tempfile.mkdtemp(prefix="bench_rmsp."))
     prompts_path = args.prompts_path
@@ -67,40 +90,52 @@ def main() -> None:
         prompts = [p for p in read_prompts(SEED_PROMPTS) if not p.startswith("###")]
         prompts_path.write_text("\n".join(prompts[: args.num_prompts]) + "\n")
     model = resolve_model(args.model_name_or_path)
-    engine = load_engine("hf", model, batch_size=args.batch_size)
-    results = {}
-    for mode in ("per_call", "separate"):
-        config = RMSPArguments(
-            output_dir=str(work / mode),
-            prompts_path=str(prompts_path),
-            reward_model_name_or_path=args.reward_model_name_or_path,
-            model_name_or_path=model.path,
-            num_candidates=args.num_candidates,
-            max_turns=args.max_turns,
-            max_new_tokens=args.max_new_tokens,
-            n_shot=args.n_shot,
-            user_n_shot=args.user_n_shot,
-            max_prompts=args.num_prompts,
-            batch_size=args.batch_size,
+    results = {"notes": [n for n in [load_note("at the start")] if n]}
+    for backend in backends:
+        started = time.perf_counter()
+        engine = load_engine(EngineArguments(backend=backend, batch_size=args.batch_size, seed=args.seed), model)
+        results[backend] = {"start_seconds": round(time.perf_counter() - started, 1)}
+        # Untimed: a fresh engine's first call pays one-time costs that would land on the first mode.
+        engine.generate(["Human: Hello.\n\nAssistant:"], Sampling(max_new_tokens=1, seed=0))
+        for mode in ("per_call", "separate"):
+            config = RMSPArguments(
+                output_dir=str(work / backend / mode),
+                prompts_path=str(prompts_path),
+                reward_model_name_or_path=args.reward_model_name_or_path,
+                model_name_or_path=model.path,
+                backend=backend,
+                num_candidates=args.num_candidates,
+                max_turns=args.max_turns,
+                max_new_tokens=args.max_new_tokens,
+                n_shot=args.n_shot,
+                user_n_shot=args.user_n_shot,
+                max_prompts=args.num_prompts,
+                batch_size=args.batch_size,
+                seed=args.seed,
+            )
+            policy = engine if mode == "per_call" else SeparateCalls(engine)
+            start = time.perf_counter()
+            summary = run_rmsp(config, policy=policy, user=engine)
+            seconds = time.perf_counter() - start
+            candidates = sum(t["dialogues"] for t in summary["per_turn"]) * args.num_candidates
+            results[backend][mode] = {
+                "seconds": round(seconds, 1),
+                "assistant_turns": summary["assistant_turns"],
+                "candidates": candidates,
+                "candidates_per_s": round(candidates / seconds, 3),
+            }
+            print(backend, mode, results[backend][mode], flush=True)
+        results[backend]["speedup_per_call_vs_separate"] = round(
+            results[backend]["per_call"]["candidates_per_s"] / results[backend]["separate"]["candidates_per_s"], 2
         )
-        policy = engine if mode == "per_call" else SeparateCalls(engine)
-        start = time.perf_counter()
-        summary = run_rmsp(config, policy=policy, user=engine)
-        seconds = time.perf_counter() - start
-        candidates = sum(t["dialogues"] for t in summary["per_turn"]) * args.num_candidates
-        results[mode] = {
-            "seconds": round(seconds, 1),
-            "assistant_turns": summary["assistant_turns"],
-            "candidates": candidates,
-            "candidates_per_s": round(candidates / seconds, 3),
-        }
-        print(mode, results[mode], flush=True)
-    results["speedup_per_call_vs_separate"] = round(results["per_call"]["candidates_per_s"] / results["separate"]["candidates_per_s"], 2)
+        # One engine at a time: vLLM's CPU KV cache is sized from the memory free when it starts.
+        del engine, policy
+        gc.collect()
 
     from almost.sft import SFTArguments, run_sft
 
-    demos = work / "per_call" / "demonstrations.jsonl"
-    if demos.read_text().strip():
+    demos = work / backends[0] / "per_call" / "demonstrations.jsonl"
+    if args.sft_epochs > 0 and demos.read_text().strip():
         start = time.perf_counter()
         sft = run_sft(
             SFTArguments(
@@ -110,7 +145,14 @@ def main() -> None:
         )
         results["sft"] = {"seconds": round(time.perf_counter() - start, 1), "steps": sft["train"]["global_step"], "dialogues": sft["data"]["dialogues"]}
     results["settings"] = vars(args)
+    results["notes"] += [n for n in [load_note("at the end")] if n]
     print(json.dumps(results, indent=2))
+    for backend in backends:
+        r = results[backend]
+        print(f"{backend}: N per call {r['per_call']['candidates_per_s']} candidates/s, N calls {r['separate']['candidates_per_s']}: "
+              f"{r['speedup_per_call_vs_separate']}x (engine start {r['start_seconds']} s, not in either)")  # fmt: skip
+    for note in results["notes"]:
+        print(f"NOTE: {note}")
 
 
 if __name__ == "__main__":
