@@ -110,8 +110,8 @@ def test_grpo_config_carries_our_settings(tmp_path):
     args = trl_config(config, [1.0, -0.01])
     assert isinstance(args, GRPOConfig)
     assert (args.beta, args.num_generations, args.max_completion_length, args.reward_weights) == (0.1, 2, 12, [1.0, -0.01])
-    # bf16 follows the hardware (auto); whatever it resolved to must reach the GRPO config unchanged.
-    assert args.bf16 is config.bf16 and args.gradient_checkpointing is False and args.report_to in ("none", [], ["none"])
+    # bf16 and checkpointing follow the hardware (auto); what they resolved to must reach the GRPO config unchanged.
+    assert args.bf16 is config.bf16 and args.gradient_checkpointing is config.gradient_checkpointing and args.report_to in ("none", [], ["none"])
 
 
 def test_two_process_cpu_rl_writes_each_output_once(tmp_path, tiny_model_path, tiny_reward_model_path):
