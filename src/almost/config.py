@@ -99,7 +99,7 @@ class ModelArguments:
 class EngineArguments(ModelArguments):
     """Model plus generation engine; shared by the generation stages (pg, rg, rmsp, eval)."""
 
-    backend: str = field(default="hf", metadata={"help": "Generation engine: hf (transformers) or vllm."})
+    backend: str = field(default="hf", metadata={"help": "Generation engine: hf (transformers), vllm, or openai (a served model, see --base_url)."})
     use_hf: bool = field(default=False, metadata={"help": "Seed-release spelling of --backend hf."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per batch (hf backend)."})
     dtype: str = field(
@@ -109,12 +109,29 @@ class EngineArguments(ModelArguments):
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model (vllm backend)."})
     seed: int = field(default=42, metadata={"help": "Random seed: the same seed on the same backend repeats a run."})
     overwrite: bool = field(default=False, metadata={"help": "Start again even if finished or partial outputs exist."})
+    base_url: list[str] = field(
+        default_factory=list,
+        metadata={"help": "openai backend: the server's OpenAI-compatible API root (e.g. http://127.0.0.1:8000/v1); several (or comma-separated) are used in turn."},
+    )
+    model: str | None = field(
+        default=None, metadata={"help": "openai backend: the model name the server serves (default: --model_name_or_path as typed)."}
+    )
+    api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "openai backend: environment variable holding the API key (unset: no key sent; never written to a file)."}
+    )
+    concurrency: int = field(default=8, metadata={"help": "openai backend: requests in flight at once."})
+    request_timeout: float = field(default=600.0, metadata={"help": "openai backend: seconds to wait for one reply."})
+    max_retries: int = field(
+        default=8, metadata={"help": "openai backend: retries of a request after HTTP 429/5xx, a refused connection or a timeout (backoff 1, 2, 4, ... 30 s)."}
+    )
 
     def __post_init__(self):
         if self.use_hf:
             self.backend = "hf"
-        if self.backend not in ("hf", "vllm"):
-            raise ValueError(f"unknown backend {self.backend!r}; choose hf or vllm")
+        if self.backend not in ("hf", "vllm", "openai"):
+            raise ValueError(f"unknown backend {self.backend!r}; choose hf, vllm or openai")
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("--backend openai needs --base_url (the server's API root, e.g. http://127.0.0.1:8000/v1)")
         if self.batch_size < 1:
             raise ValueError("--batch_size must be at least 1")
 

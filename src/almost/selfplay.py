@@ -29,7 +29,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import EngineArguments, parse
-from .engines import Engine, Sampling, load_engine
+from .engines import Engine, Sampling, engine_model, load_engine, openai_options
 from .feedback.demos import (
     BETTER_DEMONSTRATIONS,
     SEPARATOR,
@@ -371,8 +371,8 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
     demos.static_prompt(config.n_shot)  # fails early when the file has too few demonstrations
     simulator = load_demonstrations(config.user_prompt_file_path)
     simulator.static_prompt(config.user_n_shot)
-    policy_model = resolve_model(config.model_name_or_path, config.cache_dir)
-    user_model = resolve_model(config.user_model_name_or_path or config.model_name_or_path, config.cache_dir)
+    policy_model = engine_model(config, config.model_name_or_path)
+    user_model = engine_model(config, config.user_model_name_or_path or config.model_name_or_path)
     reward_model = None
     if scorer is None:
         from .reward.scorer import check_reward_model
@@ -445,6 +445,7 @@ def _load(config: RMSPArguments, model) -> Engine:
         dtype=config.dtype,
         trust_remote_code=config.trust_remote_code,
         cache_dir=config.cache_dir,
+        **openai_options(config),
     )
 
 

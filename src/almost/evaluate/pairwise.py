@@ -34,9 +34,8 @@ from tqdm.auto import tqdm
 
 from ..chat import as_messages, render_prompt
 from ..config import EngineArguments, parse
-from ..engines import Sampling, load_engine
+from ..engines import Sampling, engine_model, load_engine, openai_options
 from ..io import AlmostError, ResumableJsonl, fingerprint, read_jsonl
-from ..models import resolve_model
 from .scoring import write_results
 
 JUDGE_KINDS = ("rm", "llm", "openai")
@@ -241,7 +240,7 @@ def build_judge(config: PairwiseConfig) -> Judge:
 
         return RewardModelJudge(RewardScorer(reward_model_path(target), batch_size=config.batch_size))
     if kind == "llm":
-        engine = load_engine(config.backend, resolve_model(target, config.cache_dir), batch_size=config.batch_size, seed=config.seed, dtype=config.dtype, cache_dir=config.cache_dir)
+        engine = load_engine(config.backend, engine_model(config, target), batch_size=config.batch_size, seed=config.seed, dtype=config.dtype, cache_dir=config.cache_dir, **openai_options(config))
         return LLMJudge(local_completer(engine, engine.tokenizer, config.judge_max_new_tokens))
     if not target.startswith(("http://", "https://")):
         raise AlmostError(f"--judge openai:URL needs an http(s) URL, got {target!r}")
@@ -305,7 +304,7 @@ def pairwise_table(metrics: dict) -> str:
 
 def _answers_for(role_name: str, model_name: str, engine, questions, config: PairwiseConfig, out: Path) -> dict[str, str]:
     sampling = Sampling(temperature=config.temperature, max_new_tokens=config.max_new_tokens, seed=config.seed)
-    resolved = resolve_model(model_name, config.cache_dir)
+    resolved = engine_model(config, model_name)
     settings = {"model": resolved.path, "sampling": sampling.__dict__, "backend": config.backend}
     path = out / f"answers_{resolved.short_name}-{fingerprint(settings)[:8]}.jsonl"
     if config.overwrite:
@@ -322,6 +321,7 @@ def _answers_for(role_name: str, model_name: str, engine, questions, config: Pai
             dtype=config.dtype,
             trust_remote_code=config.trust_remote_code,
             cache_dir=config.cache_dir,
+            **openai_options(config),
         )
 
     print(f"almost eval pairwise: {role_name} answers in {path}")

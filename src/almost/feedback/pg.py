@@ -29,9 +29,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import EngineArguments, parse
-from ..engines import Engine, Sampling, load_engine
+from ..engines import Engine, Sampling, engine_model, load_engine, openai_options
 from ..io import AlmostError, ResumableJsonl, read_lines, write_json_atomic, write_text_atomic
-from ..models import resolve_model
 from .demos import SEED_PROMPTS
 
 QUERY_PREFIX = "Query:"
@@ -342,7 +341,7 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
         count = len(paths["prompts"].read_text(encoding="utf-8").splitlines())
         print(f"almost pg: {paths['prompts']} is complete ({count} prompts); nothing to do (--overwrite starts again)")
         return {"accepted": count, "skipped": True}
-    model = resolve_model(config.model_name_or_path, config.cache_dir) if engine is None else None
+    model = engine_model(config, config.model_name_or_path) if engine is None else None
     if config.overwrite:
         rounds_log.discard()
         for path in paths.values():
@@ -359,7 +358,7 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
                 engine = load_engine(
                     config.backend, model, batch_size=config.batch_size, seed=config.seed,
                     tensor_parallel_size=config.tensor_parallel_size, dtype=config.dtype,
-                    trust_remote_code=config.trust_remote_code, cache_dir=config.cache_dir,
+                    trust_remote_code=config.trust_remote_code, cache_dir=config.cache_dir, **openai_options(config),
                 )  # fmt: skip
             _generate_rounds(config, prompt_file, engine, progress, rounds_log)
 

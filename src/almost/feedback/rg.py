@@ -26,9 +26,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import EngineArguments, parse, parse_shard
-from ..engines import Engine, Sampling, load_engine
+from ..engines import Engine, Sampling, engine_model, load_engine, openai_options
 from ..io import AlmostError, ResumableJsonl, read_lines
-from ..models import ResolvedModel, resolve_model
+from ..models import ResolvedModel
 from .demos import ANSWER_STOP, BETTER_DEMONSTRATIONS, Demonstrations, bad_answer_reasons, cut_answer, few_shot_prompt, load_demonstrations
 
 ROW_FIELDS = ("index", "prompt", "response", "bad", "bad_reasons", "config")
@@ -183,11 +183,11 @@ def run_rg(config: RGArguments, engine: Engine | None = None) -> dict:
     if not logs:
         return summary
     if engine is None:
-        model = resolve_model(config.model_name_or_path, config.cache_dir)
+        model = engine_model(config, config.model_name_or_path)
         engine = load_engine(
             config.backend, model, batch_size=config.batch_size, seed=config.seed,
             tensor_parallel_size=config.tensor_parallel_size, dtype=config.dtype,
-            trust_remote_code=config.trust_remote_code, cache_dir=config.cache_dir,
+            trust_remote_code=config.trust_remote_code, cache_dir=config.cache_dir, **openai_options(config),
         )  # fmt: skip
     for c in todo_configurations:
         if c.name in logs:
