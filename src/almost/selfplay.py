@@ -73,7 +73,12 @@ class RMSPArguments(EngineArguments):
     prompts_path: str = field(
         default="", metadata={"help": "Starting prompts: prompts.txt from `almost pg` (one per line) or JSONL with a `prompt` column (required)."}
     )
-    reward_model_name_or_path: str = field(default="", metadata={"help": "Reward model from `almost rm train` (required)."})
+    reward_model_name_or_path: str = field(
+        default="", metadata={"help": "Reward model from `almost rm train`, or the URL of `almost rm serve` (http://host:port) (required)."}
+    )
+    reward_token_env: str = field(
+        default="ALMOST_RM_TOKEN", metadata={"help": "Environment variable holding the bearer token of a served reward model (unset: none sent)."}
+    )
     user_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Model that plays the user (default: the policy model, loaded once and shared)."}
     )
@@ -375,10 +380,16 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
     user_model = engine_model(config, config.user_model_name_or_path or config.model_name_or_path)
     reward_model = None
     if scorer is None:
+        from .reward.client import RemoteRewardScorer, is_url
         from .reward.scorer import check_reward_model
 
-        reward_model = resolve_model(config.reward_model_name_or_path, config.cache_dir)
-        check_reward_model(reward_model.path)
+        if is_url(config.reward_model_name_or_path):
+            # Checked (and used) over HTTP: a server that is down fails here, before any generation.
+            scorer = RemoteRewardScorer(config.reward_model_name_or_path, config.reward_token_env, batch_size=config.reward_batch_size)
+            scorer.health()
+        else:
+            reward_model = resolve_model(config.reward_model_name_or_path, config.cache_dir)
+            check_reward_model(reward_model.path)
 
     if config.overwrite:
         for name in (DEMONSTRATIONS_FILE, DROPPED_FILE, SUMMARY_FILE):

@@ -57,6 +57,9 @@ class OpenAIEngine:
     """``generate(prompts, sampling)`` through ``/v1/completions`` on one or several servers."""
 
     name = "openai"
+    # No local tokenizer: callers that would apply a chat template (pairwise answers, the llm judge)
+    # fall back to the plain "Human: ... Assistant:" transcript, which any completions server takes.
+    tokenizer = None
 
     def __init__(
         self,

@@ -68,7 +68,7 @@ class PairwiseConfig(EngineArguments):
     baseline_model_name_or_path: str | None = field(default=None, metadata={"help": "The model to compare against (same spellings as --model_name_or_path)."})
     data_path: str | None = field(default=None, metadata={"help": "Question JSONL: question_id, text (or question/prompt/turns), category."})
     output_dir: str | None = field(default=None, metadata={"help": "Where answers_*.jsonl, judgments.jsonl, metrics.json and metrics.txt go."})
-    judge: str | None = field(default=None, metadata={"help": "rm:PATH (reward model), llm:MODEL (local judge model) or openai:URL (OpenAI-compatible endpoint)."})
+    judge: str | None = field(default=None, metadata={"help": "rm:PATH (reward model) or rm:URL (`almost rm serve`; token from $ALMOST_RM_TOKEN), llm:MODEL (local judge model) or openai:URL (OpenAI-compatible endpoint)."})
     judge_model: str | None = field(default=None, metadata={"help": "Model name sent to an openai: judge endpoint."})
     judge_api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the openai: endpoint's API key (unset: no key sent)."})
     judge_max_new_tokens: int = field(default=256, metadata={"help": "Longest judge reply (llm: and openai: judges)."})
@@ -236,8 +236,13 @@ def parse_judge_spec(spec: str | None) -> tuple[str, str]:
 def build_judge(config: PairwiseConfig) -> Judge:
     kind, target = parse_judge_spec(config.judge)
     if kind == "rm":
+        from ..reward.client import TOKEN_ENV, RemoteRewardScorer, is_url
         from ..reward.scorer import RewardScorer, reward_model_path
 
+        if is_url(target):
+            scorer = RemoteRewardScorer(target, TOKEN_ENV)
+            scorer.health()  # a judge that cannot be reached fails before any answer is generated
+            return RewardModelJudge(scorer)
         return RewardModelJudge(RewardScorer(reward_model_path(target), batch_size=config.batch_size))
     if kind == "llm":
         engine = load_engine(config.backend, engine_model(config, target), batch_size=config.batch_size, seed=config.seed, dtype=config.dtype, cache_dir=config.cache_dir, **openai_options(config))
