@@ -442,6 +442,14 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
     write_jsonl_atomic(out / DROPPED_FILE, [r for r in rows if r["num_turns"] == 0])
     write_json_atomic(out / SUMMARY_FILE, summary)
     store.finalize(order=[r["index"] for r in rows if r["num_turns"] > 0])
+    from .cards import write_dataset_card
+
+    write_dataset_card(out, "rmsp", {"demonstrations": DEMONSTRATIONS_FILE, "dropped_dialogues": DROPPED_FILE}, {
+        "model": config.model_name_or_path, "user_model": config.user_model_name_or_path or config.model_name_or_path,
+        "reward_model": config.reward_model_name_or_path, "backend": config.backend, "seed": config.seed,
+        "settings": {k: getattr(config, k) for k in ("num_candidates", "max_turns", "min_reward", "min_margin", "n_shot", "user_n_shot", "temperature", "top_p", "max_new_tokens", "trim_to_sentence")},
+        **{k: summary[k] for k in ("dialogues", "kept_dialogues", "dropped_dialogues", "assistant_turns", "end_reasons")},
+    })  # fmt: skip
     print(format_summary(summary))
     return summary
 

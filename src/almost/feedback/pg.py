@@ -378,6 +378,13 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
     # prompts.txt last: its presence is what marks the stage finished.
     write_text_atomic(paths["prompts"], "".join(p + "\n" for p in progress.accepted[: config.num_generation]))
     rounds_log.finalize()
+    from ..cards import write_dataset_card
+
+    settings = {k: getattr(config, k) for k in ("num_generation", "batch_size", "num_examples", "temperature", "top_p", "max_new_tokens", "min_chars", "max_chars", "rouge_l_threshold", "seed")}
+    write_dataset_card(config.output_dir, "pg", {"prompts": paths["prompts"].name}, {
+        "model": stats["model"], "backend": stats["backend"], "seed_prompts": Path(config.prompt_file_path).name,
+        "settings": settings, "accepted": stats["accepted"], "rejected_by_filter": stats["rejected"], "requests": stats["requests"], "rounds": stats["rounds"],
+    })  # fmt: skip
     rejected = ", ".join(f"{k} {v}" for k, v in stats["rejected"].items()) or "none"
     print(
         f"almost pg: wrote {stats['accepted']} prompts to {paths['prompts']} "

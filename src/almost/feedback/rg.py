@@ -15,6 +15,7 @@ i modulo n (``almost merge`` joins the shards afterwards).
 
 from __future__ import annotations
 
+import json
 import hashlib
 import itertools
 import time
@@ -181,6 +182,7 @@ def run_rg(config: RGArguments, engine: Engine | None = None) -> dict:
         else:
             logs[c.name] = log.open()  # refuses a partial file made with other settings before any work
     if not logs:
+        write_card(config, todo_configurations, shard)
         return summary
     if engine is None:
         model = engine_model(config, config.model_name_or_path)
@@ -192,7 +194,28 @@ def run_rg(config: RGArguments, engine: Engine | None = None) -> dict:
     for c in todo_configurations:
         if c.name in logs:
             summary[c.name] = _generate(config, c, prompts, indices, engine, logs[c.name])
+    write_card(config, todo_configurations, shard)
     return summary
+
+
+def write_card(config: RGArguments, todo: list[Configuration], shard) -> None:
+    """The folder's dataset card lists each finished configuration (a shard waits for `almost merge`)."""
+    if shard is not None:
+        return
+    from ..cards import write_dataset_card
+
+    files, about = {}, {}
+    for c in todo:
+        path = output_path(config.output_dir, c.name)
+        if path.exists():
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            files[c.name] = path.name
+            about[c.name] = {"demonstrations": c.demos.name, "n_shot": c.n_shot, "rows": len(rows), "bad": sum(bool(r.get("bad")) for r in rows)}
+    sampling = {"temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens, "seed": config.seed, "trim_to_sentence": config.trim_to_sentence}
+    write_dataset_card(config.output_dir, "rg", files, {
+        "model": config.model_name_or_path, "backend": config.backend, "sampling": sampling, "configurations": about,
+        "filters": "none drop rows here: `bad` flags answers that break the BAD-answer rules (cs leaves them out)",
+    })  # fmt: skip
 
 
 def _generate(config: RGArguments, c: Configuration, prompts: list[str], indices: list[int], engine: Engine, log: ResumableJsonl) -> dict:
