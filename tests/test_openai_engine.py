@@ -180,3 +180,31 @@ def test_rg_and_pg_run_through_the_openai_backend(server, tmp_path):
     pg_dir = tmp_path / "pg"
     run_pg(PGArguments(output_dir=str(pg_dir), backend="openai", base_url=[server.url], num_generation=1, batch_size=2))
     assert (pg_dir / "prompts.txt").read_text() == "How do I plant tomatoes in a small garden?\n"
+
+
+def test_a_pipeline_can_point_its_generation_stages_at_servers(tmp_path):
+    """Served model names are not looked up locally; a configuration may name its own servers."""
+    import yaml
+
+    from almost.pipeline import Planner, validate
+
+    config_path = tmp_path / "served.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "shared": {"backend": "openai", "base_url": ["http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"], "concurrency": 16},
+        "pg": {"model_name_or_path": "llama-2-7b", "num_generation": 4},
+        "rg": {"model_name_or_path": "llama-2-7b", "configurations": [
+            {"prompt_file_path": "faithful_prompt.txt", "n_shot": 1},
+            {"model_name_or_path": "llama-2-13b", "base_url": ["http://gpu2:8000/v1"], "prompt_file_path": "faithful_prompt.txt", "n_shot": 1},
+        ]},
+        "cs": {"rubric": ["llama-2-13b-faithful-1shot", "llama-2-7b-faithful-1shot"]},
+    }))  # fmt: skip
+    planner = Planner(yaml.safe_load(config_path.read_text()), tmp_path / "run", config_path)
+    steps = planner.plan()
+    validate(steps, planner)  # resolving "llama-2-7b" locally would fail: it is a served name
+    rg13 = next(s for s in steps if s.name == "rg/llama-2-13b-faithful-1shot")
+    assert rg13.flags["base_url"] == ["http://gpu2:8000/v1"] and rg13.flags["backend"] == "openai"
+    assert "--base_url" in rg13.argv and "http://gpu2:8000/v1" in rg13.argv
+    broken = {**planner.config, "shared": {"backend": "hf"}}
+    with pytest.raises(AlmostError, match="llama-2-7b"):
+        plan = Planner(broken, tmp_path / "run2", config_path)
+        validate(plan.plan(), plan)

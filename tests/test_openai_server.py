@@ -150,21 +150,21 @@ def test_rg_fails_clearly_when_the_server_dies_and_a_rerun_resumes(server, tmp_p
 
 def test_pg_retries_span_a_server_restart(server, tmp_path):
     args = ["pg", "--backend", "openai", "--base_url", server.url, "--output_dir", str(tmp_path),
-            "--num_generation", "6", "--batch_size", "2", "--max_new_tokens", "32", "--seed", "1",
-            "--min_chars", "5", "--rouge_l_threshold", "0.9", "--max_retries", "12"]  # fmt: skip
+            "--num_generation", "4", "--batch_size", "2", "--max_new_tokens", "32", "--seed", "1",
+            "--min_chars", "5", "--rouge_l_threshold", "0.9", "--max_retries", "40"]  # fmt: skip
     run = almost(*args)
     wait_for_rows(tmp_path / "pg_rounds.jsonl.partial", 1, run)
     server.kill()
     rounds_at_kill = len(rows_in(tmp_path / "pg_rounds.jsonl.partial"))
-    server.start()  # the backoff (1, 2, 4, ... 30 s, 12 retries) outlasts the restart
+    server.start()  # the backoff (1, 2, 4, ... then every 30 s, 40 retries: ~19 min) outlasts the restart
     out, err = run.communicate(timeout=900)
     assert run.returncode == 0, err[-3000:]
     prompts = (tmp_path / "prompts.txt").read_text().splitlines()
-    assert len(prompts) == 6 and len(set(prompts)) == 6
+    assert len(prompts) == 4 and len(set(prompts)) == 4
     rounds = rows_in(tmp_path / "pg_rounds.jsonl")
     assert [r["round"] for r in rounds] == list(range(len(rounds))) and len(rounds) > rounds_at_kill
     stats = json.loads((tmp_path / "pg_stats.json").read_text())
-    assert stats["accepted"] == 6
+    assert stats["accepted"] == 4
 
 
 def test_rmsp_and_pairwise_answers_use_the_server(server, tmp_path, tiny_reward_model_path):
