@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from almost.engines import Sampling, engine_model, load_engine
+from almost.engines import Sampling, ScriptedEngine, engine_model, load_engine
 from almost.engines.openai import OpenAIEngine, normalize_base_url, split_base_urls
 from almost.feedback import demos
 from almost.feedback.pg import PGArguments, run_pg
@@ -208,3 +208,34 @@ def test_a_pipeline_can_point_its_generation_stages_at_servers(tmp_path):
     with pytest.raises(AlmostError, match="llama-2-7b"):
         plan = Planner(broken, tmp_path / "run2", config_path)
         validate(plan.plan(), plan)
+
+
+def test_rmsp_resumes_after_the_transport_settings_change(tmp_path, tiny_model_path):
+    """Raising --max_retries (or moving to other servers) after a failed run must not refuse the resume."""
+    from almost.selfplay import RMSPArguments, run_rmsp
+
+    (tmp_path / "prompts.txt").write_text("How do plants grow?\nWhy is the sea salty?\n")
+    answer = "Plants grow by turning light, water and carbon dioxide into sugar, and they use it to build new cells."
+
+    class Scorer:
+        def score(self, conversations):
+            return [1.0] * len(conversations)
+
+    def config(**transport):
+        return RMSPArguments(output_dir=str(tmp_path / "out"), prompts_path=str(tmp_path / "prompts.txt"), reward_model_name_or_path="scripted",
+                             model_name_or_path=tiny_model_path, prompt_file_path=str(demos.BETTER_DEMONSTRATIONS), n_shot=1,
+                             num_candidates=1, max_turns=1, batch_size=1, **transport)  # fmt: skip
+
+    calls = []
+
+    def failing(prompt, i):
+        calls.append(prompt)
+        if len(calls) > 1:
+            raise AlmostError("the completions endpoint kept failing after 2 retries")
+        return answer
+
+    with pytest.raises(AlmostError):
+        run_rmsp(config(max_retries=2), policy=ScriptedEngine(failing), user=ScriptedEngine(lambda p, i: " Thanks!"), scorer=Scorer())
+    resumed = ScriptedEngine(lambda p, i: answer)
+    run_rmsp(config(max_retries=20, concurrency=2, request_timeout=5.0), policy=resumed, user=ScriptedEngine(lambda p, i: " Thanks!"), scorer=Scorer())
+    assert len(resumed.calls) == 1  # only the second dialogue was played

@@ -405,7 +405,9 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
         **{
             k: v
             for k, v in asdict(config).items()
-            if k not in ("output_dir", "prompts_path", "overwrite", "use_hf", "cache_dir", "reward_batch_size", "max_prompts")
+            # Where and how requests travel (servers, retries, the key's variable) does not change the rows.
+            if k not in ("output_dir", "prompts_path", "overwrite", "use_hf", "cache_dir", "reward_batch_size", "max_prompts",
+                         "base_url", "api_key_env", "concurrency", "request_timeout", "max_retries", "reward_token_env")
         },
     }
     store = ResumableJsonl(final, "index", settings)
