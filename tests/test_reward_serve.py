@@ -164,3 +164,33 @@ def test_the_rm_serve_command_scores_over_http_and_refuses_bad_input(tmp_path, t
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_rl_scores_with_the_served_reward_model(tmp_path, scorer, tiny_model_path):
+    import csv
+
+    from almost.rl import RLConfig, run_rl
+
+    class Counting:
+        def __init__(self):
+            self.rows = 0
+
+        def score(self, conversations):
+            self.rows += len(conversations)
+            return scorer.score(conversations)
+
+    counting = Counting()
+    s = Served(counting, max_rows=4096)
+    try:
+        (tmp_path / "prompts.txt").write_text("What is the capital of France?\nHow do I boil an egg?\n")
+        from almost.config import parse
+
+        (config,) = parse("almost rl", [RLConfig], ["--model_name_or_path", tiny_model_path, "--reward_model_name_or_path", s.url,
+                                                   "--prompts_path", str(tmp_path / "prompts.txt"), "--output_dir", str(tmp_path / "rl"),
+                                                   "--max_steps", "1", "--max_completion_length", "8", "--report_to", "none"])  # fmt: skip
+        run_rl(config)
+        rows = list(csv.DictReader(open(tmp_path / "rl" / "rl_log.csv")))
+        assert len(rows) == 1 and rows[0]["rm_reward"] != ""
+        assert counting.rows > 0  # every reward came over HTTP
+    finally:
+        s.close()
