@@ -195,3 +195,18 @@ def test_one_stage_goes_to_the_repo_id_as_it_is_and_bad_choices_fail_early(run_d
     with pytest.raises(AlmostError, match="ORG/NAME"):
         plan_uploads(run_dir, "name-only")
     assert plan_uploads(run_dir / "cs", "org/x")[0].repo_id == "org/x"  # a stage folder itself
+
+
+def test_merged_shards_get_a_card_that_leaves_the_shards_out(tmp_path):
+    import datasets
+
+    from almost.feedback.merge import MergeArguments, run_merge
+
+    (tmp_path / "prompts.txt").write_text("".join(q + "\n" for q in QUESTIONS))
+    for i in range(2):
+        run_rg(RGArguments(output_dir=str(tmp_path), n_shot=[1], shard=f"{i}/2"), ScriptedEngine(lambda p, i: " " + LONG))
+    assert not (tmp_path / "README.md").exists()  # a shard alone is not a dataset yet
+    run_merge(MergeArguments(output_dir=str(tmp_path)))
+    (config,) = read_card_metadata(tmp_path)["configs"]
+    assert config["config_name"] == "smollm2-135m-faithful-1shot" and config["data_files"] == [{"split": "train", "path": "smollm2-135m-faithful-1shot.jsonl"}]
+    assert datasets.load_dataset(str(tmp_path), cache_dir=str(tmp_path / "cache"))["train"].num_rows == len(QUESTIONS)

@@ -15,9 +15,9 @@ i modulo n (``almost merge`` joins the shards afterwards).
 
 from __future__ import annotations
 
-import json
 import hashlib
 import itertools
+import json
 import time
 from contextlib import closing
 from collections.abc import Sequence
