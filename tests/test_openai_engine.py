@@ -165,6 +165,8 @@ def test_the_backend_needs_a_base_url_and_never_resolves_the_served_name():
     config = RGArguments(output_dir="x", backend="openai", base_url=["http://h:1"], model_name_or_path="no/such-model", model="served")
     assert engine_model(config, "no/such-model").path == "served"
     assert engine_model(config, "other-user-model").path == "other-user-model"
+    with pytest.raises(ValueError, match="--model names the model an openai server serves"):
+        RGArguments(output_dir="x", model="smollm2-135m")  # --model used to abbreviate --model_name_or_path
 
 
 def test_rg_and_pg_run_through_the_openai_backend(server, tmp_path):

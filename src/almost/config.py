@@ -132,6 +132,9 @@ class EngineArguments(ModelArguments):
             raise ValueError(f"unknown backend {self.backend!r}; choose hf, vllm or openai")
         if self.backend == "openai" and not self.base_url:
             raise ValueError("--backend openai needs --base_url (the server's API root, e.g. http://127.0.0.1:8000/v1)")
+        if self.model and self.backend != "openai":
+            # Before --model existed, argparse took it as short for --model_name_or_path: say so, never ignore it.
+            raise ValueError("--model names the model an openai server serves (with --backend openai); a local model is --model_name_or_path")
         if self.batch_size < 1:
             raise ValueError("--batch_size must be at least 1")
 
