@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("almost.evaluate.cli", "7. Evaluation: hhh | truthfulqa | pairwise."),
     "pipeline": ("almost.pipeline", "Run every stage from one YAML config, skipping finished ones."),
     "report": ("almost.report", "Write report.md with plots for a run directory."),
+    "push": ("almost.hub", "Upload a run's datasets and models, with their cards, to the Hugging Face Hub."),
 }
 
 

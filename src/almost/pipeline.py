@@ -367,6 +367,13 @@ def _present(wired: dict) -> dict:
 # Checking the plan before anything runs
 
 
+def served_elsewhere(flags: dict, key: str, value) -> bool:
+    """A model another machine runs: a URL, or a name an OpenAI-compatible server serves (nothing to find here)."""
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        return True
+    return flags.get("backend") == "openai" and key in ("model_name_or_path", "user_model_name_or_path", "baseline_model_name_or_path")
+
+
 def validate(steps: list[Step], planner: Planner, check_models: bool = True, parse_values: bool = True) -> None:
     """Every check that can fail before work starts; the first problem raises ``AlmostError``.
 
@@ -389,6 +396,8 @@ def validate(steps: list[Step], planner: Planner, check_models: bool = True, par
     checked: set[str] = set()
     for step in steps if check_models else ():
         for key, value in step.flags.items():
+            if served_elsewhere(step.flags, key, value):
+                continue
             if is_model_key(key) and isinstance(value, str) and value not in wired_models and value not in checked:
                 try:
                     resolve_model(value, cache_dir=step.flags.get("cache_dir"))

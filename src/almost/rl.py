@@ -62,7 +62,7 @@ class RLConfig(LoraArguments, HardwareArguments, CheckpointArguments, RLOOConfig
         default=None, metadata={"help": "The policy to improve (normally the `almost sft` output): checkpoint, hub id, .gguf or embedded name."}
     )
     reward_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "The reward model from `almost rm train` (a sequence-classification checkpoint)."}
+        default=None, metadata={"help": "The reward model from `almost rm train` (a sequence-classification checkpoint), or the URL of `almost rm serve` (token from $ALMOST_RM_TOKEN)."}
     )
     prompts_path: str | None = field(
         default=None,
@@ -315,6 +315,11 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
     if rerun.finished:
         print(f"almost rl: {out} already holds the finished policy; nothing to do", flush=True)
         return read_json(out / "rl_summary.json", "rl summary")
+    if scorer is None and config.reward_model_name_or_path.startswith(("http://", "https://")):
+        from .reward.client import TOKEN_ENV, RemoteRewardScorer
+
+        scorer = RemoteRewardScorer(config.reward_model_name_or_path, TOKEN_ENV, batch_size=config.reward_batch_size)
+        scorer.health()  # `almost rm serve` must be up before the policy is loaded
     policy = resolve_model(config.model_name_or_path)
     contexts = read_prompts(config.prompts_path, config.max_prompts)
     if scorer is None:

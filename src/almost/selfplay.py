@@ -29,7 +29,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import EngineArguments, parse
-from .engines import Engine, Sampling, load_engine
+from .engines import Engine, Sampling, engine_model, load_engine
 from .feedback.demos import (
     BETTER_DEMONSTRATIONS,
     SEPARATOR,
@@ -75,7 +75,12 @@ class RMSPArguments(EngineArguments):
     prompts_path: str = field(
         default="", metadata={"help": "Starting prompts: prompts.txt from `almost pg` (one per line) or JSONL with a `prompt` column (required)."}
     )
-    reward_model_name_or_path: str = field(default="", metadata={"help": "Reward model from `almost rm train` (required)."})
+    reward_model_name_or_path: str = field(
+        default="", metadata={"help": "Reward model from `almost rm train`, or the URL of `almost rm serve` (http://host:port) (required)."}
+    )
+    reward_token_env: str = field(
+        default="ALMOST_RM_TOKEN", metadata={"help": "Environment variable holding the bearer token of a served reward model (unset: none sent)."}
+    )
     user_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Model that plays the user (default: the policy model, loaded once and shared)."}
     )
@@ -358,6 +363,8 @@ def format_summary(summary: dict) -> str:
 _NOT_RESULT_SETTINGS = (
     "output_dir", "prompts_path", "overwrite", "use_hf", "cache_dir", "reward_batch_size", "max_prompts", "kv_cache_gib", "gpu_memory_utilization",
     "model_name_or_path", "user_model_name_or_path", "reward_model_name_or_path", "prompt_file_path", "user_prompt_file_path",
+    # Where and how requests travel (servers, retries, the key's variable) does not change the rows.
+    "base_url", "api_key_env", "concurrency", "request_timeout", "max_retries", "reward_token_env",
 )  # fmt: skip
 
 
@@ -376,14 +383,20 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
     demos.static_prompt(config.n_shot)  # fails early when the file has too few demonstrations
     simulator = load_demonstrations(config.user_prompt_file_path)
     simulator.static_prompt(config.user_n_shot)
-    policy_model = resolve_model(config.model_name_or_path, config.cache_dir)
-    user_model = resolve_model(config.user_model_name_or_path or config.model_name_or_path, config.cache_dir)
+    policy_model = engine_model(config, config.model_name_or_path)
+    user_model = engine_model(config, config.user_model_name_or_path or config.model_name_or_path)
     reward_model = None
     if scorer is None:
+        from .reward.client import RemoteRewardScorer, is_url
         from .reward.scorer import check_reward_model
 
-        reward_model = resolve_model(config.reward_model_name_or_path, config.cache_dir)
-        check_reward_model(reward_model.path)
+        if is_url(config.reward_model_name_or_path):
+            # Checked (and used) over HTTP: a server that is down fails here, before any generation.
+            scorer = RemoteRewardScorer(config.reward_model_name_or_path, config.reward_token_env, batch_size=config.reward_batch_size)
+            scorer.health()
+        else:
+            reward_model = resolve_model(config.reward_model_name_or_path, config.cache_dir)
+            check_reward_model(reward_model.path)
 
     # Models and files by content, not by path: a reward model retrained in the same folder must not
     # add its rows to the old one's. Paths, the cache, and knobs that only trade memory for speed
@@ -435,6 +448,14 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
     write_jsonl_atomic(out / DROPPED_FILE, [r for r in rows if r["num_turns"] == 0])
     write_json_atomic(out / SUMMARY_FILE, summary)
     store.finalize(order=[r["index"] for r in rows if r["num_turns"] > 0])
+    from .cards import write_dataset_card
+
+    write_dataset_card(out, "rmsp", {"demonstrations": DEMONSTRATIONS_FILE, "dropped_dialogues": DROPPED_FILE}, {
+        "model": config.model_name_or_path, "user_model": config.user_model_name_or_path or config.model_name_or_path,
+        "reward_model": config.reward_model_name_or_path, "backend": config.backend, "seed": config.seed,
+        "settings": {k: getattr(config, k) for k in ("num_candidates", "max_turns", "min_reward", "min_margin", "n_shot", "user_n_shot", "temperature", "top_p", "max_new_tokens", "trim_to_sentence")},
+        **{k: summary[k] for k in ("dialogues", "kept_dialogues", "dropped_dialogues", "assistant_turns", "end_reasons")},
+    })  # fmt: skip
     print(format_summary(summary))
     return summary
 

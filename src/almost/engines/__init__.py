@@ -7,14 +7,14 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..io import AlmostError
-from ..models import ResolvedModel
+from ..models import ResolvedModel, resolve_model
 from .base import Engine, Sampling, truncate_at_stop
 from .scripted import ScriptedEngine
 
 if TYPE_CHECKING:
     from ..config import EngineArguments
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "openai")
 AUTO = "auto"  # vllm wherever it is installed, else hf
 
 
@@ -40,14 +40,37 @@ def _notice_once(message: str) -> None:
         print(message, file=sys.stderr)
 
 
+def engine_model(config, name_or_path: str | None) -> ResolvedModel:
+    """The model an engine will run: a local checkpoint (hf, vllm), or for ``--backend openai`` the
+    name the server serves, which is never looked up on disk or on the Hub (``--model`` renames the
+    main model; other models, such as a separate user simulator, are sent as typed)."""
+    if getattr(config, "backend", None) != "openai":
+        return resolve_model(name_or_path, getattr(config, "cache_dir", None))
+    name = name_or_path or config.model_name_or_path
+    served = config.model if config.model and name == config.model_name_or_path else name
+    return ResolvedModel(name=name, path=served)
+
+
 def load_engine(config: EngineArguments, model: ResolvedModel) -> Engine:
-    """The engine ``config.backend`` names, loaded with ``model`` and the config's engine settings."""
+    """The engine ``config.backend`` names, loaded with ``model`` (``engine_model``) and the config's
+    engine settings."""
     backend = resolve_backend(config.backend)
     if backend == "hf":
         from .hf import HFEngine
 
         return HFEngine(
             model.path, batch_size=config.batch_size, dtype=config.dtype, trust_remote_code=config.trust_remote_code, cache_dir=config.cache_dir
+        )
+    if backend == "openai":
+        from .openai import OpenAIEngine, api_key_from_env
+
+        return OpenAIEngine(
+            config.base_url or [],
+            model.path,
+            api_key=api_key_from_env(config.api_key_env),
+            concurrency=config.concurrency,
+            timeout=config.request_timeout,
+            max_retries=config.max_retries,
         )
     from .vllm import VLLMEngine
 
@@ -63,4 +86,4 @@ def load_engine(config: EngineArguments, model: ResolvedModel) -> Engine:
     )
 
 
-__all__ = ["AUTO", "BACKENDS", "Engine", "Sampling", "ScriptedEngine", "load_engine", "resolve_backend", "truncate_at_stop"]
+__all__ = ["AUTO", "BACKENDS", "Engine", "Sampling", "ScriptedEngine", "engine_model", "load_engine", "resolve_backend", "truncate_at_stop"]

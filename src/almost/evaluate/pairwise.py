@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..chat import as_messages, render_prompt
 from ..config import EngineArguments, parse
-from ..engines import Sampling, load_engine
+from ..engines import Sampling, engine_model, load_engine
 from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, read_jsonl, redact_url
 from ..models import resolve_model
 from .scoring import write_results
@@ -76,7 +76,7 @@ class PairwiseConfig(EngineArguments):
     baseline_model_name_or_path: str | None = field(default=None, metadata={"help": "The model to compare against (same spellings as --model_name_or_path)."})
     data_path: str | None = field(default=None, metadata={"help": "Question JSONL: question_id, text (or question/prompt/turns), category."})
     output_dir: str | None = field(default=None, metadata={"help": "Where answers_*.jsonl, judgments.jsonl, metrics.json and metrics.txt go."})
-    judge: str | None = field(default=None, metadata={"help": "rm:PATH (reward model), llm:MODEL (local judge model) or openai:URL (OpenAI-compatible endpoint)."})
+    judge: str | None = field(default=None, metadata={"help": "rm:PATH (reward model) or rm:URL (`almost rm serve`; token from $ALMOST_RM_TOKEN), llm:MODEL (local judge model) or openai:URL (OpenAI-compatible endpoint)."})
     judge_model: str | None = field(default=None, metadata={"help": "Model name sent to an openai: judge endpoint."})
     judge_api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the openai: endpoint's API key (unset: no key sent)."})
     judge_max_new_tokens: int = field(default=256, metadata={"help": "Longest judge reply (llm: and openai: judges)."})
@@ -301,11 +301,16 @@ def parse_judge_spec(spec: str | None) -> tuple[str, str]:
 def build_judge(config: PairwiseConfig) -> Judge:
     kind, target = parse_judge_spec(config.judge)
     if kind == "rm":
+        from ..reward.client import TOKEN_ENV, RemoteRewardScorer, is_url
         from ..reward.scorer import RewardScorer, reward_model_path
 
+        if is_url(target):
+            scorer = RemoteRewardScorer(target, TOKEN_ENV)
+            scorer.health()  # a judge that cannot be reached fails before any answer is generated
+            return RewardModelJudge(scorer)
         return RewardModelJudge(RewardScorer(reward_model_path(target), batch_size=config.batch_size))
     if kind == "llm":
-        engine = load_engine(config, resolve_model(target, config.cache_dir))
+        engine = load_engine(config, engine_model(config, target))
         return LLMJudge(local_completer(engine, engine.tokenizer, config.judge_max_new_tokens))
     check_judge_url(target, config.judge_allow_http)
     return LLMJudge(openai_completer(target, config.judge_model, os.environ.get(config.judge_api_key_env), config.judge_max_new_tokens, config.judge_timeout))
@@ -400,7 +405,7 @@ def pairwise_table(metrics: dict) -> str:
 
 def _answers_for(role_name: str, model_name: str, engine, questions, config: PairwiseConfig, out: Path) -> dict[str, str]:
     sampling = Sampling(temperature=config.temperature, max_new_tokens=config.max_new_tokens, seed=config.seed)
-    resolved = resolve_model(model_name, config.cache_dir)
+    resolved = engine_model(config, model_name)
     # The model by content: a checkpoint retrained in the same folder gets a cache file of its own.
     settings = {"model": digest_model(resolved.path), "sampling": sampling.__dict__, "backend": config.backend, "dtype": config.dtype}
     path = out / f"answers_{resolved.short_name}-{fingerprint(settings)[:8]}.jsonl"

@@ -277,6 +277,9 @@ def run_cs(config: CSArguments) -> dict:
     out = Path(config.output_dir)
     write_json_atomic(out / "cs_stats.json", stats)
     write_jsonl_atomic(out / "comparison.jsonl", rows)
+    from ..cards import write_dataset_card
+
+    write_dataset_card(out, "cs", {"comparisons": "comparison.jsonl"}, {"input": directory.name, **stats})
     print(
         f"almost cs: {stats['pairs']} pairs from {stats['prompts']} prompts → {out / 'comparison.jsonl'} "
         f"(dropped by the length filter: {dropped}; prompts with < 2 valid answers: {few_valid})"

@@ -111,6 +111,11 @@ def run_merge(config: MergeArguments) -> dict:
         record_settings(output_path(directory, name), merge_settings(directory, sets[name]["files"]))
         write_jsonl_atomic(output_path(directory, name), rows)
         print(f"almost merge: {len(sets[name]['files'])} shards → {output_path(directory, name)} ({len(rows)} rows)")
+    if todo:
+        from ..cards import write_dataset_card
+
+        about = {name: {"shards": len(sets[name]["files"]), "rows": len(rows), "bad": sum(bool(r.get("bad")) for r in rows)} for name, rows in todo.items()}
+        write_dataset_card(directory, "rg", {name: output_path(directory, name).name for name in todo}, {"configurations": about})
     return {name: len(rows) for name, rows in todo.items()}
 
 

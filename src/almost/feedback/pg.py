@@ -29,7 +29,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import EngineArguments, parse
-from ..engines import Engine, Sampling, load_engine
+from ..engines import Engine, Sampling, engine_model, load_engine
 from ..io import (
     AlmostError,
     ResumableJsonl,
@@ -349,7 +349,7 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
     """
     prompt_file = read_prompt_file(config.prompt_file_path)
     paths = output_paths(config.output_dir)
-    model = resolve_model(config.model_name_or_path, config.cache_dir) if engine is None else None
+    model = engine_model(config, config.model_name_or_path) if engine is None else None
     settings = _resume_settings(config, prompt_file, digest_model(model.path if model else config.model_name_or_path))
     rounds_log = ResumableJsonl(paths["rounds"], key_field="round", settings=settings)
     # prompts.txt also depends on how many prompts were asked for.
@@ -393,6 +393,13 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
     record_settings(paths["prompts"], final_settings)
     write_text_atomic(paths["prompts"], "".join(p + "\n" for p in progress.accepted[: config.num_generation]))
     rounds_log.finalize()
+    from ..cards import write_dataset_card
+
+    settings = {k: getattr(config, k) for k in ("num_generation", "batch_size", "num_examples", "temperature", "top_p", "max_new_tokens", "min_chars", "max_chars", "rouge_l_threshold", "seed")}
+    write_dataset_card(config.output_dir, "pg", {"prompts": paths["prompts"].name}, {
+        "model": stats["model"], "backend": stats["backend"], "seed_prompts": Path(config.prompt_file_path).name,
+        "settings": settings, "accepted": stats["accepted"], "rejected_by_filter": stats["rejected"], "requests": stats["requests"], "rounds": stats["rounds"],
+    })  # fmt: skip
     rejected = ", ".join(f"{k} {v}" for k, v in stats["rejected"].items()) or "none"
     print(
         f"almost pg: wrote {stats['accepted']} prompts to {paths['prompts']} "

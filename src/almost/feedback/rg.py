@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import time
 from contextlib import closing
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import EngineArguments, parse, parse_shard
-from ..engines import Engine, Sampling, load_engine
+from ..engines import Engine, Sampling, engine_model, load_engine
 from ..io import AlmostError, ResumableJsonl, digest_model, read_lines
 from ..models import ResolvedModel, resolve_model
 from .demos import ANSWER_STOP, BETTER_DEMONSTRATIONS, Demonstrations, bad_answer_reasons, cut_answer, few_shot_prompt, load_demonstrations
@@ -183,7 +184,7 @@ def run_rg(config: RGArguments, engine: Engine | None = None) -> dict:
 
     # The model is resolved (and checked) before any file is written; tests that pass an engine
     # fingerprint the name they give.
-    model = resolve_model(config.model_name_or_path, config.cache_dir) if engine is None else None
+    model = engine_model(config, config.model_name_or_path) if engine is None else None
     model_digest = digest_model(model.path if model else config.model_name_or_path)
     summary: dict[str, dict] = {}
     logs = {}
@@ -199,13 +200,35 @@ def run_rg(config: RGArguments, engine: Engine | None = None) -> dict:
     for log in logs.values():
         log.open()  # refuses a partial file made with other settings before any work
     if not logs:
+        write_card(config, todo_configurations, shard)
         return summary
     if engine is None:
         engine = load_engine(config, model)
     for c in todo_configurations:
         if c.name in logs:
             summary[c.name] = _generate(config, c, prompts, indices, engine, logs[c.name])
+    write_card(config, todo_configurations, shard)
     return summary
+
+
+def write_card(config: RGArguments, todo: list[Configuration], shard) -> None:
+    """The folder's dataset card lists each finished configuration (a shard waits for `almost merge`)."""
+    if shard is not None:
+        return
+    from ..cards import write_dataset_card
+
+    files, about = {}, {}
+    for c in todo:
+        path = output_path(config.output_dir, c.name)
+        if path.exists():
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            files[c.name] = path.name
+            about[c.name] = {"demonstrations": c.demos.name, "n_shot": c.n_shot, "rows": len(rows), "bad": sum(bool(r.get("bad")) for r in rows)}
+    sampling = {"temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens, "seed": config.seed, "trim_to_sentence": config.trim_to_sentence}
+    write_dataset_card(config.output_dir, "rg", files, {
+        "model": config.model_name_or_path, "backend": config.backend, "sampling": sampling, "configurations": about,
+        "filters": "none drop rows here: `bad` flags answers that break the BAD-answer rules (cs leaves them out)",
+    })  # fmt: skip
 
 
 def _generate(config: RGArguments, c: Configuration, prompts: list[str], indices: list[int], engine: Engine, log: ResumableJsonl) -> dict:

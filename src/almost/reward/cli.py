@@ -10,6 +10,7 @@ SUBCOMMANDS = {
     "train": ("almost.reward.train", "Train a reward model on preference pairs (TRL RewardTrainer)."),
     "score": ("almost.reward.score", "Add a reward to every row of a JSONL file (resumable)."),
     "eval": ("almost.reward.evaluate", "Pairwise accuracy on preference data, with length-bias statistics."),
+    "serve": ("almost.reward.serve", "Score {prompt, response} or messages over HTTP (for rmsp, pairwise and other tools)."),
 }
 
 

@@ -103,6 +103,11 @@ def run_rm_score(config: RewardScoreConfig) -> dict:
                 store.append(scored[i] for i in batch)
                 bar.update(len(batch))
     store.finalize(order=range(len(rows)), drop_key=True)
+    from ..cards import write_dataset_card
+
+    write_dataset_card(config.output_dir, "rm score", {"scored": OUTPUT_FILE}, {
+        "model": config.model_name_or_path, "data": Path(config.data_path).name, "rows": len(rows), "max_length": config.max_length,
+    })  # fmt: skip
     print(f"almost rm score: {len(rows)} rows -> {final}")
     return {"output": str(final), "rows": len(rows), "scored_now": len(pending)}
 

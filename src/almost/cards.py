@@ -1,0 +1,161 @@
+"""Dataset cards: the README.md beside every dataset a stage writes, ready for the Hugging Face Hub.
+
+A stage that finishes a data file calls ``write_dataset_card(folder, stage, files, about)``. The card
+is rebuilt from what the folder holds: several stages may write into one folder (``almost rg``
+writes one JSONL per configuration beside ``prompts.txt``), so each stage's part is kept in the
+card's own YAML (``almost:``) and merged with the parts already there.
+
+The YAML lists every finished data file as a config with explicit ``data_files``, so that
+``datasets.load_dataset(folder)`` loads exactly those files: never ``*.partial`` files, their
+sidecars, the pipeline's step markers or the stats JSON. The data files themselves are not touched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from .io import write_text_atomic
+
+CARD_FILE = "README.md"
+
+# Which config `load_dataset(folder)` loads when nothing is named: the folder's main product.
+DEFAULT_ORDER = ("comparisons", "demonstrations", "scored")
+
+TASKS = {
+    "pg": (["text-generation"], ["synthetic", "prompts"]),
+    "rg": (["text-generation"], ["synthetic"]),
+    "cs": (["text-classification", "text-generation"], ["synthetic", "preference", "rlhf", "reward-modeling"]),
+    "rm score": (["text-classification"], ["synthetic", "reward-modeling"]),
+    "rmsp": (["text-generation"], ["synthetic", "sft", "dialogue"]),
+}
+
+DESCRIPTIONS = {
+    "pg": "New user queries written by a base language model from few-shot examples, deduplicated (ROUGE-L) and filtered.",
+    "rg": "One answer per prompt from a language model prompted with demonstrations; `bad` marks answers that break RG's BAD-answer rules.",
+    "cs": "Synthetic comparisons: for each prompt, answers of configurations ranked by a rubric (better model, more and better demonstrations) become chosen/rejected pairs.",
+    "rm score": "Input rows with the reward a trained reward model gives each answer.",
+    "rmsp": "Multi-turn demonstrations from reward-model-guided self-play: every assistant turn is the reward model's pick among sampled candidates.",
+}
+
+
+def size_category(rows: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if rows < limit:
+            return name
+    return "1M<n<10M" if rows < 10_000_000 else "n>10M"
+
+
+def count_rows(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def read_card_metadata(folder: Path) -> dict:
+    """The YAML header of the folder's card ({} when there is none or it was not written by us)."""
+    path = folder / CARD_FILE
+    if not path.exists():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    if not text.startswith("---\n"):
+        return {}
+    try:
+        data = yaml.safe_load(text[4 : text.index("\n---", 4)])
+    except (ValueError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_dataset_card(folder: str | Path, stage: str, files: dict[str, str], about: dict) -> Path:
+    """Add ``stage``'s ``files`` (config name → file name in ``folder``) and ``about`` (what made them:
+    model, settings, filters and what they dropped, seeds, key figures) to the folder's card."""
+    folder = Path(folder)
+    previous = read_card_metadata(folder).get("almost") or {}
+    stages: dict = dict(previous.get("stages") or {})
+    # Merged, not replaced: the pipeline runs rg once per configuration into one folder.
+    stages[stage] = _merge(stages.get(stage) or {}, {"files": dict(files), **_plain(about)})
+    configs, total = [], 0
+    for name, entry in stages.items():
+        for config_name, file_name in entry["files"].items():
+            rows = count_rows(folder / file_name) if (folder / file_name).exists() else 0
+            total += rows
+            if rows:  # `datasets` cannot read an empty file (e.g. no dropped dialogues): it stays in the table only
+                configs.append({"config_name": config_name, "data_files": [{"split": "train", "path": file_name}]})
+    # `datasets` picks one reader for a whole folder, from its default config: a folder with JSONL
+    # lists only its JSONL files as configs (prompts.txt beside them stays in the table below).
+    if any(c["data_files"][0]["path"].endswith(".jsonl") for c in configs):
+        configs = [c for c in configs if c["data_files"][0]["path"].endswith(".jsonl")]
+    rank = {c["config_name"]: DEFAULT_ORDER.index(c["config_name"]) if c["config_name"] in DEFAULT_ORDER else len(DEFAULT_ORDER) for c in configs}
+    configs.sort(key=lambda c: rank[c["config_name"]])  # stable: otherwise in the order stages wrote them
+    if configs:
+        configs[0]["default"] = True
+    categories = sorted({t for name in stages for t in TASKS.get(name, (["text-generation"], []))[0]})
+    tags = sorted({"almost", *(t for name in stages for t in TASKS.get(name, ([], []))[1])})
+    metadata = {
+        "pretty_name": f"almost {' + '.join(stages)} data",
+        # The text is machine-generated: the generating model's license governs its use (see below).
+        "license": "other",
+        "language": ["en"],
+        "task_categories": categories,
+        "tags": tags,
+        "size_categories": [size_category(total)],
+        "configs": configs,
+        "almost": {"version": __version__, "stages": stages},
+    }
+    header = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, width=1000)
+    path = folder / CARD_FILE
+    write_text_atomic(path, f"---\n{header}---\n\n{_body(folder, metadata, stages)}")
+    return path
+
+
+def _merge(old: dict, new: dict) -> dict:
+    merged = dict(old)
+    for key, value in new.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _plain(value):
+    """JSON-safe copy (paths and tuples become strings and lists) so that YAML round-trips it."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _body(folder: Path, metadata: dict, stages: dict) -> str:
+    lines = [f"# {metadata['pretty_name']}", ""]
+    lines += [
+        f"Made with almost {__version__}, an implementation of ALMoST (Kim et al., 2023, "
+        "*Aligning Large Language Models through Synthetic Feedback*). Every row is machine-generated.",
+        "",
+        "## Files",
+        "",
+        "| config | file | rows | made by |",
+        "|---|---|---|---|",
+    ]
+    listed = {c["config_name"] for c in metadata["configs"]}
+    for name, entry in stages.items():
+        for config_name, file_name in entry["files"].items():
+            if (folder / file_name).exists():
+                rows = count_rows(folder / file_name)
+                shown = f"`{config_name}`" if config_name in listed else "(empty)" if not rows else f'(`load_dataset("text", data_files="{file_name}")`)'
+                lines.append(f"| {shown} | `{file_name}` | {rows} | `almost {name}` |")
+    lines += ["", "```python", "from datasets import load_dataset", "", f'data = load_dataset("path/to/this/folder")  # the default config: {metadata["configs"][0]["config_name"] if metadata["configs"] else "-"}', "```", ""]
+    for name, entry in stages.items():
+        lines += [f"## `almost {name}`", "", DESCRIPTIONS.get(name, ""), ""]
+        for key, value in entry.items():
+            if key == "files":
+                continue
+            shown = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+            lines.append(f"- **{key}**: {shown}")
+        lines.append("")
+    models = sorted({str(e["model"]) for e in stages.values() if e.get("model")})
+    lines += [
+        "## License",
+        "",
+        f"Generated by {', '.join(f'`{m}`' for m in models) or 'the models named above'}: the license and terms of use of "
+        "the generating models apply to this text. The seed prompts and demonstrations shipped with almost are Apache-2.0.",
+        "",
+    ]
+    return "\n".join(lines)

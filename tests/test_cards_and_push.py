@@ -1,0 +1,212 @@
+"""Dataset cards beside every dataset a stage writes, and ``almost push`` up to the upload call."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from almost.cards import read_card_metadata, size_category, write_dataset_card
+from almost.cli import main as cli_main
+from almost.engines import ScriptedEngine
+from almost.feedback import demos
+from almost.feedback.cs import CSArguments, run_cs
+from almost.feedback.pg import PGArguments, run_pg
+from almost.feedback.rg import RGArguments, run_rg
+from almost.hub import PushArguments, plan_uploads, run_push
+from almost.io import AlmostError
+from almost.reward.score import RewardScoreConfig, run_rm_score
+from almost.selfplay import RMSPArguments, run_rmsp
+
+pytestmark = pytest.mark.timeout(300)
+
+QUESTIONS = [
+    "How do volcanoes form beneath the ocean floor?",
+    "What should I cook for a vegetarian birthday dinner?",
+    "Which exercises strengthen a weak lower back safely?",
+    "Why did the Roman empire split into two halves?",
+    "Can you explain compound interest with an example?",
+]
+LONG = "It depends on a few things, and the short answer is that you should start small and build up from there step by step."
+SHORT = "Start small and build up."
+
+
+def card_files(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file() and p.name != "README.md"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_reward_model_path) -> Path:
+    """A small run made by the stages themselves with scripted engines (and a tiny real RM)."""
+    run = tmp_path_factory.mktemp("run")
+    pool = itertools.cycle(QUESTIONS)
+    run_pg(PGArguments(output_dir=str(run / "pg"), num_generation=4, batch_size=5, seed=1), ScriptedEngine(lambda p, i: " " + next(pool)))
+    rg = lambda prompt_file: RGArguments(output_dir=str(run / "rg"), prompts_path=str(run / "pg" / "prompts.txt"),  # noqa: E731
+                                         prompt_file_path=[str(prompt_file)], n_shot=[1])  # fmt: skip
+    run_rg(rg(demos.BETTER_DEMONSTRATIONS), ScriptedEngine(lambda p, i: " " + LONG))
+    run_rg(rg(demos.WORSE_DEMONSTRATIONS), ScriptedEngine(lambda p, i: " " + SHORT + " It is fine to go slowly at first."))
+    run_cs(CSArguments(output_dir=str(run / "cs"), input_dir=str(run / "rg"), rubric=["smollm2-135m-faithful-1shot", "smollm2-135m-basic-1shot"]))
+    run_rm_score(RewardScoreConfig(model_name_or_path=tiny_reward_model_path, data_path=str(run / "cs" / "comparison.jsonl"), output_dir=str(run / "score")))
+
+    class LengthScorer:
+        def score(self, conversations):
+            return [float(len(c[-1]["content"])) for c in conversations]
+
+    run_rmsp(
+        RMSPArguments(output_dir=str(run / "rmsp"), prompts_path=str(run / "pg" / "prompts.txt"), reward_model_name_or_path="scripted",
+                      prompt_file_path=str(demos.BETTER_DEMONSTRATIONS), n_shot=1, num_candidates=2, max_turns=1),  # fmt: skip
+        policy=ScriptedEngine(lambda p, i: " " + LONG), user=ScriptedEngine(lambda p, i: " Thanks!"), scorer=LengthScorer(),
+    )
+    model = run / "rm"  # a model folder as `almost rm train` leaves it
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "README.md").write_text("---\nlicense: apache-2.0\n---\n# reward model\n")
+    (model / "checkpoint-3").mkdir()
+    (model / "checkpoint-3" / "optimizer.pt").write_text("x")
+    return run
+
+
+EXPECTED = {  # folder: (default config, its rows, columns of the default config)
+    "pg": ("prompts", 4, {"text"}),
+    "rg": ("smollm2-135m-faithful-1shot", 4, {"index", "prompt", "response", "bad", "bad_reasons", "config"}),
+    "cs": ("comparisons", 4, {"prompt", "chosen", "rejected", "chosen_config", "rejected_config"}),
+    "score": ("scored", 4, {"prompt", "chosen", "rejected", "chosen_config", "rejected_config", "reward_chosen", "reward_rejected"}),
+    "rmsp": ("demonstrations", 4, None),
+}
+
+
+@pytest.mark.parametrize("folder", list(EXPECTED))
+def test_every_dataset_folder_has_a_card_that_parses_and_loads(run_dir, folder, tmp_path):
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    path = run_dir / folder
+    # What a killed rerun or the pipeline leaves beside the data must not be loaded.
+    (path / "half.jsonl.partial").write_text('{"index": 99}\n{"ind')
+    (path / ".almost-step.json").write_text("{}")
+    card = DatasetCard.load(path / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "other" and data["task_categories"] and data["size_categories"] == ["n<1K"]
+    assert data["almost"]["version"] and data["almost"]["stages"]
+    default, rows, columns = EXPECTED[folder]
+    configs = {c["config_name"]: c for c in data["configs"]}
+    assert next(c for c in data["configs"] if c.get("default"))["config_name"] == default
+    for c in configs.values():
+        (file,) = c["data_files"]
+        assert (path / file["path"]).is_file() and not file["path"].endswith((".partial", ".json"))
+    loaded = datasets.load_dataset(str(path), cache_dir=str(tmp_path / "cache"))
+    assert loaded["train"].num_rows == rows
+    if columns:
+        assert set(loaded["train"].column_names) == columns
+    for name in configs:
+        assert datasets.load_dataset(str(path), name, cache_dir=str(tmp_path / "cache"))["train"].num_rows >= 0
+
+
+def test_cards_say_what_made_the_data(run_dir):
+    rg = read_card_metadata(run_dir / "rg")["almost"]["stages"]["rg"]
+    # The pipeline runs rg once per configuration into one folder: the card keeps both.
+    assert set(rg["files"]) == {"smollm2-135m-faithful-1shot", "smollm2-135m-basic-1shot"}
+    assert rg["configurations"]["smollm2-135m-faithful-1shot"] == {"demonstrations": "faithful", "n_shot": 1, "rows": 4, "bad": 0}
+    assert rg["model"] == "smollm2-135m" and rg["sampling"]["seed"] == 42
+    pg = read_card_metadata(run_dir / "pg")["almost"]["stages"]["pg"]
+    assert pg["accepted"] == 4 and "rejected_by_filter" in pg and pg["settings"]["rouge_l_threshold"] == 0.5
+    cs = read_card_metadata(run_dir / "cs")["almost"]["stages"]["cs"]
+    assert cs["pairs"] == 4 and cs["dropped_by_filter"] == 0 and cs["rubric"] == [["smollm2-135m-faithful-1shot"], ["smollm2-135m-basic-1shot"]]
+    rmsp = read_card_metadata(run_dir / "rmsp")["almost"]["stages"]["rmsp"]
+    assert rmsp["dialogues"] == 4 and rmsp["settings"]["num_candidates"] == 2
+    body = (run_dir / "cs" / "README.md").read_text()
+    assert "| `comparisons` | `comparison.jsonl` | 4 | `almost cs` |" in body
+
+
+def test_writing_a_card_leaves_the_data_files_alone(run_dir):
+    before = card_files(run_dir / "rg")
+    write_dataset_card(run_dir / "rg", "rg", {}, {"note": "again"})
+    assert card_files(run_dir / "rg") == before
+    assert read_card_metadata(run_dir / "rg")["almost"]["stages"]["rg"]["note"] == "again"
+
+
+def test_prompts_beside_answers_stay_out_of_the_loaded_configs(tmp_path):
+    # Standalone rg writes next to prompts.txt; `datasets` reads a folder with one format.
+    (tmp_path / "prompts.txt").write_text("a\nb\n")
+    (tmp_path / "x-1shot.jsonl").write_text('{"index": 0}\n')
+    write_dataset_card(tmp_path, "pg", {"prompts": "prompts.txt"}, {})
+    write_dataset_card(tmp_path, "rg", {"x-1shot": "x-1shot.jsonl"}, {})
+    configs = read_card_metadata(tmp_path)["configs"]
+    assert [c["config_name"] for c in configs] == ["x-1shot"]
+    assert 'load_dataset("text", data_files="prompts.txt")' in (tmp_path / "README.md").read_text()
+
+
+def test_size_categories():
+    assert [size_category(n) for n in (0, 999, 1000, 54_321, 2_000_000)] == ["n<1K", "n<1K", "1K<n<10K", "10K<n<100K", "1M<n<10M"]
+
+
+# --- push -------------------------------------------------------------------------------------------
+
+
+def test_push_refuses_without_a_token(run_dir, monkeypatch, capsys):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(AlmostError, match="no Hub token: set HF_TOKEN"):
+        run_push(PushArguments(run_dir=str(run_dir), repo_id="org/name"))
+    assert cli_main(["push", str(run_dir), "--repo_id", "org/name"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no Hub token" in err
+
+
+def test_push_uploads_each_folder_with_its_card_and_no_partial_files(run_dir, monkeypatch):
+    from huggingface_hub import HfApi
+
+    calls = []
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)) or f"https://hf.co/{repo_id}")
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw["repo_id"], kw)))
+    uploads = run_push(PushArguments(run_dir=str(run_dir), repo_id="org/name", private=True))
+    assert {(u.repo_id, u.repo_type) for u in uploads} == {
+        ("org/name-pg", "dataset"), ("org/name-rg", "dataset"), ("org/name-cs", "dataset"), ("org/name-score", "dataset"),
+        ("org/name-rmsp", "dataset"), ("org/name-rm", "model"),
+    }  # fmt: skip
+    creates = [c for c in calls if c[0] == "create"]
+    assert all(c[2]["private"] is True and c[2]["exist_ok"] is True for c in creates) and len(creates) == 6
+    rg_upload = next(c[2] for c in calls if c[0] == "upload" and c[1] == "org/name-rg")
+    assert rg_upload["folder_path"] == str(run_dir / "rg") and rg_upload["repo_type"] == "dataset"
+    rg = next(u for u in uploads if u.repo_id == "org/name-rg")
+    (run_dir / "rg" / "half.jsonl.partial").write_text("x")
+    (run_dir / "rg" / ".almost-step.json").write_text("{}")
+    files = plan_uploads(run_dir, "org/name", ["rg"])[0].files
+    assert "README.md" in files and "smollm2-135m-basic-1shot.jsonl" in files
+    assert not [f for f in files if "partial" in f or f.startswith(".")], files
+    assert set(rg.files) <= set(files)
+    model = next(u for u in uploads if u.repo_type == "model")
+    assert "README.md" in model.files and not any(f.startswith("checkpoint-") for f in model.files)
+
+
+def test_one_stage_goes_to_the_repo_id_as_it_is_and_bad_choices_fail_early(run_dir, monkeypatch):
+    from huggingface_hub import HfApi
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: f"https://hf.co/{repo_id}")
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: pytest.fail("uploaded despite --dry_run"))
+    (upload,) = run_push(PushArguments(run_dir=str(run_dir), repo_id="org/comparisons", stage=["cs"], dry_run=True))
+    assert upload.repo_id == "org/comparisons" and upload.folder == run_dir / "cs"
+    with pytest.raises(AlmostError, match="--stage nope: no such folder"):
+        plan_uploads(run_dir, "org/name", ["nope"])
+    with pytest.raises(AlmostError, match="ORG/NAME"):
+        plan_uploads(run_dir, "name-only")
+    assert plan_uploads(run_dir / "cs", "org/x")[0].repo_id == "org/x"  # a stage folder itself
+
+
+def test_merged_shards_get_a_card_that_leaves_the_shards_out(tmp_path):
+    import datasets
+
+    from almost.feedback.merge import MergeArguments, run_merge
+
+    (tmp_path / "prompts.txt").write_text("".join(q + "\n" for q in QUESTIONS))
+    for i in range(2):
+        run_rg(RGArguments(output_dir=str(tmp_path), n_shot=[1], shard=f"{i}/2"), ScriptedEngine(lambda p, i: " " + LONG))
+    assert not (tmp_path / "README.md").exists()  # a shard alone is not a dataset yet
+    run_merge(MergeArguments(output_dir=str(tmp_path)))
+    (config,) = read_card_metadata(tmp_path)["configs"]
+    assert config["config_name"] == "smollm2-135m-faithful-1shot" and config["data_files"] == [{"split": "train", "path": "smollm2-135m-faithful-1shot.jsonl"}]
+    assert datasets.load_dataset(str(tmp_path), cache_dir=str(tmp_path / "cache"))["train"].num_rows == len(QUESTIONS)
