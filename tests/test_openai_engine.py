@@ -96,11 +96,11 @@ def test_stop_strings_cut_the_text_even_if_the_server_overshoots():
 def test_the_key_goes_in_the_authorization_header_from_the_named_variable(server, monkeypatch):
     monkeypatch.setenv("MY_SERVER_KEY", "sk-test-123")
     config = RGArguments(output_dir="x", backend="openai", base_url=[server.url], api_key_env="MY_SERVER_KEY")
-    engine = load_engine("openai", engine_model(config, "smollm2-135m"), base_url=config.base_url, api_key_env="MY_SERVER_KEY")
+    engine = load_engine(config, engine_model(config, "smollm2-135m"))
     engine.generate(["a"], Sampling())
     assert server.requests[-1]["auth"] == "Bearer sk-test-123"
     monkeypatch.delenv("MY_SERVER_KEY")
-    load_engine("openai", engine_model(config, "smollm2-135m"), base_url=config.base_url, api_key_env="MY_SERVER_KEY").generate(["a"], Sampling())
+    load_engine(config, engine_model(config, "smollm2-135m")).generate(["a"], Sampling())
     assert server.requests[-1]["auth"] is None
 
 
