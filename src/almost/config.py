@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from trl import TrlParser
 
-from .io import AlmostError, lock_output_dir, read_text, redact_argv, yaml_problem
+from .io import AlmostError, lock_output_dir, read_yaml_mapping, redact_argv
 from .models import DEFAULT_MODEL
 
 
@@ -99,20 +99,13 @@ def check_config_file(argv: list[str], dataclass_types: Sequence[type]) -> None:
     TrlParser hands YAML values to the dataclasses unconverted, so a list where a number belongs
     would only fail (with a traceback) deep inside a stage; here it is one line naming the key.
     """
-    import yaml
-
     if "--config" not in argv:
         return
     i = argv.index("--config")
     if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
         raise AlmostError("--config needs a YAML file: --config FILE.yaml")
     path = argv[i + 1]
-    try:
-        config = yaml.safe_load(read_text(path, "config file"))
-    except yaml.YAMLError as e:
-        raise AlmostError(f"{path} is not valid YAML: {yaml_problem(e)}") from None
-    if not isinstance(config, dict):
-        raise AlmostError(f"{path} must be a YAML mapping of option names to values")
+    config = read_yaml_mapping(path, "config file", "option names to values")
     types = {f.name: f.type for t in dataclass_types for f in fields(t)}
     for key, value in config.items():
         if key == "env" or key not in types or value is None:

@@ -61,6 +61,19 @@ def yaml_problem(e: Exception) -> str:
     return f"line {mark.line + 1} column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
+def read_yaml_mapping(path: str | os.PathLike, what: str, holds: str) -> dict:
+    """A YAML file that must be a mapping (a config): one line naming the file for anything else."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(read_text(path, what))
+    except yaml.YAMLError as e:
+        raise AlmostError(f"{path} is not valid YAML: {yaml_problem(e)}") from None
+    if not isinstance(data, dict):
+        raise AlmostError(f"{path} must be a YAML mapping of {holds}")
+    return data
+
+
 def _strip_suffix(path: Path) -> str:
     """The suffix that says the format: ``rows.jsonl.gz`` → ``.jsonl``."""
     return Path(path.stem).suffix if path.suffix in _OPENERS else path.suffix

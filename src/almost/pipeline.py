@@ -55,11 +55,10 @@ from .io import (
     held_output_dirs,
     lock_output_dir,
     read_json,
-    read_text,
+    read_yaml_mapping,
     redact_argv,
     release_output_dirs,
     write_json_atomic,
-    yaml_problem,
 )
 from .models import DEFAULT_MODEL, resolve_model, unfinished_training
 from .report import EVAL_KINDS, OneLineArgumentParser, step_figures, write_report
@@ -126,17 +125,10 @@ def flags_to_argv(flags: dict[str, Any]) -> list[str]:
 
 
 def load_config(path: str | os.PathLike) -> dict:
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise AlmostError(f"pipeline config not found: {path}")
-    try:
-        config = yaml.safe_load(read_text(path, "pipeline config"))
-    except yaml.YAMLError as e:
-        raise AlmostError(f"{path} is not valid YAML: {yaml_problem(e)}") from None
-    if not isinstance(config, dict):
-        raise AlmostError(f"{path} must be a YAML mapping of stage names to their settings")
+    config = read_yaml_mapping(path, "pipeline config", "stage names to their settings")
     unknown = [k for k in config if k not in TOP_LEVEL_KEYS]
     if unknown:
         raise AlmostError(f"{path}: unknown stage {unknown[0]!r}; the stages are {', '.join(STAGES)} (plus output_dir, shared, in_process)")

@@ -43,7 +43,6 @@ from ..chat import as_messages, render_prompt
 from ..config import EngineArguments, parse
 from ..engines import Sampling, engine_model, load_engine
 from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, read_jsonl, redact_url
-from ..models import resolve_model
 from .scoring import write_results
 
 JUDGE_KINDS = ("rm", "llm", "openai")

@@ -41,7 +41,6 @@ from ..io import (
     write_json_atomic,
     write_text_atomic,
 )
-from ..models import resolve_model
 from .demos import SEED_PROMPTS, asset_or_path
 
 QUERY_PREFIX = "Query:"

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..config import EngineArguments, parse, parse_shard
 from ..engines import Engine, Sampling, engine_model, load_engine
 from ..io import AlmostError, ResumableJsonl, digest_model, read_lines
-from ..models import ResolvedModel, resolve_model
+from ..models import ResolvedModel
 from .demos import ANSWER_STOP, BETTER_DEMONSTRATIONS, Demonstrations, bad_answer_reasons, cut_answer, few_shot_prompt, load_demonstrations
 
 ROW_FIELDS = ("index", "prompt", "response", "bad", "bad_reasons", "config")
