@@ -12,6 +12,11 @@ the same thing: tokens of the final cut answers per second of wall time.
   encoded once, and stop strings, so a batch ends when all its answers have reached the next turn;
 - vllm: the same path on the vLLM engine (its own scheduling, all of a chunk's prompts at once).
 
+``--seed_prompts K`` lets the seed side answer only the first K prompts: it runs fixed batches of 4
+to the token limit, so its tokens/s is a per-batch rate that does not depend on how many batches run
+(only on which answers they hold), and at 768 new tokens 64 prompts take ~1.5 hours on the 2-core
+machine. Every side reports how many prompts it answered.
+
 Ratios are given against the seed side twice: generation only, and with the start included — the
 model load for the seed and hf sides (one load, shared by both and counted for each), the engine
 start for vllm (which includes its model load).
@@ -25,7 +30,7 @@ the thread count vLLM's CPU workers use (all cores, see engines/vllm.py):
   (bytes read) over a 256 MiB fp32 tensor; the higher of the two is used.
 
 With P the model's parameters (counted from its config, tied embeddings once), b the bytes per
-weight in vLLM's dtype (bf16: 2) and B the rows per decode step, a decode step must read every
+weight in vLLM's dtype (fp32 on CPUs without native bf16: 4; bf16: 2) and B the rows per decode step, a decode step must read every
 weight once and each token costs 2·P FLOPs, so
 
     ceiling tokens/s = min(W / (P·b) · B,  F / (2·P))
@@ -40,14 +45,13 @@ approximate: in the full pass prefills of later prompts interleave with decode s
 
 What the bound ignores, so the true ceiling is lower and the fraction somewhat understated: KV cache
 reads (they grow with context length: ~700 prompt tokens here), attention FLOPs, sampling and
-scheduling overhead, and that vLLM's bf16 matmuls on a CPU without native bf16 are not the fp32
-matmuls measured. It also counts the embedding matrix as read once per step (as the tied lm_head).
+scheduling overhead. It also counts the embedding matrix as read once per step (as the tied lm_head).
 
 Figures taken with the machine's load average above 1 are flagged in the output: they are not
 trustworthy.
 
     python benchmarks/bench_rg.py --max_new_tokens 128          # 64 prompts, faithful 2-shot, all three sides
-    python benchmarks/bench_rg.py --max_new_tokens 768          # the seed's limit for the faithful file
+    python benchmarks/bench_rg.py --max_new_tokens 768 --seed_prompts 8 --sides seed vllm   # the seed's limit for the faithful file
     python benchmarks/bench_rg.py --num_prompts 4 --max_new_tokens 16 --sides seed hf   # a quick check
     python benchmarks/bench_rg.py --num_prompts 0 --cli_backends hf vllm --cli_prompts 20
 """
@@ -225,7 +229,7 @@ def run_vllm_side(model, configuration: Configuration, queries: list[str], args)
         "dtype": str(model_config.dtype).removeprefix("torch."),
         "bytes_per_weight": _element_size(model_config.dtype),
     }
-    side = {"answers": full["answers"], "seconds": full["seconds"], "start_seconds": engine.start_seconds, "tokenizer": engine.tokenizer}
+    side = {"prompts": len(queries), "answers": full["answers"], "seconds": full["seconds"], "start_seconds": engine.start_seconds, "tokenizer": engine.tokenizer}
     del engine
     gc.collect()
     return side, decode
@@ -277,12 +281,13 @@ def throughput(args) -> dict:
             if side in args.sides:
                 started = time.perf_counter()
                 if side == "seed":
-                    prompts = [configuration.prompt(q) for q in queries]
-                    answers = seed_generate(engine, prompts, args.max_new_tokens, args.seed)
+                    side_queries = queries[: args.seed_prompts or None]
+                    answers = seed_generate(engine, [configuration.prompt(q) for q in side_queries], args.max_new_tokens, args.seed)
                 else:
+                    side_queries = queries
                     answers = rg_generate(engine, configuration, queries, args, args.max_new_tokens)
-                sides[side] = {"answers": answers, "seconds": time.perf_counter() - started, "start_seconds": load_seconds,
-                               "threads": torch.get_num_threads()}  # fmt: skip
+                sides[side] = {"prompts": len(side_queries), "answers": answers, "seconds": time.perf_counter() - started,
+                               "start_seconds": load_seconds, "threads": torch.get_num_threads()}  # fmt: skip
                 _report(side, sides[side], tokenizer)
         del engine
         gc.collect()
@@ -324,13 +329,13 @@ def _report(name: str, side: dict, tokenizer) -> None:
 def table(result: dict) -> str:
     """The figures of ``throughput`` as a small text table."""
     lines = [f"{result['prompts']} prompts, {result['configuration']}, {result['max_new_tokens']} new tokens",
-             f"{'side':6} {'tokens':>7} {'gen s':>8} {'start s':>8} {'tok/s':>8} {'tok/s+start':>12} {'x seed':>7} {'x seed+start':>13}"]  # fmt: skip
+             f"{'side':6} {'prompts':>7} {'tokens':>7} {'gen s':>8} {'start s':>8} {'tok/s':>8} {'tok/s+start':>12} {'x seed':>7} {'x seed+start':>13}"]  # fmt: skip
     for name in SIDES:
         if name in result:
             s = result[name]
             ratio = result.get(f"{name}_vs_seed", 1.0 if name == "seed" else "")
             ratio_start = result.get(f"{name}_vs_seed_with_start", 1.0 if name == "seed" else "")
-            lines.append(f"{name:6} {s['answer_tokens']:>7} {s['seconds']:>8} {s['start_seconds']:>8} {s['tokens_per_s']:>8} "
+            lines.append(f"{name:6} {s.get('prompts', result['prompts']):>7} {s['answer_tokens']:>7} {s['seconds']:>8} {s['start_seconds']:>8} {s['tokens_per_s']:>8} "
                          f"{s['tokens_per_s_with_start']:>12} {ratio:>7} {ratio_start:>13}")  # fmt: skip
     lines.append("start: model load (seed, hf: one load, counted for each) or engine start (vllm, model load included)")
     if "decode_ceiling" in result:
@@ -361,6 +366,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num_prompts", type=int, default=64, help="Prompts for the throughput comparison (0 skips it).")
     p.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES), help="Which sides to run (ratios need seed).")
+    p.add_argument("--seed_prompts", type=int, default=None,
+                   help="The seed side answers only the first K of the prompts (default: all); its rate does not depend on K, see the docstring.")
     p.add_argument("--prompt_file_path", default=str(demos.BETTER_DEMONSTRATIONS))
     p.add_argument("--n_shot", type=int, default=2)
     p.add_argument("--max_new_tokens", type=int, default=128, help="Run at 128 and at 768 (the seed's limit for the faithful file).")

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,24 +42,23 @@ def test_almost_rg_with_the_vllm_backend(tmp_path):
     assert not list(tmp_path.glob("*.partial*"))
 
 
-def test_seeded_batches_larger_than_a_step_do_not_kill_the_engine(tmp_path):
-    """The crash of the first real-sized run: on CPU, a seeded request whose prompt did not fit in one
-    step's token budget was prefilled in chunks, and vLLM rewound its CPU generator, which torch
-    refuses ("CPU Generator does not use offset"), killing the engine in the first call. 64 few-shot
-    prompts, n=2, stop strings: the engine answers every prompt.
-
-    Not asserted: identical samples on a rerun. Two runs with the same seed differed (docs/feedback.md):
-    vLLM's engine core schedules requests as they arrive from another process, so which prompts share
-    the first steps varies, and bf16 rounding then flips sampled tokens."""
-    from pathlib import Path
-
-    result_path = tmp_path / "samples.json"
+def _seeded_batch(tmp_path, name: str) -> dict:
+    result_path = tmp_path / f"{name}.json"
     script = Path(__file__).with_name("vllm_seeded_batch.py")
     result = subprocess.run([sys.executable, str(script), str(result_path)], capture_output=True, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=1200)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "vLLM engine started in" in result.stdout
-    run = json.loads(result_path.read_text())
+    return json.loads(result_path.read_text())
+
+
+def test_seeded_batches_larger_than_a_step_repeat_exactly(tmp_path):
+    """The crash of the first real-sized run: on CPU, a seeded request whose prompt did not fit in one
+    step's token budget was prefilled in chunks, and vLLM rewound its CPU generator, which torch
+    refuses ("CPU Generator does not use offset"), killing the engine in the first call. 64 few-shot
+    prompts, n=2, stop strings: the engine answers every prompt, the same call again on the same
+    engine gives the same samples, and so does a rerun in a new process (what a resumed run is)."""
+    run = _seeded_batch(tmp_path, "first")
     # Far more prompt tokens than one step takes on CPU (vLLM's default budget there is 4,096).
     assert run["prompt_tokens"] > 8 * 4096
     samples = run["samples"]
@@ -67,3 +67,5 @@ def test_seeded_batches_larger_than_a_step_do_not_kill_the_engine(tmp_path):
     assert sum(bool(t.strip()) for t in texts) > len(texts) // 2
     assert not any("\nHuman:" in t or demos.SEPARATOR in t for t in texts)
     assert len(set(texts)) > len(texts) // 2  # sampled, not one answer repeated
+    assert run["again"] == samples
+    assert _seeded_batch(tmp_path, "rerun")["samples"] == samples

@@ -2,7 +2,8 @@
 
 64 two-shot prompts (~680 tokens each, ~40k in all: far over vLLM's per-step token budget on CPU,
 so a prompt cannot be prefilled with the others in one step), seeded, n=2, stop strings, on a
-fresh engine. Writes the samples as JSON to argv[1].
+fresh engine, twice (the same call again on the same engine). Writes both calls' samples as JSON to
+argv[1].
 """
 
 import json
@@ -23,6 +24,7 @@ if __name__ == "__main__":
     engine = VLLMEngine(resolve_model("smollm2-135m").path, seed=0)
     sampling = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=24, n=2, stop=demos.ANSWER_STOP, seed=11)
     samples = engine.generate(prompts, sampling)
+    again = engine.generate(prompts, sampling)
     prompt_tokens = sum(len(engine.tokenizer(p).input_ids) for p in prompts)
     with open(sys.argv[1], "w") as f:
-        json.dump({"samples": samples, "prompt_tokens": prompt_tokens}, f)
+        json.dump({"samples": samples, "again": again, "prompt_tokens": prompt_tokens}, f)
