@@ -172,3 +172,29 @@ def test_pairwise_bad_judge_exits_2_before_any_output(judge, tmp_path, tiny_mode
     assert cli_main(argv) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_one_loaded_model_in_memory_at_a_time(tmp_path, tiny_model_path, monkeypatch):
+    """The engines pairwise loads itself (model, baseline, llm judge) are closed before the next one
+    loads: an in-process vLLM engine keeps its memory until closed (9 GB peak with two of them)."""
+    from almost.evaluate import pairwise
+
+    loaded: list[ScriptedEngine] = []
+
+    def load_engine(config, model):
+        assert all(e.closed for e in loaded), "a new engine was loaded while another was still open"
+
+        def respond(prompt, i):
+            return "[[A]]" if "[Response A]" in prompt else f"answer of {model.path}"
+
+        engine = ScriptedEngine(respond)
+        engine.tokenizer = None
+        loaded.append(engine)
+        return engine
+
+    monkeypatch.setattr(pairwise, "load_engine", load_engine)
+    (tmp_path / "config.json").write_text("{}")  # a second local checkpoint name: its own answers
+    config = PairwiseConfig(model_name_or_path=tiny_model_path, baseline_model_name_or_path=str(tmp_path), judge=f"llm:{tiny_model_path}",
+                            data_path=str(QUESTIONS_SAMPLE), output_dir=str(tmp_path / "e"), max_new_tokens=8, max_questions=2)  # fmt: skip
+    metrics = run_pairwise(config)
+    assert len(loaded) == 3 and metrics["n"] == 2  # model, baseline, then the judge

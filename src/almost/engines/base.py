@@ -26,6 +26,10 @@ class Engine(Protocol):
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, desc: str | None = None) -> list[list[str]]: ...
 
+    def close(self) -> None:
+        """Free the model's memory now; the engine is not used afterwards. Whoever loaded an engine
+        closes it before loading the next one, so one process never holds two."""
+
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
     """Cut ``text`` before the earliest stop string (engines may overshoot by a token)."""

@@ -41,6 +41,9 @@ class HFEngine:
             ).to(self.precision.device)
         self.model = model.eval()
 
+    def close(self) -> None:
+        self.model = None
+
     def generate(self, prompts: Sequence[str], sampling: Sampling, desc: str | None = None) -> list[list[str]]:
         import torch
 

@@ -152,6 +152,9 @@ class OpenAIEngine:
             "rerun the same command once the server is back: finished rows are kept"
         )
 
+    def close(self) -> None:
+        pass  # one connection per request: nothing is held between calls
+
     def generate(self, prompts: Sequence[str], sampling: Sampling, desc: str | None = None) -> list[list[str]]:
         results: list[list[str] | None] = [None] * len(prompts)
         # One seed per prompt, as on the vllm engine: a prompt gets the same samples whatever its batch.

@@ -15,7 +15,11 @@ class ScriptedEngine:
     def __init__(self, respond: Callable[[str, int], str]):
         self.respond = respond
         self.calls: list[tuple[list[str], Sampling]] = []
+        self.closed = False
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, desc: str | None = None) -> list[list[str]]:
         self.calls.append((list(prompts), sampling))
         return [[truncate_at_stop(self.respond(p, i), sampling.stop) for i in range(sampling.n)] for p in prompts]
+
+    def close(self) -> None:
+        self.closed = True

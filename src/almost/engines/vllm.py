@@ -20,6 +20,7 @@ own process the core starts stepping while requests still arrive, and the batche
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Sequence
@@ -143,3 +144,13 @@ class VLLMEngine:
         ]
         outputs = self.llm.generate(list(prompts), params, use_tqdm=True)
         return [[truncate_at_stop(c.text, sampling.stop) for c in out.outputs] for out in outputs]
+
+    def close(self) -> None:
+        # An engine core in this process keeps what it allocated at start (weights, the whole KV cache)
+        # out of the garbage collector's reach (gc.freeze) until it is shut down: dropping the object
+        # is not enough, and the next engine in the process would hold its memory on top (9 GB peak in
+        # `eval pairwise`, which answers with two models one after the other).
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+            gc.collect()

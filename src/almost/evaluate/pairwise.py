@@ -200,9 +200,15 @@ class LLMJudge:
         return [VERDICT_SCORES[parse_verdict(r)] for r in replies]
 
 
-def local_completer(engine, tokenizer, max_new_tokens: int) -> Callable[[list[list[dict]]], list[str]]:
+def local_completer(get_engine: Callable[[], object], max_new_tokens: int) -> Callable[[list[list[dict]]], list[str]]:
+    """Judge replies from a local model, loaded by ``get_engine`` on the first call."""
+    engines = []
+
     def complete(conversations):
-        prompts = [render_prompt(tokenizer, c) for c in conversations]
+        if not engines:
+            engines.append(get_engine())
+        engine = engines[0]
+        prompts = [render_prompt(engine.tokenizer, c) for c in conversations]
         return [out[0] for out in engine.generate(prompts, Sampling(temperature=0.0, max_new_tokens=max_new_tokens), desc="judge")]
 
     return complete
@@ -309,8 +315,10 @@ def build_judge(config: PairwiseConfig) -> Judge:
             return RewardModelJudge(scorer)
         return RewardModelJudge(RewardScorer(reward_model_path(target), batch_size=config.batch_size))
     if kind == "llm":
-        engine = load_engine(config, engine_model(config, target))
-        return LLMJudge(local_completer(engine, engine.tokenizer, config.judge_max_new_tokens))
+        # Resolved now (a bad --judge fails before any answer is generated), loaded when the answers are
+        # made and their engines closed: one model in memory at a time.
+        model = engine_model(config, target)
+        return LLMJudge(local_completer(lambda: load_engine(config, model), config.judge_max_new_tokens))
     check_judge_url(target, config.judge_allow_http)
     return LLMJudge(openai_completer(target, config.judge_model, os.environ.get(config.judge_api_key_env), config.judge_max_new_tokens, config.judge_timeout))
 
@@ -410,13 +418,20 @@ def _answers_for(role_name: str, model_name: str, engine, questions, config: Pai
     path = out / f"answers_{resolved.short_name}-{fingerprint(settings)[:8]}.jsonl"
     if config.overwrite:
         ResumableJsonl(path, "key", settings).reset()
+    loaded = []
+
     def get_engine():
         if engine is not None:
             return engine
-        return load_engine(config, resolved)
+        loaded.append(load_engine(config, resolved))
+        return loaded[-1]
 
     print(f"almost eval pairwise: {role_name} answers in {path}")
-    return generate_answers(get_engine, questions, sampling, path, settings, config.batch_size)
+    try:
+        return generate_answers(get_engine, questions, sampling, path, settings, config.batch_size)
+    finally:
+        for own in loaded:  # the baseline's (or the judge's) engine comes next: one model in memory at a time
+            own.close()
 
 
 def run_pairwise(config: PairwiseConfig, model_engine=None, baseline_engine=None, judge: Judge | None = None) -> dict:
