@@ -85,7 +85,7 @@ def write_dataset_card(folder: str | Path, stage: str, files: dict[str, str], ab
     previous = read_card_metadata(folder).get("almost") or {}
     stages: dict = dict(previous.get("stages") or {})
     # Merged, not replaced: the pipeline runs rg once per configuration into one folder.
-    stages[stage] = _merge(stages.get(stage) or {}, {"files": dict(files), **_plain(about)})
+    stages[stage] = _merge(stages.get(stage) or {}, {"files": dict(files), **_shown_paths(_plain(about), folder.resolve().parent)})
     configs, total = [], 0
     for name, entry in stages.items():
         for config_name, file_name in entry["files"].items():
@@ -125,6 +125,15 @@ def _merge(old: dict, new: dict) -> dict:
     for key, value in new.items():
         merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
     return merged
+
+
+def _shown_paths(value, run: Path):
+    """Every value that is an absolute path (a model, a reward model) as ``shown_path`` shows it."""
+    if isinstance(value, dict):
+        return {k: _shown_paths(v, run) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shown_paths(v, run) for v in value]
+    return shown_path(value, run) if isinstance(value, str) and Path(value).is_absolute() else value
 
 
 def _plain(value):

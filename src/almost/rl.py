@@ -275,7 +275,7 @@ def write_card(config: RLConfig, summary: dict) -> None:
     facts = {
         "Reward model": f"`{shown_path(config.reward_model_name_or_path, run)}`",
         "Prompts": f"`{prompts_path}` ({summary['prompts']} prompts)",
-        "Training": f"{config.algorithm.upper()} (TRL), {summary['steps']} optimisation steps; the starting policy is also the KL reference.",
+        "Training": f"{config.algorithm.upper()} (TRL), {summary['steps']} optimisation step{'s' if summary['steps'] != 1 else ''}; the starting policy is also the KL reference.",
         "Per-step figures": "`rl_log.csv`.",
     }
     lora = f"r={config.lora_r} alpha={config.lora_alpha} ({'merged' if config.merge_lora else 'adapter only'})" if config.use_peft else "no (all weights)"
