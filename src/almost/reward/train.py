@@ -145,7 +145,7 @@ def write_card(config: RewardTrainingConfig, summary: dict) -> None:
     hyper = {k: getattr(config, k) for k in (
         "learning_rate", "weight_decay", "num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type",
         "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "truncation_side", "bf16", "seed", "lora",
-    )}  # fmt: skip
+    )}
     if config.lora:
         hyper.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
     if config.length_head:
