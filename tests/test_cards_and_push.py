@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
+import re
+import threading
 from pathlib import Path
 
 import pytest
 
-from almost.cards import read_card_metadata, size_category, write_dataset_card
+from almost.cards import count_rows, read_card_metadata, size_category, write_dataset_card
 from almost.cli import main as cli_main
 from almost.engines import ScriptedEngine
 from almost.feedback import demos
@@ -111,6 +114,7 @@ def test_cards_say_what_made_the_data(run_dir):
     assert rg["configurations"]["smollm2-135m-faithful-1shot"] == {"demonstrations": "faithful", "n_shot": 1, "rows": 4, "bad": 0}
     assert rg["model"] == "smollm2-135m" and rg["sampling"]["seed"] == 42
     pg = read_card_metadata(run_dir / "pg")["almost"]["stages"]["pg"]
+    assert pg["rounds_log"].startswith("pg_rounds.jsonl:")
     assert pg["accepted"] == 4 and "rejected_by_filter" in pg and pg["settings"]["rouge_l_threshold"] == 0.5
     cs = read_card_metadata(run_dir / "cs")["almost"]["stages"]["cs"]
     assert cs["pairs"] == 4 and cs["dropped_by_filter"] == 0 and cs["rubric"] == [["smollm2-135m-faithful-1shot"], ["smollm2-135m-basic-1shot"]]
@@ -209,3 +213,168 @@ def test_merged_shards_get_a_card_that_leaves_the_shards_out(tmp_path):
     (config,) = read_card_metadata(tmp_path)["configs"]
     assert config["config_name"] == "smollm2-135m-faithful-1shot" and config["data_files"] == [{"split": "train", "path": "smollm2-135m-faithful-1shot.jsonl"}]
     assert datasets.load_dataset(str(tmp_path), cache_dir=str(tmp_path / "cache"))["train"].num_rows == len(QUESTIONS)
+
+
+# --- cards on a real pipeline run -------------------------------------------------------------------
+
+RM_EVAL_PAIRS = [  # the chosen answer is longer in two pairs and shorter in two: a length-balanced value exists
+    {"prompt": "How do I keep bread fresh?", "chosen": "Wrap it in a cloth and keep it in a bread box, away from the fridge.", "rejected": "Fridge."},
+    {"prompt": "What is rain?", "chosen": "Water falling from clouds once its droplets grow heavy enough.", "rejected": "Rain."},
+    {"prompt": "Name a prime.", "chosen": "Seven.", "rejected": "Nine is a prime number, because it is odd and has no factors at all."},
+    {"prompt": "Is the sun a star?", "chosen": "Yes.", "rejected": "No, the sun is a planet that happens to glow because it is hot inside."},
+]
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:tmp|home|root|work|Users|private|var|mnt)/")
+
+
+def data_files_of(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.is_file() and p.suffix in (".jsonl", ".txt")}
+
+
+@pytest.mark.timeout(900)
+def test_every_folder_of_a_pipeline_run_has_a_card(tmp_path, tiny_model_path, tiny_reward_model_path, capsys):
+    """The real pipeline: generation stages against a fake completions server (the openai backend,
+    so the text is known), training stages on tiny models. Every dataset folder gets a dataset card
+    that `datasets` loads with the right row counts, every model folder a model card that parses,
+    names no path of this machine and has the evaluation table."""
+    import datasets
+    from huggingface_hub import DatasetCard, ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+    from test_openai_engine import FakeServer
+    from test_pipeline import run, write_config
+
+    questions = iter(QUESTIONS + ["How do tides work?", "What makes bread rise?", "Why do cats purr?"])
+    lock = threading.Lock()
+
+    def reply(body, k):
+        if "Assistant:" not in body["prompt"]:  # pg: a new question per request
+            with lock:
+                return " " + next(questions, "Where do rivers begin?")
+        # rg and rmsp: an answer that grows with the shots in the prompt (the better configuration
+        # writes the longer answer, so cs keeps its pairs) and with the candidate number.
+        return " " + "This is a complete answer with a reason. " * (1 + body["prompt"].count("Assistant:") + k)
+
+    server = FakeServer(reply)
+    try:
+        pairs = tmp_path / "rm-eval-pairs.jsonl"
+        pairs.write_text("".join(json.dumps(p) + "\n" for p in RM_EVAL_PAIRS))
+        served = {"backend": "openai", "base_url": [server.url]}
+        config = {
+            "in_process": True,
+            "pg": {**served, "num_generation": 3, "batch_size": 3},
+            "rg": {**served, "configurations": [{"prompt_file_path": "faithful_prompt.txt", "n_shot": 1}, {"prompt_file_path": "faithful_prompt.txt", "n_shot": 0}]},
+            "cs": {"rubric": ["smollm2-135m-faithful-1shot", "smollm2-135m-faithful-0shot"]},
+            "rm": {"train": {"model_name_or_path": tiny_reward_model_path, "max_steps": 1, "per_device_train_batch_size": 2, "eval_fraction": 0.34, "report_to": "none"},
+                   "eval": {"data_path": str(pairs), "plot": False}},
+            "rmsp": {**served, "model_name_or_path": tiny_model_path, "max_prompts": 2, "num_candidates": 2, "max_turns": 1},
+            "sft": {"model_name_or_path": tiny_model_path, "max_steps": 1, "per_device_train_batch_size": 2, "report_to": "none"},
+            "rl": {"max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 2, "max_completion_length": 4, "report_to": "none"},
+        }  # fmt: skip
+        path = write_config(tmp_path / "pipeline.yaml", config)
+        out = tmp_path / "run"
+        rc, statuses = run(path, out, "--no_report", capsys=capsys)
+        assert rc == 0 and set(statuses.values()) == {"ran"}, statuses
+        # rm eval wrote into rm's card: the model is unchanged, so a rerun skips every step.
+        rc, statuses = run(path, out, "--no_report", capsys=capsys)
+        assert rc == 0 and set(statuses.values()) == {"skipped"}, statuses
+    finally:
+        server.close()
+
+    models = {p.name for p in out.iterdir() if (p / "config.json").exists()}
+    evaluations = {p.name for p in out.iterdir() if (p / "metrics.json").exists()} - models
+    datasets_ = {p.name for p in out.iterdir() if p.is_dir() and data_files_of(p)} - models - evaluations
+    assert models == {"rm", "sft", "rl"} and evaluations == {"rm_eval"} and datasets_ == {"pg", "rg", "cs", "rmsp"}
+
+    expected_rows = {"pg": {"prompts": 3}, "cs": {"comparisons": 3}, "rmsp": {"demonstrations": 2}}
+    for name in sorted(datasets_):
+        folder = out / name
+        loaded_card = DatasetCard.load(folder / "README.md")
+        assert not ABSOLUTE_PATH.search(loaded_card.content) and str(tmp_path) not in loaded_card.content, name
+        card = loaded_card.data.to_dict()
+        listed = {f for stage in card["almost"]["stages"].values() for f in stage["files"].values()}
+        # A file outside the table must at least be named (pg's rounds log).
+        assert all(f"{f}:" in loaded_card.text for f in data_files_of(folder) - listed), f"{name}: data files the card does not name"
+        configs = {c["config_name"]: c["data_files"][0]["path"] for c in card["configs"]}
+        assert configs, name
+        for config_name, file in configs.items():
+            rows = count_rows(folder / file)
+            assert rows > 0 and expected_rows.get(name, {}).get(config_name, rows) == rows, (name, config_name, rows)
+            loaded = datasets.load_dataset(str(folder), config_name, cache_dir=str(tmp_path / "cache"))
+            assert loaded["train"].num_rows == rows, (name, config_name)
+        default = next(c["config_name"] for c in card["configs"] if c.get("default"))
+        assert datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))["train"].num_rows == count_rows(folder / configs[default])
+
+    for name in sorted(models):
+        text = (out / name / "README.md").read_text()
+        assert not ABSOLUTE_PATH.search(text) and str(tmp_path) not in text, f"{name}: {ABSOLUTE_PATH.search(text)}"
+        card = ModelCard.load(out / name / "README.md")
+        model_name, results = model_index_to_eval_results(card.data.to_dict()["model-index"])
+        assert model_name == name and "## Evaluation\n\n| data | measure | value |" in text
+        found = {(r.dataset_name, r.metric_name): r.metric_value for r in results}
+        for (dataset_name, metric), value in found.items():
+            assert f"| {metric} | {value:.3f} |" in text, (name, dataset_name, metric)
+    rm = {(r.dataset_name, r.metric_name): r.metric_value for r in ModelCard.load(out / "rm" / "README.md").data.eval_results}
+    held, evaluated = json.loads((out / "rm" / "metrics.json").read_text())["heldout"], json.loads((out / "rm_eval" / "metrics.json").read_text())
+    assert rm[("held-out comparisons", "rubric agreement")] == held["accuracy"]
+    assert rm[("rm-eval-pairs.jsonl", "accuracy (agreement with the labels)")] == evaluated["accuracy"]
+    assert rm[("rm-eval-pairs.jsonl", "length-balanced accuracy")] == evaluated["length_balanced"]["accuracy"]
+    assert rm[("rm-eval-pairs.jsonl", "'prefer the longer answer' baseline")] == evaluated["length_bias"]["length_only_accuracy"] == 0.5
+    sft = {r.metric_name: r.metric_value for r in ModelCard.load(out / "sft" / "README.md").data.eval_results}
+    assert sft["loss, last logged step"] == json.loads((out / "sft" / "metrics.json").read_text())["train"]["last_loss"]
+    rl = {r.metric_name: r.metric_value for r in ModelCard.load(out / "rl" / "README.md").data.eval_results}
+    assert {"mean reward, last logged step", "KL to the reference policy, last logged step"} <= set(rl)
+    assert "**Base model:** `sft`" in (out / "rl" / "README.md").read_text()
+    assert f"**Base model:** `.../{Path(tiny_model_path).name}`" in (out / "sft" / "README.md").read_text()
+
+
+def test_rm_eval_adds_its_results_to_the_card_of_our_reward_model_only(tmp_path, tiny_reward_model_path):
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    from almost.cards import write_model_card
+    from almost.reward.evaluate import RewardEvalConfig, run_rm_eval
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in RM_EVAL_PAIRS))
+    ours, theirs = tmp_path / "run" / "rm", tmp_path / "theirs"
+    shutil.copytree(tiny_reward_model_path, ours)
+    write_model_card(ours, "rm train", base_model="smollm2-135m", facts={"Data": "`cs/comparison.jsonl`"}, hyperparameters={"learning_rate": 1e-3}, evaluations=[])
+    shutil.copytree(tiny_reward_model_path, theirs)
+    (theirs / "README.md").write_text("---\nlicense: mit\n---\n# someone else's reward model\n")
+
+    def evaluate(model, out, **kw):
+        return run_rm_eval(RewardEvalConfig(model_name_or_path=str(model), data_path=str(pairs), output_dir=str(tmp_path / out), plot=False, **kw))
+
+    metrics = evaluate(ours, "eval")
+    card = ModelCard.load(ours / "README.md")
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert results == {
+        "accuracy (agreement with the labels)": metrics["accuracy"],
+        "length-balanced accuracy": metrics["length_balanced"]["accuracy"],
+        "'prefer the longer answer' baseline": 0.5,
+        "Spearman(reward, answer length)": metrics["length_bias"]["spearman_reward_length"],
+    }
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and {r.dataset_type for r in card.data.eval_results} == {".../pairs.jsonl"}
+    low, high = metrics["length_balanced"]["ci95"]
+    assert f"| length-balanced accuracy | {metrics['length_balanced']['accuracy']:.3f} | {low:.3f}–{high:.3f} | 4 | `almost rm eval` |" in card.text
+    # The same data again replaces its rows; switched off, or on a model that is not ours, nothing changes.
+    evaluate(ours, "again")
+    assert len(ModelCard.load(ours / "README.md").data.eval_results) == 4
+    before = {p: p.read_bytes() for p in (ours / "README.md", theirs / "README.md")}
+    evaluate(ours, "off", update_model_card=False)
+    evaluate(theirs, "theirs")
+    evaluate(tiny_reward_model_path, "plain")
+    assert {p: p.read_bytes() for p in before} == before and not (Path(tiny_reward_model_path) / "README.md").exists()
+
+
+def test_cards_show_paths_inside_the_run_only(tmp_path):
+    from almost.cards import hub_base_model, shown_path
+
+    run = tmp_path / "run"
+    (run / "cs").mkdir(parents=True)
+    (run / "cs" / "comparison.jsonl").write_text("{}\n")
+    assert shown_path(str(run / "cs" / "comparison.jsonl"), run) == "cs/comparison.jsonl"
+    assert shown_path(str(tmp_path / "elsewhere" / "model"), run) == ".../model"
+    assert shown_path("hh-harmless-test", run) == "hh-harmless-test" and shown_path("org/model", run) == "org/model"
+    assert shown_path("http://user:pw@host:8100", run) == "http://<redacted>@host:8100"
+    assert [hub_base_model(m) for m in ("org/model", "smollm2-135m", str(run))] == ["org/model", "HuggingFaceTB/SmolLM2-135M-Instruct", None]

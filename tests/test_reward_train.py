@@ -55,7 +55,12 @@ def test_training_beats_chance_on_held_out_pairs(tmp_path, tiny_model_path):
     (before,), (after,) = backbone_weight(tiny_model_path).values(), backbone_weight(str(out)).values()
     assert not before.equal(after), "full fine-tuning left the backbone unchanged"
     card = (out / "README.md").read_text()
-    assert "Held-out rubric agreement:** " + f"{metrics['heldout']['accuracy']:.3f}" in card and "learning_rate | 0.001" in card
+    assert f"| rubric agreement | {metrics['heldout']['accuracy']:.3f} |" in card and "learning_rate | 0.001" in card
+    from huggingface_hub import ModelCard
+
+    results = {r.metric_name: r.metric_value for r in ModelCard.load(out / "README.md").data.eval_results}
+    assert results["rubric agreement"] == metrics["heldout"]["accuracy"]
+    assert results["'prefer the longer answer' baseline"] == metrics["heldout"]["length_bias"]["length_only_accuracy"]
     assert (out / "tokenizer.json").exists() and not (out / "training_args.bin").exists()
 
 

@@ -42,7 +42,8 @@ def test_rloo_run_changes_weights_and_logs_kl(tmp_path, tiny_model_path, tiny_re
     assert float(rows[0]["reward"]) == pytest.approx(float(rows[0]["rm_reward"]) - 0.01 * float(rows[0]["length_tokens"]), abs=1e-4)
     summary = json.loads((out / "rl_summary.json").read_text())
     assert summary["steps"] == 2 and summary["beta"] > 0 and summary["prompts"] == 4
-    assert "KL coefficient" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert f"| KL to the reference policy, last logged step | {float(rows[1]['kl']):.3f} |" in card and "| beta | 0.05 |" in card
     assert (out / "tokenizer.json").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -91,7 +92,8 @@ def test_sft_trains_assistant_tokens_only_and_loss_falls(tmp_path, tiny_model_pa
     after = load_file(str(out / "model.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in before)
     card = (out / "README.md").read_text()
-    assert "almost sft" in card and "base_model:" in card
+    assert "almost sft" in card and f"**Base model:** `.../{Path(tiny_model_path).name}`" in card and tiny_model_path not in card
+    assert f"| loss, last logged step | {losses[-1]:.3f} |" in card
     assert (out / "chat_template.jinja").exists() and (out / "tokenizer.json").exists()
 
 

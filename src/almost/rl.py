@@ -23,7 +23,7 @@ from trl import GRPOConfig, RLOOConfig
 
 from .chat import as_messages, render_prompt
 from .config import parse, resolve_training_hardware
-from .io import AlmostError, portable, read_json, read_rows, read_text, require_file, write_json_atomic, write_text_atomic
+from .io import AlmostError, portable, read_json, read_rows, read_text, require_file, write_json_atomic
 from .models import resolve_model
 from .training import (
     ADAPTER_DIR,
@@ -255,40 +255,47 @@ def show_logged(row: dict, key: str) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value or "-")
 
 
-def model_card(config: RLConfig, summary: dict) -> str:
-    first, last = summary.get("first_log") or {}, summary.get("last_log") or {}
+# Figures of rl_log.csv the model card shows: column → (model-index metric type, what it is).
+CARD_FIGURES = {
+    "reward": ("reward", "mean reward"),
+    "rm_reward": ("reward", "mean reward-model score"),
+    "kl": ("kl", "KL to the reference policy"),
+    "completion_length": ("completion_length", "answer length (tokens)"),
+}
 
-    return f"""---
-library_name: transformers
-tags: [almost, rlhf, {config.algorithm}, synthetic-feedback]
----
 
-# {Path(config.output_dir).name}
+def write_card(config: RLConfig, summary: dict) -> None:
+    """The model card: starting policy, reward model, prompts, hyperparameters, and the first and last
+    logged reward, KL and answer length."""
+    from .cards import shown_path, write_model_card
 
-A policy trained by `almost rl` ({config.algorithm.upper()}, TRL) against a reward model learned from
-synthetic feedback, following "Aligning Large Language Models through Synthetic Feedback" (Kim et al., EMNLP 2023).
-
-| setting | value |
-|---|---|
-| starting policy (also the KL reference) | `{config.model_name_or_path}` |
-| reward model | `{config.reward_model_name_or_path}` |
-| prompts | `{config.prompts_path}` ({summary['prompts']} prompts) |
-| algorithm | {config.algorithm} |
-| KL coefficient (beta) | {config.beta} |
-| length penalty per token | {config.length_penalty} |
-| answers per prompt | {config.num_generations} |
-| learning rate | {config.learning_rate} |
-| optimisation steps | {summary['steps']} |
-| LoRA | {'r=%d alpha=%d (merged)' % (config.lora_r, config.lora_alpha) if config.use_peft and config.merge_lora else 'adapter' if config.use_peft else 'no (all weights)'} |
-
-| logged | first step | last step |
-|---|---|---|
-| reward | {show_logged(first, 'reward')} | {show_logged(last, 'reward')} |
-| KL to reference | {show_logged(first, 'kl')} | {show_logged(last, 'kl')} |
-| answer length (tokens) | {show_logged(first, 'completion_length')} | {show_logged(last, 'completion_length')} |
-
-Per-step figures are in `rl_log.csv`.
-"""
+    out = Path(config.output_dir)
+    run = out.resolve().parent
+    prompts_path = shown_path(config.prompts_path, run)
+    facts = {
+        "Reward model": f"`{shown_path(config.reward_model_name_or_path, run)}`",
+        "Prompts": f"`{prompts_path}` ({summary['prompts']} prompts)",
+        "Training": f"{config.algorithm.upper()} (TRL), {summary['steps']} optimisation step{'s' if summary['steps'] != 1 else ''}; the starting policy is also the KL reference.",
+        "Per-step figures": "`rl_log.csv`.",
+    }
+    lora = f"r={config.lora_r} alpha={config.lora_alpha} ({'merged' if config.merge_lora else 'adapter only'})" if config.use_peft else "no (all weights)"
+    hyper = {
+        "algorithm": config.algorithm, "beta": config.beta, "length_penalty": config.length_penalty, "num_generations": config.num_generations,
+        "learning_rate": config.learning_rate, "max_steps": config.max_steps, "per_device_train_batch_size": config.per_device_train_batch_size,
+        "max_completion_length": config.max_completion_length, "temperature": config.temperature, "bf16": config.bf16, "seed": config.seed, "lora": lora,
+    }  # fmt: skip
+    metrics = [
+        {"type": kind, "name": f"{name}, {when} logged step", "value": row[column], "ci95": None, "n": None}
+        for column, (kind, name) in CARD_FIGURES.items()
+        for when, row in (("first", summary.get("first_log") or {}), ("last", summary.get("last_log") or {}))
+        if isinstance(row.get(column), (int, float))
+    ]
+    evaluation = {
+        "name": "training prompts", "data": prompts_path, "split": "train", "source": "almost rl",
+        "note": "figures logged during training, on the sampled answers; `almost eval` measures the policy on held-out questions",
+        "metrics": metrics,
+    }  # fmt: skip
+    write_model_card(out, "rl", base_model=config.model_name_or_path, facts=facts, hyperparameters=hyper, evaluations=[evaluation], tags=[config.algorithm])
 
 
 def run_rl(config: RLConfig, scorer=None) -> dict:
@@ -368,9 +375,9 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
         "first_log": csv_log.rows[0] if csv_log.rows else None,
         "last_log": csv_log.rows[-1] if csv_log.rows else None,
     }
-    base = out.resolve().parent  # paths relative to the run directory, not this machine's
-    write_text_atomic(out / "README.md", portable(model_card(config, summary), base))
-    write_json_atomic(out / "rl_summary.json", portable(summary, base))
+    write_card(config, summary)
+    # Paths relative to the run directory, not this machine's.
+    write_json_atomic(out / "rl_summary.json", portable(summary, out.resolve().parent))
     mark_finished(out, config, "rl", trainer.state.global_step)
     last = summary["last_log"] or {}
     print(

@@ -167,7 +167,13 @@ def prepare_tokenizer(path: str, config: SFTArguments):
 # Training and saving.
 
 
-def model_card(config: SFTArguments, summary: dict) -> str:
+def write_card(config: SFTArguments, summary: dict) -> None:
+    """The model card: data, hyperparameters, and the training losses (no held-out evaluation here:
+    ``almost eval`` measures the policies)."""
+    from .cards import shown_path, write_model_card
+
+    out = Path(config.output_dir)
+    data_path = shown_path(config.data_path, out.resolve().parent)
     hyper = {
         k: getattr(config, k)
         for k in (
@@ -177,31 +183,25 @@ def model_card(config: SFTArguments, summary: dict) -> str:
     }
     if config.lora:
         hyper.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
-    rows = "\n".join(f"| {k} | {v} |" for k, v in hyper.items())
     data, train = summary["data"], summary["train"]
-    return f"""---
-library_name: transformers
-tags: [sft, almost, trl]
-base_model: {config.model_name_or_path}
----
-
-# Chat model fine-tuned with `almost sft`
-
-Supervised fine-tuning with TRL's `SFTTrainer` on demonstrations, following "Aligning Large
-Language Models through Synthetic Feedback" (Kim et al., EMNLP 2023): the demonstrations are
-dialogues whose assistant turns a reward model picked during self-play (`almost rmsp`).
-
-- **Base model:** `{config.model_name_or_path}`
-- **Data:** `{config.data_path}`: {data['dialogues']} dialogues, {data['assistant_turns']} trained assistant turns,
-  {data['tokens']} tokens of which {data['trained_tokens']} carry loss; {data['truncated']} cut at {config.max_length} tokens.
-- **Loss:** assistant turns only (every turn of a multi-turn dialogue; user and system tokens get label -100).
-- **Training:** {train['global_step']} steps, first logged loss {train['first_loss']}, last {train['last_loss']}.
-- **Chat format:** the tokenizer's chat template, saved with this checkpoint.
-
-| hyperparameter | value |
-|---|---|
-{rows}
-"""
+    facts = {
+        "Data": f"`{data_path}`: {data['dialogues']} dialogues, {data['assistant_turns']} trained assistant turns, "
+        f"{data['tokens']} tokens of which {data['trained_tokens']} carry loss; {data['truncated']} cut at {config.max_length} tokens.",
+        "Loss": "assistant turns only (every turn of a multi-turn dialogue; user and system tokens get label -100).",
+        "Training": f"{train['global_step']} steps.",
+        "Chat format": "the tokenizer's chat template, saved with this checkpoint.",
+    }
+    losses = [
+        ("loss, first logged step", train["first_loss"]),
+        ("loss, last logged step", train["last_loss"]),
+        ("mean training loss", train.get("train_loss")),
+    ]
+    evaluation = {
+        "name": "training demonstrations", "data": data_path, "split": "train", "source": "almost sft",
+        "note": "figures logged during training, on the training data; `almost eval` measures the model on held-out questions",
+        "metrics": [{"type": "loss", "name": name, "value": value, "ci95": None, "n": None} for name, value in losses if value is not None],
+    }  # fmt: skip
+    write_model_card(out, "sft", base_model=config.model_name_or_path, facts=facts, hyperparameters=hyper, evaluations=[evaluation])
 
 
 def run_sft(config: SFTArguments) -> dict:
@@ -262,7 +262,8 @@ def run_sft(config: SFTArguments) -> dict:
         },
         "config": plain_settings(config),
     }
-    finish_checkpoint(output_dir, config.lora, model_card(config, summary), summary)
+    write_card(config, summary)
+    finish_checkpoint(output_dir, config.lora, summary)
     mark_finished(output_dir, config, "sft", result.global_step)
     loss_change = f"loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "no loss logged"
     print(f"almost sft: {result.global_step} steps, {loss_change}; saved {output_dir}")

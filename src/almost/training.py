@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import resolve_training_hardware
-from .io import AlmostError, portable, read_json, redact, write_json_atomic, write_text_atomic
+from .io import AlmostError, portable, read_json, redact, write_json_atomic
 from .models import ADAPTER_DIR, TRAINING_STATUS, require_finished_training
 
 # Tests only: stall before this optimizer step (a number) so a test can kill the run at a known
@@ -181,12 +181,12 @@ def plain_settings(config) -> dict:
     return redact({k: v for k, v in asdict(config).items() if isinstance(v, (str, int, float, bool, type(None)))})
 
 
-def finish_checkpoint(output_dir: Path, lora: bool, model_card: str, summary: dict) -> None:
-    """Write the model card and metrics, and remove what Trainer leaves beside the model.
+def finish_checkpoint(output_dir: Path, lora: bool, summary: dict) -> None:
+    """Write the metrics, and remove what Trainer leaves beside the model (the model card is
+    ``cards.write_model_card``'s).
 
-    Both record paths relative to the run directory (the output folder's parent), not this machine's."""
+    The metrics record paths relative to the run directory (the output folder's parent), not this machine's."""
     base = Path(output_dir).resolve().parent
-    write_text_atomic(output_dir / "README.md", portable(model_card, base))
     write_json_atomic(output_dir / "metrics.json", portable(summary, base))
     (output_dir / "training_args.bin").unlink(missing_ok=True)
     if lora:

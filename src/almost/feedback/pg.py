@@ -398,6 +398,8 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
     write_dataset_card(config.output_dir, "pg", {"prompts": paths["prompts"].name}, {
         "model": stats["model"], "backend": stats["backend"], "seed_prompts": Path(config.prompt_file_path).name,
         "settings": settings, "accepted": stats["accepted"], "rejected_by_filter": stats["rejected"], "requests": stats["requests"], "rounds": stats["rounds"],
+        # A log beside the data (not a config: `datasets` reads a folder with one reader, here text).
+        "rounds_log": f"{paths['rounds'].name}: every candidate of every round and the filter's verdict",
     })  # fmt: skip
     rejected = ", ".join(f"{k} {v}" for k, v in stats["rejected"].items()) or "none"
     print(

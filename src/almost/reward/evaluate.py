@@ -12,6 +12,7 @@ agreed with the label.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,10 @@ class RewardEvalConfig:
     dtype: str = field(default="auto", metadata={"help": "auto, bfloat16 or float32 (auto: bf16 on GPU, and on CPUs where it is faster)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model repositories to run their own code."})
     plot: bool = field(default=True, metadata={"help": "Write reward_eval.png (reward-margin histogram, reward vs length)."})
+    update_model_card: bool = field(
+        default=True,
+        metadata={"help": "When the model is a folder `almost rm train` made (its model card says so), add these results to that card's evaluation table (false: leave the model folder alone). Any other model is never touched."},
+    )
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -202,6 +207,24 @@ def evaluate_pairs(scorer: RewardScorer, pairs: Sequence[Pair], progress: bool =
     return metrics, rows
 
 
+def card_evaluation(metrics: dict, name: str, data: str, split: str | None, source: str, agreement: str) -> dict:
+    """One evaluation of a model card (``cards.write_model_card``) from ``pairwise_metrics``: accuracy
+    (named ``agreement``), the length-balanced accuracy and the "prefer longer" baseline wherever
+    measured, and Spearman(reward, length)."""
+    bias, balanced = metrics["length_bias"], metrics.get("length_balanced") or {}
+    rows = [{"type": "accuracy", "name": agreement, "value": metrics["accuracy"], "ci95": metrics["ci95"], "n": metrics["n"]}]
+    if balanced.get("accuracy") is not None:
+        n = balanced["chosen_longer"]["n"] + balanced["chosen_shorter"]["n"]
+        rows.append({"type": "accuracy", "name": "length-balanced accuracy", "value": balanced["accuracy"], "ci95": balanced["ci95"], "n": n})
+    rows.append({"type": "accuracy", "name": "'prefer the longer answer' baseline", "value": bias["length_only_accuracy"], "ci95": None, "n": metrics["n"]})
+    if bias["spearman_reward_length"] is not None:
+        rows.append({"type": "spearmanr", "name": "Spearman(reward, answer length)", "value": bias["spearman_reward_length"], "ci95": None, "n": 2 * metrics["n"]})
+    note = None
+    if balanced.get("accuracy") is None:
+        note = "no length-balanced accuracy: it needs pairs whose chosen answer is longer and pairs where it is shorter"
+    return {"name": name, "data": data, "split": split, "source": source, "note": note, "metrics": [r for r in rows if r["value"] is not None]}
+
+
 def _fmt(acc: dict) -> str:
     if acc["accuracy"] is None:
         return f"{'-':>8}  {'':>15}  {acc['n']:>6}"
@@ -269,6 +292,27 @@ def eval_data_path(data_path: str) -> Path:
     return Path(data_path)
 
 
+def add_to_model_card(config: RewardEvalConfig, metrics: dict) -> Path | None:
+    """Add the results to the card of a reward model `almost rm train` made; the card of any other
+    model (a hub id, another tool's folder) is never touched. Returns the card written, if any."""
+    from ..cards import CARD_FILE, add_model_evaluation, shown_path
+    from ..models import ADAPTER_DIR
+
+    folder = Path(config.model_name_or_path).expanduser()
+    if not folder.is_dir():
+        return None  # a hub id or an embedded name: not ours
+    if folder.name == ADAPTER_DIR and (folder.parent / CARD_FILE).is_file():
+        folder = folder.parent  # the LoRA adapter of a run: its card is the merged model's, beside it
+    name = config.data_path if not Path(config.data_path).exists() else Path(config.data_path).name  # a shipped set keeps its name
+    data = shown_path(config.data_path, folder.resolve().parent)
+    evaluation = card_evaluation(metrics, name, data, None, "almost rm eval", "accuracy (agreement with the labels)")
+    try:
+        return folder / CARD_FILE if add_model_evaluation(folder, evaluation) else None
+    except OSError as e:  # e.g. a read-only model folder: the evaluation's own outputs stand
+        print(f"almost rm eval: could not add the results to {folder / CARD_FILE}: {e}", file=sys.stderr)
+        return None
+
+
 def run_rm_eval(config: RewardEvalConfig) -> dict:
     if not config.data_path:
         raise AlmostError("--data_path is required (preference pairs to evaluate on)")
@@ -293,6 +337,10 @@ def run_rm_eval(config: RewardEvalConfig) -> dict:
     write_text_atomic(out / "metrics.txt", table + "\n")
     write_json_atomic(out / "metrics.json", portable(metrics, out.resolve().parent))  # paths relative to the run
     print(table)
+    if config.update_model_card:
+        card = add_to_model_card(config, metrics)
+        if card is not None:
+            print(f"added to the evaluation table of {card}")
     skipped = pair_set.identical + pair_set.unsplittable
     if skipped:
         print(f"skipped {pair_set.identical} rows with chosen == rejected, {pair_set.unsplittable} rows that differ before the final answer")

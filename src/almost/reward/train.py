@@ -135,42 +135,35 @@ def refuse_evaluation_data(data_path: str) -> None:
         raise AlmostError(f"--data_path {data_path} is almost's evaluation data (assets/eval); never train on it")
 
 
-def model_card(config: RewardTrainingConfig, summary: dict) -> str:
-    held = summary.get("heldout") or {}
-    acc = held.get("accuracy")
-    accuracy = f"{acc:.3f} (95% interval {held['ci95'][0]:.3f}–{held['ci95'][1]:.3f}, {held['n']} pairs)" if acc is not None else "not measured (no held-out pairs)"
+def write_card(config: RewardTrainingConfig, summary: dict) -> None:
+    """The model card: data, hyperparameters, and the held-out rubric agreement (``rm eval`` adds more rows)."""
+    from ..cards import shown_path, write_model_card
+    from .evaluate import card_evaluation
+
+    out = Path(config.output_dir)
+    data_path = shown_path(config.data_path, out.resolve().parent)
     hyper = {k: getattr(config, k) for k in (
         "learning_rate", "weight_decay", "num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type",
         "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "truncation_side", "bf16", "seed", "lora",
     )}
     if config.lora:
         hyper.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
-    rows = "\n".join(f"| {k} | {v} |" for k, v in hyper.items())
+    if config.length_head:
+        hyper.update(length_head=True, length_correlation_coefficient=config.length_correlation_coefficient, orthogonality_coefficient=config.orthogonality_coefficient)
     data = summary["data"]
-    return f"""---
-library_name: transformers
-tags: [reward-model, almost, trl]
-base_model: {config.model_name_or_path}
----
-
-# Reward model trained with `almost rm train`
-
-A sequence-classification reward model (one output: the reward) trained with TRL's `RewardTrainer`
-on synthetic comparisons, following "Aligning Large Language Models through Synthetic Feedback"
-(Kim et al., EMNLP 2023).
-
-- **Base model:** `{config.model_name_or_path}`
-- **Data:** `{config.data_path}`: {data['pairs']} usable pairs from {data['rows']} rows; {data['train_pairs']} trained on,
-  {data['heldout_pairs']} held out (whole prompts); {data['truncated']} truncated ({config.truncation_side}),
-  {data['dropped_long']} dropped as too long, {data['skipped_identical']} skipped as chosen == rejected.
-- **Held-out rubric agreement:** {accuracy}
-- **Text format:** `almost.chat.render_conversation` (the tokenizer's chat template, else `\\n\\nHuman: ...\\n\\nAssistant: ...`).
-  Score with `almost rm score` or `almost.reward.scorer.RewardScorer` to get the same format.
-
-| hyperparameter | value |
-|---|---|
-{rows}
-"""
+    facts = {
+        "Data": f"`{data_path}`: {data['pairs']} usable pairs from {data['rows']} rows; {data['train_pairs']} trained on, "
+        f"{data['heldout_pairs']} held out (whole prompts); {data['truncated']} truncated ({config.truncation_side}), "
+        f"{data['dropped_long']} dropped as too long, {data['skipped_identical']} skipped as chosen == rejected.",
+        "Text format": "`almost.chat.render_conversation` (the tokenizer's chat template, else `\\n\\nHuman: ...\\n\\nAssistant: ...`). "
+        "Score with `almost rm score` or `almost.reward.scorer.RewardScorer` to get the same format.",
+    }
+    if summary["heldout"]:
+        evaluations = [card_evaluation(summary["heldout"], "held-out comparisons", data_path, None, "almost rm train", "rubric agreement")]
+    else:
+        evaluations = [{"name": "held-out comparisons", "data": data_path, "split": None, "source": "almost rm train",
+                        "note": "not measured (--eval_fraction 0: no held-out pairs)", "metrics": []}]  # fmt: skip
+    write_model_card(out, "rm train", base_model=config.model_name_or_path, facts=facts, hyperparameters=hyper, evaluations=evaluations)
 
 
 def run_rm_train(config: RewardTrainingConfig) -> dict:
@@ -265,7 +258,8 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         held = summary["heldout"]
         print(f"almost rm train: held-out rubric agreement {held['accuracy']:.3f} on {held['n']} pairs", flush=True)
     summary["config"] = plain_settings(config)
-    finish_checkpoint(output_dir, config.lora, model_card(config, summary), summary)
+    write_card(config, summary)
+    finish_checkpoint(output_dir, config.lora, summary)
     mark_finished(output_dir, config, "rm train", result.global_step)
     return summary
 
