@@ -432,6 +432,8 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path, files, tiny_model_path, t
         ["--prompts_path", str(prompts), "--reward_model_name_or_path", tiny_reward_model_path, "--max_turns", "0"],
         ["--prompts_path", str(tmp_path / "missing.txt"), "--reward_model_name_or_path", tiny_reward_model_path],
         ["--prompts_path", str(prompts), "--reward_model_name_or_path", tiny_reward_model_path, "--n_shot", "9"],
+        ["--prompts_path", str(prompts), "--reward_model_name_or_path", tiny_reward_model_path, "--user_repeat_threshold", "0"],
+        ["--prompts_path", str(prompts), "--reward_model_name_or_path", tiny_reward_model_path, "--user_retries", "-1"],
     ]
     for args in cases:
         assert cli_main(base + args) == 2, args
