@@ -52,7 +52,9 @@ def full_run(tmp_path: Path) -> Path:
         {"dialogues": 4, "kept_dialogues": 4, "per_turn": [
             {"turn": 1, "dialogues": 4, "mean_best_reward": 1.25, "mean_candidate_reward": 0.5},
             {"turn": 2, "dialogues": 3, "mean_best_reward": 0.875, "mean_candidate_reward": -0.125},
-        ]},
+        ], "user_turns": {"asked": 5, "samples": 10, "retries": 5, "accepted_after_retry": 2,
+            "user_repeats": {"rejected": 5, "rate": 0.5, "first_try_rate": 0.4, "dialogues_ended": 1},
+            "user_role_swap": {"rejected": 1, "rate": 0.1, "first_try_rate": 0.2, "dialogues_ended": 0}}},
     )  # fmt: skip
     write_jsonl(run / "rmsp" / "demonstrations.jsonl", [{"messages": []}] * 4)
     write_json(run / "sft" / "metrics.json", {"train": {"global_step": 4, "first_loss": 1.7, "last_loss": 1.45}})
@@ -84,6 +86,9 @@ def test_full_report_has_every_number_and_plot(full_run: Path):
     assert "| held-out synthetic pairs (rubric agreement) | 14 | 0.714 | 0.575 | [0.310, 0.840] | 0.900 | 0.250 | 0.714 | 0.610 |" in text
     # RMSP: best vs mean per turn
     assert "| 1 | 4 | 1.250 | 0.500 |" in text and "| 2 | 3 | 0.875 | -0.125 |" in text
+    # RMSP: rejected user-simulator turns, as rmsp counted them
+    assert "5 asked, 10 sampled (5 re-samples, 2 accepted after a re-sample)" in text
+    assert "| user_repeats | 5 | 0.500 | 0.400 | 1 |" in text and "| user_role_swap | 1 | 0.100 | 0.200 | 0 |" in text
     # RL: first and last logged step
     assert "| first log | 1.000 | 0.100 | 0.000 | 31.000 |" in text
     assert "| last log | 3.000 | 0.650 | 0.050 | 33.000 |" in text
@@ -123,6 +128,8 @@ def test_rmsp_turns_fall_back_to_the_dialogues(tmp_path: Path):
     text = write_report(run).read_text()
     # best: mean(3, -1) = 1; mean candidate over every scored candidate: mean(1, 3, -1) = 1
     assert "| 1 | 2 | 1.000 | 1.000 |" in text
+    # Rejected user turns are rmsp's own counts: without its summary the report says so, never recounts.
+    assert "has no `user_turns` counts" in text
     assert (run / FIGURES / "rmsp_rewards.png").exists()
 
 

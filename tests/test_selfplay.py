@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 
 import pytest
 
@@ -13,6 +14,7 @@ from almost.feedback.demos import USER_SIMULATOR_PROMPT, load_demonstrations, tr
 from almost.io import AlmostError, read_jsonl
 from almost.selfplay import (
     RMSPArguments,
+    format_summary,
     read_prompts,
     run_rmsp,
     select_candidate,
@@ -63,9 +65,11 @@ class SeededEngine:
 
     def __init__(self, options: list[str], fail_after: int | None = None):
         self.options, self.fail_after, self.calls = options, fail_after, 0
+        self.seeds: list[int] = []
 
     def generate(self, prompts, sampling: Sampling, desc=None):
         self.calls += 1
+        self.seeds.append(sampling.seed)
         if self.fail_after is not None and self.calls > self.fail_after:
             raise KeyboardInterrupt  # the process is killed in the middle of the run
         return [
@@ -144,13 +148,51 @@ def test_trim_to_sentence():
 
 def test_user_turn_verdict():
     history = [{"role": "user", "content": "How do plants grow?"}, {"role": "assistant", "content": "With light."}]
-    assert user_turn_verdict("  What about cacti? ", history) == ("What about cacti?", None)
-    assert user_turn_verdict("", history)[1] == "user_turn_unusable"
-    assert user_turn_verdict("ok", history)[1] == "user_turn_unusable"
-    assert user_turn_verdict("Thanks, that is all I needed. [END]", history)[1] == "user_ended"
-    assert user_turn_verdict("Thank you so much, bye.", history)[1] == "user_ended"
-    assert user_turn_verdict("Thanks! But why do leaves turn yellow?", history)[1] is None
-    assert user_turn_verdict("how do plants grow?", history)[1] == "user_repeats"
+
+    def reason(text, threshold=0.6):
+        return user_turn_verdict(text, history, threshold)[1]
+
+    assert user_turn_verdict("  What about cacti? ", history, 0.6) == ("What about cacti?", None, 0.0)
+    assert reason("") == "user_turn_unusable"
+    assert reason("ok") == "user_turn_unusable"
+    assert reason("Thanks, that is all I needed. [END]") == "user_ended"
+    assert reason("Thank you so much, bye.") == "user_ended"
+    assert reason("Thanks! But why do leaves turn yellow?") is None
+    assert reason("how do plants grow?") == "user_repeats"
+
+
+PLANTS = [
+    {"role": "user", "content": "How do plants grow?"},
+    {"role": "assistant", "content": "Plants grow by turning light, water and carbon dioxide into sugar, and they use it to build new cells."},
+]
+
+
+def test_a_user_turn_that_copies_or_paraphrases_an_earlier_turn_is_a_repeat():
+    answer = PLANTS[1]["content"]
+    # The answer echoed back, and a paraphrase of it: ROUGE-L F 1.0 and 0.79 (LCS 13 of 19 and 14 tokens).
+    assert user_turn_verdict(answer, PLANTS, 0.6)[1:] == ("user_repeats", 1.0)
+    paraphrase = "Plants grow by turning light, water and carbon dioxide into food to build cells."
+    text, reason, score = user_turn_verdict(paraphrase, PLANTS, 0.6)
+    assert reason == "user_repeats" and score == pytest.approx(26 / 33)
+    assert user_turn_verdict(paraphrase, PLANTS, 0.8)[1] is None  # the threshold decides
+    # Quoting the whole answer is a repeat however much is added around it (ROUGE-L F only 0.51 here).
+    quoted = f"You wrote: {answer} I read it twice, and I still wonder whether this holds for every kind of plant on earth, big or small, young or old"
+    text, reason, score = user_turn_verdict(quoted, PLANTS, 0.6)
+    assert reason == "user_repeats" and score < 0.6
+    # An earlier *user* turn inside a follow-up is not a quote: asking more about it is what users do.
+    assert user_turn_verdict("And how do plants grow in the dark, for example in a cellar or a cave?", PLANTS, 0.6)[1] is None
+    # A genuine follow-up shares a word or two with the answer and passes.
+    text, reason, score = user_turn_verdict("What kind of sugar do they make, and can we eat it?", PLANTS, 0.6)
+    assert reason is None and score < 0.3
+
+
+def test_a_user_turn_that_answers_is_a_role_swap():
+    for reply in ("Sure! Here are three tips for growing plants indoors.", "Here's a simple recipe for you.", "As an AI, I cannot grow plants.", "Certainly. Plants need light."):
+        assert user_turn_verdict(reply, PLANTS, 0.6)[1] == "user_role_swap", reply
+    # The same openings in a user's question or request are the user's own.
+    assert user_turn_verdict("Sure, but what about cacti?", PLANTS, 0.6)[1] is None
+    assert user_turn_verdict("As an AI, do you ever get tired of questions?", PLANTS, 0.6)[1] is None
+    assert user_turn_verdict("Please show me how to repot one.", PLANTS, 0.6)[1] is None
 
 
 def test_user_simulator_prompt_asset():
@@ -168,6 +210,9 @@ def test_unit_seed_depends_on_unit_only():
     assert unit_seed(1, 0, 0, "assistant") == unit_seed(1, 0, 0, "assistant")
     seeds = {unit_seed(s, b, t, r) for s in (1, 2) for b in (0, 1) for t in (0, 1) for r in ("assistant", "user")}
     assert len(seeds) == 16
+    # Each retry of a unit has its own seed; the first try keeps the seed it had before retries.
+    assert unit_seed(1, 0, 0, "user", 0) == unit_seed(1, 0, 0, "user")
+    assert len({unit_seed(1, 0, 0, "user", a) for a in range(4)}) == 4
 
 
 # --- self-play with scripted engines ------------------------------------------------------------
@@ -238,16 +283,107 @@ def test_min_reward_and_user_end_stop_dialogues(tmp_path, files, tiny_model_path
     assert summary["end_reasons"] == {"user_ended": 5} and summary["assistant_turns"] == 5
 
 
+def last_answer(prompt: str) -> str:
+    """The assistant turn the user simulator's prompt ends with."""
+    return prompt.rsplit("Assistant:", 1)[1].rsplit("\n\nHuman:", 1)[0].strip()
+
+
+def scripted_user(plans: dict[str, list[str]]):
+    """A user simulator whose k-th sample for a dialogue (found by its first question) follows the
+    plan: "echo" (the assistant's last answer), "quote" (it, inside more words), "swap" (an answer
+    in the user's place), "ask" (a genuine follow-up question). The last step repeats."""
+    tries: Counter[str] = Counter()
+
+    def respond(prompt: str, i: int) -> str:
+        question = next(q for q in plans if f"Human: {q}" in prompt)
+        step = plans[question][min(tries[prompt], len(plans[question]) - 1)]
+        tries[prompt] += 1
+        return {
+            "echo": last_answer(prompt),
+            "quote": f"You said: {last_answer(prompt)} Right",
+            "swap": "Sure! Here is what I would add to that answer.",
+            "ask": f"Could you give me a concrete example of that, for try {tries[prompt]}?",
+        }[step]
+
+    return ScriptedEngine(respond)
+
+
+def test_an_echoing_user_is_resampled_with_new_seeds_and_a_follow_up_passes(tmp_path, files, tiny_model_path):
+    policy = ScriptedEngine(lambda prompt, i: ANSWERS[i])
+    questions = ["How do plants grow?", "Why is the sea salty?", "What makes a good cup of tea?", "How do bees make honey?", "Why do we dream?"]
+    user = scripted_user({q: ["echo", "ask"] for q in questions})
+    config = make_config(tmp_path, files, tiny_model_path, batch_size=5)
+    summary = run_rmsp(config, policy=policy, user=user, scorer=LengthScorer())
+    best = ANSWERS[2]
+    for row in read_jsonl(tmp_path / "out" / "demonstrations.jsonl"):
+        assert row["end_reason"] == "max_turns" and row["num_turns"] == 2
+        assert row["messages"][2]["content"] == "Could you give me a concrete example of that, for try 2?"
+        attempts = row["turns"][0]["user_attempts"]
+        assert attempts[0] == {"text": best, "reason": "user_repeats", "rouge_l": 1.0}
+        assert [a["reason"] for a in attempts] == ["user_repeats", None] and attempts[1]["rouge_l"] < 0.6
+        assert row["turns"][0]["user_reply"] == row["messages"][2]["content"]
+    # The rejected turns of the batch are re-sampled together, in one call with the retry's own seed.
+    assert [(len(p), s.seed) for p, s in user.calls[:2]] == [(5, unit_seed(42, 0, 0, "user", 0)), (5, unit_seed(42, 0, 0, "user", 1))]
+    users = summary["user_turns"]
+    assert (users["asked"], users["samples"], users["retries"], users["accepted_after_retry"]) == (5, 10, 5, 5)
+    assert users["user_repeats"] == {"rejected": 5, "rate": 0.5, "first_try_rate": 1.0, "dialogues_ended": 0}
+
+
+def test_a_user_still_repeating_after_the_retries_ends_the_dialogue(tmp_path, files, tiny_model_path):
+    policy = ScriptedEngine(lambda prompt, i: ANSWERS[i])
+    questions = ["How do plants grow?", "Why is the sea salty?", "What makes a good cup of tea?", "How do bees make honey?", "Why do we dream?"]
+    user = scripted_user({q: ["echo"] for q in questions})
+    config = make_config(tmp_path, files, tiny_model_path, batch_size=5, max_turns=3, user_retries=2)
+    summary = run_rmsp(config, policy=policy, user=user, scorer=LengthScorer())
+    assert len(user.calls) == 3  # the first try and two retries, then the dialogues end
+    assert summary["end_reasons"] == {"user_repeats": 5} and summary["assistant_turns"] == 5
+    for row in read_jsonl(tmp_path / "out" / "demonstrations.jsonl"):
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+        assert [a["reason"] for a in row["turns"][0]["user_attempts"]] == ["user_repeats"] * 3
+    assert summary["user_turns"]["user_repeats"]["dialogues_ended"] == 5
+
+    config = make_config(tmp_path, files, tiny_model_path, output_dir=str(tmp_path / "no_retries"), batch_size=5, user_retries=0)
+    user = scripted_user({q: ["echo"] for q in questions})
+    summary = run_rmsp(config, policy=policy, user=user, scorer=LengthScorer())
+    assert len(user.calls) == 1 and summary["end_reasons"] == {"user_repeats": 5}
+
+
+def test_user_turn_rates_on_a_known_script(tmp_path, files, tiny_model_path):
+    policy = ScriptedEngine(lambda prompt, i: ANSWERS[i])
+    user = scripted_user({
+        "How do plants grow?": ["echo"],  # 3 samples, all repeats: the dialogue ends
+        "Why is the sea salty?": ["swap", "ask"],  # 2 samples: a role swap, then accepted
+        "What makes a good cup of tea?": ["quote", "echo", "ask"],  # 3 samples: two repeats, then accepted
+        "How do bees make honey?": ["ask"],
+        "Why do we dream?": ["ask"],
+    })  # fmt: skip
+    config = make_config(tmp_path, files, tiny_model_path, batch_size=2, user_retries=2)
+    summary = run_rmsp(config, policy=policy, user=user, scorer=LengthScorer())
+    users = summary["user_turns"]
+    assert (users["asked"], users["samples"], users["retries"], users["accepted_after_retry"]) == (5, 10, 5, 2)
+    assert users["user_repeats"] == {"rejected": 5, "rate": 0.5, "first_try_rate": 0.4, "dialogues_ended": 1}
+    assert users["user_role_swap"] == {"rejected": 1, "rate": 0.1, "first_try_rate": 0.2, "dialogues_ended": 0}
+    assert summary["end_reasons"] == {"max_turns": 4, "user_repeats": 1}
+    printed = format_summary(summary)
+    assert "user turns: 5 asked, 10 sampled (5 retries, 2 accepted after a retry)" in printed
+    assert "user_repeats: 5 rejected (50.0% of samples, 40.0% of first tries), 1 dialogues ended" in printed
+    assert "user_role_swap: 1 rejected (10.0% of samples, 20.0% of first tries), 0 dialogues ended" in printed
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert '"user_repeats": {"rejected": 5, "rate": 0.5, "first_try_rate": 0.4, "dialogues_ended": 1}' in card
+
+
 def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, files, tiny_model_path):
-    def engines(fail_after=None):
-        policy = SeededEngine(ANSWERS, fail_after)
-        user = SeededEngine(["What else should I know?", "Can you give an example?", "Why is that so?", "Thanks, bye."])
-        return policy, user
+    # Some user turns echo the chosen answer or answer in its place: their re-samples must resume too.
+    user_options = ["What else should I know?", "Can you give an example?", "Why is that so?", "Thanks, bye.", ANSWERS[2], "Sure, here is more."]
+
+    def engines(fail_after=None, user_fail_after=None):
+        return SeededEngine(ANSWERS, fail_after), SeededEngine(user_options, user_fail_after)
 
     whole = make_config(tmp_path, files, tiny_model_path, output_dir=str(tmp_path / "whole"), max_turns=3, batch_size=2)
     policy, user = engines()
-    run_rmsp(whole, policy=policy, user=user, scorer=LengthScorer())
-    whole_calls = policy.calls
+    summary = run_rmsp(whole, policy=policy, user=user, scorer=LengthScorer())
+    whole_calls, whole_user_seeds = policy.calls, user.seeds
+    assert summary["user_turns"]["retries"] > 0 and summary["user_turns"]["accepted_after_retry"] > 0
 
     # Killed during its last policy call, in the last batch (dialogue 4): batches 0 and 1 are on disk.
     cut = make_config(tmp_path, files, tiny_model_path, output_dir=str(tmp_path / "cut"), max_turns=3, batch_size=2)
@@ -266,6 +402,19 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, files, tiny_m
     policy, user = engines(fail_after=0)
     run_rmsp(cut, policy=policy, user=user, scorer=LengthScorer())
 
+    # Killed while re-sampling a rejected user turn: the resumed run draws the same re-samples.
+    retry_seeds = {unit_seed(whole.seed, b, t, "user", a) for b in range(3) for t in range(3) for a in range(1, whole.user_retries + 1)}
+    first_retry = next(k for k, seed in enumerate(whole_user_seeds) if seed in retry_seeds)
+    cut = make_config(tmp_path, files, tiny_model_path, output_dir=str(tmp_path / "cut_retry"), max_turns=3, batch_size=2)
+    policy, user = engines(user_fail_after=first_retry)
+    with pytest.raises(KeyboardInterrupt):
+        run_rmsp(cut, policy=policy, user=user, scorer=LengthScorer())
+    assert user.seeds[-1] in retry_seeds
+    policy, user = engines()
+    run_rmsp(cut, policy=policy, user=user, scorer=LengthScorer())
+    for name in ("demonstrations.jsonl", "rmsp_dropped.jsonl", "rmsp_summary.json"):
+        assert (tmp_path / "cut_retry" / name).read_text() == (tmp_path / "whole" / name).read_text()
+
 
 # --- the command --------------------------------------------------------------------------------
 
@@ -283,6 +432,8 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path, files, tiny_model_path, t
         ["--prompts_path", str(prompts), "--reward_model_name_or_path", tiny_reward_model_path, "--max_turns", "0"],
         ["--prompts_path", str(tmp_path / "missing.txt"), "--reward_model_name_or_path", tiny_reward_model_path],
         ["--prompts_path", str(prompts), "--reward_model_name_or_path", tiny_reward_model_path, "--n_shot", "9"],
+        ["--prompts_path", str(prompts), "--reward_model_name_or_path", tiny_reward_model_path, "--user_repeat_threshold", "0"],
+        ["--prompts_path", str(prompts), "--reward_model_name_or_path", tiny_reward_model_path, "--user_retries", "-1"],
     ]
     for args in cases:
         assert cli_main(base + args) == 2, args

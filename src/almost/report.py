@@ -9,7 +9,8 @@ files directly in RUN_DIR are found too, as in the seed release's single output 
 - answer lengths and BAD rates per RG configuration (``{config}.jsonl``);
 - RM rubric agreement on held-out synthetic pairs and its length bias (``rm/metrics.json``,
   ``rm_eval/metrics.json``);
-- RMSP best vs mean candidate reward per turn (``rmsp_summary.json`` or ``demonstrations.jsonl``);
+- RMSP best vs mean candidate reward per turn (``rmsp_summary.json`` or ``demonstrations.jsonl``),
+  and how often the user simulator's turns were rejected and re-sampled (``rmsp_summary.json``);
 - RL reward, KL and completion length per step (``rl_log.csv``);
 - the evaluation table, base vs SFT vs RL (``eval/<kind>/<model>/metrics.json``).
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import AlmostError, read_json, read_jsonl, write_text_atomic
+from .selfplay import RESAMPLED_REASONS, SUMMARY_FILE as RMSP_SUMMARY_FILE, USER_TURNS_KEY
 
 REPORT = "report.md"
 FIGURES = "report_figures"  # the PNGs, next to report.md
@@ -323,6 +325,7 @@ def section_selfplay(run: Path, figures: Path) -> str:
         if totals:
             parts.append(_table(["rmsp_summary.json", "value"], totals))
     parts.append(_table(["turn", "dialogues", "mean best reward", "mean candidate reward"], [[t["turn"], t["n"], t["best"], t["mean"]] for t in turns]))
+    parts.append(_user_turn_table(summary))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [t["turn"] for t in turns]
@@ -333,6 +336,23 @@ def section_selfplay(run: Path, figures: Path) -> str:
     ax.legend()
     parts.append(_save(fig, figures / "rmsp_rewards.png"))
     return "\n\n".join(parts)
+
+
+def _user_turn_table(summary: Any) -> str:
+    # Read as rmsp wrote it, never recounted from the dialogues: one definition of each rate.
+    users = summary.get(USER_TURNS_KEY) if isinstance(summary, dict) else None
+    if not isinstance(users, dict):
+        return f"User-simulator turns: `{RMSP_SUMMARY_FILE}` has no `{USER_TURNS_KEY}` counts (made before rmsp counted rejected user turns)."
+    head = (
+        f"User-simulator turns: {users.get('asked')} asked, {users.get('samples')} sampled ({users.get('retries')} re-samples, "
+        f"{users.get('accepted_after_retry')} accepted after a re-sample). A rejected turn copies an earlier turn "
+        "(`user_repeats`) or answers in the assistant's place (`user_role_swap`)."
+    )
+    rows = []
+    for reason in RESAMPLED_REASONS:
+        r = users.get(reason) or {}
+        rows.append([reason, r.get("rejected"), r.get("rate"), r.get("first_try_rate"), r.get("dialogues_ended")])
+    return head + "\n\n" + _table(["rejected as", "samples", "share of samples", "share of first tries", "dialogues ended"], rows)
 
 
 def section_rl(run: Path, figures: Path) -> str:

@@ -7,8 +7,10 @@ For every starting prompt a dialogue grows one assistant turn at a time:
 2. each candidate gets RG's BAD-answer rules; the reward model scores the surviving ones in the
    context of the dialogue; the best one becomes the assistant turn (optionally only if it clears
    ``--min_reward`` or beats the runner-up by ``--min_margin``; otherwise the dialogue ends);
-3. a prompted user simulator writes the next user turn; the dialogue ends when it writes nothing
-   usable or says it is done.
+3. a prompted user simulator writes the next user turn; a turn that repeats an earlier one (ROUGE-L
+   F at least ``--user_repeat_threshold``, or quoting a whole answer) or answers in the assistant's
+   place is re-sampled up to ``--user_retries`` times; the dialogue ends when it writes nothing
+   usable, says it is done, or is still rejected after the retries.
 
 Dialogues advance in batches of ``--batch_size`` (all live dialogues of a batch at turn t share one
 engine call). Each batch is one unit of work: its randomness is seeded from ``--seed``, the batch
@@ -42,6 +44,7 @@ from .feedback.demos import (
     load_demonstrations,
     render_turns,
 )
+from .feedback.pg import rouge_l_fmeasure, rouge_lcs, rouge_tokens
 from .io import (
     AlmostError,
     ResumableJsonl,
@@ -65,6 +68,18 @@ USER_STOP = (SEPARATOR, "\nAssistant:", "\nHuman:")
 USER_END_MARKER = "[END]"
 MIN_USER_TURN_CHARS = 8
 _GOODBYE = re.compile(r"^(thanks|thank you|thank u|great,? thanks|ok,? thanks|bye|goodbye)\b", re.I)
+USER_REPEATS = "user_repeats"
+USER_ROLE_SWAP = "user_role_swap"
+# Why a user turn is re-sampled; every other verdict (ended, unusable) is final at once.
+RESAMPLED_REASONS = (USER_REPEATS, USER_ROLE_SWAP)
+# The key of rmsp_summary.json that counts them; the report reads it instead of recounting.
+USER_TURNS_KEY = "user_turns"
+# How replies open, never how a person asks: the simulator is writing the assistant's part.
+_ROLE_SWAP = re.compile(
+    r"^(sure|certainly|of course|absolutely|here is|here are|here['’]s|as an ai|as a language model|i['’]d be happy|i would be happy|"
+    r"i['’]m happy to|great question|you['’]re welcome)\b",
+    re.I,
+)
 
 
 @dataclass
@@ -107,6 +122,16 @@ class RMSPArguments(EngineArguments):
     max_new_tokens: int = field(default=128, metadata={"help": "Longest assistant answer, in tokens."})
     user_temperature: float = field(default=0.8, metadata={"help": "User simulator sampling temperature."})
     user_max_new_tokens: int = field(default=48, metadata={"help": "Longest user turn, in tokens."})
+    user_repeat_threshold: float = field(
+        default=0.6,
+        metadata={
+            "help": "A user turn whose ROUGE-L F with any earlier turn is at least this, or that quotes a whole earlier answer, "
+            "is a repeat: re-sampled, then the end of the dialogue (1: only exact copies)."
+        },
+    )
+    user_retries: int = field(
+        default=2, metadata={"help": "Re-samples of a user turn rejected as a repeat or as an answer in the assistant's place (0: none)."}
+    )
     reward_batch_size: int = field(default=8, metadata={"help": "Conversations per reward model forward pass."})
     trim_to_sentence: bool = field(
         default=True,
@@ -126,6 +151,10 @@ class RMSPArguments(EngineArguments):
             raise ValueError("--min_margin must not be negative")
         if self.max_prompts < 0:
             raise ValueError("--max_prompts must not be negative")
+        if not 0 < self.user_repeat_threshold <= 1:
+            raise ValueError("--user_repeat_threshold must be in (0, 1]")
+        if self.user_retries < 0:
+            raise ValueError("--user_retries must not be negative")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,19 +184,44 @@ def user_prompt(simulator: Demonstrations, n_shot: int, messages: list[dict]) ->
     return f"{simulator.static_prompt(n_shot)}\n\n{render_turns(messages)}\n\nHuman:"
 
 
-def user_turn_verdict(text: str, messages: list[dict]) -> tuple[str, str | None]:
-    """(cleaned user turn, why the dialogue ends here or None when the turn is usable)."""
+def repeat_score(turn: str, messages: list[dict]) -> tuple[float, bool]:
+    """(highest ROUGE-L F of ``turn`` against any earlier turn, whether it quotes a whole earlier answer).
+
+    ROUGE-L as PG's near-duplicate filter computes it (rouge_score's tokens, no stemming).
+    """
+    tokens = rouge_tokens(turn)
+    joined = f" {' '.join(tokens)} "
+    best, quotes = 0.0, False
+    for m in messages:
+        other = rouge_tokens(m["content"])
+        if not tokens or not other:
+            continue
+        best = max(best, rouge_l_fmeasure(rouge_lcs(other, tokens), len(other), len(tokens)))
+        # Only answers: a follow-up may rightly contain an earlier question ("How do plants grow in winter?").
+        quotes |= m["role"] == "assistant" and f" {' '.join(other)} " in joined
+    return best, quotes
+
+
+def user_turn_verdict(text: str, messages: list[dict], repeat_threshold: float) -> tuple[str, str | None, float | None]:
+    """(cleaned user turn, why it is not usable or None, its highest ROUGE-L F against an earlier turn
+    or None when it ended before that check).
+
+    ``user_repeats`` and ``user_role_swap`` are re-sampled; the other reasons end the dialogue.
+    """
     turn = text.strip()
     if USER_END_MARKER in turn:
-        return turn, "user_ended"
+        return turn, "user_ended", None
     if len(turn) < MIN_USER_TURN_CHARS:
-        return turn, "user_turn_unusable"
+        return turn, "user_turn_unusable", None
     if _GOODBYE.match(turn) and "?" not in turn:
-        return turn, "user_ended"
-    earlier = {m["content"].strip().lower() for m in messages if m["role"] == "user"}
-    if turn.lower() in earlier:
-        return turn, "user_repeats"
-    return turn, None
+        return turn, "user_ended", None
+    score, quotes = repeat_score(turn, messages)
+    if quotes or score >= repeat_threshold:
+        return turn, USER_REPEATS, score
+    # A question or request after "Sure," is still the user's ("Sure, but what about cacti?").
+    if _ROLE_SWAP.match(turn) and "?" not in turn:
+        return turn, USER_ROLE_SWAP, score
+    return turn, None, score
 
 
 def select_candidate(
@@ -197,9 +251,12 @@ def select_candidate(
     return best, None
 
 
-def unit_seed(seed: int, batch: int, turn: int, role: str) -> int:
-    """The sampling seed of one engine call: fixed by the unit of work, not by the call order."""
-    return int(fingerprint({"seed": seed, "batch": batch, "turn": turn, "role": role}), 16) % (2**31)
+def unit_seed(seed: int, batch: int, turn: int, role: str, attempt: int = 0) -> int:
+    """The sampling seed of one engine call: fixed by the unit of work (and the retry), not by the call order."""
+    unit = {"seed": seed, "batch": batch, "turn": turn, "role": role}
+    if attempt:  # first tries keep the seeds they had before retries existed
+        unit["attempt"] = attempt
+    return int(fingerprint(unit), 16) % (2**31)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,23 +346,36 @@ class SelfPlay:
 
     def _user_turn(self, batch: int, turn: int, live: list[_Dialogue]) -> None:
         c = self.config
-        sampling = Sampling(
-            temperature=c.user_temperature,
-            top_p=c.top_p,
-            max_new_tokens=c.user_max_new_tokens,
-            n=1,
-            stop=USER_STOP,
-            seed=unit_seed(c.seed, batch, turn, "user"),
-        )
-        prompts = [user_prompt(self.simulator, c.user_n_shot, d.messages) for d in live]
-        replies = self.user.generate(prompts, sampling, desc=f"turn {turn + 1} user turns")
-        for d, reply in zip(live, replies, strict=True):
-            text, reason = user_turn_verdict(reply[0], d.messages)
-            d.turns[-1]["user_reply"] = text
-            if reason:
-                d.end_reason = reason
-            else:
-                d.messages.append({"role": "user", "content": text})
+        pending = live
+        # All rejected turns of the batch are re-sampled together, each attempt with its own seed, so
+        # a replayed batch draws the same samples.
+        for attempt in range(c.user_retries + 1):
+            sampling = Sampling(
+                temperature=c.user_temperature,
+                top_p=c.top_p,
+                max_new_tokens=c.user_max_new_tokens,
+                n=1,
+                stop=USER_STOP,
+                seed=unit_seed(c.seed, batch, turn, "user", attempt),
+            )
+            prompts = [user_prompt(self.simulator, c.user_n_shot, d.messages) for d in pending]
+            desc = f"turn {turn + 1} user turns" + (f" (retry {attempt})" if attempt else "")
+            replies = self.user.generate(prompts, sampling, desc=desc)
+            rejected = []
+            for d, reply in zip(pending, replies, strict=True):
+                text, reason, score = user_turn_verdict(reply[0], d.messages, c.user_repeat_threshold)
+                record = d.turns[-1]
+                record.setdefault("user_attempts", []).append({"text": text, "reason": reason, "rouge_l": None if score is None else round(score, 4)})
+                record["user_reply"] = text
+                if reason in RESAMPLED_REASONS and attempt < c.user_retries:
+                    rejected.append(d)
+                elif reason:
+                    d.end_reason = reason
+                else:
+                    d.messages.append({"role": "user", "content": text})
+            pending = rejected
+            if not pending:
+                break
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +413,35 @@ def summarize(rows: list[dict], config: RMSPArguments) -> dict:
         "num_candidates": config.num_candidates,
         "max_turns": config.max_turns,
         "per_turn": per_turn,
+        USER_TURNS_KEY: user_turn_stats(rows),
     }
+
+
+def user_turn_stats(rows: list[dict]) -> dict:
+    """How often the simulator's turns were rejected (per reason), re-sampled, and ended a dialogue.
+
+    ``first_try_rate`` is the share of user turns whose first sample was rejected: how often the
+    simulator does it on its own. ``rate`` is over every sample, retries included (a retry follows a
+    rejection, so it is the harder case).
+    """
+    attempts = [turn["user_attempts"] for row in rows for turn in row["turns"] if turn.get("user_attempts")]
+    samples = [a for turn in attempts for a in turn]
+    stats = {
+        "asked": len(attempts),
+        "samples": len(samples),
+        "retries": len(samples) - len(attempts),
+        "accepted_after_retry": sum(len(turn) > 1 and turn[-1]["reason"] is None for turn in attempts),
+    }
+    for reason in RESAMPLED_REASONS:
+        rejected = sum(a["reason"] == reason for a in samples)
+        first = sum(turn[0]["reason"] == reason for turn in attempts)
+        stats[reason] = {
+            "rejected": rejected,
+            "rate": round(rejected / len(samples), 4) if samples else 0.0,
+            "first_try_rate": round(first / len(attempts), 4) if attempts else 0.0,
+            "dialogues_ended": sum(row["end_reason"] == reason for row in rows),
+        }
+    return stats
 
 
 def format_summary(summary: dict) -> str:
@@ -357,6 +455,17 @@ def format_summary(summary: dict) -> str:
         best = "-" if t["mean_best_reward"] is None else f"{t['mean_best_reward']:.3f}"
         mean = "-" if t["mean_candidate_reward"] is None else f"{t['mean_candidate_reward']:.3f}"
         lines.append(f"  {t['turn']:>4}  {t['dialogues']:>9}  {t['kept']:>4}  {t['bad_candidate_rate']:>8.2f}  {best:>16}  {mean:>21}")
+    users = summary[USER_TURNS_KEY]
+    lines.append(
+        f"  user turns: {users['asked']} asked, {users['samples']} sampled ({users['retries']} retries, "
+        f"{users['accepted_after_retry']} accepted after a retry)"
+    )
+    for reason in RESAMPLED_REASONS:
+        r = users[reason]
+        lines.append(
+            f"    {reason}: {r['rejected']} rejected ({r['rate']:.1%} of samples, {r['first_try_rate']:.1%} of first tries), "
+            f"{r['dialogues_ended']} dialogues ended"
+        )
     return "\n".join(lines)
 
 
@@ -453,8 +562,8 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
     write_dataset_card(out, "rmsp", {"demonstrations": DEMONSTRATIONS_FILE, "dropped_dialogues": DROPPED_FILE}, {
         "model": config.model_name_or_path, "user_model": config.user_model_name_or_path or config.model_name_or_path,
         "reward_model": config.reward_model_name_or_path, "backend": config.backend, "seed": config.seed,
-        "settings": {k: getattr(config, k) for k in ("num_candidates", "max_turns", "min_reward", "min_margin", "n_shot", "user_n_shot", "temperature", "top_p", "max_new_tokens", "trim_to_sentence")},
-        **{k: summary[k] for k in ("dialogues", "kept_dialogues", "dropped_dialogues", "assistant_turns", "end_reasons")},
+        "settings": {k: getattr(config, k) for k in ("num_candidates", "max_turns", "min_reward", "min_margin", "n_shot", "user_n_shot", "temperature", "top_p", "max_new_tokens", "trim_to_sentence", "user_repeat_threshold", "user_retries")},
+        **{k: summary[k] for k in ("dialogues", "kept_dialogues", "dropped_dialogues", "assistant_turns", "end_reasons", USER_TURNS_KEY)},
     })  # fmt: skip
     print(format_summary(summary))
     return summary

@@ -189,6 +189,11 @@ def rouge_l_reference(target: Sequence[str], prediction: Sequence[str]) -> float
     return rouge_l_fmeasure(table[-1][-1], len(target), len(prediction))
 
 
+def rouge_lcs(target: Sequence[str], prediction: Sequence[str]) -> int:
+    """LCS length of two token lists (bit-parallel), for one-off comparisons outside the index."""
+    return bit_parallel_lcs(_position_masks(target), len(target), prediction)
+
+
 def _position_masks(tokens: Sequence[str]) -> dict[str, int]:
     masks: dict[str, int] = {}
     for i, token in enumerate(tokens):
