@@ -337,18 +337,45 @@ class Planner:
                     raise AlmostError(f"{self.where}: eval.pairwise.baseline must be a model label (text), got {type(baseline).__name__}")
                 if baseline not in models:
                     raise AlmostError(f"{self.where}: eval.pairwise.baseline {baseline!r} is not one of the models ({', '.join(models)})")
+                judges = self.pairwise_judges(settings, reward_model)
                 for label, model in models.items():
                     if label == baseline:
                         continue
-                    wired = {"model_name_or_path": model, "baseline_model_name_or_path": models[baseline]}
-                    if reward_model:
-                        wired["judge"] = f"rm:{reward_model}"  # the run's own RM judges unless the config names a judge
-                    name = f"{label}-vs-{baseline}"
-                    self.add("eval", f"eval/{kind}/{name}", ("eval", kind), settings, wired, self.run / "eval" / kind / name, "metrics.json")
+                    for by, judge in judges.items():
+                        wired = {"model_name_or_path": model, "baseline_model_name_or_path": models[baseline]}
+                        if judge:
+                            wired["judge"] = judge
+                        name = f"{label}-vs-{baseline}" + (f"-by-{by}" if by else "")
+                        self.add("eval", f"eval/{kind}/{name}", ("eval", kind), settings, wired, self.run / "eval" / kind / name, "metrics.json")
             else:
                 for label, model in models.items():
                     wired = {"model_name_or_path": model}
                     self.add("eval", f"eval/{kind}/{label}", ("eval", kind), settings, wired, self.run / "eval" / kind / label, "metrics.json")
+
+
+    def pairwise_judges(self, settings: dict, reward_model: str | None) -> dict[str, str | None]:
+        """``eval.pairwise.judges`` (label: judge spec, ``rm`` = the run's own RM) → a step per judge,
+        in folders ``<model>-vs-<baseline>-by-<label>``. Without it, one step: the config's ``judge``,
+        else the run's RM (``{"": judge}``, the folder keeps its plain name)."""
+        judges = settings.pop("judges", None)
+        if judges is None:
+            return {"": None if "judge" in settings or not reward_model else f"rm:{reward_model}"}
+        if "judge" in settings:
+            raise AlmostError(f"{self.where}: eval.pairwise takes judge or judges, not both")
+        if not isinstance(judges, dict) or not judges:
+            raise AlmostError(f"{self.where}: eval.pairwise.judges must map labels to judges, e.g. {{rm: rm, lm: 'llm:smollm2-135m'}}")
+        found = {}
+        for by, judge in judges.items():
+            if not isinstance(by, str) or not LABEL.match(by):
+                raise AlmostError(f"{self.where}: eval.pairwise.judges label {by!r} must be a plain name (letters, digits, . _ -): it names a folder of the run")
+            if judge == "rm":
+                if not reward_model:
+                    raise AlmostError(f"{self.where}: eval.pairwise.judges.{by}: rm means the run's own reward model, but the config has no rm stage")
+                judge = f"rm:{reward_model}"
+            if not isinstance(judge, str):
+                raise AlmostError(f"{self.where}: eval.pairwise.judges.{by} must be rm, rm:PATH, llm:MODEL or openai:URL")
+            found[by] = judge
+        return found
 
 
 def _present(wired: dict) -> dict:
