@@ -4,6 +4,12 @@ It is ``almost pipeline`` with the built-in config ``almost/configs/demo.yaml`` 
 configurations → CS → RM → RMSP → SFT → RL → evaluation of base vs SFT vs RL on SmolLM2-135M),
 sized to finish on a 2-core CPU in well under 45 minutes. Run it again and finished stages are
 skipped; interrupt it and it resumes.
+
+``almost demo --proof`` runs the second built-in config ``almost/configs/proof.yaml`` instead: the
+same stages at the scale of issue 11's measurement, with the options that may carry signal beyond
+length (harmless seeds and demonstrations, CS ``--length_balance``, RM ``--length_head``), the RM
+evaluated on the shipped HH-RLHF harmless test half, and policy win rates judged by the RM and by an
+LM; at the end it prints the proof table (``report.proof_table``), see docs/proof.md.
 """
 
 from __future__ import annotations
@@ -11,18 +17,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from .pipeline import STAGES, run_pipeline
-from .report import OneLineArgumentParser
+from .report import OneLineArgumentParser, proof_table
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 DEFAULT_RUN_DIR = "almost-demo"
+PROOF_CONFIG = Path(__file__).resolve().parent / "configs" / "proof.yaml"
+PROOF_RUN_DIR = "almost-proof"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(prog="almost demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output_dir", "--output-dir", default=DEFAULT_RUN_DIR, help=f"Run directory (default ./{DEFAULT_RUN_DIR}).")
+    parser.add_argument("--proof", action="store_true", help="Run the proof config (docs/proof.md) and print its table at the end.")
+    parser.add_argument("--output_dir", "--output-dir", help=f"Run directory (default ./{DEFAULT_RUN_DIR}, with --proof ./{PROOF_RUN_DIR}).")
     parser.add_argument("--until", choices=STAGES, help="Stop after this stage (e.g. cs for the synthetic feedback only).")
     parser.add_argument("--from", dest="first", choices=STAGES, help="Start again from this stage.")
     parser.add_argument("--dry_run", "--dry-run", action="store_true", help="Print the steps without running them.")
     args = parser.parse_args(argv)
-    print(f"almost demo: config {DEMO_CONFIG}, run directory {args.output_dir}", flush=True)
-    return run_pipeline(DEMO_CONFIG, args.output_dir, args.until, args.first, args.dry_run)
+    config = PROOF_CONFIG if args.proof else DEMO_CONFIG
+    run_dir = args.output_dir or (PROOF_RUN_DIR if args.proof else DEFAULT_RUN_DIR)
+    print(f"almost demo: config {config}, run directory {run_dir}", flush=True)
+    rc = run_pipeline(config, run_dir, args.until, args.first, args.dry_run)
+    if args.proof and not args.dry_run:
+        # Also after a failed step: the figures of the stages that finished are worth seeing.
+        print("\n" + proof_table(run_dir))
+    return rc

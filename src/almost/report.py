@@ -433,6 +433,43 @@ def write_report(run_dir: str | Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
+# The proof table (issue 11): the figures that say whether the synthetic feedback carries signal
+
+
+def proof_table(run_dir: str | Path) -> str:
+    """Per reward model evaluated on human pairs (``rm_eval*/``): pairs kept by CS, rubric agreement on
+    held-out synthetic pairs, plain and length-balanced accuracy on the human pairs, "prefer longer"
+    and Spearman(reward, length); then per pairwise evaluation its win rate and the length split.
+    Every figure is read from the metrics the stages wrote; a missing one shows as "–"."""
+    run = Path(run_dir)
+    stats = _load_json(_find(run, "cs", "cs_stats.json")) or {}
+    train = _load_json(_find(run, "rm", "metrics.json")) or {}
+    held = train.get("heldout") if isinstance(train.get("heldout"), dict) else {}
+    rm_rows = []
+    for path in sorted(run.glob("rm_eval*/metrics.json")):
+        metrics = _load_json(path)
+        if not isinstance(metrics, dict) or "accuracy" not in metrics:
+            continue
+        _, n, accuracy, balanced, interval, _, _, longer, rho = _rm_rows(path.parent.name, metrics)
+        rm_rows.append([path.parent.name, stats.get("pairs"), held.get("accuracy"), n, accuracy, balanced, interval, longer, rho])
+    header = ["RM evaluated on", "pairs kept (CS)", "rubric agreement (held out)", "human pairs", "accuracy", "length-balanced", "95% interval",
+              "'prefer longer'", "Spearman(reward, length)"]  # fmt: skip
+    parts = ["Reward model on real human preference pairs (goal: length-balanced >= 0.60 with the interval above 0.5, accuracy above 'prefer longer'):"]
+    parts.append(_table(header, rm_rows) if rm_rows else "No `rm_eval*/metrics.json` in this run yet.")
+    policy_rows = []
+    for label, metrics in eval_results(run).get("pairwise", {}).items():
+        split = metrics.get("length_balanced") or {}
+        shorter, longer = split.get("model_shorter") or {}, split.get("model_longer") or {}
+        policy_rows.append([label, metrics.get("judge"), metrics.get("n"), metrics.get("win_rate"), _interval(metrics.get("ci95")), shorter.get("rate"),
+                            shorter.get("n"), longer.get("rate"), longer.get("n"), split.get("win_rate"), _interval(split.get("ci95"))])  # fmt: skip
+    header = ["pairing", "judge", "questions", "win rate", "95% interval", "model's answer shorter", "n", "model's answer longer", "n",
+              "length-balanced", "95% interval (bootstrap)"]  # fmt: skip
+    parts.append("Policy vs base, each question judged in both orders (goal: win rate >= 0.60 with the interval above 0.5):")
+    parts.append(_table(header, policy_rows) if policy_rows else "No `eval/pairwise/*/metrics.json` in this run yet.")
+    return "\n\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
 # One line of figures per step, for the pipeline's summary table
 
 
