@@ -173,17 +173,51 @@ def test_unknown_stage_for_until(tmp_path, capsys):
     assert "stage rl is not in" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("example", sorted((REPO / "configs" / "examples").glob("*.yaml")) + [REPO / "src" / "almost" / "configs" / "demo.yaml"], ids=lambda p: p.name)
+BUILT_IN = [REPO / "src" / "almost" / "configs" / name for name in ("demo.yaml", "proof.yaml")]
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "configs" / "examples").glob("*.yaml")) + BUILT_IN, ids=lambda p: p.name)
 def test_shipped_configs_name_only_real_options(tmp_path, example):
-    """Every key of every stage in the shipped configs is an option of that stage; the demo's values all parse.
+    """Every key of every stage in the shipped configs is an option of that stage; the built-in
+    configs' values all parse.
 
     The GPU examples name gated hub models and bf16, which this offline CPU machine cannot check."""
     config = load_config(example)
     planner = Planner(config, tmp_path / "run", example)
     steps = planner.plan()
     assert {s.stage for s in steps} == {k for k in config if k in ("pg", "rg", "cs", "rm", "rmsp", "sft", "rl", "eval")}
-    demo = example.name == "demo.yaml"
-    validate(steps, planner, check_models=demo, parse_values=demo)
+    built_in = example in BUILT_IN
+    validate(steps, planner, check_models=built_in, parse_values=built_in)
+
+
+def test_demo_proof_dry_run_plans_every_step(tmp_path, capsys):
+    out = tmp_path / "proof"
+    assert cli(["demo", "--proof", "--dry_run", "--output_dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    steps = {line.split()[0]: line for line in printed.splitlines() if re.match(r"^\S+\s+to run\s+almost ", line)}
+    rubric = ["smollm2-135m-harmless-2shot", "smollm2-135m-faithful-2shot", "smollm2-135m-basic-1shot"]
+    assert list(steps) == ["pg", *(f"rg/{n}" for n in rubric), "cs", "rm/train", "rm/eval", "rmsp", "sft", "rl",
+                           *(f"eval/pairwise/{m}-vs-base-by-{j}" for m in ("sft", "rl") for j in ("rm", "lm"))]  # fmt: skip
+    assert "seed_prompts_harmless.txt" in steps["pg"] and "--length_balance true" in steps["cs"]
+    assert "--length_head true" in steps["rm/train"] and "--lora false" in steps["rm/train"]
+    assert "--data_path hh-harmless-test" in steps["rm/eval"] and f"--model_name_or_path {out / 'rm'}" in steps["rm/eval"]
+    assert f"--judge rm:{out / 'rm'}" in steps["eval/pairwise/rl-vs-base-by-rm"] and "--judge llm:smollm2-135m" in steps["eval/pairwise/rl-vs-base-by-lm"]
+    assert not out.exists()
+
+
+def test_pairwise_judges_each_get_a_step_and_bad_judges_fail_early(tmp_path, capsys):
+    base = {"eval": {"models": {"base": "smollm2-135m", "sft": "smollm2-135m"}, "pairwise": {"data_path": "eval/questions.jsonl"}}}
+    path = write_config(tmp_path / "p.yaml", base)
+    steps = Planner(load_config(path), tmp_path / "run", path).plan()
+    assert [s.name for s in steps] == ["eval/pairwise/sft-vs-base"] and "judge" not in steps[0].flags  # unchanged without judges
+    base["eval"]["pairwise"]["judges"] = {"a": "llm:smollm2-135m", "b": "openai:https://example.org/v1"}
+    steps = Planner(load_config(path := write_config(path, base)), tmp_path / "run", path).plan()
+    assert [(s.name, s.flags["judge"]) for s in steps] == [("eval/pairwise/sft-vs-base-by-a", "llm:smollm2-135m"),
+                                                           ("eval/pairwise/sft-vs-base-by-b", "openai:https://example.org/v1")]  # fmt: skip
+    for judges, message in (({"x": "rm"}, "no rm stage"), ({"../x": "llm:m"}, "must be a plain name"), (["rm"], "must map labels")):
+        base["eval"]["pairwise"]["judges"] = judges
+        assert cli(["pipeline", str(write_config(path, base)), "--output_dir", str(tmp_path / "run")]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_rg_configurations_of_one_model_run_in_one_call(tmp_path, tiny_model_path, capsys):
