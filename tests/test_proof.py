@@ -3,7 +3,9 @@ stages wrote, read through the keys those stages write."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from conftest import build_tiny_model
 
 from almost import demo
 from almost.cli import main as cli
+from almost.pipeline import Planner, load_config
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -83,3 +86,35 @@ def test_demo_proof_prints_the_table_from_the_stages_metrics(tmp_path, tiny_mode
         row = table_row(printed, label)
         assert row[:5] == [label, spec, str(metrics["n"]), f"{metrics['win_rate']:.3f}", f"[{metrics['ci95'][0]:.3f}, {metrics['ci95'][1]:.3f}]"]
         assert row[6] == str(split["model_shorter"]["n"]) and row[8] == str(split["model_longer"]["n"])
+
+
+def load_ablation_script():
+    path = Path(__file__).resolve().parent.parent / "scripts" / "proof_ablation.py"
+    spec = importlib.util.spec_from_file_location("proof_ablation", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_variants_differ_from_the_proof_run_only_in_their_own_flags(tmp_path, monkeypatch, capsys):
+    """scripts/proof_ablation.py (docs/proof.md's table) retrains the proof run's RM with one change per
+    variant: its base settings are proof.yaml's rm.train without the length head, and its rubrics name
+    configurations the proof run generates."""
+    ablation = load_ablation_script()
+    steps = {s.name: s for s in Planner(load_config(demo.PROOF_CONFIG), tmp_path / "run", demo.PROOF_CONFIG).plan()}
+    proof_rm = steps["rm/train"].argv
+    proof_rm = proof_rm[1 : proof_rm.index("--data_path")]  # after "train"
+    pairs = lambda argv: dict(zip(argv[::2], argv[1::2]))  # noqa: E731
+    assert pairs(proof_rm) == {**pairs(ablation.RM_TRAIN), "--length_head": "true"}
+    generated = {name.removeprefix("rg/") for name in steps if name.startswith("rg/")}
+    assert all(set(v.rubric) <= generated for v in ablation.VARIANTS)
+    assert list(steps["cs"].flags["rubric"]) == list(ablation.VARIANTS[0].rubric)
+
+    (tmp_path / "gen" / "rg").mkdir(parents=True)
+    monkeypatch.setattr(sys, "argv", ["proof_ablation.py", str(tmp_path / "gen"), "--variants", "length-head", "--dry_run"])
+    ablation.main()
+    printed = capsys.readouterr().out
+    assert f"almost cs --input_dir {tmp_path / 'gen' / 'rg'} --output_dir {tmp_path / 'gen' / 'ablation' / 'length-head' / 'cs'}" in printed
+    assert "--length_head true --data_path" in printed and "--data_path hh-harmless-test" in printed
+    assert not (tmp_path / "gen" / "ablation").exists()

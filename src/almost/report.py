@@ -60,7 +60,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -189,7 +189,7 @@ def section_prompts(run: Path) -> str:
     stats = _load_json(_find(run, "pg", "pg_stats.json"))
     if isinstance(stats, dict):
         rows = [[k, v] for k, v in stats.items() if isinstance(v, (int, float, str))]
-        text += "\n\n" + _table(["pg_stats.json", "value"], rows)
+        text += "\n\n" + markdown_table(["pg_stats.json", "value"], rows)
     return text
 
 
@@ -211,7 +211,7 @@ def section_responses(run: Path, figures: Path) -> str:
     ax.set_xticks(range(1, len(names) + 1), names, rotation=20, ha="right", fontsize=8)
     ax.set(ylabel="answer length (characters, non-BAD answers)", title="Answer lengths per RG configuration")
     image = _save(fig, figures / "rg_answer_lengths.png")
-    return f"{title}\n\n" + _table(["configuration", "answers", "BAD", "BAD rate", "mean length", "median length"], table) + f"\n\n{image}"
+    return f"{title}\n\n" + markdown_table(["configuration", "answers", "BAD", "BAD rate", "mean length", "median length"], table) + f"\n\n{image}"
 
 
 def _pair_counts(counts: Any) -> Counter:
@@ -233,7 +233,7 @@ def section_comparisons(run: Path, figures: Path) -> str:
     parts = [title]
     totals = [[k, v] for k, v in stats.items() if isinstance(v, (int, float, str))]
     if totals:
-        parts.append(_table(["cs_stats.json", "value"], totals))
+        parts.append(markdown_table(["cs_stats.json", "value"], totals))
     kept = comparison_pair_counts(path) if path is not None else _pair_counts(stats.get("pairs_per_configuration_pair"))
     # The filter's drops per pair when CS records them; otherwise only its total is known.
     dropped = _pair_counts(stats.get("dropped_per_configuration_pair"))
@@ -242,7 +242,7 @@ def section_comparisons(run: Path, figures: Path) -> str:
         parts.append("No comparisons were made.")
         return "\n\n".join(parts)
     header = ["chosen configuration", "rejected configuration", "pairs kept"] + (["dropped by filter"] if dropped else [])
-    parts.append(_table(header, [[c, r, kept[(c, r)], *([dropped[(c, r)]] if dropped else [])] for c, r in pairs]))
+    parts.append(markdown_table(header, [[c, r, kept[(c, r)], *([dropped[(c, r)]] if dropped else [])] for c, r in pairs]))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(pairs)), 4))
     labels = [f"{c}\n> {r}" for c, r in pairs]
@@ -262,7 +262,7 @@ def section_comparisons(run: Path, figures: Path) -> str:
     parts.append(_save(fig, figures / "cs_pairs.png"))
     valid = stats.get("valid_answers")
     if isinstance(valid, dict) and valid:
-        parts.append(_table(["configuration", "valid (non-BAD) answers"], [[k, v] for k, v in valid.items()]))
+        parts.append(markdown_table(["configuration", "valid (non-BAD) answers"], [[k, v] for k, v in valid.items()]))
     return "\n\n".join(parts)
 
 
@@ -272,7 +272,7 @@ def _interval(ci: Any) -> str | None:
     return None
 
 
-def _rm_rows(label: str, metrics: dict) -> list[Any]:
+def rm_eval_row(label: str, metrics: dict) -> list[Any]:
     bias = metrics.get("length_bias") or {}
     longer, shorter = bias.get("chosen_longer") or {}, bias.get("chosen_shorter") or {}
     balanced = metrics.get("length_balanced") or {}
@@ -296,13 +296,13 @@ def section_reward_model(run: Path, figures: Path) -> str:
         d = train["data"]
         parts.append(f"Trained on {_fmt(d.get('train_pairs'))} pairs, {_fmt(d.get('heldout_pairs'))} held out; {_fmt(d.get('truncated'))} truncated, {_fmt(d.get('dropped_long'))} dropped as too long.")
     header = ["evaluation", "pairs", "accuracy", "length-balanced accuracy", "its 95% interval (bootstrap)", "acc. when chosen is longer", "acc. when chosen is shorter", "'prefer longer' baseline", "Spearman(reward, length)"]
-    parts.append(_table(header, [_rm_rows(label, m) for label, m in evaluations]))
+    parts.append(markdown_table(header, [rm_eval_row(label, m) for label, m in evaluations]))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     bars = ["accuracy", "length-balanced", "chosen longer", "chosen shorter", "prefer-longer baseline"]
     width = 0.8 / len(evaluations)
     for i, (label, m) in enumerate(evaluations):
-        row = _rm_rows(label, m)
+        row = rm_eval_row(label, m)
         values = [row[2], row[3], row[5], row[6], row[7]]
         ax.bar([x + i * width for x in range(len(bars))], [v if isinstance(v, (int, float)) else 0 for v in values], width=width, label=label)
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
@@ -323,8 +323,8 @@ def section_selfplay(run: Path, figures: Path) -> str:
     if isinstance(summary, dict):
         totals = [[k, v] for k, v in summary.items() if isinstance(v, (int, float, str))]
         if totals:
-            parts.append(_table(["rmsp_summary.json", "value"], totals))
-    parts.append(_table(["turn", "dialogues", "mean best reward", "mean candidate reward"], [[t["turn"], t["n"], t["best"], t["mean"]] for t in turns]))
+            parts.append(markdown_table(["rmsp_summary.json", "value"], totals))
+    parts.append(markdown_table(["turn", "dialogues", "mean best reward", "mean candidate reward"], [[t["turn"], t["n"], t["best"], t["mean"]] for t in turns]))
     parts.append(_user_turn_table(summary))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -352,7 +352,7 @@ def _user_turn_table(summary: Any) -> str:
     for reason in RESAMPLED_REASONS:
         r = users.get(reason) or {}
         rows.append([reason, r.get("rejected"), r.get("rate"), r.get("first_try_rate"), r.get("dialogues_ended")])
-    return head + "\n\n" + _table(["rejected as", "samples", "share of samples", "share of first tries", "dialogues ended"], rows)
+    return head + "\n\n" + markdown_table(["rejected as", "samples", "share of samples", "share of first tries", "dialogues ended"], rows)
 
 
 def section_rl(run: Path, figures: Path) -> str:
@@ -364,7 +364,7 @@ def section_rl(run: Path, figures: Path) -> str:
         return f"{title}\n\nNo `rl/rl_log.csv` in this run yet."
     curves = [c for c in ("reward", "kl", "completion_length") if any(c in r for r in rows)]
     first, last = rows[0], rows[-1]
-    parts = [title, _table(["", "step", *curves], [["first log", first.get("step"), *(first.get(c) for c in curves)], ["last log", last.get("step"), *(last.get(c) for c in curves)]])]
+    parts = [title, markdown_table(["", "step", *curves], [["first log", first.get("step"), *(first.get(c) for c in curves)], ["last log", last.get("step"), *(last.get(c) for c in curves)]])]
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.5), squeeze=False)
     for ax, column in zip(axes[0], curves):
@@ -383,7 +383,7 @@ def section_evaluation(run: Path, figures: Path) -> str:
     labels = sorted({label for per_kind in results.values() for label in per_kind}, key=_model_order)
     header = ["model", *(f"{kind} ({headline(kind, next(iter(results[kind].values())))[0]})" for kind in results)]
     rows = [[label, *(headline(kind, results[kind][label])[1] if label in results[kind] else None for kind in results)] for label in labels]
-    parts = [title, _table(header, rows)]
+    parts = [title, markdown_table(header, rows)]
     split_rows = []
     for label, metrics in results.get("pairwise", {}).items():
         split = metrics.get("length_balanced")
@@ -392,7 +392,7 @@ def section_evaluation(run: Path, figures: Path) -> str:
             split_rows.append([label, metrics.get("win_rate"), shorter.get("rate"), shorter.get("n"), longer.get("rate"), longer.get("n"), split.get("same_length"), split.get("win_rate"), _interval(split.get("ci95"))])
     if split_rows:
         parts.append("Pairwise win rates split by length (a judge that only rewards length gives a length-balanced 0.5):")
-        parts.append(_table(["pairing", "win rate", "model's answer shorter", "n", "model's answer longer", "n", "same length", "length-balanced win rate", "its 95% interval (bootstrap)"], split_rows))
+        parts.append(markdown_table(["pairing", "win rate", "model's answer shorter", "n", "model's answer longer", "n", "same length", "length-balanced win rate", "its 95% interval (bootstrap)"], split_rows))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 2 * len(results)), 4))
     width = 0.8 / max(1, len(labels))
@@ -450,12 +450,12 @@ def proof_table(run_dir: str | Path) -> str:
         metrics = _load_json(path)
         if not isinstance(metrics, dict) or "accuracy" not in metrics:
             continue
-        _, n, accuracy, balanced, interval, _, _, longer, rho = _rm_rows(path.parent.name, metrics)
+        _, n, accuracy, balanced, interval, _, _, longer, rho = rm_eval_row(path.parent.name, metrics)
         rm_rows.append([path.parent.name, stats.get("pairs"), held.get("accuracy"), n, accuracy, balanced, interval, longer, rho])
     header = ["RM evaluated on", "pairs kept (CS)", "rubric agreement (held out)", "human pairs", "accuracy", "length-balanced", "95% interval",
               "'prefer longer'", "Spearman(reward, length)"]  # fmt: skip
     parts = ["Reward model on real human preference pairs (goal: length-balanced >= 0.60 with the interval above 0.5, accuracy above 'prefer longer'):"]
-    parts.append(_table(header, rm_rows) if rm_rows else "No `rm_eval*/metrics.json` in this run yet.")
+    parts.append(markdown_table(header, rm_rows) if rm_rows else "No `rm_eval*/metrics.json` in this run yet.")
     policy_rows = []
     for label, metrics in eval_results(run).get("pairwise", {}).items():
         split = metrics.get("length_balanced") or {}
@@ -465,7 +465,7 @@ def proof_table(run_dir: str | Path) -> str:
     header = ["pairing", "judge", "questions", "win rate", "95% interval", "model's answer shorter", "n", "model's answer longer", "n",
               "length-balanced", "95% interval (bootstrap)"]  # fmt: skip
     parts.append("Policy vs base, each question judged in both orders (goal: win rate >= 0.60 with the interval above 0.5):")
-    parts.append(_table(header, policy_rows) if policy_rows else "No `eval/pairwise/*/metrics.json` in this run yet.")
+    parts.append(markdown_table(header, policy_rows) if policy_rows else "No `eval/pairwise/*/metrics.json` in this run yet.")
     return "\n\n".join(parts)
 
 

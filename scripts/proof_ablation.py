@@ -1,0 +1,155 @@
+"""The ablation table of docs/proof.md: CS and RM variants trained on one shared generation.
+
+    python scripts/proof_ablation.py almost-proof                # every variant, then the table
+    python scripts/proof_ablation.py almost-proof --variants seed-filter length-head
+    python scripts/proof_ablation.py almost-proof --dry_run      # the commands only
+
+GENERATION is a run of ``almost demo --proof`` (or any run whose ``rg/`` holds the answers of the
+configurations a variant's rubric names). Each variant runs ``almost cs`` → ``almost rm train`` →
+``almost rm eval`` into ``GENERATION/ablation/<variant>/{cs,rm,rm_eval}``, with the proof config's RM
+settings, so the variants differ from the proof run's own RM only in what their row says. A step
+whose product exists is skipped, so a rerun after a crash resumes (``rm train`` resumes from its
+last checkpoint by itself). The wall and CPU seconds of each step are kept in ``times.json`` beside
+it. At the end the table (one row per variant, plus the proof run's own RM read from GENERATION)
+is printed and written to ``GENERATION/ablation/ablation.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from almost.io import read_json, write_json_atomic, write_text_atomic
+from almost.report import markdown_table, rm_eval_row
+
+HARMLESS, FAITHFUL, BASIC = "smollm2-135m-harmless-2shot", "smollm2-135m-faithful-2shot", "smollm2-135m-basic-1shot"
+# The proof config's RM (src/almost/configs/proof.yaml) without its length options: every variant
+# starts from these and adds only its own flags.
+RM_TRAIN = ["--model_name_or_path", "smollm2-135m", "--lora", "false", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
+            "--max_length", "512", "--eval_fraction", "0.1", "--report_to", "none", "--seed", "42"]  # fmt: skip
+RM_EVAL = ["--batch_size", "8"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    what: str
+    rubric: tuple[str, ...]
+    cs_flags: tuple[str, ...] = ()
+    rm_flags: tuple[str, ...] = ()
+
+
+# In the order they are run: the comparisons that matter most first.
+VARIANTS = (
+    Variant("seed-filter", "full rubric, the seed's CS filter only, plain RM", (HARMLESS, FAITHFUL, BASIC)),
+    Variant("length-head", "+ RM --length_head (ODIN)", (HARMLESS, FAITHFUL, BASIC), rm_flags=("--length_head", "true")),
+    Variant("length-balance", "+ CS --length_balance", (HARMLESS, FAITHFUL, BASIC), cs_flags=("--length_balance", "true", "--seed", "0")),
+    Variant("helpful-rubric", "rubric without the harmless demonstrations (faithful-2shot > basic-1shot), seed filter, plain RM", (FAITHFUL, BASIC)),
+    Variant("max-ratio", "+ CS --max_length_ratio 1.5", (HARMLESS, FAITHFUL, BASIC), cs_flags=("--max_length_ratio", "1.5")),
+    Variant(
+        "lora",
+        "the proof run's RM (--length_balance + --length_head) with --lora",
+        (HARMLESS, FAITHFUL, BASIC),
+        cs_flags=("--length_balance", "true", "--seed", "0"),
+        rm_flags=("--length_head", "true", "--lora", "true"),
+    ),
+)
+BY_NAME = {v.name: v for v in VARIANTS}
+
+
+def steps(variant: Variant, generation: Path, folder: Path, data_path: str) -> list[tuple[str, list[str], Path]]:
+    """(step, almost argv, product) for one variant."""
+    cs, rm, rm_eval = folder / "cs", folder / "rm", folder / "rm_eval"
+    return [
+        ("cs", ["cs", "--input_dir", str(generation / "rg"), "--output_dir", str(cs), "--rubric", *variant.rubric, *variant.cs_flags], cs / "comparison.jsonl"),
+        ("rm train", ["rm", "train", *RM_TRAIN, *variant.rm_flags, "--data_path", str(cs / "comparison.jsonl"), "--output_dir", str(rm)], rm / "metrics.json"),
+        ("rm eval", ["rm", "eval", *RM_EVAL, "--data_path", data_path, "--model_name_or_path", str(rm), "--output_dir", str(rm_eval)], rm_eval / "metrics.json"),
+    ]
+
+
+def child_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_variant(variant: Variant, generation: Path, folder: Path, data_path: str, dry_run: bool) -> None:
+    times_path = folder / "times.json"
+    times = read_json(times_path, "times") if times_path.is_file() else {}
+    for name, argv, product in steps(variant, generation, folder, data_path):
+        command = [sys.executable, "-m", "almost", *argv]
+        if product.exists():
+            print(f"{variant.name}: {name}: done ({product})", flush=True)
+            continue
+        print(f"{variant.name}: {name}: almost {' '.join(argv)}", flush=True)
+        if dry_run:
+            continue
+        start, cpu = time.time(), child_cpu_seconds()
+        rc = subprocess.run(command).returncode
+        if rc != 0:
+            sys.exit(f"{variant.name}: {name} failed (exit {rc}); rerun the same command to resume")
+        times[name] = {"seconds": round(time.time() - start, 1), "cpu_seconds": round(child_cpu_seconds() - cpu, 1)}
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(times_path, times)
+
+
+def proof_run_times(generation: Path) -> dict:
+    """The proof run's own cs / rm train / rm eval times, from the pipeline's step markers."""
+    times = {}
+    for name, folder in (("cs", "cs"), ("rm train", "rm"), ("rm eval", "rm_eval")):
+        for marker in sorted((generation / folder).glob(".almost-step*.json")):
+            record = read_json(marker, "step marker")
+            if record.get("status") == "done":
+                times[name] = {"seconds": record.get("seconds"), "cpu_seconds": record.get("cpu_seconds")}
+    return times
+
+
+def row(label: str, what: str, folder: Path, times: dict) -> list | None:
+    metrics_path = folder / "rm_eval" / "metrics.json"
+    if not metrics_path.is_file():
+        return None
+    stats = read_json(folder / "cs" / "cs_stats.json", "cs stats")
+    held = read_json(folder / "rm" / "metrics.json", "rm metrics").get("heldout") or {}
+    _, n, accuracy, balanced, interval, when_longer, when_shorter, prefer_longer, rho = rm_eval_row(label, read_json(metrics_path, "rm eval metrics"))
+    wall = sum(t.get("seconds") or 0 for t in times.values())
+    cpu = sum(t.get("cpu_seconds") or 0 for t in times.values())
+    timing = f"{wall / 60:.1f} min ({cpu / 60:.1f} CPU)" if len(times) == 3 else "–"
+    return [label, what, stats.get("pairs"), held.get("accuracy"), n, accuracy, balanced, interval, when_longer, when_shorter, prefer_longer, rho, timing]
+
+
+def table(generation: Path, out: Path, names: list[str]) -> str:
+    header = ["variant", "what", "pairs kept", "rubric agreement (held out)", "human pairs", "accuracy", "length-balanced", "95% interval",
+              "acc. chosen longer", "acc. chosen shorter", "'prefer longer'", "Spearman(reward, length)", "cs + rm train + rm eval"]  # fmt: skip
+    rows = [row("proof run", "full rubric + CS --length_balance + RM --length_head (proof.yaml)", generation, proof_run_times(generation))]
+    for name in names:
+        folder = out / name
+        times = read_json(folder / "times.json", "times") if (folder / "times.json").is_file() else {}
+        rows.append(row(name, BY_NAME[name].what, folder, times))
+    return markdown_table(header, [r for r in rows if r is not None])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("generation", type=Path, help="A proof run's directory (its rg/ answers are shared by every variant).")
+    parser.add_argument("--variants", nargs="+", choices=list(BY_NAME), default=list(BY_NAME))
+    parser.add_argument("--data_path", default="hh-harmless-test", help="Human pairs for rm eval (choose options on hh-harmless-dev).")
+    parser.add_argument("--output_dir", type=Path, help="Default: GENERATION/ablation (or GENERATION/ablation-dev with hh-harmless-dev).")
+    parser.add_argument("--dry_run", action="store_true")
+    args = parser.parse_args()
+    if not (args.generation / "rg").is_dir():
+        parser.exit(2, f"proof_ablation: {args.generation / 'rg'} not found: pass the directory of an `almost demo --proof` run\n")
+    out = args.output_dir or args.generation / ("ablation" if args.data_path == "hh-harmless-test" else f"ablation-{args.data_path}")
+    for name in args.variants:
+        run_variant(BY_NAME[name], args.generation, out / name, args.data_path, args.dry_run)
+    if not args.dry_run:
+        text = table(args.generation, out, args.variants)
+        write_text_atomic(out / "ablation.md", text + "\n")
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
