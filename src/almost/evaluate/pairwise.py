@@ -4,7 +4,9 @@ Both models answer every question of a Vicuna-style question file (JSONL rows wi
 ``text`` and ``category``; ``question``/``prompt``/``turns`` also work). Answers are cached in
 ``answers_<model>-<settings>.jsonl`` (written as they are made; a rerun reuses or resumes them),
 where ``<settings>`` hashes the model's contents and the sampling settings, and each answer is kept
-under its question's id and text: an edited question is answered again.
+under its question's id and text: an edited question is answered again. The cache lives in
+``--output_dir``, or in ``--answers_dir``: evaluations of the same models by different judges can
+share one, so that each answer is generated once.
 A judge then compares each pair twice, with the model's answer shown first and then second:
 
 - ``--judge rm:PATH``: a reward model from ``almost rm train`` scores both answers;
@@ -42,7 +44,7 @@ from tqdm.auto import tqdm
 from ..chat import as_messages, render_prompt
 from ..config import EngineArguments, parse
 from ..engines import Sampling, engine_model, load_engine
-from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, read_jsonl, redact_url
+from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, lock_output_dir, read_jsonl, redact_url
 from .scoring import write_results
 
 JUDGE_KINDS = ("rm", "llm", "openai")
@@ -74,7 +76,11 @@ class PairwiseConfig(EngineArguments):
 
     baseline_model_name_or_path: str | None = field(default=None, metadata={"help": "The model to compare against (same spellings as --model_name_or_path)."})
     data_path: str | None = field(default=None, metadata={"help": "Question JSONL: question_id, text (or question/prompt/turns), category."})
-    output_dir: str | None = field(default=None, metadata={"help": "Where answers_*.jsonl, judgments.jsonl, metrics.json and metrics.txt go."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where judgments.jsonl, metrics.json and metrics.txt go (and answers_*.jsonl, unless --answers_dir)."})
+    answers_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where the cached answers answers_*.jsonl go (default: --output_dir). Runs that differ only in their judge can share one folder and answer each question once."},
+    )
     judge: str | None = field(default=None, metadata={"help": "rm:PATH (reward model) or rm:URL (`almost rm serve`; token from $ALMOST_RM_TOKEN), llm:MODEL (local judge model) or openai:URL (OpenAI-compatible endpoint)."})
     judge_model: str | None = field(default=None, metadata={"help": "Model name sent to an openai: judge endpoint."})
     judge_api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the openai: endpoint's API key (unset: no key sent)."})
@@ -410,12 +416,12 @@ def pairwise_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _answers_for(role_name: str, model_name: str, engine, questions, config: PairwiseConfig, out: Path) -> dict[str, str]:
+def _answers_for(role_name: str, model_name: str, engine, questions, config: PairwiseConfig, answers_dir: Path) -> dict[str, str]:
     sampling = Sampling(temperature=config.temperature, max_new_tokens=config.max_new_tokens, seed=config.seed)
     resolved = engine_model(config, model_name)
     # The model by content: a checkpoint retrained in the same folder gets a cache file of its own.
     settings = {"model": digest_model(resolved.path), "sampling": sampling.__dict__, "backend": config.backend, "dtype": config.dtype}
-    path = out / f"answers_{resolved.short_name}-{fingerprint(settings)[:8]}.jsonl"
+    path = answers_dir / f"answers_{resolved.short_name}-{fingerprint(settings)[:8]}.jsonl"
     if config.overwrite:
         ResumableJsonl(path, "key", settings).reset()
     loaded = []
@@ -443,9 +449,13 @@ def run_pairwise(config: PairwiseConfig, model_engine=None, baseline_engine=None
     questions = read_questions(config.data_path, config.max_questions)
     # The judge is set up first so that a bad --judge fails before any answer is generated.
     judge = judge or build_judge(config)
-    out = Path(config.output_dir)
-    model_answers = _answers_for("model", config.model_name_or_path, model_engine, questions, config, out)
-    baseline_answers = _answers_for("baseline", config.baseline_model_name_or_path, baseline_engine, questions, config, out)
+    answers_dir = Path(config.answers_dir or config.output_dir)
+    if config.answers_dir:
+        # The cache files have no lock of their own: a shared folder is held like an output directory,
+        # so a second run on it at the same time stops instead of appending to the same .partial file.
+        lock_output_dir(answers_dir, f"almost eval pairwise --output_dir {config.output_dir}")
+    model_answers = _answers_for("model", config.model_name_or_path, model_engine, questions, config, answers_dir)
+    baseline_answers = _answers_for("baseline", config.baseline_model_name_or_path, baseline_engine, questions, config, answers_dir)
     rows = judge_both_orders(judge, questions, model_answers, baseline_answers)
     metrics = pairwise_metrics(rows)
     metrics.update(task="pairwise", model=config.model_name_or_path, baseline=config.baseline_model_name_or_path, judge=redact_url(config.judge or judge.name), data=str(config.data_path))
