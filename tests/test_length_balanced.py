@@ -163,3 +163,14 @@ def test_rm_train_refuses_the_shipped_evaluation_pairs(name, tmp_path, capsys):
     data = str(HH_HARMLESS_TEST) if name == "HH_PATH" else name
     assert almost_main(["rm", "train", "--data_path", data, "--output_dir", str(tmp_path / "rm")]) == 2
     assert "never train on it" in capsys.readouterr().err and not (tmp_path / "rm").exists()
+
+
+def test_pairwise_length_split_per_category():
+    questions = [Question(q.question_id, q.text, "helpful" if q.question_id in ("0", "3") else "harmless") for q in QUESTIONS]
+    rows = judge_both_orders(Scripted(lambda q, a, b: (float(len(a)), float(len(b)))), questions, MODEL, BASELINE)
+    m = pairwise_metrics(rows)
+    helpful, harmless = (m["per_category"][c]["length_balanced"] for c in ("helpful", "harmless"))
+    assert (helpful["model_longer"]["n"], helpful["model_shorter"]["n"], helpful["win_rate"]) == (1, 1, 0.5)
+    assert (harmless["model_longer"]["n"], harmless["model_shorter"]["n"], harmless["same_length"], harmless["win_rate"]) == (2, 1, 1, 0.5)
+    assert "  helpful: win rate where the model's answer is shorter: 0.000 (1), longer: 1.000 (1)" in pairwise_table(m)
+

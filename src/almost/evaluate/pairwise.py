@@ -17,9 +17,10 @@ A judge then compares each pair twice, with the model's answer shown first and t
 Each order gives the two answers a score (RM rewards, or 1/0/0.5 for an LLM verdict A/B/tie); the
 model wins a question when its two scores add up to more than the baseline's, so a judge that always
 prefers the first position produces ties. Writes ``metrics.json`` (win/tie/loss, win rate
-(wins + ties/2) / n with a 95% interval, per category, and split by length: the win rate where the
-model's answer is shorter and where it is longer than the baseline's, and their mean, the
-length-balanced win rate, with a 95% bootstrap interval), ``metrics.txt`` and ``judgments.jsonl``.
+(wins + ties/2) / n with a 95% interval, and split by length: the win rate where the model's answer
+is shorter and where it is longer than the baseline's, and their mean, the length-balanced win rate,
+with a 95% bootstrap interval; all of these over all questions and per category),
+``metrics.txt`` and ``judgments.jsonl``.
 """
 
 from __future__ import annotations
@@ -368,10 +369,15 @@ def win_rate(outcomes: Sequence[str]) -> dict:
 
 
 def pairwise_metrics(rows: Sequence[dict]) -> dict:
-    outcomes = [r["outcome"] for r in rows]
-    metrics = win_rate(outcomes)
+    """The win rate and its length split, over all questions and per category."""
+    metrics = outcome_metrics(rows)
     categories = sorted({r["category"] or "(none)" for r in rows})
-    metrics["per_category"] = {c: win_rate([r["outcome"] for r in rows if (r["category"] or "(none)") == c]) for c in categories}
+    metrics["per_category"] = {c: outcome_metrics([r for r in rows if (r["category"] or "(none)") == c]) for c in categories}
+    return metrics
+
+
+def outcome_metrics(rows: Sequence[dict]) -> dict:
+    metrics = win_rate([r["outcome"] for r in rows])
     if all("model_length" in r and "baseline_length" in r for r in rows):
         metrics["length_balanced"] = length_split(rows)
     return metrics
@@ -401,18 +407,23 @@ def pairwise_table(metrics: dict) -> str:
 
     lines = [f"{'':<24}{'win':>5}{'tie':>5}{'loss':>5}  {'win rate':>8}  {'95% interval':>14}", line("all", metrics)]
     lines += [line("  " + c, m) for c, m in metrics["per_category"].items()]
-    split = metrics.get("length_balanced")
-    if split:
+
+    def length_line(split: dict) -> str:
         def rate(part: dict) -> str:
             return f"{part['rate']:.3f} ({part['n']})" if part["rate"] is not None else f"- ({part['n']})"
 
         balanced = "-" if split["win_rate"] is None else f"{split['win_rate']:.3f}"
         if split["ci95"][0] is not None:
             balanced += f" [{split['ci95'][0]:.3f}, {split['ci95'][1]:.3f}]"
-        lines.append(
+        return (
             f"win rate where the model's answer is shorter: {rate(split['model_shorter'])}, longer: {rate(split['model_longer'])}, "
             f"same length: {split['same_length']}; length-balanced: {balanced}"
         )
+
+    if metrics.get("length_balanced"):
+        lines.append(length_line(metrics["length_balanced"]))
+        if len(metrics["per_category"]) > 1:
+            lines += [f"  {c}: {length_line(m['length_balanced'])}" for c, m in metrics["per_category"].items()]
     return "\n".join(lines)
 
 
