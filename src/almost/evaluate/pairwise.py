@@ -76,7 +76,10 @@ class PairwiseConfig(EngineArguments):
     """Settings of ``almost eval pairwise``; --model_name_or_path is the model being evaluated."""
 
     baseline_model_name_or_path: str | None = field(default=None, metadata={"help": "The model to compare against (same spellings as --model_name_or_path)."})
-    data_path: str | None = field(default=None, metadata={"help": "Question JSONL: question_id, text (or question/prompt/turns), category."})
+    data_path: str | None = field(
+        default=None,
+        metadata={"help": "Question JSONL: question_id, text (or question/prompt/turns), category; or a shipped set by name: proof-questions (60 helpful + 60 harmless held-out questions)."},
+    )
     output_dir: str | None = field(default=None, metadata={"help": "Where judgments.jsonl, metrics.json and metrics.txt go (and answers_*.jsonl, unless --answers_dir)."})
     answers_dir: str | None = field(
         default=None,
@@ -104,7 +107,16 @@ class Judge(Protocol):
         ...
 
 
-def read_questions(path: str, limit: int | None = None) -> list[Question]:
+def question_data_path(data_path: str) -> Path:
+    """A shipped question set's short name (``proof-questions``) → its file; anything else is a path."""
+    from . import SHIPPED_QUESTIONS
+
+    if data_path in SHIPPED_QUESTIONS and not Path(data_path).exists():
+        return SHIPPED_QUESTIONS[data_path]
+    return Path(data_path)
+
+
+def read_questions(path: str | Path, limit: int | None = None) -> list[Question]:
     rows = read_jsonl(path, "question file")
     questions, seen = [], set()
     for i, row in enumerate(rows, 1):
@@ -457,7 +469,7 @@ def run_pairwise(config: PairwiseConfig, model_engine=None, baseline_engine=None
         raise AlmostError("--baseline_model_name_or_path is required (the model to compare against)")
     if not config.data_path or not config.output_dir:
         raise AlmostError("--data_path and --output_dir are required")
-    questions = read_questions(config.data_path, config.max_questions)
+    questions = read_questions(question_data_path(config.data_path), config.max_questions)
     # The judge is set up first so that a bad --judge fails before any answer is generated.
     judge = judge or build_judge(config)
     answers_dir = Path(config.answers_dir or config.output_dir)
