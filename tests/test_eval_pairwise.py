@@ -112,6 +112,24 @@ def test_run_pairwise_caches_answers(tmp_path, tiny_model_path):
     assert again["win"] == 10
 
 
+def test_a_second_judge_reuses_the_answers_in_a_shared_answers_dir(tmp_path, tiny_model_path):
+    (tmp_path / "config.json").write_text("{}")
+    shared = tmp_path / "answers"
+
+    def evaluate(judge_name, judge):
+        model, baseline = ScriptedEngine(lambda prompt, i: "a good answer"), ScriptedEngine(lambda prompt, i: "bad")
+        config = PairwiseConfig(model_name_or_path=tiny_model_path, baseline_model_name_or_path=str(tmp_path), data_path=str(QUESTIONS_SAMPLE),
+                                output_dir=str(tmp_path / f"by-{judge_name}"), answers_dir=str(shared), max_new_tokens=8)  # fmt: skip
+        return run_pairwise(config, model, baseline, judge), len(model.calls) + len(baseline.calls)
+
+    first, first_calls = evaluate("content", ScriptedJudge(lambda q, a, b: (1.0, 0.0) if "good" in a else (0.0, 1.0)))
+    second, second_calls = evaluate("position", ScriptedJudge(lambda q, a, b: (1.0, 0.0)))
+    assert first_calls > 0 and second_calls == 0  # the second judge's run generated nothing
+    assert (first["win"], second["tie"]) == (10, 10)
+    assert len(list(shared.glob("answers_*.jsonl"))) == 2
+    assert not list(tmp_path.glob("by-*/answers_*"))  # only judgments and metrics in each step's folder
+
+
 class _StubChat(BaseHTTPRequestHandler):
     seen: list[dict] = []
 

@@ -118,7 +118,6 @@ def test_pairwise_oracle_and_ties_count_half():
 
 
 def test_shipped_human_pairs_are_disjoint_halves_that_the_script_reproduces(tmp_path):
-    import importlib.util
     import json
     import gzip
     from pathlib import Path
@@ -143,10 +142,7 @@ def test_shipped_human_pairs_are_disjoint_halves_that_the_script_reproduces(tmp_
     ids = [r["id"] for r in dev_rows + test_rows]
     assert sorted(ids) == list(range(2312))  # the whole split, each row once, no overlap
     # Rebuild the source order from the ids and split it again with the script: the same bytes.
-    script = Path(__file__).resolve().parent.parent / "scripts" / "make_hh_eval_split.py"
-    spec = importlib.util.spec_from_file_location("make_hh_eval_split", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_script("make_hh_eval_split")
     source = sorted(dev_rows + test_rows, key=lambda r: r["id"])
     again_dev, again_test = module.split([{"chosen": r["chosen"], "rejected": r["rejected"]} for r in source])
     module.write_gz(tmp_path / "dev.gz", again_dev)
@@ -163,3 +159,69 @@ def test_rm_train_refuses_the_shipped_evaluation_pairs(name, tmp_path, capsys):
     data = str(HH_HARMLESS_TEST) if name == "HH_PATH" else name
     assert almost_main(["rm", "train", "--data_path", data, "--output_dir", str(tmp_path / "rm")]) == 2
     assert "never train on it" in capsys.readouterr().err and not (tmp_path / "rm").exists()
+
+
+def test_pairwise_length_split_per_category():
+    questions = [Question(q.question_id, q.text, "helpful" if q.question_id in ("0", "3") else "harmless") for q in QUESTIONS]
+    rows = judge_both_orders(Scripted(lambda q, a, b: (float(len(a)), float(len(b)))), questions, MODEL, BASELINE)
+    m = pairwise_metrics(rows)
+    helpful, harmless = (m["per_category"][c]["length_balanced"] for c in ("helpful", "harmless"))
+    assert (helpful["model_longer"]["n"], helpful["model_shorter"]["n"], helpful["win_rate"]) == (1, 1, 0.5)
+    assert (harmless["model_longer"]["n"], harmless["model_shorter"]["n"], harmless["same_length"], harmless["win_rate"]) == (2, 1, 1, 0.5)
+    assert "  helpful: win rate where the model's answer is shorter: 0.000 (1), longer: 1.000 (1)" in pairwise_table(m)
+
+
+def _load_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_proof_questions_are_held_out_and_the_script_reproduces_them(tmp_path):
+    import gzip
+    import json
+    from collections import Counter
+
+    from almost.evaluate import HH_HARMLESS_DEV, HH_HARMLESS_TEST, PROOF_QUESTIONS
+    from almost.evaluate.pairwise import question_data_path, read_questions
+    from almost.feedback.demos import ASSETS
+    from almost.feedback.pg import rouge_l_reference, rouge_tokens
+    from almost.reward.formats import parse_transcript
+
+    assert question_data_path("proof-questions") == PROOF_QUESTIONS
+    questions = read_questions(question_data_path("proof-questions"))  # refuses a question_id seen twice
+    assert Counter(q.category for q in questions) == {"helpful": 60, "harmless": 60}
+    assert len({q.text for q in questions}) == 120
+
+    module = _load_script("make_proof_questions")
+    module.write_jsonl(tmp_path / "again.jsonl", module.helpful_questions() + module.harmless_questions())
+    assert (tmp_path / "again.jsonl").read_bytes() == PROOF_QUESTIONS.read_bytes()
+
+    # Helpful: held out from PG by its own near-duplicate rule, against the seeds and each other.
+    seeds = [line for name in ("seed_prompts.txt", "seed_prompts_harmless.txt") for line in (ASSETS / name).read_text().splitlines() if line.strip()]
+    helpful = [q.text for q in questions if q.category == "helpful"]
+    for i, text in enumerate(helpful):
+        closest = max(rouge_l_reference(rouge_tokens(other), rouge_tokens(text)) for other in seeds + helpful[:i] + helpful[i + 1 :])
+        assert closest < 0.5, text
+    too_close = tmp_path / "too_close.jsonl"
+    too_close.write_text(json.dumps({"question_id": "x", "text": "How do I undo the last commit in git?"}) + "\n")
+    with pytest.raises(SystemExit, match="not held out from PG"):
+        module.helpful_questions(too_close)
+
+    # Harmless: each the one human turn of a test-half conversation, never a dev-half one.
+    def rows(path):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return {r["id"]: r for r in map(json.loads, f)}
+
+    test_rows, dev_ids = rows(HH_HARMLESS_TEST), set(rows(HH_HARMLESS_DEV))
+    for q in (q for q in questions if q.category == "harmless"):
+        row_id = int(q.question_id.removeprefix("harmless-"))
+        assert row_id in test_rows and row_id not in dev_ids
+        for side in ("chosen", "rejected"):
+            messages = parse_transcript(test_rows[row_id][side])
+            assert [m["role"] for m in messages] == ["user", "assistant"] and messages[0]["content"] == q.text

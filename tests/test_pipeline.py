@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from almost.cli import main as cli
-from almost.pipeline import Planner, load_config, validate
+from almost.pipeline import Planner, load_config, step_fingerprint, validate
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["How do I keep basil alive indoors?", "What is a prime number?", "Give me a tip for learning to juggle.", "Why is the sky blue?"]
@@ -210,10 +210,17 @@ def test_pairwise_judges_each_get_a_step_and_bad_judges_fail_early(tmp_path, cap
     path = write_config(tmp_path / "p.yaml", base)
     steps = Planner(load_config(path), tmp_path / "run", path).plan()
     assert [s.name for s in steps] == ["eval/pairwise/sft-vs-base"] and "judge" not in steps[0].flags  # unchanged without judges
+    assert "answers_dir" not in steps[0].flags  # ... answers included, in the step's own folder
     base["eval"]["pairwise"]["judges"] = {"a": "llm:smollm2-135m", "b": "openai:https://example.org/v1"}
     steps = Planner(load_config(path := write_config(path, base)), tmp_path / "run", path).plan()
     assert [(s.name, s.flags["judge"]) for s in steps] == [("eval/pairwise/sft-vs-base-by-a", "llm:smollm2-135m"),
                                                            ("eval/pairwise/sft-vs-base-by-b", "openai:https://example.org/v1")]  # fmt: skip
+    # Both judges' steps read and write one answer cache, left out of their fingerprints (it grows as they run).
+    assert {s.flags["answers_dir"] for s in steps} == {str(tmp_path / "run" / "eval" / "pairwise" / "answers")}
+    fingerprints = [step_fingerprint(s) for s in steps]
+    (tmp_path / "run" / "eval" / "pairwise" / "answers").mkdir(parents=True)
+    (tmp_path / "run" / "eval" / "pairwise" / "answers" / "answers_x.jsonl").write_text("{}\n")
+    assert [step_fingerprint(s) for s in steps] == fingerprints
     for judges, message in (({"x": "rm"}, "no rm stage"), ({"../x": "llm:m"}, "must be a plain name"), (["rm"], "must map labels")):
         base["eval"]["pairwise"]["judges"] = judges
         assert cli(["pipeline", str(write_config(path, base)), "--output_dir", str(tmp_path / "run")]) == 2

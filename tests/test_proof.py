@@ -86,6 +86,8 @@ def test_demo_proof_prints_the_table_from_the_stages_metrics(tmp_path, tiny_mode
         row = table_row(printed, label)
         assert row[:5] == [label, spec, str(metrics["n"]), f"{metrics['win_rate']:.3f}", f"[{metrics['ci95'][0]:.3f}, {metrics['ci95'][1]:.3f}]"]
         assert row[6] == str(split["model_shorter"]["n"]) and row[8] == str(split["model_longer"]["n"])
+    # The two judges read one set of answers: the model's and the baseline's, made once.
+    assert len(list((out / "eval" / "pairwise" / "answers").glob("answers_*.jsonl"))) == 2
 
 
 def load_ablation_script():

@@ -68,7 +68,12 @@ TOP_LEVEL_KEYS = ("output_dir", "shared", "in_process", *STAGES)
 MARKER_PREFIX = ".almost-step"
 # Flags that do not decide a step's result: left out of its fingerprint. The cache changes by itself
 # (downloads, the embedded model's conversion); a model found through it is fingerprinted by content.
-NOT_RESULT_FLAGS = frozenset({"cache_dir"})
+# The pairwise answer cache is keyed by model content, sampling settings and question: the folder that
+# judge steps share grows as they run, and must not make the earlier ones look changed.
+NOT_RESULT_FLAGS = frozenset({"cache_dir", "answers_dir"})
+# The folder of answers shared by the pairwise steps of several judges, beside their step folders
+# (whose names always contain "-vs-", so they cannot collide with it).
+PAIRWISE_ANSWERS = "answers"
 # An eval model label becomes a folder name: one plain name, never a path.
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -345,6 +350,10 @@ class Planner:
                         wired = {"model_name_or_path": model, "baseline_model_name_or_path": models[baseline]}
                         if judge:
                             wired["judge"] = judge
+                        if by:
+                            # One answer cache for every judge: each model answers each question once. The
+                            # steps run one after another, and `eval pairwise` locks the folder besides.
+                            wired["answers_dir"] = str(self.run / "eval" / kind / PAIRWISE_ANSWERS)
                         name = f"{label}-vs-{baseline}" + (f"-by-{by}" if by else "")
                         self.add("eval", f"eval/{kind}/{name}", ("eval", kind), settings, wired, self.run / "eval" / kind / name, "metrics.json")
             else:
@@ -355,8 +364,9 @@ class Planner:
 
     def pairwise_judges(self, settings: dict, reward_model: str | None) -> dict[str, str | None]:
         """``eval.pairwise.judges`` (label: judge spec, ``rm`` = the run's own RM) → a step per judge,
-        in folders ``<model>-vs-<baseline>-by-<label>``. Without it, one step: the config's ``judge``,
-        else the run's RM (``{"": judge}``, the folder keeps its plain name)."""
+        in folders ``<model>-vs-<baseline>-by-<label>``, sharing the answers in ``eval/pairwise/answers``.
+        Without it, one step: the config's ``judge``, else the run's RM (``{"": judge}``, the folder
+        keeps its plain name and its answers)."""
         judges = settings.pop("judges", None)
         if judges is None:
             return {"": None if "judge" in settings or not reward_model else f"rm:{reward_model}"}

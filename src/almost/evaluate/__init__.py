@@ -5,6 +5,9 @@ check that the evaluations run and show the shape of their input; report numbers
 The exception is real human preference data: ``hh_harmless_{dev,test}.jsonl.gz``, the whole test
 split of Anthropic's HH-RLHF harmless-base (MIT), halved once by a seeded permutation
 (``scripts/make_hh_eval_split.py``; see ``assets/eval/README.md``). Never train on them.
+``proof_questions.jsonl`` is the proof run's held-out pairwise question set: our own helpful
+questions, held out from PG's seeds, and real human requests from that test half
+(``scripts/make_proof_questions.py``).
 """
 
 from pathlib import Path
@@ -17,3 +20,6 @@ HH_HARMLESS_DEV = SAMPLE_DATA / "hh_harmless_dev.jsonl.gz"  # choose options on 
 HH_HARMLESS_TEST = SAMPLE_DATA / "hh_harmless_test.jsonl.gz"  # report on this half
 # Short names `almost rm eval --data_path` accepts for the shipped human preference pairs.
 SHIPPED_PAIRS = {"hh-harmless-dev": HH_HARMLESS_DEV, "hh-harmless-test": HH_HARMLESS_TEST}
+PROOF_QUESTIONS = SAMPLE_DATA / "proof_questions.jsonl"  # 60 helpful + 60 harmless held-out questions
+# Short names `almost eval pairwise --data_path` accepts for the shipped question sets.
+SHIPPED_QUESTIONS = {"proof-questions": PROOF_QUESTIONS}

@@ -4,7 +4,9 @@ Both models answer every question of a Vicuna-style question file (JSONL rows wi
 ``text`` and ``category``; ``question``/``prompt``/``turns`` also work). Answers are cached in
 ``answers_<model>-<settings>.jsonl`` (written as they are made; a rerun reuses or resumes them),
 where ``<settings>`` hashes the model's contents and the sampling settings, and each answer is kept
-under its question's id and text: an edited question is answered again.
+under its question's id and text: an edited question is answered again. The cache lives in
+``--output_dir``, or in ``--answers_dir``: evaluations of the same models by different judges can
+share one, so that each answer is generated once.
 A judge then compares each pair twice, with the model's answer shown first and then second:
 
 - ``--judge rm:PATH``: a reward model from ``almost rm train`` scores both answers;
@@ -15,9 +17,10 @@ A judge then compares each pair twice, with the model's answer shown first and t
 Each order gives the two answers a score (RM rewards, or 1/0/0.5 for an LLM verdict A/B/tie); the
 model wins a question when its two scores add up to more than the baseline's, so a judge that always
 prefers the first position produces ties. Writes ``metrics.json`` (win/tie/loss, win rate
-(wins + ties/2) / n with a 95% interval, per category, and split by length: the win rate where the
-model's answer is shorter and where it is longer than the baseline's, and their mean, the
-length-balanced win rate, with a 95% bootstrap interval), ``metrics.txt`` and ``judgments.jsonl``.
+(wins + ties/2) / n with a 95% interval, and split by length: the win rate where the model's answer
+is shorter and where it is longer than the baseline's, and their mean, the length-balanced win rate,
+with a 95% bootstrap interval; all of these over all questions and per category),
+``metrics.txt`` and ``judgments.jsonl``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from tqdm.auto import tqdm
 from ..chat import as_messages, render_prompt
 from ..config import EngineArguments, parse
 from ..engines import Sampling, engine_model, load_engine
-from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, read_jsonl, redact_url
+from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, lock_output_dir, read_jsonl, redact_url
 from .scoring import write_results
 
 JUDGE_KINDS = ("rm", "llm", "openai")
@@ -73,8 +76,15 @@ class PairwiseConfig(EngineArguments):
     """Settings of ``almost eval pairwise``; --model_name_or_path is the model being evaluated."""
 
     baseline_model_name_or_path: str | None = field(default=None, metadata={"help": "The model to compare against (same spellings as --model_name_or_path)."})
-    data_path: str | None = field(default=None, metadata={"help": "Question JSONL: question_id, text (or question/prompt/turns), category."})
-    output_dir: str | None = field(default=None, metadata={"help": "Where answers_*.jsonl, judgments.jsonl, metrics.json and metrics.txt go."})
+    data_path: str | None = field(
+        default=None,
+        metadata={"help": "Question JSONL: question_id, text (or question/prompt/turns), category; or a shipped set by name: proof-questions (60 helpful + 60 harmless held-out questions)."},
+    )
+    output_dir: str | None = field(default=None, metadata={"help": "Where judgments.jsonl, metrics.json and metrics.txt go (and answers_*.jsonl, unless --answers_dir)."})
+    answers_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where the cached answers answers_*.jsonl go (default: --output_dir). Runs that differ only in their judge can share one folder and answer each question once."},
+    )
     judge: str | None = field(default=None, metadata={"help": "rm:PATH (reward model) or rm:URL (`almost rm serve`; token from $ALMOST_RM_TOKEN), llm:MODEL (local judge model) or openai:URL (OpenAI-compatible endpoint)."})
     judge_model: str | None = field(default=None, metadata={"help": "Model name sent to an openai: judge endpoint."})
     judge_api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the openai: endpoint's API key (unset: no key sent)."})
@@ -97,7 +107,16 @@ class Judge(Protocol):
         ...
 
 
-def read_questions(path: str, limit: int | None = None) -> list[Question]:
+def question_data_path(data_path: str) -> Path:
+    """A shipped question set's short name (``proof-questions``) → its file; anything else is a path."""
+    from . import SHIPPED_QUESTIONS
+
+    if data_path in SHIPPED_QUESTIONS and not Path(data_path).exists():
+        return SHIPPED_QUESTIONS[data_path]
+    return Path(data_path)
+
+
+def read_questions(path: str | Path, limit: int | None = None) -> list[Question]:
     rows = read_jsonl(path, "question file")
     questions, seen = [], set()
     for i, row in enumerate(rows, 1):
@@ -362,10 +381,15 @@ def win_rate(outcomes: Sequence[str]) -> dict:
 
 
 def pairwise_metrics(rows: Sequence[dict]) -> dict:
-    outcomes = [r["outcome"] for r in rows]
-    metrics = win_rate(outcomes)
+    """The win rate and its length split, over all questions and per category."""
+    metrics = outcome_metrics(rows)
     categories = sorted({r["category"] or "(none)" for r in rows})
-    metrics["per_category"] = {c: win_rate([r["outcome"] for r in rows if (r["category"] or "(none)") == c]) for c in categories}
+    metrics["per_category"] = {c: outcome_metrics([r for r in rows if (r["category"] or "(none)") == c]) for c in categories}
+    return metrics
+
+
+def outcome_metrics(rows: Sequence[dict]) -> dict:
+    metrics = win_rate([r["outcome"] for r in rows])
     if all("model_length" in r and "baseline_length" in r for r in rows):
         metrics["length_balanced"] = length_split(rows)
     return metrics
@@ -395,27 +419,32 @@ def pairwise_table(metrics: dict) -> str:
 
     lines = [f"{'':<24}{'win':>5}{'tie':>5}{'loss':>5}  {'win rate':>8}  {'95% interval':>14}", line("all", metrics)]
     lines += [line("  " + c, m) for c, m in metrics["per_category"].items()]
-    split = metrics.get("length_balanced")
-    if split:
+
+    def length_line(split: dict) -> str:
         def rate(part: dict) -> str:
             return f"{part['rate']:.3f} ({part['n']})" if part["rate"] is not None else f"- ({part['n']})"
 
         balanced = "-" if split["win_rate"] is None else f"{split['win_rate']:.3f}"
         if split["ci95"][0] is not None:
             balanced += f" [{split['ci95'][0]:.3f}, {split['ci95'][1]:.3f}]"
-        lines.append(
+        return (
             f"win rate where the model's answer is shorter: {rate(split['model_shorter'])}, longer: {rate(split['model_longer'])}, "
             f"same length: {split['same_length']}; length-balanced: {balanced}"
         )
+
+    if metrics.get("length_balanced"):
+        lines.append(length_line(metrics["length_balanced"]))
+        if len(metrics["per_category"]) > 1:
+            lines += [f"  {c}: {length_line(m['length_balanced'])}" for c, m in metrics["per_category"].items()]
     return "\n".join(lines)
 
 
-def _answers_for(role_name: str, model_name: str, engine, questions, config: PairwiseConfig, out: Path) -> dict[str, str]:
+def _answers_for(role_name: str, model_name: str, engine, questions, config: PairwiseConfig, answers_dir: Path) -> dict[str, str]:
     sampling = Sampling(temperature=config.temperature, max_new_tokens=config.max_new_tokens, seed=config.seed)
     resolved = engine_model(config, model_name)
     # The model by content: a checkpoint retrained in the same folder gets a cache file of its own.
     settings = {"model": digest_model(resolved.path), "sampling": sampling.__dict__, "backend": config.backend, "dtype": config.dtype}
-    path = out / f"answers_{resolved.short_name}-{fingerprint(settings)[:8]}.jsonl"
+    path = answers_dir / f"answers_{resolved.short_name}-{fingerprint(settings)[:8]}.jsonl"
     if config.overwrite:
         ResumableJsonl(path, "key", settings).reset()
     loaded = []
@@ -440,12 +469,16 @@ def run_pairwise(config: PairwiseConfig, model_engine=None, baseline_engine=None
         raise AlmostError("--baseline_model_name_or_path is required (the model to compare against)")
     if not config.data_path or not config.output_dir:
         raise AlmostError("--data_path and --output_dir are required")
-    questions = read_questions(config.data_path, config.max_questions)
+    questions = read_questions(question_data_path(config.data_path), config.max_questions)
     # The judge is set up first so that a bad --judge fails before any answer is generated.
     judge = judge or build_judge(config)
-    out = Path(config.output_dir)
-    model_answers = _answers_for("model", config.model_name_or_path, model_engine, questions, config, out)
-    baseline_answers = _answers_for("baseline", config.baseline_model_name_or_path, baseline_engine, questions, config, out)
+    answers_dir = Path(config.answers_dir or config.output_dir)
+    if config.answers_dir:
+        # The cache files have no lock of their own: a shared folder is held like an output directory,
+        # so a second run on it at the same time stops instead of appending to the same .partial file.
+        lock_output_dir(answers_dir, f"almost eval pairwise --output_dir {config.output_dir}")
+    model_answers = _answers_for("model", config.model_name_or_path, model_engine, questions, config, answers_dir)
+    baseline_answers = _answers_for("baseline", config.baseline_model_name_or_path, baseline_engine, questions, config, answers_dir)
     rows = judge_both_orders(judge, questions, model_answers, baseline_answers)
     metrics = pairwise_metrics(rows)
     metrics.update(task="pairwise", model=config.model_name_or_path, baseline=config.baseline_model_name_or_path, judge=redact_url(config.judge or judge.name), data=str(config.data_path))
