@@ -27,14 +27,17 @@ def render_prompt(tokenizer, messages: list[dict]) -> str:
     return transcript(messages) + "\n\nAssistant:"
 
 
-def check_chat_template(tokenizer, where: str) -> None:
+def check_chat_template(tokenizer, where: str, required_by: str | None = None) -> None:
     """A chat template that does not compile is the user's file's fault: one line naming it, before
-    anything is written, instead of a traceback at the first prompt."""
+    anything is written, instead of a traceback at the first prompt. ``required_by`` (an option's
+    name) makes a missing template an error too, for options that have no transcript fallback."""
+    from .io import AlmostError
+
     if not getattr(tokenizer, "chat_template", None):
+        if required_by:
+            raise AlmostError(f"{required_by} renders prompts with the model's chat template, and {where} has none")
         return
     import jinja2
-
-    from .io import AlmostError
 
     try:
         tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)

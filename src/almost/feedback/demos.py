@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import AlmostError, read_text, require_file
+from ..reward.formats import parse_transcript
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # The project's own files (users may pass theirs): seed queries for PG, a high-quality and a
@@ -52,6 +53,13 @@ class Demonstrations:
             raise AlmostError(f"{self.name}: asked for {n_shot} demonstrations, the file has {len(self.dialogues)}")
         blocks = [self.header, *self.dialogues[:n_shot]]
         return f"\n{SEPARATOR}\n".join(blocks) + f"\n{SEPARATOR}"
+
+    def chat_messages(self, n_shot: int, messages: list[dict]) -> list[dict]:
+        """The header as the system message, the first ``n_shot`` dialogues as earlier user/assistant
+        turns, then the conversation so far: what a chat template renders for ``--chat_format``."""
+        self.static_prompt(n_shot)  # the same check of n_shot as the transcript format
+        turns = [m for d in self.dialogues[:n_shot] for m in parse_transcript(d)]
+        return [{"role": "system", "content": self.header}, *turns, *messages]
 
 
 def demonstration_name(path: str | Path) -> str:
