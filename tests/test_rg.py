@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from almost import cli
 from almost.engines import Sampling, ScriptedEngine
 from almost.engines.hf import HFEngine
 from almost.feedback import demos
 from almost.feedback.merge import MergeArguments, run_merge
-from almost.feedback.rg import RGArguments, answer_row, configurations, run_rg
+from almost.feedback.rg import RGArguments, _resume_settings, answer_row, configurations, run_rg
 from almost.io import AlmostError
+from almost.models import load_tokenizer
+from almost.reward.formats import parse_transcript
+
+from conftest import SMOLLM2_FILES
 
 PROMPTS = ["How do I boil an egg?", "Why is the sea salty?", "Name a prime number.", "What is rain?", "Tell me a joke."]
 GOOD = "This is a perfectly reasonable answer that is long enough to count as usable."
@@ -319,3 +325,89 @@ def test_select_makes_only_the_named_configurations(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["smollm2-135m-basic-0shot.jsonl", "smollm2-135m-faithful-1shot.jsonl"]
     with pytest.raises(AlmostError, match="--select names 'smollm2-135m-basic-3shot'"):
         configurations(RGArguments(output_dir=str(tmp_path), prompt_file_path=files, n_shot=[1], select=["smollm2-135m-basic-3shot"]))
+
+
+# --- --chat_format: the demonstrations as chat turns in the model's template ----------------------
+
+
+def chat_config(tmp_path, **settings) -> RGArguments:
+    """The fixture checkpoint's tokenizer (SmolLM2-135M-Instruct's, with its chat template)."""
+    return RGArguments(output_dir=str(tmp_path), model_name_or_path=str(SMOLLM2_FILES), chat_format=True, **settings)
+
+
+def test_chat_prompt_is_header_as_system_then_the_demonstrations_then_the_question(tmp_path):
+    (c,) = configurations(chat_config(tmp_path, prompt_file_path=["harmless_prompt.txt"], n_shot=[2]))
+    prompt = c.prompt("What is rain?", load_tokenizer(str(SMOLLM2_FILES)))
+    d = c.demos
+    assert prompt.startswith(f"<|im_start|>system\n{d.header}<|im_end|>\n")
+    turns = [m for dialogue in d.dialogues[:2] for m in parse_transcript(dialogue)]
+    assert [m["role"] for m in turns] == ["user", "assistant", "user", "assistant"]
+    positions = [prompt.index(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>") for m in turns]
+    assert positions == sorted(positions)
+    assert parse_transcript(d.dialogues[2])[0]["content"] not in prompt
+    assert "Human:" not in prompt and "-----" not in prompt
+    assert prompt.endswith("<|im_start|>user\nWhat is rain?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_chat_configurations_are_named_apart_and_default_prompts_are_unchanged(tmp_path):
+    files = ["harmless_prompt.txt", str(demos.WORSE_DEMONSTRATIONS)]
+    chat = configurations(chat_config(tmp_path, prompt_file_path=files, n_shot=[2, 0]))
+    assert [c.name for c in chat] == ["smollm2-135m-harmless-2shot-chat", "smollm2-135m-harmless-0shot-chat",
+                                      "smollm2-135m-basic-2shot-chat", "smollm2-135m-basic-0shot-chat"]  # fmt: skip
+    assert [c.name for c in configurations(chat_config(tmp_path, prompt_file_path=files, n_shot=[2], select=["smollm2-135m-basic-2shot-chat"]))] == [
+        "smollm2-135m-basic-2shot-chat"
+    ]
+    with pytest.raises(AlmostError, match="--select names 'smollm2-135m-basic-2shot'"):
+        configurations(chat_config(tmp_path, prompt_file_path=files, n_shot=[2], select=["smollm2-135m-basic-2shot"]))
+    (plain,) = configurations(RGArguments(output_dir=str(tmp_path), prompt_file_path=["harmless_prompt.txt"], n_shot=[2]))
+    assert plain.name == "smollm2-135m-harmless-2shot"
+    assert plain.prompt("What is rain?") == plain.demos.static_prompt(2) + "\n\nHuman: What is rain?\n\nAssistant:"
+
+
+def test_chat_format_is_part_of_the_resume_fingerprint(tmp_path):
+    plain_config = RGArguments(output_dir=str(tmp_path), n_shot=[1])
+    chat = chat_config(tmp_path, n_shot=[1])
+    (c,) = configurations(chat)
+    plain = _resume_settings(plain_config, c, PROMPTS, None, "m")
+    assert "chat_format" not in plain  # outputs made before the option stay current
+    assert _resume_settings(chat, c, PROMPTS, None, "m") == {**plain, "chat_format": True}
+
+
+def test_chat_run_sends_templated_prompts_and_keeps_the_answer_rules(tmp_path):
+    write_prompts(tmp_path)
+    engine = ScriptedEngine(lambda prompt, i: f"{GOOD}\n\nHuman: and another thing")
+    summary = run_rg(chat_config(tmp_path, n_shot=[1], chunk_size=2), engine=engine)
+    name = "smollm2-135m-faithful-1shot-chat"
+    assert list(summary) == [name]
+    prompts, sampling = engine.calls[0]
+    assert prompts[0].startswith("<|im_start|>system\n") and prompts[0].endswith(f"<|im_start|>user\n{PROMPTS[0]}<|im_end|>\n<|im_start|>assistant\n")
+    assert sampling.stop == demos.ANSWER_STOP
+    rows = rows_of(tmp_path / f"{name}.jsonl")
+    assert [r["prompt"] for r in rows] == PROMPTS
+    assert all(r["response"] == GOOD and not r["bad"] and r["config"] == name for r in rows)
+
+
+def test_chat_format_without_a_chat_template_is_one_error_line(tmp_path, capsys):
+    model = tmp_path / "no-template"
+    model.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(SMOLLM2_FILES / name, model / name)
+    out = tmp_path / "rg"
+    write_prompts(out)
+    capsys.readouterr()
+    argv = ["rg", "--output_dir", str(out), "--model_name_or_path", str(model), "--backend", "hf", "--chat_format"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"almost rg: error: --chat_format renders prompts with the model's chat template, and {model} has none"], err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["prompts.txt"]
+
+
+def test_almost_rg_chat_format_on_a_tiny_model(tmp_path, tiny_model_path):
+    out = tmp_path / "rg"
+    write_prompts(out)
+    argv = ["rg", "--output_dir", str(out), "--model_name_or_path", tiny_model_path, "--backend", "hf", "--chat_format",
+            "--prompt_file_path", "harmless_prompt.txt", "--n_shot", "1", "--max_new_tokens", "8", "--batch_size", "2"]  # fmt: skip
+    assert cli.main(argv) == 0
+    rows = rows_of(out / f"{Path(tiny_model_path).name.lower()}-harmless-1shot-chat.jsonl")
+    assert [r["index"] for r in rows] == list(range(len(PROMPTS)))
+    assert all(isinstance(r["response"], str) for r in rows)

@@ -3,7 +3,10 @@
 A configuration's prompt is the demonstration file's header and its first ``n_shot`` dialogues,
 then ``Human: {prompt}`` and ``Assistant:``. The engine stops at the next dialogue separator or
 ``Human:`` turn; the answer is cut there too and marked BAD (the row is kept) by the seed's rules
-(``demos.bad_answer_reasons``). Several ``--prompt_file_path`` and ``--n_shot`` values run every
+(``demos.bad_answer_reasons``). With ``--chat_format`` the same content goes through the model's own
+chat template instead (header as the system message, dialogues as earlier turns): instruct models
+answer a plain transcript poorly. The answer then ends at the model's end-of-turn token, which the
+engines stop at as at any EOS; the transcript stop strings stay, for a model that imitates one. Several ``--prompt_file_path`` and ``--n_shot`` values run every
 combination with one model load.
 
 Work goes in fixed chunks of ``--chunk_size`` prompts (chunk k holds prompts k·size ... (k+1)·size-1
@@ -28,8 +31,9 @@ from tqdm.auto import tqdm
 
 from ..config import EngineArguments, parse, parse_shard
 from ..engines import Engine, Sampling, engine_model, load_engine
+from ..chat import check_chat_template, render_prompt
 from ..io import AlmostError, ResumableJsonl, digest_model, read_lines
-from ..models import ResolvedModel
+from ..models import ResolvedModel, load_tokenizer
 from .demos import ANSWER_STOP, BETTER_DEMONSTRATIONS, Demonstrations, bad_answer_reasons, cut_answer, few_shot_prompt, load_demonstrations
 
 ROW_FIELDS = ("index", "prompt", "response", "bad", "bad_reasons", "config")
@@ -71,7 +75,11 @@ class RGArguments(EngineArguments):
     )
     select: list[str] | None = field(
         default=None,
-        metadata={"help": "Make only these of the configurations --prompt_file_path x --n_shot makes (names as {model}-{file}-{n}shot): several configurations that are not a full product, with one model load."},
+        metadata={"help": "Make only these of the configurations --prompt_file_path x --n_shot makes (names as {model}-{file}-{n}shot, with -chat under --chat_format): several configurations that are not a full product, with one model load."},
+    )
+    chat_format: bool = field(
+        default=False,
+        metadata={"help": "Prompt with the model's chat template: the file's header as the system message, the demonstrations as earlier user/assistant turns. Configuration names end in -chat. Off by default, as in the seed (a plain transcript)."},
     )
 
     def __post_init__(self):
@@ -85,27 +93,36 @@ class RGArguments(EngineArguments):
                 raise ValueError(f"--{name} must be at least 1")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError("--temperature must be >= 0 and --top_p in (0, 1]")
+        if self.chat_format and self.backend == "openai":
+            # The template is applied here, with the model's tokenizer, which a served model does not lend.
+            raise ValueError("--chat_format needs the model's tokenizer: use --backend hf or vllm")
 
 
 @dataclass(frozen=True)
 class Configuration:
-    """One RG configuration: a model, a demonstration file and a number of shots."""
+    """One RG configuration: a model, a demonstration file, a number of shots and the prompt format."""
 
     model_short_name: str
     demos: Demonstrations
     n_shot: int
+    chat_format: bool = False
 
     @property
     def name(self) -> str:
-        return configuration_name(self.model_short_name, self.demos.name, self.n_shot)
+        return configuration_name(self.model_short_name, self.demos.name, self.n_shot, self.chat_format)
 
-    def prompt(self, user_prompt: str) -> str:
-        return few_shot_prompt(self.demos, self.n_shot, [{"role": "user", "content": user_prompt}])
+    def prompt(self, user_prompt: str, tokenizer=None) -> str:
+        """The few-shot transcript, or under ``chat_format`` the same turns in ``tokenizer``'s chat template."""
+        question = [{"role": "user", "content": user_prompt}]
+        if self.chat_format:
+            return render_prompt(tokenizer, self.demos.chat_messages(self.n_shot, question))
+        return few_shot_prompt(self.demos, self.n_shot, question)
 
 
-def configuration_name(model_short_name: str, demonstration_name: str, n_shot: int) -> str:
-    """``smollm2-135m-faithful-3shot``."""
-    return f"{model_short_name}-{demonstration_name}-{n_shot}shot"
+def configuration_name(model_short_name: str, demonstration_name: str, n_shot: int, chat_format: bool = False) -> str:
+    """``smollm2-135m-faithful-3shot``; ``smollm2-135m-faithful-3shot-chat`` in the chat template, so
+    the two formats never share an output file or a rubric name."""
+    return f"{model_short_name}-{demonstration_name}-{n_shot}shot" + ("-chat" if chat_format else "")
 
 
 def model_short_name(model_name_or_path: str) -> str:
@@ -119,7 +136,7 @@ def configurations(config: RGArguments) -> list[Configuration]:
     selected = set(config.select or ())
     result: dict[str, Configuration] = {}
     for path, n_shot in itertools.product(config.prompt_file_path, config.n_shot):
-        c = Configuration(short, load_demonstrations(path), n_shot)
+        c = Configuration(short, load_demonstrations(path), n_shot, config.chat_format)
         if selected and c.name not in selected:
             continue
         c.demos.static_prompt(n_shot)  # fails early when the file has too few dialogues
@@ -167,6 +184,8 @@ def _resume_settings(config: RGArguments, configuration: Configuration, prompts:
         "demonstrations": [configuration.demos.header, configuration.demos.dialogues, configuration.n_shot],
         "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
         "shard": shard,
+        # Only when on, so outputs made before the option existed stay current.
+        **({"chat_format": True} if config.chat_format else {}),
     }
 
 
@@ -186,6 +205,7 @@ def run_rg(config: RGArguments, engine: Engine | None = None) -> dict:
     # fingerprint the name they give.
     model = engine_model(config, config.model_name_or_path) if engine is None else None
     model_digest = digest_model(model.path if model else config.model_name_or_path)
+    tokenizer = chat_tokenizer(config, model.path if model else config.model_name_or_path) if config.chat_format else None
     summary: dict[str, dict] = {}
     logs = {}
     for c in todo_configurations:
@@ -206,9 +226,17 @@ def run_rg(config: RGArguments, engine: Engine | None = None) -> dict:
         engine = load_engine(config, model)
     for c in todo_configurations:
         if c.name in logs:
-            summary[c.name] = _generate(config, c, prompts, indices, engine, logs[c.name])
+            summary[c.name] = _generate(config, c, prompts, indices, engine, logs[c.name], tokenizer)
     write_card(config, todo_configurations, shard)
     return summary
+
+
+def chat_tokenizer(config: RGArguments, model_path: str):
+    """The model's tokenizer, for its chat template: loaded (and the template checked) before any file
+    is written, so a model without one costs one error line, not a failed run."""
+    tokenizer = load_tokenizer(model_path, config.trust_remote_code, cache_dir=config.cache_dir)
+    check_chat_template(tokenizer, model_path, required_by="--chat_format")
+    return tokenizer
 
 
 def write_card(config: RGArguments, todo: list[Configuration], shard) -> None:
@@ -231,7 +259,9 @@ def write_card(config: RGArguments, todo: list[Configuration], shard) -> None:
     })  # fmt: skip
 
 
-def _generate(config: RGArguments, c: Configuration, prompts: list[str], indices: list[int], engine: Engine, log: ResumableJsonl) -> dict:
+def _generate(
+    config: RGArguments, c: Configuration, prompts: list[str], indices: list[int], engine: Engine, log: ResumableJsonl, tokenizer=None
+) -> dict:
     chunks: dict[int, list[int]] = {}
     for i in indices:
         chunks.setdefault(i // config.chunk_size, []).append(i)
@@ -247,7 +277,7 @@ def _generate(config: RGArguments, c: Configuration, prompts: list[str], indices
                 temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
                 stop=ANSWER_STOP, seed=chunk_seed(config.seed, c.name, chunk_index),
             )  # fmt: skip
-            generations = engine.generate([c.prompt(prompts[i]) for i in members], sampling, desc=f"chunk {chunk_index}")
+            generations = engine.generate([c.prompt(prompts[i], tokenizer) for i in members], sampling, desc=f"chunk {chunk_index}")
             rows = [
                 answer_row(i, prompts[i], samples[0], c.name, config.trim_to_sentence)
                 for i, samples in zip(members, generations, strict=True)
