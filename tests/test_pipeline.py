@@ -167,6 +167,27 @@ def test_bad_configs_fail_before_any_work(tmp_path, request, capsys, config, mes
     assert not out.exists()
 
 
+def test_rg_chat_format_plans_chat_configurations_and_the_rubric_uses_their_names(tmp_path, tiny_model_path, capsys):
+    short = Path(tiny_model_path).name.lower()
+    config = {
+        "rg": {"model_name_or_path": tiny_model_path, "chat_format": True,
+               "configurations": [{"prompt_file_path": "harmless_prompt.txt", "n_shot": 2}, {"prompt_file_path": "basic_prompt.txt", "n_shot": 1}]},
+        "cs": {"rubric": [f"{short}-harmless-2shot-chat", f"{short}-basic-1shot-chat"]},
+    }  # fmt: skip
+    path = write_config(tmp_path / "chat.yaml", config)
+    planner = Planner(load_config(path), tmp_path / "run", path)
+    steps = planner.plan()
+    assert [s.name for s in steps if s.stage == "rg"] == [f"rg/{short}-harmless-2shot-chat", f"rg/{short}-basic-1shot-chat"]
+    assert all(s.flags["chat_format"] is True for s in steps if s.stage == "rg")
+    validate(steps, planner, check_models=False)
+    # The transcript format's names are another run's configurations.
+    config["cs"]["rubric"] = [f"{short}-harmless-2shot", f"{short}-basic-1shot"]
+    out = tmp_path / "run"
+    assert cli(["pipeline", str(write_config(path, config)), "--output_dir", str(out)]) == 2
+    assert f"cs.rubric names '{short}-harmless-2shot', which is not an rg configuration" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_unknown_stage_for_until(tmp_path, capsys):
     path = write_config(tmp_path / "p.yaml", {"cs": {"rubric": ["a", "b"]}})
     assert cli(["pipeline", str(path), "--output_dir", str(tmp_path / "r"), "--until", "rl"]) == 2
