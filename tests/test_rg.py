@@ -411,3 +411,8 @@ def test_almost_rg_chat_format_on_a_tiny_model(tmp_path, tiny_model_path):
     rows = rows_of(out / f"{Path(tiny_model_path).name.lower()}-harmless-1shot-chat.jsonl")
     assert [r["index"] for r in rows] == list(range(len(PROMPTS)))
     assert all(isinstance(r["response"], str) for r in rows)
+
+
+def test_chat_format_refuses_a_served_model(tmp_path):
+    with pytest.raises(ValueError, match="--chat_format needs the model's tokenizer"):
+        RGArguments(output_dir=str(tmp_path), chat_format=True, backend="openai", base_url=["http://127.0.0.1:8000/v1"])

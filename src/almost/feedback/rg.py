@@ -3,11 +3,13 @@
 A configuration's prompt is the demonstration file's header and its first ``n_shot`` dialogues,
 then ``Human: {prompt}`` and ``Assistant:``. The engine stops at the next dialogue separator or
 ``Human:`` turn; the answer is cut there too and marked BAD (the row is kept) by the seed's rules
-(``demos.bad_answer_reasons``). With ``--chat_format`` the same content goes through the model's own
-chat template instead (header as the system message, dialogues as earlier turns): instruct models
-answer a plain transcript poorly. The answer then ends at the model's end-of-turn token, which the
-engines stop at as at any EOS; the transcript stop strings stay, for a model that imitates one. Several ``--prompt_file_path`` and ``--n_shot`` values run every
+(``demos.bad_answer_reasons``). Several ``--prompt_file_path`` and ``--n_shot`` values run every
 combination with one model load.
+
+With ``--chat_format`` the same content goes through the model's own chat template instead (the
+header as the system message, the dialogues as earlier turns): instruct models answer a plain
+transcript poorly. The answer then ends at the model's end-of-turn token, where the engines stop as
+at any EOS; the transcript stop strings stay, for a model that imitates one anyway.
 
 Work goes in fixed chunks of ``--chunk_size`` prompts (chunk k holds prompts k·size ... (k+1)·size-1
 of the whole prompt list). A chunk's randomness comes from ``--seed``, the configuration and k only,
@@ -29,9 +31,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..chat import check_chat_template, render_prompt
 from ..config import EngineArguments, parse, parse_shard
 from ..engines import Engine, Sampling, engine_model, load_engine
-from ..chat import check_chat_template, render_prompt
 from ..io import AlmostError, ResumableJsonl, digest_model, read_lines
 from ..models import ResolvedModel, load_tokenizer
 from .demos import ANSWER_STOP, BETTER_DEMONSTRATIONS, Demonstrations, bad_answer_reasons, cut_answer, few_shot_prompt, load_demonstrations
