@@ -23,3 +23,11 @@ SHIPPED_PAIRS = {"hh-harmless-dev": HH_HARMLESS_DEV, "hh-harmless-test": HH_HARM
 PROOF_QUESTIONS = SAMPLE_DATA / "proof_questions.jsonl"  # 60 helpful + 60 harmless held-out questions
 # Short names `almost eval pairwise --data_path` accepts for the shipped question sets.
 SHIPPED_QUESTIONS = {"proof-questions": PROOF_QUESTIONS}
+
+
+def shipped_or_path(data_path: str, shipped: dict[str, Path]) -> Path:
+    """A shipped set's short name (``hh-harmless-dev``, ``proof-questions``) → its file; anything
+    else, or a local file of that name, is a path."""
+    if data_path in shipped and not Path(data_path).exists():
+        return shipped[data_path]
+    return Path(data_path)

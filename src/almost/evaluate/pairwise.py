@@ -109,11 +109,9 @@ class Judge(Protocol):
 
 def question_data_path(data_path: str) -> Path:
     """A shipped question set's short name (``proof-questions``) → its file; anything else is a path."""
-    from . import SHIPPED_QUESTIONS
+    from . import SHIPPED_QUESTIONS, shipped_or_path
 
-    if data_path in SHIPPED_QUESTIONS and not Path(data_path).exists():
-        return SHIPPED_QUESTIONS[data_path]
-    return Path(data_path)
+    return shipped_or_path(data_path, SHIPPED_QUESTIONS)
 
 
 def read_questions(path: str | Path, limit: int | None = None) -> list[Question]:

@@ -285,11 +285,9 @@ def plot_rewards(rows: Sequence[dict], path: Path, title: str) -> Path:
 
 def eval_data_path(data_path: str) -> Path:
     """A shipped set's short name (``hh-harmless-dev``) → its file; anything else is a path."""
-    from ..evaluate import SHIPPED_PAIRS
+    from ..evaluate import SHIPPED_PAIRS, shipped_or_path
 
-    if data_path in SHIPPED_PAIRS and not Path(data_path).exists():
-        return SHIPPED_PAIRS[data_path]
-    return Path(data_path)
+    return shipped_or_path(data_path, SHIPPED_PAIRS)
 
 
 def add_to_model_card(config: RewardEvalConfig, metrics: dict) -> Path | None:
