@@ -34,7 +34,7 @@ def main() -> None:
     from scipy.stats import spearmanr
     from test_reward_odin import WORDS, confounded_pairs
 
-    from almost.reward.scorer import RewardScorer
+    from almost.reward.model import RewardScorer
     from almost.reward.train import main as train_main
 
     root = Path(tempfile.mkdtemp(prefix="bench-odin-"))

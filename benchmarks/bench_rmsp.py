@@ -36,7 +36,7 @@ from almost.config import EngineArguments
 from almost.engines import BACKENDS, Sampling, load_engine
 from almost.feedback.demos import SEED_PROMPTS
 from almost.models import resolve_model
-from almost.selfplay import RMSPArguments, read_prompts, run_rmsp
+from almost.policy.selfplay import RMSPArguments, read_prompts, run_rmsp
 
 
 class SeparateCalls:
@@ -132,7 +132,7 @@ def main() -> None:
         del engine, policy
         gc.collect()
 
-    from almost.sft import SFTArguments, run_sft
+    from almost.policy.sft import SFTArguments, run_sft
 
     demos = work / backends[0] / "per_call" / "demonstrations.jsonl"
     if args.sft_epochs > 0 and demos.read_text().strip():

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from almost.io import read_json, write_json_atomic, write_text_atomic
-from almost.report import markdown_table, rm_eval_row
+from almost.run.report import markdown_table, rm_eval_row
 
 HARMLESS, FAITHFUL, BASIC = "smollm2-135m-harmless-2shot", "smollm2-135m-faithful-2shot", "smollm2-135m-basic-1shot"
-# The proof config's RM (src/almost/configs/proof.yaml) without its length options: every variant
+# The proof config's RM (src/almost/run/configs/proof.yaml) without its length options: every variant
 # starts from these and adds only its own flags.
 RM_TRAIN = ["--model_name_or_path", "smollm2-135m", "--lora", "false", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
             "--max_length", "512", "--eval_fraction", "0.1", "--report_to", "none", "--seed", "42"]  # fmt: skip

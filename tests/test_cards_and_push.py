@@ -21,7 +21,7 @@ from almost.feedback.rg import RGArguments, run_rg
 from almost.hub import PushArguments, plan_uploads, run_push
 from almost.io import AlmostError
 from almost.reward.score import RewardScoreConfig, run_rm_score
-from almost.selfplay import RMSPArguments, run_rmsp
+from almost.policy.selfplay import RMSPArguments, run_rmsp
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -185,7 +185,7 @@ def fake_reward_model(path: Path, weights: bytes) -> Path:
 
 
 def test_rmsp_refuses_a_changed_reward_model_at_the_same_path(tmp_path, tiny_model_path):
-    from almost.selfplay import RMSPArguments, run_rmsp
+    from almost.policy.selfplay import RMSPArguments, run_rmsp
     from test_selfplay import ANSWERS, DEMOS, LengthScorer, follow_up
 
     (tmp_path / "demos.txt").write_text(DEMOS)

@@ -188,7 +188,7 @@ def test_a_pipeline_can_point_its_generation_stages_at_servers(tmp_path):
     """Served model names are not looked up locally; a configuration may name its own servers."""
     import yaml
 
-    from almost.pipeline import Planner, validate
+    from almost.run.pipeline import Planner, validate
 
     config_path = tmp_path / "served.yaml"
     config_path.write_text(yaml.safe_dump({
@@ -214,7 +214,7 @@ def test_a_pipeline_can_point_its_generation_stages_at_servers(tmp_path):
 
 def test_rmsp_resumes_after_the_transport_settings_change(tmp_path, tiny_model_path):
     """Raising --max_retries (or moving to other servers) after a failed run must not refuse the resume."""
-    from almost.selfplay import RMSPArguments, run_rmsp
+    from almost.policy.selfplay import RMSPArguments, run_rmsp
 
     (tmp_path / "prompts.txt").write_text("How do plants grow?\nWhy is the sea salty?\n")
     answer = "Plants grow by turning light, water and carbon dioxide into sugar, and they use it to build new cells."

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from almost.cli import main as cli
-from almost.pipeline import Planner, load_config, step_fingerprint, validate
+from almost.run.pipeline import Planner, load_config, step_fingerprint, validate
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["How do I keep basil alive indoors?", "What is a prime number?", "Give me a tip for learning to juggle.", "Why is the sky blue?"]

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from conftest import build_tiny_model
 
-from almost import demo
+from almost.run import demo
 from almost.cli import main as cli
-from almost.pipeline import Planner, load_config
+from almost.run.pipeline import Planner, load_config
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -74,7 +74,7 @@ def train(tmp_path: Path, tiny_model_path: str, data: Path, name: str, *extra: s
 def length_correlation(model_dir: Path, data: Path) -> float:
     """Pearson(reward, tokens) over both answers of every pair, as the length head's loss sees length."""
     from almost.reward.formats import load_pairs
-    from almost.reward.scorer import RewardScorer
+    from almost.reward.model import RewardScorer
 
     scorer = RewardScorer(str(model_dir), batch_size=16)
     conversations = [p.conversation(a) for p in load_pairs(data).pairs for a in (p.chosen, p.rejected)]
@@ -85,7 +85,7 @@ def length_correlation(model_dir: Path, data: Path) -> float:
 def test_length_head_decorrelates_the_saved_reward_from_length(tmp_path, tiny_model_path):
     from transformers import AutoModelForSequenceClassification
 
-    from almost.reward.scorer import RewardScorer
+    from almost.reward.model import RewardScorer
 
     data = confounded_pairs(tmp_path / "pairs.jsonl")
     plain = train(tmp_path, tiny_model_path, data, "plain")
@@ -129,7 +129,7 @@ def test_length_head_starts_orthogonal_to_the_quality_head():
 
 
 def test_length_head_with_lora_finds_the_trainable_score_copy(tmp_path, tiny_model_path):
-    from almost.reward.scorer import RewardScorer
+    from almost.reward.model import RewardScorer
 
     data = confounded_pairs(tmp_path / "pairs.jsonl", n=16)
     out = tmp_path / "rm"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from almost.cli import main as almost_main
-from almost.reward import scorer as scorer_module
+from almost.reward import model as scorer_module
 from almost.reward.score import OUTPUT_FILE
 
 

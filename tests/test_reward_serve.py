@@ -16,7 +16,7 @@ from almost.engines import ScriptedEngine
 from almost.io import AlmostError, read_jsonl
 from almost.reward.client import RemoteRewardScorer, is_url
 from almost.reward.serve import make_server
-from almost.selfplay import RMSPArguments, run_rmsp
+from almost.policy.selfplay import RMSPArguments, run_rmsp
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -29,7 +29,7 @@ CONVERSATIONS = [
 
 @pytest.fixture(scope="module")
 def scorer(tiny_reward_model_path):
-    from almost.reward.scorer import RewardScorer
+    from almost.reward.model import RewardScorer
 
     return RewardScorer(tiny_reward_model_path, batch_size=4)
 
@@ -169,7 +169,7 @@ def test_the_rm_serve_command_scores_over_http_and_refuses_bad_input(tmp_path, t
 def test_rl_scores_with_the_served_reward_model(tmp_path, scorer, tiny_model_path):
     import csv
 
-    from almost.rl import RLConfig, run_rl
+    from almost.policy.rl import RLConfig, run_rl
 
     class Counting:
         def __init__(self):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from almost.reward.evaluate import evaluate_pairs
 from almost.reward.formats import load_pairs
-from almost.reward.scorer import RewardScorer
+from almost.reward.model import RewardScorer
 from almost.reward.train import main as train_main
 
 WORDS = "apple river stone cloud music paper green quick table light bread water".split()

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from almost.cli import main as cli_main
 from almost.io import AlmostError
-from almost.rl import make_reward_functions, read_prompts
+from almost.policy.rl import make_reward_functions, read_prompts
 
 
 def _weights(path) -> dict:
@@ -105,7 +105,7 @@ def test_grpo_config_carries_our_settings(tmp_path):
     from trl import GRPOConfig
 
     from almost.config import parse
-    from almost.rl import RLConfig, trl_config
+    from almost.policy.rl import RLConfig, trl_config
 
     (config,) = parse("almost rl", [RLConfig], ["--algorithm", "grpo", "--output_dir", str(tmp_path), "--beta", "0.1", "--num_generations", "2", "--max_completion_length", "12"])
     args = trl_config(config, [1.0, -0.01])

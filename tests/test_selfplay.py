@@ -12,7 +12,7 @@ from almost.cli import main as cli_main
 from almost.engines import Sampling, ScriptedEngine, truncate_at_stop
 from almost.feedback.demos import USER_SIMULATOR_PROMPT, load_demonstrations, trim_to_sentence
 from almost.io import AlmostError, read_jsonl
-from almost.selfplay import (
+from almost.policy.selfplay import (
     RMSPArguments,
     format_summary,
     read_prompts,
@@ -254,7 +254,7 @@ def test_selfplay_keeps_the_rm_argmax_and_records_every_candidate(tmp_path, file
 
 
 def test_selfplay_with_a_real_reward_model_picks_its_argmax(tmp_path, files, tiny_model_path, tiny_reward_model_path):
-    from almost.reward.scorer import RewardScorer
+    from almost.reward.model import RewardScorer
 
     scorer = RewardScorer(tiny_reward_model_path)
     policy = ScriptedEngine(lambda prompt, i: ANSWERS[1 + i % 2] if i < 2 else ANSWERS[i])

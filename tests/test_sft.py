@@ -10,7 +10,7 @@ import pytest
 from almost.cli import main as cli_main
 from almost.io import AlmostError
 from almost.models import load_tokenizer
-from almost.sft import TRANSCRIPT_CHAT_TEMPLATE, encode_dialogue, row_to_dialogue
+from almost.policy.sft import TRANSCRIPT_CHAT_TEMPLATE, encode_dialogue, row_to_dialogue
 
 DIALOGUE = [
     {"role": "user", "content": "How do plants grow?"},
@@ -102,7 +102,7 @@ def test_labels_given_to_the_trainer_mask_user_tokens(tmp_path, tiny_model_path)
     import datasets
     from trl import SFTTrainer
 
-    from almost.sft import SFTArguments
+    from almost.policy.sft import SFTArguments
 
     tokenizer = load_tokenizer(tiny_model_path, padding_side="right")
     ids, mask = encode_dialogue(tokenizer, DIALOGUE)

@@ -163,7 +163,7 @@ def test_a_half_saved_model_is_refused_by_every_reader(tmp_path, tiny_model_path
     may take it for a model until the status file says done."""
     import shutil
 
-    from almost.pipeline import Step, is_done, write_json_atomic
+    from almost.run.pipeline import Step, is_done, write_json_atomic
 
     out = tmp_path / "sft"
     shutil.copytree(tiny_model_path, out)

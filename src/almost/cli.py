@@ -12,18 +12,18 @@ import sys
 from .io import AlmostError, held_output_dirs, release_output_dirs
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("almost.demo", "Run the whole method at small scale on the embedded model."),
+    "demo": ("almost.run.demo", "Run the whole method at small scale on the embedded model."),
     "pg": ("almost.feedback.pg", "1. Prompt generation: new user queries from a base LM, deduplicated."),
     "rg": ("almost.feedback.rg", "2. Response generation: answers under each configuration."),
     "merge": ("almost.feedback.merge", "Merge the outputs of sharded rg runs."),
     "cs": ("almost.feedback.cs", "3. Synthetic comparisons: rubric-ranked chosen/rejected pairs."),
     "rm": ("almost.reward.cli", "4. Reward model: train | score | eval."),
-    "rmsp": ("almost.selfplay", "5. RM-guided self-play: multi-turn demonstrations."),
-    "sft": ("almost.sft", "6a. Supervised fine-tuning on demonstrations."),
-    "rl": ("almost.rl", "6b. RL against the reward model with a KL penalty."),
+    "rmsp": ("almost.policy.selfplay", "5. RM-guided self-play: multi-turn demonstrations."),
+    "sft": ("almost.policy.sft", "6a. Supervised fine-tuning on demonstrations."),
+    "rl": ("almost.policy.rl", "6b. RL against the reward model with a KL penalty."),
     "eval": ("almost.evaluate.cli", "7. Evaluation: hhh | truthfulqa | pairwise."),
-    "pipeline": ("almost.pipeline", "Run every stage from one YAML config, skipping finished ones."),
-    "report": ("almost.report", "Write report.md with plots for a run directory."),
+    "pipeline": ("almost.run.pipeline", "Run every stage from one YAML config, skipping finished ones."),
+    "report": ("almost.run.report", "Write report.md with plots for a run directory."),
     "push": ("almost.hub", "Upload a run's datasets and models, with their cards, to the Hugging Face Hub."),
 }
 

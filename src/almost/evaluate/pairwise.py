@@ -324,7 +324,7 @@ def build_judge(config: PairwiseConfig) -> Judge:
     kind, target = parse_judge_spec(config.judge)
     if kind == "rm":
         from ..reward.client import TOKEN_ENV, RemoteRewardScorer, is_url
-        from ..reward.scorer import RewardScorer, reward_model_path
+        from ..reward.model import RewardScorer, reward_model_path
 
         if is_url(target):
             scorer = RemoteRewardScorer(target, TOKEN_ENV)

@@ -83,7 +83,7 @@ def check_reward_source(name_or_path: str, token_env: str | None = None) -> str:
     if is_url(name_or_path):
         RemoteRewardScorer(name_or_path, token_env, max_retries=0).health()
         return name_or_path
-    from .scorer import reward_model_path
+    from .model import reward_model_path
 
     return reward_model_path(name_or_path)
 
@@ -92,6 +92,6 @@ def load_scorer(name_or_path: str, *, token_env: str | None = None, batch_size: 
     """A ``RemoteRewardScorer`` for a URL, else the in-process ``RewardScorer`` on a checked checkpoint."""
     if is_url(name_or_path):
         return RemoteRewardScorer(name_or_path, token_env, batch_size=max(batch_size, 64))
-    from .scorer import RewardScorer, reward_model_path
+    from .model import RewardScorer, reward_model_path
 
     return RewardScorer(reward_model_path(name_or_path), batch_size=batch_size, **local_options)

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..config import parse
 from ..io import AlmostError, portable, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .formats import Pair, load_pairs
-from .scorer import RewardScorer, reward_model_path
+from .model import RewardScorer, reward_model_path
 
 
 @dataclass

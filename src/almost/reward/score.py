@@ -22,7 +22,7 @@ from ..chat import as_messages
 from ..config import parse
 from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, read_rows
 from .formats import context_messages
-from .scorer import RewardScorer, reward_model_path
+from .model import RewardScorer, reward_model_path
 
 OUTPUT_FILE = "scored.jsonl"
 ROW_KEY = "_almost_row"  # resume key, left out of the final file

@@ -136,7 +136,7 @@ def make_server(scorer, host: str, port: int, token: str | None = None, max_rows
 
 
 def run_serve(config: RewardServeConfig) -> None:
-    from .scorer import RewardScorer, reward_model_path
+    from .model import RewardScorer, reward_model_path
 
     path = reward_model_path(config.model_name_or_path)
     token = None

@@ -156,7 +156,7 @@ def write_card(config: RewardTrainingConfig, summary: dict) -> None:
         f"{data['heldout_pairs']} held out (whole prompts); {data['truncated']} truncated ({config.truncation_side}), "
         f"{data['dropped_long']} dropped as too long, {data['skipped_identical']} skipped as chosen == rejected.",
         "Text format": "`almost.chat.render_conversation` (the tokenizer's chat template, else `\\n\\nHuman: ...\\n\\nAssistant: ...`). "
-        "Score with `almost rm score` or `almost.reward.scorer.RewardScorer` to get the same format.",
+        "Score with `almost rm score` or `almost.reward.model.RewardScorer` to get the same format.",
     }
     if summary["heldout"]:
         evaluations = [card_evaluation(summary["heldout"], "held-out comparisons", data_path, None, "almost rm train", "rubric agreement")]
@@ -250,7 +250,7 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         summary["length_head"] = trainer.length_head_summary()
     if held_pairs:
         from .evaluate import evaluate_pairs
-        from .scorer import RewardScorer
+        from .model import RewardScorer
 
         # Read the saved checkpoint back, as every later stage will: this also proves it loads.
         scorer = RewardScorer(str(output_dir), batch_size=config.per_device_eval_batch_size, max_length=config.max_length or 1024)

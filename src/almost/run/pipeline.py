@@ -42,11 +42,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .cli import COMMANDS
-from .config import ParsedOnly, ParseProbe, parse_only
-from .engines import AUTO, resolve_backend
-from .feedback.demos import ASSETS
-from .io import (
+from ..cli import COMMANDS
+from ..config import ParsedOnly, ParseProbe, parse_only
+from ..engines import AUTO, resolve_backend
+from ..feedback.demos import ASSETS
+from ..io import (
     LOCK_NAME,
     AlmostError,
     digest_file,
@@ -60,7 +60,7 @@ from .io import (
     release_output_dirs,
     write_json_atomic,
 )
-from .models import DEFAULT_MODEL, resolve_model, unfinished_training
+from ..models import DEFAULT_MODEL, resolve_model, unfinished_training
 from .report import EVAL_KINDS, OneLineArgumentParser, step_figures, write_report
 
 STAGES = ("pg", "rg", "cs", "rm", "rmsp", "sft", "rl", "eval")
@@ -280,7 +280,7 @@ class Planner:
         return self.steps
 
     def plan_rg(self, prompts: Path | None) -> None:
-        from .feedback.rg import configurations
+        from ..feedback.rg import configurations
 
         rg = self.section("rg")
         entries = rg.pop("configurations", None)

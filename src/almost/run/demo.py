@@ -1,11 +1,11 @@
 """``almost demo``: the whole method at tiny scale on the embedded model, in one command.
 
-It is ``almost pipeline`` with the built-in config ``almost/configs/demo.yaml`` (PG → RG under three
+It is ``almost pipeline`` with the built-in config ``almost/run/configs/demo.yaml`` (PG → RG under three
 configurations → CS → RM → RMSP → SFT → RL → evaluation of base vs SFT vs RL on SmolLM2-135M),
 sized to finish on a 2-core CPU in well under 45 minutes. Run it again and finished stages are
 skipped; interrupt it and it resumes.
 
-``almost demo --proof`` runs the second built-in config ``almost/configs/proof.yaml`` instead: the
+``almost demo --proof`` runs the second built-in config ``almost/run/configs/proof.yaml`` instead: the
 same stages at the scale of issue 11's measurement, with the options that may carry signal beyond
 length (harmless seeds and demonstrations, CS ``--length_balance``, RM ``--length_head``), the RM
 evaluated on the shipped HH-RLHF harmless test half, and policy win rates judged by the RM and by an

@@ -27,8 +27,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from .io import AlmostError, read_json, read_jsonl, write_text_atomic
-from .selfplay import RESAMPLED_REASONS, SUMMARY_FILE as RMSP_SUMMARY_FILE, USER_TURNS_KEY
+from ..io import AlmostError, read_json, read_jsonl, write_text_atomic
+from ..policy.selfplay import RESAMPLED_REASONS, SUMMARY_FILE as RMSP_SUMMARY_FILE, USER_TURNS_KEY
 
 REPORT = "report.md"
 FIGURES = "report_figures"  # the PNGs, next to report.md

@@ -30,9 +30,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import EngineArguments, parse
-from .engines import Engine, Sampling, engine_model, load_engine
-from .feedback.demos import (
+from ..config import EngineArguments, parse
+from ..engines import Engine, Sampling, engine_model, load_engine
+from ..feedback.demos import (
     BETTER_DEMONSTRATIONS,
     SEPARATOR,
     USER_SIMULATOR_PROMPT,
@@ -44,8 +44,8 @@ from .feedback.demos import (
     load_demonstrations,
     render_turns,
 )
-from .feedback.pg import rouge_l_fmeasure, rouge_lcs, rouge_tokens
-from .io import (
+from ..feedback.pg import rouge_l_fmeasure, rouge_lcs, rouge_tokens
+from ..io import (
     AlmostError,
     ResumableJsonl,
     digest_model,
@@ -57,7 +57,7 @@ from .io import (
     write_json_atomic,
     write_jsonl_atomic,
 )
-from .models import resolve_model
+from ..models import resolve_model
 
 DEMONSTRATIONS_FILE = "demonstrations.jsonl"
 DROPPED_FILE = "rmsp_dropped.jsonl"
@@ -496,8 +496,8 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
     user_model = engine_model(config, config.user_model_name_or_path or config.model_name_or_path)
     reward_model = None
     if scorer is None:
-        from .reward.client import RemoteRewardScorer, is_url
-        from .reward.scorer import check_reward_model
+        from ..reward.client import RemoteRewardScorer, is_url
+        from ..reward.model import check_reward_model
 
         if is_url(config.reward_model_name_or_path):
             # Checked (and used) over HTTP: a server that is down fails here, before any generation.
@@ -539,7 +539,7 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
             if user is None:
                 user = policy if user_model.path == policy_model.path else load_engine(config, user_model)
             if scorer is None:
-                from .reward.scorer import RewardScorer
+                from ..reward.model import RewardScorer
 
                 scorer = RewardScorer(
                     reward_model.path, batch_size=config.reward_batch_size, dtype=config.dtype, trust_remote_code=config.trust_remote_code
@@ -557,7 +557,7 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
     write_jsonl_atomic(out / DROPPED_FILE, [r for r in rows if r["num_turns"] == 0])
     write_json_atomic(out / SUMMARY_FILE, summary)
     store.finalize(order=[r["index"] for r in rows if r["num_turns"] > 0])
-    from .cards import write_dataset_card
+    from ..cards import write_dataset_card
 
     write_dataset_card(out, "rmsp", {"demonstrations": DEMONSTRATIONS_FILE, "dropped_dialogues": DROPPED_FILE}, {
         "model": config.model_name_or_path, "user_model": config.user_model_name_or_path or config.model_name_or_path,

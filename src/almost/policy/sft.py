@@ -22,11 +22,11 @@ from pathlib import Path
 
 from trl import SFTConfig
 
-from .chat import as_messages, check_chat_template
-from .config import parse
-from .io import AlmostError, read_json, read_rows, read_text
-from .models import DEFAULT_MODEL, load_tokenizer, resolve_model
-from .training import (
+from ..chat import as_messages, check_chat_template
+from ..config import parse
+from ..io import AlmostError, read_json, read_rows, read_text
+from ..models import DEFAULT_MODEL, load_tokenizer, resolve_model
+from ..training import (
     TrainingStageArguments,
     check_output_dir,
     finish_checkpoint,
@@ -170,7 +170,7 @@ def prepare_tokenizer(path: str, config: SFTArguments):
 def write_card(config: SFTArguments, summary: dict) -> None:
     """The model card: data, hyperparameters, and the training losses (no held-out evaluation here:
     ``almost eval`` measures the policies)."""
-    from .cards import shown_path, write_model_card
+    from ..cards import shown_path, write_model_card
 
     out = Path(config.output_dir)
     data_path = shown_path(config.data_path, out.resolve().parent)

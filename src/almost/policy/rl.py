@@ -21,11 +21,11 @@ from pathlib import Path
 
 from trl import GRPOConfig, RLOOConfig
 
-from .chat import as_messages, render_prompt
-from .config import parse, resolve_training_hardware
-from .io import AlmostError, portable, read_json, read_rows, read_text, require_file, write_json_atomic
-from .models import resolve_model
-from .training import (
+from ..chat import as_messages, render_prompt
+from ..config import parse, resolve_training_hardware
+from ..io import AlmostError, portable, read_json, read_rows, read_text, require_file, write_json_atomic
+from ..models import resolve_model
+from ..training import (
     ADAPTER_DIR,
     CheckpointArguments,
     HardwareArguments,
@@ -267,7 +267,7 @@ CARD_FIGURES = {
 def write_card(config: RLConfig, summary: dict) -> None:
     """The model card: starting policy, reward model, prompts, hyperparameters, and the first and last
     logged reward, KL and answer length."""
-    from .cards import shown_path, write_model_card
+    from ..cards import shown_path, write_model_card
 
     out = Path(config.output_dir)
     run = out.resolve().parent
@@ -302,8 +302,8 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
     """Train and save the policy. ``scorer`` (anything with ``score(conversations)``) replaces the RM for tests."""
     import torch
 
-    from .models import load_tokenizer
-    from .reward.scorer import RewardScorer, reward_model_path
+    from ..models import load_tokenizer
+    from ..reward.model import RewardScorer, reward_model_path
 
     if not config.model_name_or_path:
         raise AlmostError("--model_name_or_path is required (the policy to train, normally the SFT output)")
@@ -323,7 +323,7 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
         print(f"almost rl: {out} already holds the finished policy; nothing to do", flush=True)
         return read_json(out / "rl_summary.json", "rl summary")
     if scorer is None and config.reward_model_name_or_path.startswith(("http://", "https://")):
-        from .reward.client import TOKEN_ENV, RemoteRewardScorer
+        from ..reward.client import TOKEN_ENV, RemoteRewardScorer
 
         scorer = RemoteRewardScorer(config.reward_model_name_or_path, TOKEN_ENV, batch_size=config.reward_batch_size)
         scorer.health()  # `almost rm serve` must be up before the policy is loaded
