@@ -3,6 +3,8 @@ and config errors caught before any work starts."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import re
 from pathlib import Path
@@ -10,12 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from almost.cli import main as cli
+from almost.cli import COMMANDS, main as cli
 from almost.contracts import CS
+from almost.evaluate import cli as evaluate_cli
+from almost.io import AlmostError
+from almost.reward import cli as reward_cli
 from almost.run.checks import validate
 from almost.run.fingerprints import step_fingerprint
 from almost.run.pipeline import run_pipeline
 from almost.run.plan import Planner, load_config
+from almost.stages import STAGE_COMMANDS, stage_command
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["How do I keep basil alive indoors?", "What is a prime number?", "Give me a tip for learning to juggle.", "Why is the sky blue?"]
@@ -188,6 +194,20 @@ def test_rg_chat_format_plans_chat_configurations_and_the_rubric_uses_their_name
     assert cli(["pipeline", str(write_config(path, config)), "--output_dir", str(out)]) == 2
     assert f"cs.rubric names '{short}-harmless-2shot', which is not an rg configuration" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_every_stage_command_is_what_the_cli_runs_with_its_configs_and_run_function():
+    """The registry the pipeline runs stages through names the module `almost <command>` dispatches
+    to, config dataclasses that module's parser reads, and a run function there."""
+    subcommands = {"rm": reward_cli.SUBCOMMANDS, "eval": evaluate_cli.TASKS}
+    for command, stage in STAGE_COMMANDS.items():
+        dispatched = subcommands[command[0]][command[1]][0] if len(command) == 2 else COMMANDS[command[0]][0]
+        assert stage.module == dispatched, command
+        assert all(dataclasses.is_dataclass(t) for t in stage.config_types()) and stage.options()
+        assert callable(getattr(importlib.import_module(stage.module), stage.run_name))
+    # A value the command line refuses is refused in process too, by the same checks.
+    with pytest.raises(AlmostError, match="--learning_rate must be above 0"):
+        stage_command(("rm", "train")).parse({"learning_rate": 0, "output_dir": "unused"})
 
 
 def test_unknown_stage_for_until(tmp_path, capsys):
