@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from ..contracts import CS, RM_TRAIN, SFT
 from ..io import AlmostError, read_jsonl
 from .execute import PipelineResult
 from .plan import Step
@@ -57,12 +58,12 @@ def _step_figures(stage: str, product: Path) -> str:
         mean = f", mean length {statistics.fmean(good):.0f} chars" if good else ""
         return f"{len(rows)} answers, {len(rows) - len(good)} BAD{mean}"
     if stage == "cs":
-        stats = _load_json(folder / "cs_stats.json") or {}
+        stats = _load_json(folder / CS.summary_file) or {}
         pairs = sum(1 for _ in read_jsonl(product))
         dropped = stats.get("dropped_by_filter", stats.get("pairs_dropped_by_filter"))
         return f"{pairs} pairs" + (f", {dropped} dropped by the filter" if dropped is not None else "")
     if stage == "rm":
-        metrics = _load_json(folder / "metrics.json") or {}
+        metrics = _load_json(folder / RM_TRAIN.summary_file) or {}
         held = metrics.get("heldout") if "heldout" in metrics else metrics
         if isinstance(held, dict) and held.get("accuracy") is not None:
             return f"accuracy {held['accuracy']:.3f} on {held.get('n')} pairs"
@@ -73,7 +74,7 @@ def _step_figures(stage: str, product: Path) -> str:
         gain = f", best {turns[0]['best']:.2f} vs mean {turns[0]['mean']:.2f} reward (turn 1)" if turns else ""
         return f"{dialogues} dialogues{gain}"
     if stage == "sft":
-        train = (_load_json(folder / "metrics.json") or {}).get("train") or {}
+        train = (_load_json(folder / SFT.summary_file) or {}).get("train") or {}
         if train.get("first_loss") is None:
             return ""
         return f"{train['global_step']} steps, loss {train['first_loss']:.3f} → {train['last_loss']:.3f}"
