@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from almost.cli import main as cli
-from almost.run.report import FIGURES, step_figures, write_report
+from almost.run.report import FIGURES, write_report
+from almost.run.summary import step_figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -163,7 +163,9 @@ def test_a_half_saved_model_is_refused_by_every_reader(tmp_path, tiny_model_path
     may take it for a model until the status file says done."""
     import shutil
 
-    from almost.run.pipeline import Step, is_done, write_json_atomic
+    from almost.io import write_json_atomic
+    from almost.run.fingerprints import is_done
+    from almost.run.plan import Step
 
     out = tmp_path / "sft"
     shutil.copytree(tiny_model_path, out)

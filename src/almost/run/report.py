@@ -19,7 +19,6 @@ A section whose files are missing says so; the report never fails on a partial r
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import statistics
@@ -27,13 +26,14 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..config import OneLineArgumentParser
+from ..evaluate.cli import EVAL_KINDS
 from ..io import AlmostError, read_json, read_jsonl, write_text_atomic
 from ..policy.selfplay import RESAMPLED_REASONS, SUMMARY_FILE as RMSP_SUMMARY_FILE, USER_TURNS_KEY
 
 REPORT = "report.md"
 FIGURES = "report_figures"  # the PNGs, next to report.md
 RG_ROW_KEYS = {"index", "prompt", "response", "bad", "config"}
-EVAL_KINDS = ("hhh", "truthfulqa", "pairwise")  # the `almost eval` subcommands, in report order
 
 
 def _find(run: Path, folder: str, name: str) -> Path | None:
@@ -64,13 +64,6 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are ``AlmostError`` (one line, exit 2 through the CLI)."""
-
-    def error(self, message):
-        raise AlmostError(message)
 
 
 def _pyplot():
@@ -467,59 +460,6 @@ def proof_table(run_dir: str | Path) -> str:
     parts.append("Policy vs base, each question judged in both orders (goal: win rate >= 0.60 with the interval above 0.5):")
     parts.append(markdown_table(header, policy_rows) if policy_rows else "No `eval/pairwise/*/metrics.json` in this run yet.")
     return "\n\n".join(parts)
-
-
-# ----------------------------------------------------------------------------------------------
-# One line of figures per step, for the pipeline's summary table
-
-
-def step_figures(stage: str, product: Path) -> str:
-    try:
-        return _step_figures(stage, product)
-    except (AlmostError, OSError, ValueError, KeyError, TypeError):
-        return ""
-
-
-def _step_figures(stage: str, product: Path) -> str:
-    folder = product.parent
-    if stage == "pg":
-        return f"{sum(1 for line in product.read_text(encoding='utf-8').splitlines() if line.strip())} prompts"
-    if stage == "rg":
-        rows = read_jsonl(product)
-        good = [len(r.get("response") or "") for r in rows if not r.get("bad")]
-        mean = f", mean length {statistics.fmean(good):.0f} chars" if good else ""
-        return f"{len(rows)} answers, {len(rows) - len(good)} BAD{mean}"
-    if stage == "cs":
-        stats = _load_json(folder / "cs_stats.json") or {}
-        pairs = sum(1 for _ in read_jsonl(product))
-        dropped = stats.get("dropped_by_filter", stats.get("pairs_dropped_by_filter"))
-        return f"{pairs} pairs" + (f", {dropped} dropped by the filter" if dropped is not None else "")
-    if stage == "rm":
-        metrics = _load_json(folder / "metrics.json") or {}
-        held = metrics.get("heldout") if "heldout" in metrics else metrics
-        if isinstance(held, dict) and held.get("accuracy") is not None:
-            return f"accuracy {held['accuracy']:.3f} on {held.get('n')} pairs"
-        return ""
-    if stage == "rmsp":
-        turns = rmsp_turn_rewards(folder)
-        dialogues = sum(1 for _ in read_jsonl(product))
-        gain = f", best {turns[0]['best']:.2f} vs mean {turns[0]['mean']:.2f} reward (turn 1)" if turns else ""
-        return f"{dialogues} dialogues{gain}"
-    if stage == "sft":
-        train = (_load_json(folder / "metrics.json") or {}).get("train") or {}
-        if train.get("first_loss") is None:
-            return ""
-        return f"{train['global_step']} steps, loss {train['first_loss']:.3f} → {train['last_loss']:.3f}"
-    if stage == "rl":
-        rows = [r for r in read_rl_log(folder / "rl_log.csv") if "reward" in r] if (folder / "rl_log.csv").exists() else []
-        if rows:
-            return f"{len(rows)} logged steps, reward {rows[0]['reward']:.2f} → {rows[-1]['reward']:.2f}, KL {rows[-1].get('kl', float('nan')):.3f}"
-        return ""
-    if stage == "eval":
-        metrics = _load_json(product) or {}
-        key, value = headline(folder.parent.name, metrics)
-        return f"{key} {value:.3f}" if isinstance(value, (int, float)) else ""
-    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
