@@ -110,7 +110,8 @@ def test_lora_saves_adapter_with_score_head_and_both_load(tmp_path, tiny_model_p
     metrics, alone_metrics = (json.loads((d / RM_TRAIN.summary_file).read_text()) for d in (out, alone))
     assert set(metrics) <= RM_TRAIN.summary_keys and alone_metrics["heldout"]["n"] == metrics["heldout"]["n"] > 0
     assert alone_metrics["heldout"]["mean_margin"] == pytest.approx(metrics["heldout"]["mean_margin"], abs=tolerance)
-    assert evaluate_pairs(RewardScorer(str(alone)), pairs, progress=False)[0]["mean_margin"] == pytest.approx(merged["mean_margin"], abs=tolerance)
+    from_alone, _ = evaluate_pairs(RewardScorer(str(alone)), pairs, progress=False)
+    assert from_alone["mean_margin"] == pytest.approx(merged["mean_margin"], abs=tolerance)
 
 
 def test_two_process_cpu_training_under_accelerate(tmp_path, tiny_model_path):
