@@ -242,7 +242,7 @@ def test_demo_proof_dry_run_plans_every_step(tmp_path, capsys):
     assert list(steps) == ["pg", *(f"rg/{n}" for n in rubric), "cs", "rm/train", "rm/eval", "rmsp", "sft", "rl",
                            *(f"eval/pairwise/{m}-vs-base-by-{j}" for m in ("sft", "rl") for j in ("rm", "lm"))]  # fmt: skip
     assert "seed_prompts_harmless.txt" in steps["pg"] and "--length_balance true" in steps["cs"]
-    assert "--length_head true" in steps["rm/train"] and "--lora false" in steps["rm/train"]
+    assert "--length_head true" in steps["rm/train"] and "--use_peft false" in steps["rm/train"]
     assert "--data_path hh-harmless-test" in steps["rm/eval"] and f"--model_name_or_path {out / 'rm'}" in steps["rm/eval"]
     assert f"--judge rm:{out / 'rm'}" in steps["eval/pairwise/rl-vs-base-by-rm"] and "--judge llm:smollm2-135m" in steps["eval/pairwise/rl-vs-base-by-lm"]
     assert not out.exists()

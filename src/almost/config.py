@@ -279,6 +279,12 @@ class EngineArguments(ModelArguments):
             raise ValueError("--gpu_memory_utilization must be in (0, 1]")
 
 
+def require_option(value: Any, option: str, purpose: str = "") -> None:
+    """The one check for an option a stage cannot run without: ``--option is required (purpose)``."""
+    if not value:
+        raise AlmostError(f"--{option} is required" + (f" ({purpose})" if purpose else ""))
+
+
 def parse_shard(shard: str | None) -> tuple[int, int] | None:
     """``"i/n"`` → (i, n) with 0 <= i < n; None for no sharding."""
     if not shard:

@@ -48,7 +48,15 @@ class StageOutputs:
 PG = StageOutputs("pg", {"prompts": "prompts.txt", "stats": "pg_stats.json", "rounds": "pg_rounds.jsonl"}, product="prompts", summary="stats")
 # rg writes one file per configuration, named after it (``rg.output_path``): no fixed product name.
 CS = StageOutputs("cs", {"comparisons": "comparison.jsonl", "stats": "cs_stats.json"}, product="comparisons", summary="stats")
-RM_TRAIN = StageOutputs("rm train", {"model": MODEL_CONFIG, "metrics": METRICS_FILE}, product="model", summary="metrics")
+# The training stages' summaries: "train" holds TRL's train metrics and "global_step" alike in rm train and sft;
+# "config" the plain settings; "length_head" only with --length_head.
+RM_TRAIN = StageOutputs(
+    "rm train",
+    {"model": MODEL_CONFIG, "metrics": METRICS_FILE},
+    product="model",
+    summary="metrics",
+    summary_keys=frozenset({"model", "base_model", "data", "train", "heldout", "length_head", "config"}),
+)
 RM_EVAL = StageOutputs("rm eval", {"metrics": METRICS_FILE, "rewards": "rewards.jsonl", "table": "metrics.txt"}, product="metrics", summary="metrics")
 RMSP = StageOutputs(
     "rmsp",
@@ -56,8 +64,22 @@ RMSP = StageOutputs(
     product="demonstrations",
     summary="summary",
 )
-SFT = StageOutputs("sft", {"model": MODEL_CONFIG, "metrics": METRICS_FILE}, product="model", summary="metrics")
-RL = StageOutputs("rl", {"model": MODEL_CONFIG, "metrics": METRICS_FILE}, product="model", summary="metrics")
+SFT = StageOutputs(
+    "sft",
+    {"model": MODEL_CONFIG, "metrics": METRICS_FILE},
+    product="model",
+    summary="metrics",
+    summary_keys=frozenset({"model", "base_model", "data", "train", "config"}),
+)
+RL = StageOutputs(
+    "rl",
+    {"model": MODEL_CONFIG, "metrics": METRICS_FILE, "log": "rl_log.csv"},
+    product="model",
+    summary="metrics",
+    summary_keys=frozenset(
+        {"algorithm", "policy", "reward_model", "prompts", "global_step", "beta", "length_penalty", "first_log", "last_log"}
+    ),
+)
 EVAL = StageOutputs("eval", {"metrics": METRICS_FILE, "rows": "predictions.jsonl", "table": "metrics.txt"}, product="metrics", summary="metrics")
 EVAL_PAIRWISE = StageOutputs(
     "eval pairwise", {"metrics": METRICS_FILE, "rows": "judgments.jsonl", "table": "metrics.txt"}, product="metrics", summary="metrics"
