@@ -46,14 +46,12 @@ from ..feedback.demos import (
 )
 from ..feedback.pg import rouge_l_fmeasure, rouge_lcs, rouge_tokens
 from ..io import (
-    AlmostError,
     ResumableJsonl,
     digest_model,
     fingerprint,
     read_json,
+    read_prompts,
     read_rows,
-    read_text,
-    require_file,
     write_json_atomic,
     write_jsonl_atomic,
 )
@@ -159,24 +157,6 @@ class RMSPArguments(EngineArguments):
 
 # ---------------------------------------------------------------------------------------------
 # Pure pieces: reading prompts, the user simulator's prompt and verdict, choosing a candidate.
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from ``prompts.txt`` (one per line) or a JSON/JSONL file with a ``prompt`` column."""
-    path = require_file(path, "prompts file")
-    if path.suffix in (".jsonl", ".json"):
-        rows = read_rows(path, "prompts file")
-        prompts = []
-        for i, row in enumerate(rows, 1):
-            prompt = row.get("prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise AlmostError(f"{path} row {i}: needs a non-empty string `prompt`")
-            prompts.append(prompt.strip())
-    else:
-        prompts = [line.strip() for line in read_text(path, "prompts file").splitlines() if line.strip()]
-    if not prompts:
-        raise AlmostError(f"{path} has no prompts")
-    return prompts
 
 
 def user_prompt(simulator: Demonstrations, n_shot: int, messages: list[dict]) -> str:
