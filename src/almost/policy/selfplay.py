@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..chat import transcript
 from ..config import EngineArguments, parse
 from ..engines import Engine, Sampling, engine_model, load_engine
 from ..feedback.demos import (
@@ -42,7 +43,6 @@ from ..feedback.demos import (
     cut_answer,
     few_shot_prompt,
     load_demonstrations,
-    render_turns,
 )
 from ..feedback.pg import rouge_l_fmeasure, rouge_lcs, rouge_tokens
 from ..io import (
@@ -161,7 +161,7 @@ class RMSPArguments(EngineArguments):
 
 def user_prompt(simulator: Demonstrations, n_shot: int, messages: list[dict]) -> str:
     """The user simulator's examples, then the dialogue so far, ending with ``Human:`` for the next user turn."""
-    return f"{simulator.static_prompt(n_shot)}\n\n{render_turns(messages)}\n\nHuman:"
+    return f"{simulator.static_prompt(n_shot)}{transcript(messages, strip=True)}\n\nHuman:"
 
 
 def repeat_score(turn: str, messages: list[dict]) -> tuple[float, bool]:
