@@ -13,7 +13,8 @@ def test_text_file_gives_stripped_non_empty_lines(tmp_path):
     txt = tmp_path / "prompts.txt"
     txt.write_text("a question\n\n  another one  \n")
     assert read_prompts(txt) == ["a question", "another one"]
-    assert read_prompts(txt, as_messages=True) == [[{"role": "user", "content": "a question"}], [{"role": "user", "content": "another one"}]]
+    as_messages = [[{"role": "user", "content": "a question"}], [{"role": "user", "content": "another one"}]]
+    assert read_prompts(txt, as_messages=True) == as_messages
     assert read_prompts(txt, limit=1) == ["a question"]
     packed = tmp_path / "prompts.txt.gz"
     packed.write_bytes(gzip.compress(txt.read_bytes()))

@@ -155,7 +155,9 @@ def reward_pair_metrics(
     lengths = list(length_chosen) + list(length_rejected)
     rho = spearmanr(rewards, lengths).statistic if len(set(rewards)) > 1 and len(set(lengths)) > 1 else float("nan")
     prefers_longer = [
-        (c > r) == (lc > lr) for c, r, lc, lr in zip(rewards_chosen, rewards_rejected, length_chosen, length_rejected) if lc != lr and c != r
+        (c > r) == (lc > lr)
+        for c, r, lc, lr in zip(rewards_chosen, rewards_rejected, length_chosen, length_rejected)
+        if lc != lr and c != r
     ]
     metrics["length_bias"] = {
         "chosen_longer": accuracy(longer),

@@ -47,7 +47,8 @@ class RGArguments(EngineArguments):
 
     output_dir: str | None = field(default=None, metadata={"help": "Directory for the {config}.jsonl outputs (required)."})
     prompts_path: str | None = field(
-        default=None, metadata={"help": "Prompts, one per line, or JSONL/JSON rows with a `prompt` column (default: OUTPUT_DIR/prompts.txt, as written by almost pg)."}
+        default=None,
+        metadata={"help": "Prompts, one per line, or JSONL/JSON rows with `prompt` (default: OUTPUT_DIR/prompts.txt, as written by almost pg)."},
     )
     prompt_file_path: list[str] = field(
         default_factory=lambda: [str(BETTER_DEMONSTRATIONS)],
