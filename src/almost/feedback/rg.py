@@ -48,7 +48,7 @@ class RGArguments(EngineArguments):
     output_dir: str | None = field(default=None, metadata={"help": "Directory for the {config}.jsonl outputs (required)."})
     prompts_path: str | None = field(
         default=None,
-        metadata={"help": "Prompts, one per line, or JSONL/JSON rows with `prompt` (default: OUTPUT_DIR/prompts.txt, as written by almost pg)."},
+        metadata={"help": "Prompts, one per line, or JSONL/JSON rows with `prompt` (default: OUTPUT_DIR/prompts.txt from almost pg)."},
     )
     prompt_file_path: list[str] = field(
         default_factory=lambda: [str(BETTER_DEMONSTRATIONS)],
