@@ -35,8 +35,9 @@ from pathlib import Path
 from almost.config import EngineArguments
 from almost.engines import BACKENDS, Sampling, load_engine
 from almost.feedback.demos import SEED_PROMPTS
+from almost.io import read_prompts
 from almost.models import resolve_model
-from almost.policy.selfplay import RMSPArguments, read_prompts, run_rmsp
+from almost.policy.selfplay import RMSPArguments, run_rmsp
 
 
 class SeparateCalls:

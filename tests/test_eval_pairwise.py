@@ -21,9 +21,9 @@ from almost.evaluate.pairwise import (
     parse_verdict,
     read_questions,
     run_pairwise,
-    win_rate,
 )
 from almost.io import AlmostError
+from almost.stats import win_rate
 
 QUESTIONS = [Question("1", "q1", "math"), Question("2", "q2", "math"), Question("3", "q3", "writing")]
 MODEL = {"1": "long good answer", "2": "long good answer", "3": "meh"}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from almost.evaluate.pairwise import judge_both_orders, pairwise_metrics, pairwise_table, Question
-from almost.reward.evaluate import length_balanced, metrics_table, pairwise_metrics as rm_metrics
+from almost.reward.evaluate import metrics_table
+from almost.stats import length_balanced, reward_pair_metrics as rm_metrics
 
 # 7 pairs where the chosen answer is longer, 3 where it is shorter, 2 of equal length.
 CHOSEN_LEN = [50, 60, 70, 80, 90, 100, 110, 10, 20, 30, 40, 40]

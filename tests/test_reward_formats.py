@@ -8,9 +8,10 @@ import pytest
 
 from almost.cli import main as almost_main
 from almost.io import AlmostError
-from almost.reward.evaluate import metrics_table, pairwise_metrics, wilson_interval
+from almost.reward.evaluate import metrics_table
 from almost.reward.formats import load_pairs, pairs_from_rows, parse_transcript, split_shared_prefix
 from almost.reward.train import split_by_prompt
+from almost.stats import reward_pair_metrics, wilson_interval
 
 HH_CHOSEN = "\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?\n\nHuman: How do I boil an egg?\n\nAssistant: Put it in boiling water for 9 minutes."
 HH_REJECTED = "\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?\n\nHuman: How do I boil an egg?\n\nAssistant: Figure it out."
@@ -88,7 +89,7 @@ def test_bigbench_task_file_and_folder(tmp_path):
 
 
 def test_ties_count_as_wrong():
-    metrics = pairwise_metrics([1.0, 0.5, 2.0, 0.0], [0.0, 0.5, 3.0, -1.0], [10, 5, 3, 8], [5, 5, 9, 2])
+    metrics = reward_pair_metrics([1.0, 0.5, 2.0, 0.0], [0.0, 0.5, 3.0, -1.0], [10, 5, 3, 8], [5, 5, 9, 2])
     assert metrics["accuracy"] == 0.5 and metrics["ties"] == 1 and metrics["n"] == 4
     bias = metrics["length_bias"]
     assert bias["chosen_longer"] == {"accuracy": 1.0, "ci95": list(wilson_interval(2, 2)), "n": 2}

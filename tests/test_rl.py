@@ -13,8 +13,7 @@ from safetensors.torch import load_file
 
 from almost.cli import main as cli_main
 from almost.contracts import RL
-from almost.io import AlmostError
-from almost.policy.rl import make_reward_functions, read_prompts
+from almost.policy.rl import make_reward_functions
 
 
 def _weights(path) -> dict:
@@ -48,24 +47,6 @@ def test_rloo_run_changes_weights_and_logs_kl(tmp_path, tiny_model_path, tiny_re
     card = (out / "README.md").read_text()
     assert f"| KL to the reference policy, last logged step | {float(rows[1]['kl']):.3f} |" in card and "| beta | 0.05 |" in card
     assert (out / "tokenizer.json").exists()
-
-
-def test_read_prompts_formats(tmp_path):
-    jsonl = tmp_path / "p.jsonl"
-    jsonl.write_text(
-        '{"prompt": "hello"}\n'
-        '{"prompt": [{"role": "user", "content": "hi"}]}\n'
-        '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
-    )
-    contexts = read_prompts(str(jsonl))
-    assert contexts == [[{"role": "user", "content": "hello"}], [{"role": "user", "content": "hi"}], [{"role": "user", "content": "a"}]]
-    assert read_prompts(str(jsonl), limit=1) == contexts[:1]
-    (tmp_path / "empty.txt").write_text("\n\n")
-    with pytest.raises(AlmostError, match="no prompts"):
-        read_prompts(str(tmp_path / "empty.txt"))
-    (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n')
-    with pytest.raises(AlmostError, match="needs a 'prompt'"):
-        read_prompts(str(tmp_path / "bad.jsonl"))
 
 
 def test_reward_function_scores_prompt_plus_completion():

@@ -11,11 +11,10 @@ import pytest
 from almost.cli import main as cli_main
 from almost.engines import Sampling, ScriptedEngine, truncate_at_stop
 from almost.feedback.demos import USER_SIMULATOR_PROMPT, load_demonstrations, trim_to_sentence
-from almost.io import AlmostError, read_jsonl
+from almost.io import read_jsonl
 from almost.policy.selfplay import (
     RMSPArguments,
     format_summary,
-    read_prompts,
     run_rmsp,
     select_candidate,
     unit_seed,
@@ -104,23 +103,6 @@ def make_config(tmp_path, files, model_path, **overrides) -> RMSPArguments:
 
 
 # --- pure functions ---------------------------------------------------------------------------
-
-
-def test_read_prompts_txt_jsonl_and_empty(tmp_path):
-    txt = tmp_path / "prompts.txt"
-    txt.write_text("a question\n\n  another one  \n")
-    assert read_prompts(txt) == ["a question", "another one"]
-    jsonl = tmp_path / "p.jsonl"
-    jsonl.write_text('{"prompt": "first"}\n{"prompt": "second", "extra": 1}\n')
-    assert read_prompts(jsonl) == ["first", "second"]
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n\n")
-    with pytest.raises(AlmostError, match="no prompts"):
-        read_prompts(empty)
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "x"}\n')
-    with pytest.raises(AlmostError, match="prompt"):
-        read_prompts(bad)
 
 
 def test_select_candidate_argmax_and_gates():

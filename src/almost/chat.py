@@ -8,9 +8,13 @@ from __future__ import annotations
 ROLE_NAMES = {"user": "Human", "assistant": "Assistant"}
 
 
-def transcript(messages: list[dict]) -> str:
-    """The seed's Anthropic-HH style transcript: ``\\n\\nHuman: ...\\n\\nAssistant: ...``."""
-    return "".join(f"\n\n{ROLE_NAMES[m['role']]}: {m['content']}" for m in messages if m["role"] in ROLE_NAMES)
+def transcript(messages: list[dict], strip: bool = False) -> str:
+    """The seed's Anthropic-HH style transcript: ``\\n\\nHuman: ...\\n\\nAssistant: ...``; system turns
+    have no place in it. ``strip`` trims each turn's text, as the few-shot prompts of RG and RMSP always
+    have, while RM inputs keep the text as given: the models read these bytes, so neither may change."""
+    return "".join(
+        f"\n\n{ROLE_NAMES[m['role']]}: {m['content'].strip() if strip else m['content']}" for m in messages if m["role"] in ROLE_NAMES
+    )
 
 
 def render_conversation(tokenizer, messages: list[dict]) -> str:

@@ -89,6 +89,43 @@ def read_lines(path: str | os.PathLike, what: str = "text file") -> list[str]:
     return lines
 
 
+def read_prompts(path: str | os.PathLike, as_messages: bool = False, limit: int | None = None) -> list[str] | list[list[dict]]:
+    """The prompts a stage answers, in file order (a prompt's index is its position in the list).
+
+    A text file (``prompts.txt`` as PG writes it) holds one prompt per non-empty line; a ``.jsonl`` or
+    ``.json`` file (also compressed) holds rows with a ``prompt`` column. With ``as_messages`` every
+    prompt is a message list (the conversation before the answer) and a row may hold messages instead
+    (in ``prompt`` or ``messages``): a whole conversation loses its trailing assistant turns, and a row
+    with nothing else is skipped. Without it a row's prompt must be text. ``limit`` keeps the first ones.
+    """
+    from .chat import as_messages as user_turn
+
+    path = require_file(path, "prompts file")
+    if _strip_suffix(path) not in (".jsonl", ".json"):
+        lines = read_lines(path, "prompts file")
+        prompts = [user_turn(line) for line in lines] if as_messages else lines
+    else:
+        prompts = []
+        for i, row in enumerate(read_rows(path, "prompts file"), 1):
+            value = row.get("prompt", row.get("messages")) if as_messages else row.get("prompt")
+            if isinstance(value, str) and value.strip():
+                prompts.append(user_turn(value.strip()) if as_messages else value.strip())
+            elif not as_messages:
+                raise AlmostError(f"{path} row {i}: needs a non-empty string `prompt`")
+            elif isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+                messages = [{"role": m["role"], "content": str(m["content"])} for m in value]
+                while messages and messages[-1]["role"] == "assistant":  # a whole conversation: answer its last user turn
+                    messages.pop()
+                if messages:
+                    prompts.append(messages)
+            else:
+                raise AlmostError(f"{path} row {i}: needs a 'prompt' (text or messages) or 'messages' column")
+    prompts = prompts[:limit]
+    if not prompts:
+        raise AlmostError(f"prompts file {path} has no prompts")
+    return prompts
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     path = Path(path)
     text = read_text(path, what)

@@ -21,7 +21,8 @@ from ..chat import transcript
 from ..config import ModelArguments, parse
 from ..models import resolve_model
 from ..reward.formats import Pair, load_pairs
-from .scoring import LanguageModelOptions, OptionScorer, accuracy, accuracy_table, chat_prompt, grouped_accuracy, require_paths, write_results
+from ..stats import accuracy, grouped_accuracy
+from .scoring import LanguageModelOptions, OptionScorer, accuracy_table, chat_prompt, require_paths, write_results
 
 QUESTION = (
     "Here is a conversation between a human and an AI assistant, followed by two possible next responses "

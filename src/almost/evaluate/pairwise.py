@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-import math
 import os
 import re
 import time
@@ -46,6 +45,7 @@ from ..chat import as_messages, render_prompt
 from ..config import EngineArguments, parse, require_option
 from ..engines import Sampling, engine_model, load_engine
 from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, lock_output_dir, read_jsonl, redact_url
+from ..stats import OUTCOME_POINTS, length_balanced, win_rate
 from .scoring import write_results
 
 JUDGE_KINDS = ("rm", "llm", "openai")
@@ -361,23 +361,6 @@ def judge_both_orders(judge: Judge, questions: Sequence[Question], model_answers
     return rows
 
 
-def win_rate(outcomes: Sequence[str]) -> dict:
-    """Win / tie / loss counts and (wins + ties/2) / n with a normal-approximation 95% interval."""
-    n = len(outcomes)
-    points = [1.0 if o == "win" else 0.5 if o == "tie" else 0.0 for o in outcomes]
-    rate = sum(points) / n
-    variance = sum((p - rate) ** 2 for p in points) / (n - 1) if n > 1 else 0.25
-    half = 1.96 * math.sqrt(variance / n)
-    return {
-        "win": outcomes.count("win"),
-        "tie": outcomes.count("tie"),
-        "loss": outcomes.count("loss"),
-        "n": n,
-        "win_rate": rate,
-        "ci95": [max(0.0, rate - half), min(1.0, rate + half)],
-    }
-
-
 def pairwise_metrics(rows: Sequence[dict]) -> dict:
     """The win rate and its length split, over all questions and per category."""
     metrics = outcome_metrics(rows)
@@ -396,18 +379,8 @@ def outcome_metrics(rows: Sequence[dict]) -> dict:
 def length_split(rows: Sequence[dict]) -> dict:
     """Win rate where the model's answer is shorter and where it is longer than the baseline's
     (characters), and their mean: a judge that only rewards length gives a balanced 0.5."""
-    from ..reward.evaluate import length_balanced
-
-    points = [1.0 if r["outcome"] == "win" else 0.5 if r["outcome"] == "tie" else 0.0 for r in rows]
-    found = length_balanced(points, [r["model_length"] for r in rows], [r["baseline_length"] for r in rows])
-    return {
-        "win_rate": found["value"],
-        "ci95": found["ci95"],
-        "model_longer": found["a_longer"],
-        "model_shorter": found["a_shorter"],
-        "same_length": found["same_length"],
-        "bootstrap": found["bootstrap"],
-    }
+    points = [OUTCOME_POINTS[r["outcome"]] for r in rows]
+    return length_balanced(points, [r["model_length"] for r in rows], [r["baseline_length"] for r in rows], value="win_rate", side="model")
 
 
 def pairwise_table(metrics: dict) -> str:

@@ -108,19 +108,6 @@ def accuracy_table(metrics: dict, group_key: str = "per_type", unit: str = "item
     return "\n".join(lines)
 
 
-def accuracy(correct: Sequence[bool]) -> dict:
-    from ..reward.evaluate import wilson_interval
-
-    n, right = len(correct), sum(correct)
-    low, high = wilson_interval(right, n)
-    return {"accuracy": right / n if n else 0.0, "ci95": [low, high], "n": n}
-
-
-def grouped_accuracy(correct: Sequence[bool], groups: Sequence[str | None]) -> dict:
-    names = sorted({g or "(none)" for g in groups})
-    return {name: accuracy([c for c, g in zip(correct, groups) if (g or "(none)") == name]) for name in names}
-
-
 def write_results(output_dir: str, metrics: dict, table: str, rows: list[dict] | None = None, rows_name: str = "predictions.jsonl") -> None:
     """metrics.json, metrics.txt (the printed table) and per-item rows; then print the table."""
     from ..io import portable, write_jsonl_atomic

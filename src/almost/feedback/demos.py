@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..chat import transcript
 from ..io import AlmostError, read_text, require_file
 from ..reward.formats import parse_transcript
 
@@ -82,20 +83,10 @@ def load_demonstrations(path: str | Path) -> Demonstrations:
     return Demonstrations(demonstration_name(path), header, tuple(dialogues))
 
 
-def render_turns(messages: list[dict]) -> str:
-    """``[{role, content}]`` → ``Human: ...\\n\\nAssistant: ...`` as in the demonstration files."""
-    names = {"user": "Human", "assistant": "Assistant"}
-    parts = []
-    for m in messages:
-        if m["role"] not in names:
-            continue  # system turns have no place in the few-shot transcript
-        parts.append(f"{names[m['role']]}: {m['content'].strip()}")
-    return "\n\n".join(parts)
-
-
 def few_shot_prompt(demos: Demonstrations, n_shot: int, messages: list[dict]) -> str:
-    """The static prompt, then the conversation so far, ending with ``Assistant:`` for the next answer."""
-    return f"{demos.static_prompt(n_shot)}\n\n{render_turns(messages)}\n\nAssistant:"
+    """The static prompt, then the conversation so far (a blank line before each turn, as between the
+    turns of a demonstration), ending with ``Assistant:`` for the next answer."""
+    return f"{demos.static_prompt(n_shot)}{transcript(messages, strip=True)}\n\nAssistant:"
 
 
 def cut_answer(text: str, to_sentence: bool = False) -> str:

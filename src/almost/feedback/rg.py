@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..chat import check_chat_template, render_prompt
 from ..config import EngineArguments, parse, parse_shard
 from ..engines import Engine, Sampling, engine_model, load_engine
-from ..io import AlmostError, ResumableJsonl, digest_model, read_lines
+from ..io import AlmostError, ResumableJsonl, digest_model, read_prompts
 from ..models import ResolvedModel, load_tokenizer
 from .demos import ANSWER_STOP, BETTER_DEMONSTRATIONS, Demonstrations, bad_answer_reasons, cut_answer, few_shot_prompt, load_demonstrations
 
@@ -47,7 +47,8 @@ class RGArguments(EngineArguments):
 
     output_dir: str | None = field(default=None, metadata={"help": "Directory for the {config}.jsonl outputs (required)."})
     prompts_path: str | None = field(
-        default=None, metadata={"help": "Prompts, one per line (default: OUTPUT_DIR/prompts.txt, as written by almost pg)."}
+        default=None,
+        metadata={"help": "Prompts, one per line, or JSONL/JSON rows with `prompt` (default: OUTPUT_DIR/prompts.txt from almost pg)."},
     )
     prompt_file_path: list[str] = field(
         default_factory=lambda: [str(BETTER_DEMONSTRATIONS)],
@@ -149,11 +150,6 @@ def configurations(config: RGArguments) -> list[Configuration]:
     if missing:
         raise AlmostError(f"--select names {missing[0]!r}, which --prompt_file_path x --n_shot does not make")
     return list(result.values())
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    """One prompt per non-empty line; a prompt's index is its position in this list."""
-    return read_lines(path, "prompts file")
 
 
 def output_path(output_dir: str | Path, name: str, shard: tuple[int, int] | None = None) -> Path:

@@ -24,9 +24,9 @@ from pathlib import Path
 from trl import GRPOConfig, RLOOConfig
 
 from .. import contracts
-from ..chat import as_messages, render_prompt
+from ..chat import render_prompt
 from ..config import parse, require_option
-from ..io import AlmostError, read_rows, read_text, require_file
+from ..io import AlmostError, read_prompts
 from ..models import resolve_model
 from ..training import (
     TrainingStageArguments,
@@ -100,32 +100,6 @@ class RLConfig(TrainingStageArguments, RLOOConfig):
         if self.length_penalty < 0:
             raise ValueError("--length_penalty must be >= 0 (it is subtracted per token)")
         super().__post_init__()
-
-
-def read_prompts(path: str, limit: int | None = None) -> list[list[dict]]:
-    """Prompts as message lists (the conversation before the answer) from prompts.txt or JSONL/JSON."""
-    path = str(require_file(path, "prompts file"))
-    if path.endswith(".txt"):
-        contexts = [as_messages(line.strip()) for line in read_text(path, "prompts file").splitlines() if line.strip()]
-    else:
-        contexts = []
-        for i, row in enumerate(read_rows(path, "prompts file"), 1):
-            value = row.get("prompt", row.get("messages"))
-            if isinstance(value, str) and value.strip():
-                contexts.append(as_messages(value.strip()))
-            elif isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
-                messages = [{"role": m["role"], "content": str(m["content"])} for m in value]
-                while messages and messages[-1]["role"] == "assistant":  # a whole conversation: answer its last user turn
-                    messages.pop()
-                if messages:
-                    contexts.append(messages)
-            else:
-                raise AlmostError(f"{path} row {i}: needs a 'prompt' (text or messages) or 'messages' column")
-    if limit is not None:
-        contexts = contexts[:limit]
-    if not contexts:
-        raise AlmostError(f"{path} has no prompts")
-    return contexts
 
 
 def build_dataset(contexts: list[list[dict]], tokenizer):
@@ -326,7 +300,7 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
         scorer = RemoteRewardScorer(config.reward_model_name_or_path, TOKEN_ENV, batch_size=config.reward_batch_size)
         scorer.health()  # `almost rm serve` must be up before the policy is loaded
     policy = resolve_model(config.model_name_or_path, config.cache_dir)
-    contexts = read_prompts(config.prompts_path, config.max_prompts)
+    contexts = read_prompts(config.prompts_path, as_messages=True, limit=config.max_prompts)
     if scorer is None:
         reward_path = reward_model_path(config.reward_model_name_or_path)
     log_path = out / contracts.RL.files["log"]

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..chat import transcript
 from ..config import EngineArguments, parse
 from ..engines import Engine, Sampling, engine_model, load_engine
 from ..feedback.demos import (
@@ -42,18 +43,15 @@ from ..feedback.demos import (
     cut_answer,
     few_shot_prompt,
     load_demonstrations,
-    render_turns,
 )
 from ..feedback.pg import rouge_l_fmeasure, rouge_lcs, rouge_tokens
 from ..io import (
-    AlmostError,
     ResumableJsonl,
     digest_model,
     fingerprint,
     read_json,
+    read_prompts,
     read_rows,
-    read_text,
-    require_file,
     write_json_atomic,
     write_jsonl_atomic,
 )
@@ -161,27 +159,9 @@ class RMSPArguments(EngineArguments):
 # Pure pieces: reading prompts, the user simulator's prompt and verdict, choosing a candidate.
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from ``prompts.txt`` (one per line) or a JSON/JSONL file with a ``prompt`` column."""
-    path = require_file(path, "prompts file")
-    if path.suffix in (".jsonl", ".json"):
-        rows = read_rows(path, "prompts file")
-        prompts = []
-        for i, row in enumerate(rows, 1):
-            prompt = row.get("prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise AlmostError(f"{path} row {i}: needs a non-empty string `prompt`")
-            prompts.append(prompt.strip())
-    else:
-        prompts = [line.strip() for line in read_text(path, "prompts file").splitlines() if line.strip()]
-    if not prompts:
-        raise AlmostError(f"{path} has no prompts")
-    return prompts
-
-
 def user_prompt(simulator: Demonstrations, n_shot: int, messages: list[dict]) -> str:
     """The user simulator's examples, then the dialogue so far, ending with ``Human:`` for the next user turn."""
-    return f"{simulator.static_prompt(n_shot)}\n\n{render_turns(messages)}\n\nHuman:"
+    return f"{simulator.static_prompt(n_shot)}{transcript(messages, strip=True)}\n\nHuman:"
 
 
 def repeat_score(turn: str, messages: list[dict]) -> tuple[float, bool]:

@@ -11,7 +11,6 @@ agreed with the label.
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from ..config import parse, require_option
 from ..io import AlmostError, portable, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from ..stats import reward_pair_metrics
 from .formats import Pair, load_pairs
 from .model import RewardScorer, reward_model_path
 
@@ -46,148 +46,7 @@ class RewardEvalConfig:
     )
 
 
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion (sane at 0, 1 and small n, unlike the normal one)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = correct / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def _accuracy(wins: Sequence[bool]) -> dict:
-    n, correct = len(wins), sum(wins)
-    low, high = wilson_interval(correct, n)
-    return {"accuracy": correct / n if n else None, "ci95": [low, high], "n": n}
-
-
-BOOTSTRAP_SAMPLES = 2000
-BOOTSTRAP_SEED = 0
-
-
-def length_balanced(
-    points: Sequence[float],
-    length_a: Sequence[int],
-    length_b: Sequence[int],
-    samples: int = BOOTSTRAP_SAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-) -> dict:
-    """The mean of side a's score where a is the longer answer and where it is the shorter one.
-
-    ``points`` are side a's scores in [0, 1] (1 = a preferred; for an RM, a is the chosen answer
-    and a reward tie scores 0). Pairs of equal length are set aside and counted. Any judge that
-    only prefers the longer (or only the shorter) answer scores exactly 0.5, whatever the share of
-    pairs where a is longer, which plain accuracy cannot promise. The 95% interval is a seeded
-    percentile bootstrap over the pairs (resampled with replacement; a resample that lacks one of
-    the two groups has no value and is left out, and counted).
-    """
-    import numpy as np
-
-    score = np.asarray(points, dtype=float)
-    diff = np.asarray(length_a, dtype=float) - np.asarray(length_b, dtype=float)
-    keep = diff != 0
-    score, a_longer = score[keep], diff[keep] > 0
-    n_longer, n_shorter = int(a_longer.sum()), int((~a_longer).sum())
-    result = {
-        "value": None,
-        "ci95": [None, None],
-        "a_longer": {"rate": float(score[a_longer].mean()) if n_longer else None, "n": n_longer},
-        "a_shorter": {"rate": float(score[~a_longer].mean()) if n_shorter else None, "n": n_shorter},
-        "same_length": int((~keep).sum()),
-        "bootstrap": {"samples": samples, "seed": seed, "undefined": 0},
-    }
-    if not (n_longer and n_shorter):
-        return result  # one side of the balance is missing: no balanced value to report
-    result["value"] = (result["a_longer"]["rate"] + result["a_shorter"]["rate"]) / 2
-    rng = np.random.default_rng(seed)
-    n = len(score)
-    parts = []
-    step = max(1, 4_000_000 // n)  # resamples per draw: memory stays bounded on large sets
-    for start in range(0, samples, step):
-        idx = rng.integers(0, n, size=(min(step, samples - start), n))
-        longer, points_drawn = a_longer[idx], score[idx]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rate_longer = (points_drawn * longer).sum(axis=1) / longer.sum(axis=1)
-            rate_shorter = (points_drawn * ~longer).sum(axis=1) / (~longer).sum(axis=1)
-        parts.append((rate_longer + rate_shorter) / 2)
-    balanced = np.concatenate(parts)
-    defined = balanced[~np.isnan(balanced)]
-    result["bootstrap"]["undefined"] = int(samples - len(defined))
-    if len(defined):
-        low, high = np.percentile(defined, [2.5, 97.5])
-        result["ci95"] = [float(low), float(high)]
-    return result
-
-
-def length_balanced_accuracy(
-    rewards_chosen: Sequence[float], rewards_rejected: Sequence[float], length_chosen: Sequence[int], length_rejected: Sequence[int]
-) -> dict:
-    """``length_balanced`` for an RM on pairs: accuracy (ties wrong) where the chosen answer is longer
-    and where it is shorter, their mean, and its bootstrap interval."""
-    found = length_balanced([float(c > r) for c, r in zip(rewards_chosen, rewards_rejected)], length_chosen, length_rejected)
-    return {
-        "accuracy": found["value"],
-        "ci95": found["ci95"],
-        "chosen_longer": found["a_longer"],
-        "chosen_shorter": found["a_shorter"],
-        "same_length": found["same_length"],
-        "bootstrap": found["bootstrap"],
-    }
-
-
-def pairwise_metrics(
-    rewards_chosen: Sequence[float],
-    rewards_rejected: Sequence[float],
-    length_chosen: Sequence[int],
-    length_rejected: Sequence[int],
-    subsets: Sequence[str | None] | None = None,
-) -> dict:
-    """Accuracy (ties wrong), per-subset accuracy, and length-bias statistics of one RM on pairs.
-
-    Lengths are in characters of the answer. ``length_only_accuracy`` is what "prefer the longer
-    answer" would score on the same pairs: an RM whose accuracy is no better than that may have
-    learned length rather than quality.
-    """
-    from scipy.stats import spearmanr
-
-    n = len(rewards_chosen)
-    if n == 0:
-        raise AlmostError("no pairs to evaluate")
-    wins = [c > r for c, r in zip(rewards_chosen, rewards_rejected)]
-    metrics = _accuracy(wins)
-    metrics["ties"] = sum(c == r for c, r in zip(rewards_chosen, rewards_rejected))
-    margins = [c - r for c, r in zip(rewards_chosen, rewards_rejected)]
-    metrics["mean_margin"] = sum(margins) / n
-
-    if subsets is not None and any(s is not None for s in subsets):
-        names = sorted({s or "(none)" for s in subsets})
-        metrics["subsets"] = {
-            name: _accuracy([w for w, s in zip(wins, subsets) if (s or "(none)") == name]) for name in names
-        }
-
-    longer = [w for w, lc, lr in zip(wins, length_chosen, length_rejected) if lc > lr]
-    shorter = [w for w, lc, lr in zip(wins, length_chosen, length_rejected) if lc < lr]
-    rewards = list(rewards_chosen) + list(rewards_rejected)
-    lengths = list(length_chosen) + list(length_rejected)
-    rho = spearmanr(rewards, lengths).statistic if len(set(rewards)) > 1 and len(set(lengths)) > 1 else float("nan")
-    prefers_longer = [
-        (c > r) == (lc > lr) for c, r, lc, lr in zip(rewards_chosen, rewards_rejected, length_chosen, length_rejected) if lc != lr and c != r
-    ]
-    metrics["length_bias"] = {
-        "chosen_longer": _accuracy(longer),
-        "chosen_shorter": _accuracy(shorter),
-        "same_length": n - len(longer) - len(shorter),
-        "spearman_reward_length": None if math.isnan(rho) else float(rho),
-        "rm_prefers_longer_rate": sum(prefers_longer) / len(prefers_longer) if prefers_longer else None,
-        "length_only_accuracy": len(longer) / n,
-    }
-    metrics["length_balanced"] = length_balanced_accuracy(rewards_chosen, rewards_rejected, length_chosen, length_rejected)
-    return metrics
-
-
-def score_pairs(scorer: RewardScorer, pairs: Sequence[Pair], progress: bool = True) -> tuple[list[float], list[float]]:
+def pair_rewards(scorer: RewardScorer, pairs: Sequence[Pair], progress: bool = True) -> tuple[list[float], list[float]]:
     """Rewards of the chosen and the rejected answer of every pair, in one batched pass."""
     conversations = [p.conversation(p.chosen) for p in pairs] + [p.conversation(p.rejected) for p in pairs]
     rewards = scorer.score(conversations, progress=progress)
@@ -196,8 +55,8 @@ def score_pairs(scorer: RewardScorer, pairs: Sequence[Pair], progress: bool = Tr
 
 def evaluate_pairs(scorer: RewardScorer, pairs: Sequence[Pair], progress: bool = True) -> tuple[dict, list[dict]]:
     """Metrics and per-pair rows for an RM on pairs (shared by ``rm eval`` and ``rm train``'s held-out check)."""
-    chosen, rejected = score_pairs(scorer, pairs, progress)
-    metrics = pairwise_metrics(
+    chosen, rejected = pair_rewards(scorer, pairs, progress)
+    metrics = reward_pair_metrics(
         chosen, rejected, [len(p.chosen) for p in pairs], [len(p.rejected) for p in pairs], [p.subset for p in pairs]
     )
     rows = [
@@ -208,7 +67,7 @@ def evaluate_pairs(scorer: RewardScorer, pairs: Sequence[Pair], progress: bool =
 
 
 def card_evaluation(metrics: dict, name: str, data: str, split: str | None, source: str, agreement: str) -> dict:
-    """One evaluation of a model card (``cards.write_model_card``) from ``pairwise_metrics``: accuracy
+    """One evaluation of a model card (``cards.write_model_card``) from ``stats.reward_pair_metrics``: accuracy
     (named ``agreement``), the length-balanced accuracy and the "prefer longer" baseline wherever
     measured, and Spearman(reward, length)."""
     bias, balanced = metrics["length_bias"], metrics.get("length_balanced") or {}
