@@ -149,7 +149,16 @@ CS = StageOutputs(
     # Written only when --max_length_ratio or --length_balance is on, so that the seed's file stays as it was.
     optional_keys=keys("dropped_by_max_length_ratio", "dropped_by_length_balance", "chosen_longer", "chosen_shorter"),
 )
-RM_TRAIN = StageOutputs("rm train", {"model": MODEL_CONFIG, "metrics": METRICS_FILE}, product="model", summary="metrics")
+# Stand-in until the training branch's declaration of RM_TRAIN is merged (take that one): the report
+# reads rm train's "heldout" (rm eval's keys, see RM_EVAL) and "data" through it.
+RM_TRAIN = StageOutputs(
+    "rm train",
+    {"model": MODEL_CONFIG, "metrics": METRICS_FILE},
+    product="model",
+    summary="metrics",
+    summary_keys=keys("model", "base_model", "data", "train", "heldout", "length_head", "config"),
+    optional_keys=keys("length_head"),  # only with --length_head
+)
 RM_EVAL = StageOutputs(
     "rm eval",
     {"metrics": METRICS_FILE, "rewards": "rewards.jsonl", "table": "metrics.txt", "plot": "reward_eval.png"},
@@ -204,7 +213,9 @@ EVAL_PAIRWISE = StageOutputs(
     product="metrics",
     summary="metrics",
     # length_balanced: evaluate.pairwise.length_split; per_category: {category: the same keys, without per_category}.
-    summary_keys=keys("win", "tie", "loss", "n", "win_rate", "ci95", "length_balanced", "per_category", "task", "model", "baseline", "judge", "data"),
+    summary_keys=keys(
+        "win", "tie", "loss", "n", "win_rate", "ci95", "length_balanced", "per_category", "task", "model", "baseline", "judge", "data",
+    ),
 )
 # ``almost eval <kind>`` → what it writes, in the report's order.
 EVALUATIONS = {"hhh": EVAL_HHH, "truthfulqa": EVAL_TRUTHFULQA, "pairwise": EVAL_PAIRWISE}
