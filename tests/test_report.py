@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -141,6 +142,15 @@ def test_a_key_no_stage_declares_is_neither_written_nor_read(tmp_path: Path):
     assert summary["pairs"] == 2 and summary.get("chosen_longer") is None
     with pytest.raises(ContractError, match="does not declare the summary key 'pairs_dropped_by_filter'"):
         summary.get("pairs_dropped_by_filter")
+
+
+def test_files_directly_in_the_run_folder_are_read_too(tiny_run: Path, tmp_path: Path):
+    """The seed release's layout: one output folder for every stage."""
+    for name in CS.files.values():
+        shutil.copy(tiny_run / "cs" / name, tmp_path / name)
+    text = write_report(tmp_path).read_text()
+    for pair, count in load(tmp_path / CS.summary_file)["pairs_per_configuration_pair"].items():
+        assert "| {} | {} | {} |".format(*pair.split(" > "), count) in text
 
 
 def test_missing_inputs_are_reported_not_fatal(tmp_path: Path):
