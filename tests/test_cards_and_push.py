@@ -271,10 +271,10 @@ def test_every_folder_of_a_pipeline_run_has_a_card(tmp_path, tiny_model_path, ti
         }  # fmt: skip
         path = write_config(tmp_path / "pipeline.yaml", config)
         out = tmp_path / "run"
-        rc, statuses = run(path, out, "--no_report", capsys=capsys)
+        rc, statuses = run(path, out, report=False)
         assert rc == 0 and set(statuses.values()) == {"ran"}, statuses
         # rm eval wrote into rm's card: the model is unchanged, so a rerun skips every step.
-        rc, statuses = run(path, out, "--no_report", capsys=capsys)
+        rc, statuses = run(path, out, report=False)
         assert rc == 0 and set(statuses.values()) == {"skipped"}, statuses
     finally:
         server.close()

@@ -188,7 +188,8 @@ def test_a_pipeline_can_point_its_generation_stages_at_servers(tmp_path):
     """Served model names are not looked up locally; a configuration may name its own servers."""
     import yaml
 
-    from almost.run.pipeline import Planner, validate
+    from almost.run.checks import validate
+    from almost.run.plan import Planner
 
     config_path = tmp_path / "served.yaml"
     config_path.write_text(yaml.safe_dump({

@@ -3,6 +3,8 @@ and config errors caught before any work starts."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import re
 from pathlib import Path
@@ -10,8 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from almost.cli import main as cli
-from almost.run.pipeline import Planner, load_config, step_fingerprint, validate
+from almost.cli import COMMANDS, main as cli
+from almost.contracts import CS
+from almost.evaluate import cli as evaluate_cli
+from almost.io import AlmostError
+from almost.reward import cli as reward_cli
+from almost.run.checks import validate
+from almost.run.fingerprints import step_fingerprint
+from almost.run.pipeline import run_pipeline
+from almost.run.plan import Planner, load_config
+from almost.stages import STAGE_COMMANDS, stage_command
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["How do I keep basil alive indoors?", "What is a prime number?", "Give me a tip for learning to juggle.", "Why is the sky blue?"]
@@ -41,17 +51,10 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
-def run(config: Path, out: Path, *extra: str, capsys=None) -> tuple[int, dict[str, str]]:
-    """Run the pipeline; return its exit status and each step's status from the summary table."""
-    rc = cli(["pipeline", str(config), "--output_dir", str(out), *extra])
-    statuses = {}
-    if capsys is not None:
-        printed = capsys.readouterr().out
-        for line in printed.splitlines():
-            m = re.match(r"^(\S+)\s+(ran|skipped|failed)\s", line)
-            if m:
-                statuses[m.group(1)] = m.group(2)
-    return rc, statuses
+def run(config: Path, out: Path, **options) -> tuple[int, dict[str, str]]:
+    """Run the pipeline (``options``: run_pipeline's until, first, report); its exit status and each step's status."""
+    result = run_pipeline(config, out, **options)
+    return result.exit_code, {step.name: step.status for step in result.steps}
 
 
 def test_skip_rerun_resume_until_from(tmp_path, rg_outputs, tiny_reward_model_path, capsys):
@@ -64,46 +67,46 @@ def test_skip_rerun_resume_until_from(tmp_path, rg_outputs, tiny_reward_model_pa
     path = write_config(tmp_path / "pipeline.yaml", config)
 
     # --until cs: only the comparisons.
-    assert run(path, out, "--until", "cs", capsys=capsys) == (0, {"cs": "ran"})
+    assert run(path, out, until="cs") == (0, {"cs": "ran"})
     assert (out / "cs" / "comparison.jsonl").exists() and not (out / "rm").exists()
     # The full run skips cs (unchanged) and trains the RM on its pairs.
-    assert run(path, out, capsys=capsys) == (0, {"cs": "skipped", "rm/train": "ran"})
+    assert run(path, out) == (0, {"cs": "skipped", "rm/train": "ran"})
     assert json.loads((out / "rm" / ".almost-step.json").read_text())["status"] == "done"
     assert (out / "report.md").exists()
     # Nothing changed: nothing runs.
     weights = (out / "rm" / "model.safetensors").stat().st_mtime_ns
-    assert run(path, out, capsys=capsys) == (0, {"cs": "skipped", "rm/train": "skipped"})
+    assert run(path, out) == (0, {"cs": "skipped", "rm/train": "skipped"})
     assert (out / "rm" / "model.safetensors").stat().st_mtime_ns == weights
 
     # A changed RM setting reruns the RM only.
     config["rm"]["train"]["learning_rate"] = 5e-4
     write_config(path, config)
-    assert run(path, out, capsys=capsys) == (0, {"cs": "skipped", "rm/train": "ran"})
+    assert run(path, out) == (0, {"cs": "skipped", "rm/train": "ran"})
 
     # A half-finished cs (killed: marker says running) is run again without clearing its folder; it
     # rewrites the same comparisons, so the RM, whose input did not change, is skipped.
     marker = out / "cs" / ".almost-step.json"
     marker.write_text(json.dumps({**json.loads(marker.read_text()), "status": "running"}))
     (out / "cs" / "kept-by-resume").write_text("x")
-    assert run(path, out, capsys=capsys) == (0, {"cs": "ran", "rm/train": "skipped"})
+    assert run(path, out) == (0, {"cs": "ran", "rm/train": "skipped"})
     assert (out / "cs" / "kept-by-resume").exists()
 
     # A changed rubric reruns cs from an empty folder, then the RM because its pairs changed.
     config["cs"]["rubric"] = ["small-basic-1shot", "big-faithful-3shot"]
     write_config(path, config)
-    assert run(path, out, capsys=capsys) == (0, {"cs": "ran", "rm/train": "ran"})
+    assert run(path, out) == (0, {"cs": "ran", "rm/train": "ran"})
     assert not (out / "cs" / "kept-by-resume").exists()
     first = json.loads((out / "cs" / "comparison.jsonl").read_text().splitlines()[0])
     assert first["chosen_config"] == "small-basic-1shot"
 
     # --from cs reruns cs although unchanged; --until cs keeps the RM out of it.
-    assert run(path, out, "--from", "cs", "--until", "cs", capsys=capsys) == (0, {"cs": "ran"})
+    assert run(path, out, first="cs", until="cs") == (0, {"cs": "ran"})
     # --from rm in a fresh directory: cs never finished there.
     assert cli(["pipeline", str(path), "--output_dir", str(tmp_path / "fresh"), "--from", "rm"]) == 2
     assert "cs has not finished" in capsys.readouterr().err
 
 
-def test_rg_configurations_are_steps_of_their_own(tmp_path, tiny_model_path, capsys):
+def test_rg_configurations_are_steps_of_their_own(tmp_path, tiny_model_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(PROMPTS[0] + "\n")
     out = tmp_path / "run"
@@ -117,25 +120,30 @@ def test_rg_configurations_are_steps_of_their_own(tmp_path, tiny_model_path, cap
     path = write_config(tmp_path / "pipeline.yaml", config)
     name = Path(tiny_model_path).name.lower()
     faithful, basic = f"rg/{name}-faithful-0shot", f"rg/{name}-basic-0shot"
-    assert run(path, out, capsys=capsys) == (0, {faithful: "ran", basic: "ran"})
+    assert run(path, out) == (0, {faithful: "ran", basic: "ran"})
     assert (out / "rg" / f"{name}-basic-0shot.jsonl").exists()
     # Changing one configuration reruns that configuration only.
     config["rg"]["configurations"][1]["temperature"] = 0.5
     write_config(path, config)
-    assert run(path, out, capsys=capsys) == (0, {faithful: "skipped", basic: "ran"})
+    assert run(path, out) == (0, {faithful: "skipped", basic: "ran"})
 
 
-def test_steps_run_as_child_processes_and_failures_stop_the_run(tmp_path, rg_outputs, capsys):
+def test_steps_run_as_child_processes_and_failures_stop_the_run(tmp_path, rg_outputs):
     out = tmp_path / "run"
     config = {"cs": {"input_dir": str(rg_outputs), "rubric": ["big-faithful-3shot", "small-basic-1shot"]}}
     path = write_config(tmp_path / "pipeline.yaml", config)
-    assert run(path, out, capsys=capsys) == (0, {"cs": "ran"})
-    assert len((out / "cs" / "comparison.jsonl").read_text().splitlines()) == 2
+    result = run_pipeline(path, out)
+    assert result.ok and result.exit_code == 0 and result.report == out / "report.md" and result.report.exists()
+    (cs,) = result.steps
+    assert (cs.name, cs.status, cs.rc, cs.product) == ("cs", "ran", None, out / "cs" / CS.product_file)
+    assert cs.seconds > 0 and cs.cpu_seconds is not None  # a child's CPU time counts once it has ended
+    assert len(cs.product.read_text().splitlines()) == 2
     # A stage that fails (here: no outputs for a rubric name, which only cs itself can know) stops
     # the run with exit status 1, and its marker stays "running" so a rerun resumes it.
     config["cs"]["rubric"] = ["big-faithful-3shot", "missing-basic-1shot"]
     write_config(path, config)
-    assert run(path, out, capsys=capsys) == (1, {"cs": "failed"})
+    result = run_pipeline(path, out, report=False)
+    assert (result.exit_code, result.failed.name, result.failed.status, result.failed.rc, result.report) == (1, "cs", "failed", 2, None)
     assert json.loads((out / "cs" / ".almost-step.json").read_text())["status"] == "running"
 
 
@@ -188,13 +196,27 @@ def test_rg_chat_format_plans_chat_configurations_and_the_rubric_uses_their_name
     assert not out.exists()
 
 
+def test_every_stage_command_is_what_the_cli_runs_with_its_configs_and_run_function():
+    """The registry the pipeline runs stages through names the module `almost <command>` dispatches
+    to, config dataclasses that module's parser reads, and a run function there."""
+    subcommands = {"rm": reward_cli.SUBCOMMANDS, "eval": evaluate_cli.TASKS}
+    for command, stage in STAGE_COMMANDS.items():
+        dispatched = subcommands[command[0]][command[1]][0] if len(command) == 2 else COMMANDS[command[0]][0]
+        assert stage.module == dispatched, command
+        assert all(dataclasses.is_dataclass(t) for t in stage.config_types()) and stage.options()
+        assert callable(getattr(importlib.import_module(stage.module), stage.run_name))
+    # A value the command line refuses is refused in process too, by the same checks.
+    with pytest.raises(AlmostError, match="--learning_rate must be above 0"):
+        stage_command(("rm", "train")).parse({"learning_rate": 0, "output_dir": "unused"})
+
+
 def test_unknown_stage_for_until(tmp_path, capsys):
     path = write_config(tmp_path / "p.yaml", {"cs": {"rubric": ["a", "b"]}})
     assert cli(["pipeline", str(path), "--output_dir", str(tmp_path / "r"), "--until", "rl"]) == 2
     assert "stage rl is not in" in capsys.readouterr().err
 
 
-BUILT_IN = [REPO / "src" / "almost" / "configs" / name for name in ("demo.yaml", "proof.yaml")]
+BUILT_IN = [REPO / "src" / "almost" / "run" / "configs" / name for name in ("demo.yaml", "proof.yaml")]
 
 
 @pytest.mark.parametrize("example", sorted((REPO / "configs" / "examples").glob("*.yaml")) + BUILT_IN, ids=lambda p: p.name)
@@ -220,7 +242,7 @@ def test_demo_proof_dry_run_plans_every_step(tmp_path, capsys):
     assert list(steps) == ["pg", *(f"rg/{n}" for n in rubric), "cs", "rm/train", "rm/eval", "rmsp", "sft", "rl",
                            *(f"eval/pairwise/{m}-vs-base-by-{j}" for m in ("sft", "rl") for j in ("rm", "lm"))]  # fmt: skip
     assert "seed_prompts_harmless.txt" in steps["pg"] and "--length_balance true" in steps["cs"]
-    assert "--length_head true" in steps["rm/train"] and "--lora false" in steps["rm/train"]
+    assert "--length_head true" in steps["rm/train"] and "--use_peft false" in steps["rm/train"]
     assert "--data_path hh-harmless-test" in steps["rm/eval"] and f"--model_name_or_path {out / 'rm'}" in steps["rm/eval"]
     assert f"--judge rm:{out / 'rm'}" in steps["eval/pairwise/rl-vs-base-by-rm"] and "--judge llm:smollm2-135m" in steps["eval/pairwise/rl-vs-base-by-lm"]
     assert not out.exists()

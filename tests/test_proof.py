@@ -14,7 +14,7 @@ from conftest import build_tiny_model
 
 from almost.run import demo
 from almost.cli import main as cli
-from almost.run.pipeline import Planner, load_config
+from almost.run.plan import Planner, load_config
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -14,12 +14,28 @@ import pytest
 
 from almost import contracts
 from almost.cli import main as cli
-from almost.contracts import CS, EVALUATIONS, PG, RG_ROW_KEYS, RM_EVAL, RMSP, RMSP_TURN_KEYS, ContractError, read_summary, write_summary
-from almost.run.report import FIGURES, step_figures, write_report
+from almost.contracts import (
+    CS,
+    EVALUATIONS,
+    PG,
+    RG_ROW_KEYS,
+    RL,
+    RM_EVAL,
+    RM_TRAIN,
+    RMSP,
+    RMSP_TURN_KEYS,
+    SFT,
+    ContractError,
+    read_summary,
+    write_summary,
+)
+from almost.run.report import FIGURES, write_report
+from almost.run.summary import step_figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# The stages whose summaries the declarations in contracts.py cover, by folder of the run.
-DECLARED = {"pg": PG, "cs": CS, "rm_eval": RM_EVAL, "rmsp": RMSP, **{f"eval/{kind}/*": outputs for kind, outputs in EVALUATIONS.items()}}
+# Every stage's declaration in contracts.py, by its folder in the run.
+DECLARED = {"pg": PG, "cs": CS, "rm": RM_TRAIN, "rm_eval": RM_EVAL, "rmsp": RMSP, "sft": SFT, "rl": RL,
+            **{f"eval/{kind}/*": outputs for kind, outputs in EVALUATIONS.items()}}  # fmt: skip
 
 
 def load(path: Path):
@@ -85,7 +101,7 @@ def test_report_of_a_real_run_shows_what_the_stages_wrote(tiny_run: Path):
         assert f"| {chosen} | {rejected} | {count} |" in text
     assert f"| dropped_by_filter | {cs['dropped_by_filter']} |" in text
     # RM: held-out agreement (rm train) and rm eval, with the length bias
-    held = load(tiny_run / "rm" / "metrics.json")["heldout"]
+    held = load(tiny_run / "rm" / RM_TRAIN.summary_file)["heldout"]
     human = load(tiny_run / "rm_eval" / RM_EVAL.summary_file)
     for label, m in (("held-out synthetic pairs (rubric agreement)", held), ("rm_eval", human)):
         assert f"| {label} | {m['n']} | {m['accuracy']:.3f} |" in text
@@ -97,7 +113,7 @@ def test_report_of_a_real_run_shows_what_the_stages_wrote(tiny_run: Path):
     users = summary[contracts.USER_TURNS_KEY]
     assert f"{users['asked']} asked, {users['samples']} sampled ({users['retries']} re-samples" in text
     # RL: the first and the last logged step
-    log = list(csv.DictReader(open(tiny_run / "rl" / "rl_log.csv", newline="")))
+    log = list(csv.DictReader(open(tiny_run / "rl" / RL.files["log"], newline="")))
     assert f"| first log | {float(log[0]['step']):.3f} | {float(log[0]['reward']):.3f} |" in text
     # Evaluation: base vs SFT vs RL in that order, accuracy per evaluation and the pairwise win rate
     hhh = {label: load(tiny_run / "eval" / "hhh" / label / "metrics.json")["accuracy"] for label in ("base", "sft", "rl")}

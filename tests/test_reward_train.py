@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from almost.contracts import RM_TRAIN
 from almost.reward.evaluate import evaluate_pairs
 from almost.reward.formats import load_pairs
 from almost.reward.model import RewardScorer
@@ -101,6 +102,17 @@ def test_lora_saves_adapter_with_score_head_and_both_load(tmp_path, tiny_model_p
     assert merged["mean_margin"] == pytest.approx(from_adapter["mean_margin"], abs=tolerance)
     assert merged["mean_margin"] != 0.0
 
+    # --merge_lora false: the same training saves the adapter alone, which the held-out check still reads.
+    alone = tmp_path / "rm-adapter-alone"
+    assert train_main([*args, "--output_dir", str(alone), "--merge_lora", "false"] + FAST) == 0
+    assert json.loads((alone / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
+    assert not (alone / "config.json").exists() and not (alone / "adapter").exists()
+    metrics, alone_metrics = (json.loads((d / RM_TRAIN.summary_file).read_text()) for d in (out, alone))
+    assert set(metrics) <= RM_TRAIN.summary_keys and alone_metrics["heldout"]["n"] == metrics["heldout"]["n"] > 0
+    assert alone_metrics["heldout"]["mean_margin"] == pytest.approx(metrics["heldout"]["mean_margin"], abs=tolerance)
+    from_alone, _ = evaluate_pairs(RewardScorer(str(alone)), pairs, progress=False)
+    assert from_alone["mean_margin"] == pytest.approx(merged["mean_margin"], abs=tolerance)
+
 
 def test_two_process_cpu_training_under_accelerate(tmp_path, tiny_model_path):
     data = easy_pairs(tmp_path / "comparison.jsonl", n=24)
@@ -114,7 +126,7 @@ def test_two_process_cpu_training_under_accelerate(tmp_path, tiny_model_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["train"]["num_processes"] == 2 and metrics["train"]["global_steps"] == 2
+    assert metrics["train"]["num_processes"] == 2 and metrics["train"]["global_step"] == 2
     assert metrics["heldout"]["n"] > 0
     (before,), (after,) = backbone_weight(tiny_model_path).values(), backbone_weight(str(out)).values()
     assert not before.equal(after)

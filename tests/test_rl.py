@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 import json
 
@@ -11,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from almost.cli import main as cli_main
+from almost.contracts import RL
 from almost.io import AlmostError
 from almost.policy.rl import make_reward_functions, read_prompts
 
@@ -40,8 +42,9 @@ def test_rloo_run_changes_weights_and_logs_kl(tmp_path, tiny_model_path, tiny_re
     assert float(rows[1]["kl"]) != 0.0
     # The length penalty enters the reward: reward = rm_reward - 0.01 * length.
     assert float(rows[0]["reward"]) == pytest.approx(float(rows[0]["rm_reward"]) - 0.01 * float(rows[0]["length_tokens"]), abs=1e-4)
-    summary = json.loads((out / "rl_summary.json").read_text())
-    assert summary["steps"] == 2 and summary["beta"] > 0 and summary["prompts"] == 4
+    summary = json.loads((out / RL.summary_file).read_text())
+    assert summary["global_step"] == 2 and summary["beta"] > 0 and summary["prompts"] == 4
+    assert set(summary) == RL.summary_keys
     card = (out / "README.md").read_text()
     assert f"| KL to the reference policy, last logged step | {float(rows[1]['kl']):.3f} |" in card and "| beta | 0.05 |" in card
     assert (out / "tokenizer.json").exists()
@@ -136,8 +139,29 @@ def test_two_process_cpu_rl_writes_each_output_once(tmp_path, tiny_model_path, t
     lines = (out / "rl_log.csv").read_text().splitlines()
     assert lines[0].startswith("step,") and [line.split(",")[0] for line in lines[1:]] == ["1", "2"]
     assert proc.stdout.count("almost rl: 2 steps") == 1, proc.stdout[-2000:]
-    assert json.loads((out / "rl_summary.json").read_text())["steps"] == 2
+    assert json.loads((out / RL.summary_file).read_text())["global_step"] == 2
     assert json.loads((out / "training_status.json").read_text())["status"] == "done"
     before, after = _weights(Path(tiny_model_path)), _weights(out)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+def test_rm_train_sft_and_rl_show_the_same_lora_and_hardware_options(monkeypatch, capsys):
+    """One spelling of LoRA (TRL's --use_peft --lora_r ...) and the same hardware switches in all three trainers."""
+    from dataclasses import fields
+
+    from almost.training import HardwareArguments, LoraArguments
+
+    monkeypatch.setenv("COLUMNS", "200")
+    shared = [f"--{f.name}" for kind in (LoraArguments, HardwareArguments) for f in fields(kind)] + ["--use_cpu", "--fp16", "--tf32"]
+    options = {}
+    for command in (["rl"], ["sft"], ["rm", "train"]):
+        with pytest.raises(SystemExit) as exit_code:
+            cli_main([*command, "--help"])
+        assert exit_code.value.code == 0
+        # One block per option: its line and the indented help lines under it.
+        blocks = re.split(r"\n(?=  -)", capsys.readouterr().out)
+        options[" ".join(command)] = {block.split()[0].rstrip(","): block for block in blocks if block.startswith("  --")}
+    for option in shared:
+        assert option in options["rl"], option
+        assert options["rl"][option] == options["sft"][option] == options["rm train"][option], option

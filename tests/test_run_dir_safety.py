@@ -21,7 +21,7 @@ from almost.engines import ScriptedEngine
 from almost.evaluate import QUESTIONS_SAMPLE
 from almost.evaluate.pairwise import PairwiseConfig, build_judge, openai_completer, run_pairwise
 from almost.io import LOCK_NAME, AlmostError, portable, redact_argv
-from almost.run.pipeline import Planner, load_config
+from almost.run.plan import Planner, load_config
 from almost.training import plain_settings
 
 PROMPTS = ["How do I keep basil alive indoors?", "What is a prime number?", "Give me a tip for learning to juggle.", "Why is the sky blue?"]

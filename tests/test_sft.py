@@ -114,15 +114,22 @@ def test_labels_given_to_the_trainer_mask_user_tokens(tmp_path, tiny_model_path)
     assert [label for label in labels if label != -100] == [t for t, m in zip(ids, mask) if m]
 
 
-def test_lora_sft_saves_a_merged_model(tmp_path, tiny_model_path):
+def test_lora_sft_saves_a_merged_model_or_the_adapter_alone(tmp_path, tiny_model_path):
     data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hi?", "completion": "Hello, nice to meet you."}] * 2)
     out = tmp_path / "lora"
-    args = ["sft", "--model_name_or_path", tiny_model_path, "--data_path", str(data), "--output_dir", str(out),
-            "--max_steps", "1", "--lora", "--report_to", "none"]  # fmt: skip
-    assert cli_main(args) == 0
+    args = ["sft", "--model_name_or_path", tiny_model_path, "--data_path", str(data),
+            "--max_steps", "1", "--use_peft", "--report_to", "none"]  # fmt: skip
+    assert cli_main([*args, "--output_dir", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and (out / "model.safetensors").exists()
     assert (out / "adapter" / "adapter_config.json").exists()
+    assert "| use_peft | True |" in (out / "README.md").read_text()
+
+    alone = tmp_path / "adapter-alone"
+    assert cli_main([*args, "--merge_lora", "false", "--output_dir", str(alone)]) == 0
+    assert json.loads((alone / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    assert not (alone / "config.json").exists() and not (alone / "adapter").exists()
+    assert "| merge_lora | False |" in (alone / "README.md").read_text()
 
 
 def test_bad_data_exits_2(tmp_path, tiny_model_path, capsys):

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from almost.cli import main as cli_main
+from almost.contracts import RL
 from almost.io import AlmostError
 from almost.models import TRAINING_STATUS, resolve_model
 from almost.training import STALL_ENV, last_complete_checkpoint, load_merged_adapter
@@ -127,8 +128,8 @@ def test_rl_killed_after_a_checkpoint_resumes_to_the_same_weights_and_log(tmp_pa
     for row, ref_row in zip(rows, ref_rows):
         assert float(row["reward"]) == pytest.approx(float(ref_row["reward"]), abs=1e-6)
         assert float(row["kl"]) == pytest.approx(float(ref_row["kl"]), abs=1e-6)
-    summary = json.loads((out / "rl_summary.json").read_text())
-    assert summary["steps"] == 5 and summary["first_log"]["step"] == 1
+    summary = json.loads((out / RL.summary_file).read_text())
+    assert summary["global_step"] == 5 and summary["first_log"]["step"] == 1
 
 
 def test_rerun_with_other_settings_stops_unless_overwrite(tmp_path, tiny_model_path, capsys):
@@ -158,12 +159,36 @@ def test_rerun_with_other_settings_stops_unless_overwrite(tmp_path, tiny_model_p
     assert (foreign / "checkpoint-3").is_dir() and not (foreign / TRAINING_STATUS).exists()
 
 
+def test_lora_spellings_give_the_same_settings(tmp_path):
+    """--use_peft (TRL's spelling), the seed's --lora, and `lora:` in a YAML config are one setting: a
+    rerun may switch spellings and still resume."""
+    from almost.config import parse
+    from almost.policy.sft import SFTArguments
+    from almost.training import run_settings
+
+    config_file = tmp_path / "sft.yaml"
+    config_file.write_text("lora: true\nlora_r: 8\n")
+    spelled = {
+        "use_peft": ["--use_peft", "--lora_r", "8"],
+        "lora": ["--lora", "--lora_r", "8"],
+        "yaml": ["--config", str(config_file)],
+    }
+    settings = {}
+    for name, argv in spelled.items():
+        (config,) = parse("almost sft", [SFTArguments], [*argv, "--output_dir", str(tmp_path / name)])
+        assert config.use_peft and config.lora_r == 8
+        settings[name] = run_settings(config)
+    assert settings["use_peft"] == settings["lora"] == settings["yaml"]
+
+
 def test_a_half_saved_model_is_refused_by_every_reader(tmp_path, tiny_model_path):
     """A crash while the final model is saved leaves config.json beside partial weights: no reader
     may take it for a model until the status file says done."""
     import shutil
 
-    from almost.run.pipeline import Step, is_done, write_json_atomic
+    from almost.io import write_json_atomic
+    from almost.run.fingerprints import is_done
+    from almost.run.plan import Step
 
     out = tmp_path / "sft"
     shutil.copytree(tiny_model_path, out)

@@ -10,8 +10,9 @@ The YAML lists every finished data file as a config with explicit ``data_files``
 ``datasets.load_dataset(folder)`` loads exactly those files: never ``*.partial`` files, their
 sidecars, the pipeline's step markers or the stats JSON. The data files themselves are not touched.
 
-A training stage (``rm train``, ``sft``, ``rl``) calls ``write_model_card(folder, stage, ...)`` with
-its own parts as data (facts, hyperparameters, evaluations). The card keeps that data in its YAML
+A training stage (``rm train``, ``sft``, ``rl``) calls ``write_training_card(config, stage, ...)`` with
+its own parts as data (facts, the hyperparameters it shows, evaluations); the LoRA rows are written
+alike for all three. The card keeps that data in its YAML
 (``almost:``) and is rendered from it alone, so ``add_model_evaluation`` (``almost rm eval`` of a
 model the pipeline trained) can add a row and render it again. Evaluations also go into the YAML as
 the Hub's ``model-index`` results. Paths are written relative to the run directory (the model
@@ -262,6 +263,30 @@ def write_model_card(
         "evaluations": list(evaluations),
     }
     return _write_model_card(folder, _plain(about))
+
+
+def write_training_card(
+    config, stage: str, *, facts: dict[str, str], hyperparameters: list[str], evaluations: list[dict], tags: list[str] = ()
+) -> Path:
+    """The model card of a training stage (``rm train``, ``sft``, ``rl``), written the same way for all
+    three: the model in ``config.output_dir``, trained from ``config.model_name_or_path``.
+
+    ``hyperparameters`` names the config fields the card shows; the LoRA settings follow them, in
+    the one spelling the three stages share (``use_peft``, ``lora_r`` ...).
+    """
+    shown = {name: getattr(config, name) for name in hyperparameters}
+    shown["use_peft"] = config.use_peft
+    if config.use_peft:
+        shown.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, merge_lora=config.merge_lora)
+    return write_model_card(
+        config.output_dir,
+        stage,
+        base_model=config.model_name_or_path,
+        facts=facts,
+        hyperparameters=shown,
+        evaluations=evaluations,
+        tags=tags,
+    )
 
 
 def add_model_evaluation(folder: str | Path, evaluation: dict) -> bool:

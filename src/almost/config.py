@@ -1,17 +1,19 @@
 """Stage configs are dataclasses: YAML (``--config file.yaml``) gives defaults, flags override them.
 
 Every field has help text. Options keep the seed release's spellings (``--output_dir``); the dash
-spellings (``--output-dir``) are accepted too.
+spellings (``--output-dir``) are accepted too. ``parse`` reads a command line (the stages' ``main``),
+``parse_settings`` a mapping of the same options (the pipeline's YAML sections), through one parser.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import sys
 import types
 import typing
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NoReturn
 
@@ -37,60 +39,79 @@ class Parser(TrlParser):
         raise AlmostError(message)
 
 
-@dataclass
-class ParseProbe:
-    """What ``parse`` saw inside ``parse_only()``: the stage's parser and, if parsing worked, its result."""
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are ``AlmostError`` (one line, exit 2 through the CLI): for the commands
+    that are not a stage (pipeline, demo, report)."""
 
-    parser: Parser | None = None
-    parsed: tuple[Any, ...] | None = None
-
-
-class ParsedOnly(BaseException):
-    """Raised by ``parse`` inside ``parse_only()`` once the arguments are parsed: stop before any work.
-
-    A BaseException so that a stage's own ``except Exception`` cannot swallow it.
-    """
-
-
-_probe: ParseProbe | None = None
-
-
-@contextmanager
-def parse_only() -> Iterator[ParseProbe]:
-    """Make ``parse`` check a stage's arguments and then stop (``ParsedOnly``) instead of returning.
-
-    The pipeline validates every stage's flags this way, through the stage's own ``main(argv)``,
-    before any stage starts. Parse errors raise ``AlmostError`` instead of exiting.
-    """
-    global _probe
-    previous, _probe = _probe, ParseProbe()
-    try:
-        yield _probe
-    finally:
-        _probe = previous
+    def error(self, message):
+        raise AlmostError(message)
 
 
 def parse(prog: str, dataclass_types: Sequence[type], argv: Sequence[str] | None, description: str | None = None):
-    """Parse ``argv`` (with an optional ``--config`` YAML) into instances of ``dataclass_types``."""
+    """Parse ``argv`` (with an optional ``--config`` YAML) into instances of ``dataclass_types``, and
+    lock the output directory they name for this process."""
     parser = Parser(dataclass_types, prog=prog, description=description)
-    if _probe is not None:
-        _probe.parser = parser
     argv = list(argv) if argv is not None else sys.argv[1:]
     check_config_file(argv, dataclass_types)
+    parsed = _parse_argv(parser, argv)
+    output_dir = next((c.output_dir for c in parsed if isinstance(getattr(c, "output_dir", None), str) and c.output_dir), None)
+    if output_dir:
+        lock_output_dir(output_dir, " ".join([prog, *redact_argv(argv)]))
+    return parsed
+
+
+def parse_settings(prog: str, dataclass_types: Sequence[type], settings: Mapping[str, Any]) -> tuple:
+    """``settings`` (option name → value, as a YAML section writes them) → instances of
+    ``dataclass_types``, without locking anything.
+
+    The values go through the command line's own parser (``settings_to_argv``), so they are converted
+    and checked exactly as ``almost <stage> --key value`` would be (``check_values``, each config's
+    ``__post_init__``): a stage that the pipeline runs in process gets the config its child process
+    would have parsed.
+    """
+    unknown = [key for key in settings if key not in option_names(dataclass_types)]
+    if unknown:
+        raise AlmostError(f"unrecognized option {unknown[0]!r} for `{prog}`")
+    return _parse_argv(Parser(dataclass_types, prog=prog), settings_to_argv(settings))
+
+
+def _parse_argv(parser: Parser, argv: list[str]) -> tuple:
     try:
-        parsed = parser.parse_args_and_config(argv)
+        return tuple(parser.parse_args_and_config(argv))
     except FileNotFoundError as e:
         raise AlmostError(f"config file not found: {e.filename}") from None
     except ValueError as e:
         # Dataclass validation (__post_init__) and bad YAML values surface as ValueError.
         raise AlmostError(str(e).splitlines()[0]) from None
-    if _probe is not None:
-        _probe.parsed = tuple(parsed)
-        raise ParsedOnly()
-    output_dir = next((c.output_dir for c in parsed if isinstance(getattr(c, "output_dir", None), str) and c.output_dir), None)
-    if output_dir:
-        lock_output_dir(output_dir, " ".join([prog, *redact_argv(argv)]))
-    return parsed
+
+
+def option_names(dataclass_types: Sequence[type]) -> frozenset[str]:
+    """The options a stage takes, in their underscore spelling: its configs' fields, plus ``no_X`` for a
+    boolean that defaults to true (HfArgumentParser adds that spelling)."""
+    names = set()
+    for f in (f for t in dataclass_types for f in fields(t) if f.init):
+        names.add(f.name)
+        if f.default is True:
+            names.add(f"no_{f.name}")
+    return frozenset(names)
+
+
+def settings_to_argv(settings: Mapping[str, Any]) -> list[str]:
+    """``{key: value}`` → ``--key value`` as the stages' parser reads them; None keeps the default."""
+    argv: list[str] = []
+    for key, value in settings.items():
+        if value is None:
+            continue  # YAML null: keep the stage's default
+        if isinstance(value, bool):
+            argv += [f"--{key}", "true" if value else "false"]
+        elif isinstance(value, (list, tuple)):
+            if value:
+                argv += [f"--{key}", *(str(v) for v in value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
 
 
 def check_config_file(argv: list[str], dataclass_types: Sequence[type]) -> None:
@@ -256,6 +277,12 @@ class EngineArguments(ModelArguments):
             raise ValueError("--kv_cache_gib must be positive")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError("--gpu_memory_utilization must be in (0, 1]")
+
+
+def require_option(value: Any, option: str, purpose: str = "") -> None:
+    """The one check for an option a stage cannot run without: ``--option is required (purpose)``."""
+    if not value:
+        raise AlmostError(f"--{option} is required" + (f" ({purpose})" if purpose else ""))
 
 
 def parse_shard(shard: str | None) -> tuple[int, int] | None:

@@ -149,15 +149,15 @@ CS = StageOutputs(
     # Written only when --max_length_ratio or --length_balance is on, so that the seed's file stays as it was.
     optional_keys=keys("dropped_by_max_length_ratio", "dropped_by_length_balance", "chosen_longer", "chosen_shorter"),
 )
-# Stand-in until the training branch's declaration of RM_TRAIN is merged (take that one): the report
-# reads rm train's "heldout" (rm eval's keys, see RM_EVAL) and "data" through it.
+# The training stages' summaries: "train" holds TRL's train metrics and "global_step" alike in rm train and sft;
+# "config" the plain settings; "length_head" only with --length_head; rm train's "heldout" has rm eval's keys.
 RM_TRAIN = StageOutputs(
     "rm train",
     {"model": MODEL_CONFIG, "metrics": METRICS_FILE},
     product="model",
     summary="metrics",
-    summary_keys=keys("model", "base_model", "data", "train", "heldout", "length_head", "config"),
-    optional_keys=keys("length_head"),  # only with --length_head
+    summary_keys=frozenset({"model", "base_model", "data", "train", "heldout", "length_head", "config"}),
+    optional_keys=keys("length_head"),
 )
 RM_EVAL = StageOutputs(
     "rm eval",
@@ -188,8 +188,22 @@ RMSP = StageOutputs(
         "num_candidates", "max_turns", "per_turn", USER_TURNS_KEY,
     ),
 )
-SFT = StageOutputs("sft", {"model": MODEL_CONFIG, "metrics": METRICS_FILE}, product="model", summary="metrics")
-RL = StageOutputs("rl", {"model": MODEL_CONFIG, "metrics": METRICS_FILE}, product="model", summary="metrics")
+SFT = StageOutputs(
+    "sft",
+    {"model": MODEL_CONFIG, "metrics": METRICS_FILE},
+    product="model",
+    summary="metrics",
+    summary_keys=frozenset({"model", "base_model", "data", "train", "config"}),
+)
+RL = StageOutputs(
+    "rl",
+    {"model": MODEL_CONFIG, "metrics": METRICS_FILE, "log": "rl_log.csv"},
+    product="model",
+    summary="metrics",
+    summary_keys=frozenset(
+        {"algorithm", "policy", "reward_model", "prompts", "global_step", "beta", "length_penalty", "first_log", "last_log"}
+    ),
+)
 
 # The multiple-choice evaluations: accuracy with its interval (evaluate.scoring.accuracy), per group too.
 EVAL_HHH = StageOutputs(

@@ -18,10 +18,11 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .config import resolve_training_hardware
+from .contracts import StageOutputs, write_summary
 from .io import AlmostError, portable, read_json, redact, write_json_atomic
 from .models import ADAPTER_DIR, TRAINING_STATUS, require_finished_training
 
@@ -72,14 +73,30 @@ class CheckpointArguments:
 
 @dataclass
 class LoraArguments:
-    """The adapter's shape; mixed into a TRL config (``--lora`` / ``--use_peft`` turns LoRA on)."""
+    """LoRA, spelled as TRL's ``ModelConfig`` spells it (``--use_peft --lora_r ...``), alike for the
+    three training stages; mixed into a TRL config."""
 
+    use_peft: bool = field(
+        default=False,
+        metadata={"help": "Train LoRA adapters instead of every weight (a reward model also trains its score head in full)."},
+    )
+    lora: bool = field(default=False, metadata={"help": "Older spelling of --use_peft (the seed release's)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling (alpha)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
     lora_target_modules: list[str] | None = field(
         default=None, metadata={"help": "Modules that get adapters (default: every linear layer)."}
     )
+    merge_lora: bool = field(
+        default=True,
+        metadata={"help": "With --use_peft: save the merged model and the adapter beside it in adapter/ (false: the adapter alone)."},
+    )
+
+    def __post_init__(self):
+        # A field rather than an argparse alias, so that a YAML config may spell it `lora:` too; both
+        # spellings end as the same settings, so a rerun may switch spellings and still resume.
+        self.use_peft = self.lora = self.use_peft or self.lora
+        super().__post_init__()
 
 
 @dataclass
@@ -98,16 +115,13 @@ class HardwareArguments:
 
 @dataclass
 class TrainingStageArguments(LoraArguments, HardwareArguments, CheckpointArguments):
-    """Fields ``rm train`` and ``sft`` add to their TRL config alike, with the seed release's defaults
-    where it had one. Mix in before the TRL config: ``class X(TrainingStageArguments, SFTConfig)``."""
+    """Fields ``rm train``, ``sft`` and ``rl`` add to their TRL config alike, with the seed release's
+    defaults where it had one (a stage may override a default). Mix in before the TRL config:
+    ``class X(TrainingStageArguments, SFTConfig)``."""
 
     cache_dir: str | None = field(default=None, metadata={"help": "Where hub downloads and converted GGUF checkpoints are cached."})
     warmup_ratio: float | None = field(
         default=0.03, metadata={"help": "Share of steps spent warming the learning rate up (seed spelling; sets --warmup_steps)."}
-    )
-    lora: bool = field(
-        default=False,
-        metadata={"help": "Train LoRA adapters (a reward model also trains its score head) instead of every weight; the saved model is merged, the adapter kept beside it."},
     )
     learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate of AdamW."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule (cosine, linear, constant, ...)."})
@@ -119,6 +133,9 @@ class TrainingStageArguments(LoraArguments, HardwareArguments, CheckpointArgumen
                 raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
             self.warmup_steps = self.warmup_ratio
         resolve_training_hardware(self)
+        # The settings as given and resolved here, before TRL's __post_init__ derives fields from them
+        # (e.g. generation_batch_size): `almost rl --algorithm grpo` builds its GRPOConfig from these.
+        self.given_values = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         super().__post_init__()
 
 
@@ -159,19 +176,22 @@ def load_merged_adapter(adapter_dir: str | Path, task_type: str, trust_remote_co
     return model.merge_and_unload()
 
 
-def save_trained_model(trainer, output_dir: Path, lora_task_type: str | None, trust_remote_code: bool) -> bool:
-    """Save the trained weights (with LoRA, ``lora_task_type`` set: the adapter, then the merged
-    model beside it).
+def save_trained_model(trainer, config, task_type: str) -> bool:
+    """Save the trained weights: every weight, or with ``--use_peft`` the adapter in adapter/ and the
+    merged model beside it (``--merge_lora false``: the adapter alone). ``task_type`` is peft's:
+    "SEQ_CLS" for a reward model, "CAUSAL_LM" for a policy.
 
     Every process must call it (saving may gather shards); returns True on the main process only,
     which alone goes on to write the model card and metrics.
     """
-    trainer.save_model(str(output_dir / ADAPTER_DIR) if lora_task_type else str(output_dir))
+    output_dir = Path(config.output_dir)
+    merge = config.use_peft and config.merge_lora
+    trainer.save_model(str(output_dir / ADAPTER_DIR) if merge else str(output_dir))
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return False
-    if lora_task_type:
-        load_merged_adapter(output_dir / ADAPTER_DIR, lora_task_type, trust_remote_code, _own_run=True).save_pretrained(output_dir)
+    if merge:
+        load_merged_adapter(output_dir / ADAPTER_DIR, task_type, config.trust_remote_code, _own_run=True).save_pretrained(output_dir)
     return True
 
 
@@ -181,17 +201,22 @@ def plain_settings(config) -> dict:
     return redact({k: v for k, v in asdict(config).items() if isinstance(v, (str, int, float, bool, type(None)))})
 
 
-def finish_checkpoint(output_dir: Path, lora: bool, summary: dict) -> None:
-    """Write the metrics, and remove what Trainer leaves beside the model (the model card is
-    ``cards.write_model_card``'s).
+def finish_checkpoint(config, outputs: StageOutputs, summary: dict) -> None:
+    """Write the summary (``contracts.write_summary``: exactly the keys ``outputs`` declares), and
+    remove what Trainer and peft leave beside the model (the model card is ``cards.write_training_card``'s).
 
-    The metrics record paths relative to the run directory (the output folder's parent), not this machine's."""
-    base = Path(output_dir).resolve().parent
-    write_json_atomic(output_dir / "metrics.json", portable(summary, base))
+    The summary records paths relative to the run directory (the output folder's parent), not this machine's."""
+    output_dir = Path(config.output_dir)
+    write_summary(outputs, output_dir, portable(summary, output_dir.resolve().parent))
     (output_dir / "training_args.bin").unlink(missing_ok=True)
-    if lora:
+    if config.use_peft:
         (output_dir / ADAPTER_DIR / "training_args.bin").unlink(missing_ok=True)
         (output_dir / ADAPTER_DIR / "README.md").unlink(missing_ok=True)
+
+
+def finished_summary(config, outputs: StageOutputs) -> dict:
+    """The summary a finished run wrote, returned again by a rerun that has nothing to do."""
+    return read_json(Path(config.output_dir) / outputs.summary_file, f"{outputs.command} summary")
 
 
 # ---------------------------------------------------------------------------------------------

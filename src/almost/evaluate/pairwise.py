@@ -43,7 +43,7 @@ from typing import Protocol
 from tqdm.auto import tqdm
 
 from ..chat import as_messages, render_prompt
-from ..config import EngineArguments, parse
+from ..config import EngineArguments, parse, require_option
 from ..contracts import EVAL_PAIRWISE
 from ..engines import Sampling, engine_model, load_engine
 from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, lock_output_dir, read_jsonl, redact_url
@@ -466,8 +466,8 @@ def run_pairwise(config: PairwiseConfig, model_engine=None, baseline_engine=None
     """Answer, judge and summarise. Engines and judge can be passed in (tests); else they are loaded."""
     if not config.baseline_model_name_or_path:
         raise AlmostError("--baseline_model_name_or_path is required (the model to compare against)")
-    if not config.data_path or not config.output_dir:
-        raise AlmostError("--data_path and --output_dir are required")
+    require_option(config.data_path, "data_path")
+    require_option(config.output_dir, "output_dir")
     questions = read_questions(question_data_path(config.data_path), config.max_questions)
     # The judge is set up first so that a bad --judge fails before any answer is generated.
     judge = judge or build_judge(config)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..chat import render_prompt
+from ..config import require_option
 from ..contracts import StageOutputs, write_summary
 from ..io import AlmostError, portable, write_jsonl_atomic, write_text_atomic
 from ..models import inference_precision, length_sorted_batches, load_tokenizer
@@ -89,8 +90,7 @@ class LanguageModelOptions:
 
 
 def require_paths(data_path: str | None, output_dir: str | None) -> None:
-    if not data_path:
-        raise AlmostError("--data_path is required")
+    require_option(data_path, "data_path")
     if not output_dir:
         raise AlmostError("--output_dir is required")
 

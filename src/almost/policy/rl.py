@@ -7,8 +7,10 @@ a KL penalty (``--beta``) to the starting policy, which serves as the frozen ref
 length penalty subtracts ``--length_penalty`` per answer token.
 
 Writes to ``--output_dir``: the policy as an HF checkpoint (safetensors, tokenizer, README.md model
-card; LoRA adapters are merged unless ``--merge_lora false``), ``rl_log.csv`` (one row per logged
-step: reward, rm_reward, kl, completion_length, ...), and ``rl_summary.json``.
+card; with ``--use_peft`` the adapter is merged, and kept in adapter/, unless ``--merge_lora false``),
+``rl_log.csv`` (one row per logged step: reward, rm_reward, kl, completion_length, ...), and
+``metrics.json`` (the summary, keys as ``contracts.RL`` declares). Config fields, LoRA spelling,
+hardware options and saving (main process only) are those of ``rm train`` and ``sft`` (``almost.training``).
 """
 
 from __future__ import annotations
@@ -21,16 +23,16 @@ from pathlib import Path
 
 from trl import GRPOConfig, RLOOConfig
 
+from .. import contracts
 from ..chat import as_messages, render_prompt
-from ..config import parse, resolve_training_hardware
-from ..io import AlmostError, portable, read_json, read_rows, read_text, require_file, write_json_atomic
+from ..config import parse, require_option
+from ..io import AlmostError, read_rows, read_text, require_file
 from ..models import resolve_model
 from ..training import (
-    ADAPTER_DIR,
-    CheckpointArguments,
-    HardwareArguments,
-    LoraArguments,
+    TrainingStageArguments,
     check_output_dir,
+    finish_checkpoint,
+    finished_summary,
     lora_config,
     mark_finished,
     save_trained_model,
@@ -55,8 +57,9 @@ LOG_COLUMNS = {
 
 
 @dataclass
-class RLConfig(LoraArguments, HardwareArguments, CheckpointArguments, RLOOConfig):
-    """Settings of ``almost rl``: our fields plus every field of TRL's RLOOConfig (CPU-sane defaults)."""
+class RLConfig(TrainingStageArguments, RLOOConfig):
+    """Settings of ``almost rl``: every field of TRL's RLOOConfig (CPU-sane defaults), the RL options
+    below, and the LoRA, hardware and checkpoint options the three training stages share."""
 
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "The policy to improve (normally the `almost sft` output): checkpoint, hub id, .gguf or embedded name."}
@@ -75,11 +78,14 @@ class RLConfig(LoraArguments, HardwareArguments, CheckpointArguments, RLOOConfig
     )
     reward_batch_size: int = field(default=8, metadata={"help": "Answers per reward-model forward pass."})
     reward_max_length: int = field(default=1024, metadata={"help": "Longest (prompt, answer) text the RM reads, in tokens."})
-    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
-    merge_lora: bool = field(default=True, metadata={"help": "Save LoRA runs as a merged full checkpoint (false: save the adapter only)."})
     # TRL fields whose defaults suit a GPU cluster; these suit a laptop CPU and are overridable.
     beta: float = field(default=0.05, metadata={"help": "KL penalty coefficient against the starting (SFT) policy; must be > 0 to keep the policy close."})
     learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate."})
+    # TRL's schedule, not the seed's SFT/RM one (TrainingStageArguments): RL starts from a trained policy.
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule (linear, cosine, constant, ...)."})
+    warmup_ratio: float | None = field(
+        default=None, metadata={"help": "Share of steps spent warming the learning rate up (sets --warmup_steps)."}
+    )
     num_generations: int | None = field(default=4, metadata={"help": "Answers sampled per prompt (the RLOO/GRPO group size, at least 2)."})
     max_completion_length: int | None = field(default=64, metadata={"help": "Longest sampled answer, in tokens."})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Answers per device per optimisation step (a multiple of num_generations)."})
@@ -93,10 +99,6 @@ class RLConfig(LoraArguments, HardwareArguments, CheckpointArguments, RLOOConfig
             raise ValueError("--beta must be >= 0")
         if self.length_penalty < 0:
             raise ValueError("--length_penalty must be >= 0 (it is subtracted per token)")
-        # TrainingArguments.__post_init__ derives fields from others (e.g. generation_batch_size);
-        # a GRPO config is built from the values as given, before that.
-        resolve_training_hardware(self)
-        self.given_values = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         super().__post_init__()
 
 
@@ -267,23 +269,22 @@ CARD_FIGURES = {
 def write_card(config: RLConfig, summary: dict) -> None:
     """The model card: starting policy, reward model, prompts, hyperparameters, and the first and last
     logged reward, KL and answer length."""
-    from ..cards import shown_path, write_model_card
+    from ..cards import shown_path, write_training_card
 
-    out = Path(config.output_dir)
-    run = out.resolve().parent
+    run = Path(config.output_dir).resolve().parent
     prompts_path = shown_path(config.prompts_path, run)
+    steps = summary["global_step"]
     facts = {
         "Reward model": f"`{shown_path(config.reward_model_name_or_path, run)}`",
         "Prompts": f"`{prompts_path}` ({summary['prompts']} prompts)",
-        "Training": f"{config.algorithm.upper()} (TRL), {summary['steps']} optimisation step{'s' if summary['steps'] != 1 else ''}; the starting policy is also the KL reference.",
+        "Training": f"{config.algorithm.upper()} (TRL), {steps} optimisation step{'s' if steps != 1 else ''}; "
+        "the starting policy is also the KL reference.",
         "Per-step figures": "`rl_log.csv`.",
     }
-    lora = f"r={config.lora_r} alpha={config.lora_alpha} ({'merged' if config.merge_lora else 'adapter only'})" if config.use_peft else "no (all weights)"
-    hyper = {
-        "algorithm": config.algorithm, "beta": config.beta, "length_penalty": config.length_penalty, "num_generations": config.num_generations,
-        "learning_rate": config.learning_rate, "max_steps": config.max_steps, "per_device_train_batch_size": config.per_device_train_batch_size,
-        "max_completion_length": config.max_completion_length, "temperature": config.temperature, "bf16": config.bf16, "seed": config.seed, "lora": lora,
-    }  # fmt: skip
+    hyperparameters = [
+        "algorithm", "beta", "length_penalty", "num_generations", "learning_rate", "max_steps", "per_device_train_batch_size",
+        "max_completion_length", "temperature", "bf16", "seed",
+    ]  # fmt: skip
     metrics = [
         {"type": kind, "name": f"{name}, {when} logged step", "value": row[column], "ci95": None, "n": None}
         for column, (kind, name) in CARD_FIGURES.items()
@@ -295,7 +296,7 @@ def write_card(config: RLConfig, summary: dict) -> None:
         "note": "figures logged during training, on the sampled answers; `almost eval` measures the policy on held-out questions",
         "metrics": metrics,
     }  # fmt: skip
-    write_model_card(out, "rl", base_model=config.model_name_or_path, facts=facts, hyperparameters=hyper, evaluations=[evaluation], tags=[config.algorithm])
+    write_training_card(config, "rl", facts=facts, hyperparameters=hyperparameters, evaluations=[evaluation], tags=[config.algorithm])
 
 
 def run_rl(config: RLConfig, scorer=None) -> dict:
@@ -305,14 +306,11 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
     from ..models import load_tokenizer
     from ..reward.model import RewardScorer, reward_model_path
 
-    if not config.model_name_or_path:
-        raise AlmostError("--model_name_or_path is required (the policy to train, normally the SFT output)")
-    if not config.prompts_path:
-        raise AlmostError("--prompts_path is required (prompts.txt from `almost pg`, or JSONL)")
-    if scorer is None and not config.reward_model_name_or_path:
-        raise AlmostError("--reward_model_name_or_path is required (a reward model from `almost rm train`)")
-    if not config.output_dir:
-        raise AlmostError("--output_dir is required")
+    require_option(config.model_name_or_path, "model_name_or_path", "the policy to train, normally the SFT output")
+    require_option(config.prompts_path, "prompts_path", "prompts.txt from `almost pg`, or JSONL")
+    if scorer is None:
+        require_option(config.reward_model_name_or_path, "reward_model_name_or_path", "a reward model from `almost rm train`")
+    require_option(config.output_dir, "output_dir")
     if config.per_device_train_batch_size % config.num_generations and config.generation_batch_size is None:
         raise AlmostError(
             f"--per_device_train_batch_size ({config.per_device_train_batch_size}) must be a multiple of --num_generations ({config.num_generations})"
@@ -321,21 +319,21 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
     out = Path(config.output_dir)
     if rerun.finished:
         print(f"almost rl: {out} already holds the finished policy; nothing to do", flush=True)
-        return read_json(out / "rl_summary.json", "rl summary")
+        return finished_summary(config, contracts.RL)
     if scorer is None and config.reward_model_name_or_path.startswith(("http://", "https://")):
         from ..reward.client import TOKEN_ENV, RemoteRewardScorer
 
         scorer = RemoteRewardScorer(config.reward_model_name_or_path, TOKEN_ENV, batch_size=config.reward_batch_size)
         scorer.health()  # `almost rm serve` must be up before the policy is loaded
-    policy = resolve_model(config.model_name_or_path)
+    policy = resolve_model(config.model_name_or_path, config.cache_dir)
     contexts = read_prompts(config.prompts_path, config.max_prompts)
     if scorer is None:
         reward_path = reward_model_path(config.reward_model_name_or_path)
-    log_path = out / "rl_log.csv"
+    log_path = out / contracts.RL.files["log"]
 
     if scorer is None:
         scorer = RewardScorer(reward_path, batch_size=config.reward_batch_size, max_length=config.reward_max_length)
-    tokenizer = load_tokenizer(policy.path, config.trust_remote_code, padding_side="left")
+    tokenizer = load_tokenizer(policy.path, config.trust_remote_code, padding_side="left", cache_dir=config.cache_dir)
     reward_funcs, weights = make_reward_functions(scorer, config.length_penalty)
     args = trl_config(config, weights)
     _, trainer_class = _trainer_classes(config.algorithm)
@@ -358,30 +356,26 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
     train_resumably(trainer, config, "rl", rerun)
 
     # Every process takes part in saving (it may gather shards); the main process alone writes.
-    if not save_trained_model(trainer, out, "CAUSAL_LM" if config.use_peft and config.merge_lora else None, config.trust_remote_code):
+    if not save_trained_model(trainer, config, "CAUSAL_LM"):
         return {}
     tokenizer.save_pretrained(out)
-    # What Trainer and peft leave beside the weights: the pickled arguments and peft's own card.
-    for leftover in (out / "training_args.bin", out / ADAPTER_DIR / "training_args.bin", out / ADAPTER_DIR / "README.md"):
-        leftover.unlink(missing_ok=True)
     summary = {
         "algorithm": config.algorithm,
         "policy": config.model_name_or_path,
         "reward_model": config.reward_model_name_or_path,
         "prompts": len(contexts),
-        "steps": trainer.state.global_step,
+        "global_step": trainer.state.global_step,
         "beta": config.beta,
         "length_penalty": config.length_penalty,
         "first_log": csv_log.rows[0] if csv_log.rows else None,
         "last_log": csv_log.rows[-1] if csv_log.rows else None,
     }
     write_card(config, summary)
-    # Paths relative to the run directory, not this machine's.
-    write_json_atomic(out / "rl_summary.json", portable(summary, out.resolve().parent))
+    finish_checkpoint(config, contracts.RL, summary)
     mark_finished(out, config, "rl", trainer.state.global_step)
     last = summary["last_log"] or {}
     print(
-        f"almost rl: {summary['steps']} steps; last logged reward {show_logged(last, 'reward')}, KL {show_logged(last, 'kl')}, "
+        f"almost rl: {summary['global_step']} steps; last logged reward {show_logged(last, 'reward')}, KL {show_logged(last, 'kl')}, "
         f"answer length {show_logged(last, 'completion_length')} tokens; policy saved to {out}"
     )
     return summary

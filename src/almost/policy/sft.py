@@ -22,14 +22,16 @@ from pathlib import Path
 
 from trl import SFTConfig
 
+from .. import contracts
 from ..chat import as_messages, check_chat_template
-from ..config import parse
-from ..io import AlmostError, read_json, read_rows, read_text
+from ..config import parse, require_option
+from ..io import AlmostError, read_rows, read_text
 from ..models import DEFAULT_MODEL, load_tokenizer, resolve_model
 from ..training import (
     TrainingStageArguments,
     check_output_dir,
     finish_checkpoint,
+    finished_summary,
     lora_config,
     mark_finished,
     plain_settings,
@@ -53,7 +55,8 @@ TRANSCRIPT_CHAT_TEMPLATE = (
 @dataclass
 class SFTArguments(TrainingStageArguments, SFTConfig):
     """Settings of ``almost sft``: every TRL SFTConfig / TrainingArguments field, with the seed
-    release's defaults, plus the data and LoRA options below."""
+    release's defaults, plus the data options below and the LoRA, hardware and checkpoint options
+    the three training stages share (``training.TrainingStageArguments``)."""
 
     model_name_or_path: str = field(
         default=DEFAULT_MODEL,
@@ -170,19 +173,13 @@ def prepare_tokenizer(path: str, config: SFTArguments):
 def write_card(config: SFTArguments, summary: dict) -> None:
     """The model card: data, hyperparameters, and the training losses (no held-out evaluation here:
     ``almost eval`` measures the policies)."""
-    from ..cards import shown_path, write_model_card
+    from ..cards import shown_path, write_training_card
 
-    out = Path(config.output_dir)
-    data_path = shown_path(config.data_path, out.resolve().parent)
-    hyper = {
-        k: getattr(config, k)
-        for k in (
-            "learning_rate", "weight_decay", "num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type",
-            "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "bf16", "seed", "lora",
-        )
-    }
-    if config.lora:
-        hyper.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
+    data_path = shown_path(config.data_path, Path(config.output_dir).resolve().parent)
+    hyperparameters = [
+        "learning_rate", "weight_decay", "num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type",
+        "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "bf16", "seed",
+    ]  # fmt: skip
     data, train = summary["data"], summary["train"]
     facts = {
         "Data": f"`{data_path}`: {data['dialogues']} dialogues, {data['assistant_turns']} trained assistant turns, "
@@ -201,18 +198,16 @@ def write_card(config: SFTArguments, summary: dict) -> None:
         "note": "figures logged during training, on the training data; `almost eval` measures the model on held-out questions",
         "metrics": [{"type": "loss", "name": name, "value": value, "ci95": None, "n": None} for name, value in losses if value is not None],
     }  # fmt: skip
-    write_model_card(out, "sft", base_model=config.model_name_or_path, facts=facts, hyperparameters=hyper, evaluations=[evaluation])
+    write_training_card(config, "sft", facts=facts, hyperparameters=hyperparameters, evaluations=[evaluation])
 
 
 def run_sft(config: SFTArguments) -> dict:
-    if not config.data_path:
-        raise AlmostError("--data_path is required (demonstrations.jsonl from `almost rmsp`, or messages / prompt+completion rows)")
-    if not config.output_dir:
-        raise AlmostError("--output_dir is required")
+    require_option(config.data_path, "data_path", "demonstrations.jsonl from `almost rmsp`, or messages / prompt+completion rows")
+    require_option(config.output_dir, "output_dir")
     rerun = check_output_dir(config, "sft")
     if rerun.finished:
         print(f"almost sft: {config.output_dir} already holds the finished model; nothing to do", flush=True)
-        return read_json(Path(config.output_dir) / "metrics.json", "sft metrics")
+        return finished_summary(config, contracts.SFT)
     dialogues = load_dialogues(config.data_path)
     model = resolve_model(config.model_name_or_path, config.cache_dir)
     tokenizer = prepare_tokenizer(model.path, config)
@@ -235,7 +230,7 @@ def run_sft(config: SFTArguments) -> dict:
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(config, "CAUSAL_LM") if config.lora else None,
+        peft_config=lora_config(config, "CAUSAL_LM") if config.use_peft else None,
     )
     if trainer.is_world_process_zero():
         print(
@@ -245,7 +240,7 @@ def run_sft(config: SFTArguments) -> dict:
         )
     result = train_resumably(trainer, config, "sft", rerun)
     output_dir = Path(config.output_dir)
-    if not save_trained_model(trainer, output_dir, "CAUSAL_LM" if config.lora else None, config.trust_remote_code):
+    if not save_trained_model(trainer, config, "CAUSAL_LM"):
         return {}
     tokenizer.save_pretrained(output_dir)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -263,7 +258,7 @@ def run_sft(config: SFTArguments) -> dict:
         "config": plain_settings(config),
     }
     write_card(config, summary)
-    finish_checkpoint(output_dir, config.lora, summary)
+    finish_checkpoint(config, contracts.SFT, summary)
     mark_finished(output_dir, config, "sft", result.global_step)
     loss_change = f"loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "no loss logged"
     print(f"almost sft: {result.global_step} steps, {loss_change}; saved {output_dir}")

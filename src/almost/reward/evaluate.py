@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import parse
+from ..config import parse, require_option
 from ..contracts import RM_EVAL, write_summary
 from ..io import AlmostError, portable, write_jsonl_atomic, write_text_atomic
 from .formats import Pair, load_pairs
@@ -313,8 +313,7 @@ def add_to_model_card(config: RewardEvalConfig, metrics: dict) -> Path | None:
 
 
 def run_rm_eval(config: RewardEvalConfig) -> dict:
-    if not config.data_path:
-        raise AlmostError("--data_path is required (preference pairs to evaluate on)")
+    require_option(config.data_path, "data_path", "preference pairs to evaluate on")
     if not config.output_dir:
         raise AlmostError("--output_dir is required")
     model_path = reward_model_path(config.model_name_or_path)

@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..chat import as_messages
-from ..config import parse
+from ..config import parse, require_option
 from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, read_rows
 from .formats import context_messages
 from .model import RewardScorer, reward_model_path
@@ -66,8 +66,7 @@ def conversations_to_score(row: dict, where: str) -> dict[str, list[dict]]:
 
 
 def run_rm_score(config: RewardScoreConfig) -> dict:
-    if not config.data_path:
-        raise AlmostError("--data_path is required (rows to score)")
+    require_option(config.data_path, "data_path", "rows to score")
     if not config.output_dir:
         raise AlmostError("--output_dir is required")
     model_path = reward_model_path(config.model_name_or_path)

@@ -17,14 +17,17 @@ from pathlib import Path
 
 from trl import RewardConfig
 
+from .. import contracts
 from ..chat import render_conversation
-from ..config import parse
-from ..io import AlmostError, read_json
+from ..config import parse, require_option
+from ..io import AlmostError
 from ..models import DEFAULT_MODEL, load_tokenizer, resolve_model
 from ..training import (
     TrainingStageArguments,
     check_output_dir,
     finish_checkpoint,
+    finished_summary,
+    load_merged_adapter,
     lora_config,
     mark_finished,
     plain_settings,
@@ -39,7 +42,8 @@ TRUNCATION_SIDES = ("left", "right", "drop")
 @dataclass
 class RewardTrainingConfig(TrainingStageArguments, RewardConfig):
     """Settings of ``almost rm train``: every TRL RewardConfig / TrainingArguments field, with the
-    seed release's defaults, plus the data and LoRA options below."""
+    seed release's defaults, plus the data options below and the LoRA, hardware and checkpoint
+    options the three training stages share (``training.TrainingStageArguments``)."""
 
     model_name_or_path: str = field(
         default=DEFAULT_MODEL,
@@ -135,21 +139,30 @@ def refuse_evaluation_data(data_path: str) -> None:
         raise AlmostError(f"--data_path {data_path} is almost's evaluation data (assets/eval); never train on it")
 
 
+def saved_adapter_alone(config: RewardTrainingConfig):
+    """With ``--use_peft --merge_lora false``: the adapter this run saved alone, merged for its held-out
+    scoring (RewardScorer refuses the folder until the run is marked finished); None otherwise."""
+    if not (config.use_peft and not config.merge_lora):
+        return None
+    from ..models import inference_precision
+
+    precision = inference_precision()
+    model = load_merged_adapter(config.output_dir, "SEQ_CLS", config.trust_remote_code, precision.load_dtype, _own_run=True)
+    return model.to(precision.device)
+
+
 def write_card(config: RewardTrainingConfig, summary: dict) -> None:
     """The model card: data, hyperparameters, and the held-out rubric agreement (``rm eval`` adds more rows)."""
-    from ..cards import shown_path, write_model_card
+    from ..cards import shown_path, write_training_card
     from .evaluate import card_evaluation
 
-    out = Path(config.output_dir)
-    data_path = shown_path(config.data_path, out.resolve().parent)
-    hyper = {k: getattr(config, k) for k in (
+    data_path = shown_path(config.data_path, Path(config.output_dir).resolve().parent)
+    hyperparameters = [
         "learning_rate", "weight_decay", "num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type",
-        "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "truncation_side", "bf16", "seed", "lora",
-    )}
-    if config.lora:
-        hyper.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
+        "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "truncation_side", "bf16", "seed",
+    ]  # fmt: skip
     if config.length_head:
-        hyper.update(length_head=True, length_correlation_coefficient=config.length_correlation_coefficient, orthogonality_coefficient=config.orthogonality_coefficient)
+        hyperparameters += ["length_head", "length_correlation_coefficient", "orthogonality_coefficient"]
     data = summary["data"]
     facts = {
         "Data": f"`{data_path}`: {data['pairs']} usable pairs from {data['rows']} rows; {data['train_pairs']} trained on, "
@@ -163,19 +176,17 @@ def write_card(config: RewardTrainingConfig, summary: dict) -> None:
     else:
         evaluations = [{"name": "held-out comparisons", "data": data_path, "split": None, "source": "almost rm train",
                         "note": "not measured (--eval_fraction 0: no held-out pairs)", "metrics": []}]  # fmt: skip
-    write_model_card(out, "rm train", base_model=config.model_name_or_path, facts=facts, hyperparameters=hyper, evaluations=evaluations)
+    write_training_card(config, "rm train", facts=facts, hyperparameters=hyperparameters, evaluations=evaluations)
 
 
 def run_rm_train(config: RewardTrainingConfig) -> dict:
-    if not config.data_path:
-        raise AlmostError("--data_path is required (comparison.jsonl from `almost cs`, or prompt/chosen/rejected rows)")
-    if not config.output_dir:
-        raise AlmostError("--output_dir is required")
+    require_option(config.data_path, "data_path", "comparison.jsonl from `almost cs`, or prompt/chosen/rejected rows")
+    require_option(config.output_dir, "output_dir")
     refuse_evaluation_data(config.data_path)
     rerun = check_output_dir(config, "rm train")
     if rerun.finished:
         print(f"almost rm train: {config.output_dir} already holds the finished reward model; nothing to do", flush=True)
-        return read_json(Path(config.output_dir) / "metrics.json", "rm train metrics")
+        return finished_summary(config, contracts.RM_TRAIN)
     pair_set = load_pairs(config.data_path)
     model = resolve_model(config.model_name_or_path, config.cache_dir)
     tokenizer = load_tokenizer(model.path, config.trust_remote_code, padding_side="right", cache_dir=config.cache_dir)
@@ -222,7 +233,7 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         # The score head starts random: it must be trained in full and saved with the adapter.
-        peft_config=lora_config(config, "SEQ_CLS", modules_to_save=["score"]) if config.lora else None,
+        peft_config=lora_config(config, "SEQ_CLS", modules_to_save=["score"]) if config.use_peft else None,
     )
     if trainer.is_world_process_zero():
         print(
@@ -232,9 +243,9 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         )
     result = train_resumably(trainer, config, "rm train", rerun)
     output_dir = Path(config.output_dir)
-    if not save_trained_model(trainer, output_dir, "SEQ_CLS" if config.lora else None, config.trust_remote_code):
+    if not save_trained_model(trainer, config, "SEQ_CLS"):
         return {}
-    if config.lora:
+    if config.use_peft:
         tokenizer.save_pretrained(output_dir)
     if config.length_head:
         trainer.save_length_head(output_dir)  # the saved `score` head is the quality head alone
@@ -245,7 +256,7 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         "train": {k: v for k, v in result.metrics.items()},
         "heldout": None,
     }
-    summary["train"].update(global_steps=result.global_step, num_processes=trainer.accelerator.num_processes)
+    summary["train"].update(global_step=result.global_step, num_processes=trainer.accelerator.num_processes)
     if config.length_head:
         summary["length_head"] = trainer.length_head_summary()
     if held_pairs:
@@ -253,13 +264,18 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         from .model import RewardScorer
 
         # Read the saved checkpoint back, as every later stage will: this also proves it loads.
-        scorer = RewardScorer(str(output_dir), batch_size=config.per_device_eval_batch_size, max_length=config.max_length or 1024)
+        scorer = RewardScorer(
+            str(output_dir),
+            batch_size=config.per_device_eval_batch_size,
+            max_length=config.max_length or 1024,
+            model=saved_adapter_alone(config),
+        )
         summary["heldout"], _ = evaluate_pairs(scorer, held_pairs, progress=False)
         held = summary["heldout"]
         print(f"almost rm train: held-out rubric agreement {held['accuracy']:.3f} on {held['n']} pairs", flush=True)
     summary["config"] = plain_settings(config)
     write_card(config, summary)
-    finish_checkpoint(output_dir, config.lora, summary)
+    finish_checkpoint(config, contracts.RM_TRAIN, summary)
     mark_finished(output_dir, config, "rm train", result.global_step)
     return summary
 

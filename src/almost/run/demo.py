@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .pipeline import STAGES, run_pipeline
-from .report import OneLineArgumentParser, proof_table
+from ..config import OneLineArgumentParser
+from .pipeline import run_pipeline
+from .plan import STAGES
+from .report import proof_table
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 DEFAULT_RUN_DIR = "almost-demo"
@@ -36,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     config = PROOF_CONFIG if args.proof else DEMO_CONFIG
     run_dir = args.output_dir or (PROOF_RUN_DIR if args.proof else DEFAULT_RUN_DIR)
     print(f"almost demo: config {config}, run directory {run_dir}", flush=True)
-    rc = run_pipeline(config, run_dir, args.until, args.first, args.dry_run)
+    result = run_pipeline(config, run_dir, args.until, args.first, args.dry_run)
     if args.proof and not args.dry_run:
         # Also after a failed step: the figures of the stages that finished are worth seeing.
         print("\n" + proof_table(run_dir))
-    return rc
+    return result.exit_code

@@ -21,7 +21,6 @@ the report cannot ask for a key that no stage writes.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import statistics
@@ -30,12 +29,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..config import OneLineArgumentParser
 from ..contracts import (
     CS,
     EVALUATIONS,
     PG,
     RESAMPLED_REASONS,
     RG_ROW_KEYS,
+    RL,
     RM_EVAL,
     RM_TRAIN,
     RMSP,
@@ -48,7 +49,6 @@ from ..io import AlmostError, read_json, read_jsonl, write_text_atomic
 
 REPORT = "report.md"
 FIGURES = "report_figures"  # the PNGs, next to report.md
-EVAL_KINDS = tuple(EVALUATIONS)  # the `almost eval` subcommands, in report order
 # The one number of each evaluation in the tables: accuracy, or the win rate for pairwise.
 HEADLINE_KEYS = {"hhh": "accuracy", "truthfulqa": "accuracy", "pairwise": "win_rate"}
 
@@ -95,13 +95,6 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are ``AlmostError`` (one line, exit 2 through the CLI)."""
-
-    def error(self, message):
-        raise AlmostError(message)
 
 
 def _pyplot():
@@ -370,11 +363,11 @@ def _user_turn_table(summary: Summary) -> str:
 
 def section_rl(run: Path, figures: Path) -> str:
     title = "## 6. RL"
-    path = _find(run, "rl", "rl_log.csv")
+    path = _find(run, "rl", RL.files["log"])
     rows = read_rl_log(path) if path is not None else []
     rows = [r for r in rows if "step" in r]
     if not rows:
-        return f"{title}\n\nNo `rl/rl_log.csv` in this run yet."
+        return f"{title}\n\nNo `rl/{RL.files['log']}` in this run yet."
     curves = [c for c in ("reward", "kl", "completion_length") if any(c in r for r in rows)]
     first, last = rows[0], rows[-1]
     parts = [title, markdown_table(["", "step", *curves], [["first log", first.get("step"), *(first.get(c) for c in curves)], ["last log", last.get("step"), *(last.get(c) for c in curves)]])]
@@ -478,59 +471,6 @@ def proof_table(run_dir: str | Path) -> str:
     missing = f"No `eval/pairwise/*/{EVALUATIONS['pairwise'].summary_file}` in this run yet."
     parts.append(markdown_table(header, policy_rows) if policy_rows else missing)
     return "\n\n".join(parts)
-
-
-# ----------------------------------------------------------------------------------------------
-# One line of figures per step, for the pipeline's summary table
-
-
-def step_figures(stage: str, product: Path) -> str:
-    try:
-        return _step_figures(stage, product)
-    except (AlmostError, OSError, ValueError, KeyError, TypeError):
-        return ""
-
-
-def _step_figures(stage: str, product: Path) -> str:
-    folder = product.parent
-    if stage == "pg":
-        return f"{sum(1 for line in product.read_text(encoding='utf-8').splitlines() if line.strip())} prompts"
-    if stage == "rg":
-        rows = read_jsonl(product)
-        good = [len(r.get("response") or "") for r in rows if not r.get("bad")]
-        mean = f", mean length {statistics.fmean(good):.0f} chars" if good else ""
-        return f"{len(rows)} answers, {len(rows) - len(good)} BAD{mean}"
-    if stage == "cs":
-        stats = _load_json(folder / "cs_stats.json") or {}
-        pairs = sum(1 for _ in read_jsonl(product))
-        dropped = stats.get("dropped_by_filter", stats.get("pairs_dropped_by_filter"))
-        return f"{pairs} pairs" + (f", {dropped} dropped by the filter" if dropped is not None else "")
-    if stage == "rm":
-        metrics = _load_json(folder / "metrics.json") or {}
-        held = metrics.get("heldout") if "heldout" in metrics else metrics
-        if isinstance(held, dict) and held.get("accuracy") is not None:
-            return f"accuracy {held['accuracy']:.3f} on {held.get('n')} pairs"
-        return ""
-    if stage == "rmsp":
-        turns = rmsp_turn_rewards(folder)
-        dialogues = sum(1 for _ in read_jsonl(product))
-        gain = f", best {turns[0]['best']:.2f} vs mean {turns[0]['mean']:.2f} reward (turn 1)" if turns else ""
-        return f"{dialogues} dialogues{gain}"
-    if stage == "sft":
-        train = (_load_json(folder / "metrics.json") or {}).get("train") or {}
-        if train.get("first_loss") is None:
-            return ""
-        return f"{train['global_step']} steps, loss {train['first_loss']:.3f} → {train['last_loss']:.3f}"
-    if stage == "rl":
-        rows = [r for r in read_rl_log(folder / "rl_log.csv") if "reward" in r] if (folder / "rl_log.csv").exists() else []
-        if rows:
-            return f"{len(rows)} logged steps, reward {rows[0]['reward']:.2f} → {rows[-1]['reward']:.2f}, KL {rows[-1].get('kl', float('nan')):.3f}"
-        return ""
-    if stage == "eval":
-        metrics = _load_json(product) or {}
-        key, value = headline(folder.parent.name, metrics)
-        return f"{key} {value:.3f}" if isinstance(value, (int, float)) else ""
-    return ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,201 @@
+"""Running a pipeline's steps in order: skip, resume or restart each by its marker, run it in this
+process or as a child process, and record what happened (``StepResult``).
+
+In process, a step's settings are parsed into its stage's configs and its run function is called
+(``almost.stages``); otherwise ``python -m almost <command> ...`` (or the step's launcher) runs it, so
+that vLLM starts under ``__main__``, a training stage's memory goes back to the system when it ends and
+a crash cannot corrupt the pipeline's records.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..config import settings_to_argv
+from ..io import AlmostError, held_output_dirs, lock_output_dir, redact_argv, release_output_dirs, write_json_atomic
+from ..stages import stage_command
+from .fingerprints import clear_outputs, is_done, read_marker, step_fingerprint
+from .plan import Step
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What became of one step: ran, skipped (finished earlier), failed, or (``--dry_run``) done / to run."""
+
+    name: str
+    stage: str
+    status: str
+    product: Path  # the file or folder the step made
+    seconds: float = 0.0  # wall time; for a skipped step, that of the run that made its product
+    cpu_seconds: float | None = None
+    rc: int | None = None  # the exit status of a failed step
+
+    @classmethod
+    def of(cls, step: Step, status: str, **figures) -> StepResult:
+        return cls(step.name, step.stage, status, step.product, **figures)
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What ``run_pipeline`` did: each step's result in order (up to the first failure), and the report."""
+
+    run_dir: Path
+    steps: tuple[StepResult, ...]
+    report: Path | None = None  # report.md, when one was written
+
+    @property
+    def failed(self) -> StepResult | None:
+        return next((s for s in self.steps if s.status == "failed"), None)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed is None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+
+def run_step(step: Step, in_process: bool) -> int:
+    """Run one step (or a combined rg call) and return its exit status."""
+    if in_process:
+        return run_in_process(step)
+    prefix = [*step.launcher, "-m", "almost"] if step.launcher else [sys.executable, "-m", "almost"]
+    sys.stdout.flush()
+    parent = os.getpid()
+    return subprocess.run([*prefix, step.command[0], *step.argv], preexec_fn=lambda: die_with_parent(parent)).returncode
+
+
+def run_in_process(step: Step) -> int:
+    """The step's stage run inside this process, as its own process would: its settings parsed into its
+    configs, its folder locked while it runs, errors one line on stderr with exit status 2."""
+    stage = stage_command(step.command)
+    locked = held_output_dirs()
+    try:
+        configs = stage.parse(step.flags)
+        lock_output_dir(step.output_dir, " ".join([stage.prog, *redact_argv(settings_to_argv(step.flags))]))
+        stage.run(*configs)
+        return 0
+    except AlmostError as e:
+        sys.stderr.write(f"almost {step.command[0]}: error: {e}\n")
+        return 2
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    finally:
+        release_output_dirs(keep=locked)  # the step's own folder, as its own process would
+
+
+def die_with_parent(parent: int) -> None:
+    """In the child, before it starts: ask Linux to send it SIGTERM when the pipeline dies, however
+    it dies (kill -9 included), so that no stage runs on orphaned. Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the pipeline died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def cpu_seconds() -> float:
+    """CPU time used so far by this process and its finished children: unlike wall time, it does not
+    grow when other jobs share the machine, so it tells how long a step takes on an idle one."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+# What an rg step's own configuration sets; steps equal in everything else share one `almost rg` call.
+RG_CONFIGURATION_KEYS = ("prompt_file_path", "n_shot")
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def runs_with(first: Step, step: Step) -> bool:
+    """Whether ``step`` can join ``first``'s call: rg configurations of one model and the same settings
+    load the model (or start the vLLM engine) once for all of them."""
+    def rest(s: Step) -> dict:
+        return {k: v for k, v in s.flags.items() if k not in RG_CONFIGURATION_KEYS}
+
+    return first.stage == step.stage == "rg" and first.launcher == step.launcher and rest(first) == rest(step)
+
+
+def combined_step(group: list[Step]) -> Step:
+    """One ``almost rg`` call for several configuration steps: the demonstration files and shot counts
+    they use, and --select so that only their configurations are made (not the whole product)."""
+    if len(group) == 1:
+        return group[0]
+    flags = dict(group[0].flags)
+    for key in RG_CONFIGURATION_KEYS:
+        flags[key] = list(dict.fromkeys(v for s in group for v in _as_list(s.flags.get(key))))
+    flags["select"] = [s.name.split("/", 1)[1] for s in group]
+    return replace(group[0], name=" + ".join(s.name for s in group), flags=flags)
+
+
+def execute(steps: list[Step], first: str | None, in_process: bool) -> list[StepResult]:
+    """Run the steps in order until one fails; ``first``: the stage from which steps run even if unchanged (``--from``)."""
+    outcomes: list[StepResult] = []
+    forced = False
+    waiting: list[tuple[Step, str]] = []  # rg steps to run in one call once the next step cannot join them
+    for step in steps:
+        if waiting and not runs_with(waiting[0][0], step):
+            if not run_together(waiting, in_process, outcomes):
+                return outcomes
+            waiting = []
+        forced = forced or (first is not None and step.stage == first)
+        if first is not None and not forced:
+            if not is_done(step):
+                raise AlmostError(f"{step.name} has not finished in this run directory; run without --from {first} first")
+            outcomes.append(StepResult.of(step, "skipped", seconds=read_marker(step).get("seconds", 0.0)))
+            continue
+        fp = step_fingerprint(step)
+        marker = read_marker(step)
+        if not forced and marker.get("fingerprint") == fp and is_done(step, marker):
+            print(f"almost pipeline: {step.name}: unchanged, skipped", flush=True)
+            outcomes.append(StepResult.of(step, "skipped", seconds=marker.get("seconds", 0.0), cpu_seconds=marker.get("cpu_seconds")))
+            continue
+        if marker and (forced or marker.get("fingerprint") != fp):
+            print(f"almost pipeline: {step.name}: settings or inputs changed, starting it again", flush=True)
+            clear_outputs(step)
+        elif marker:
+            print(f"almost pipeline: {step.name}: unfinished, resuming", flush=True)
+        waiting.append((step, fp))
+        if step.stage != "rg":
+            if not run_together(waiting, in_process, outcomes):
+                return outcomes
+            waiting = []
+    if waiting:
+        run_together(waiting, in_process, outcomes)
+    return outcomes
+
+
+def run_together(group: list[tuple[Step, str]], in_process: bool, outcomes: list[StepResult]) -> bool:
+    """Run one step, or several rg steps as one call; record each step's marker and outcome. The time
+    of a shared call is split evenly between its steps. False if any step failed."""
+    call = combined_step([s for s, _ in group])
+    print(f"almost pipeline: {call.name}: {call.command_line()}", flush=True)
+    for step, fp in group:
+        step.output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(step.marker, {"status": "running", "fingerprint": fp, "command": call.command_line()})
+    start, cpu_start = time.time(), cpu_seconds()
+    rc = run_step(call, in_process)
+    seconds, cpu = round((time.time() - start) / len(group), 1), round((cpu_seconds() - cpu_start) / len(group), 1)
+    ok = True
+    for step, fp in group:
+        if rc != 0 or not step.product.exists():
+            outcomes.append(StepResult.of(step, "failed", seconds=seconds, rc=rc))
+            ok = False
+            continue
+        record = {"status": "done", "fingerprint": fp, "command": call.command_line(), "seconds": seconds, "cpu_seconds": cpu}
+        write_json_atomic(step.marker, record)
+        outcomes.append(StepResult.of(step, "ran", seconds=seconds, cpu_seconds=cpu))
+    return ok

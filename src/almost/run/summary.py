@@ -1,0 +1,90 @@
+"""What ``almost pipeline`` prints: the planned steps (``--dry_run``) and, at the end, the table of
+what each step did, with one line of figures per step read from its outputs."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from ..contracts import CS, RM_TRAIN, SFT
+from ..io import AlmostError, read_jsonl
+from .execute import PipelineResult
+from .plan import Step
+from .report import _load_json, headline, read_rl_log, rmsp_turn_rewards
+
+
+def print_plan(planned: list[tuple[Step, str]]) -> None:
+    """``--dry_run``: each step, whether it is done or to run, and its command line."""
+    for step, state in planned:
+        print(f"{step.name:<40} {state:<7} {step.command_line()}")
+
+
+def print_summary(result: PipelineResult) -> None:
+    rows = [("step", "status", "time (cpu)", "produced", "figures")]
+    for o in result.steps:
+        cpu = f" ({o.cpu_seconds:.0f}s)" if o.cpu_seconds is not None else ""
+        took = f"{o.seconds:.0f}s{cpu}" + (" earlier" if o.status == "skipped" else "")
+        try:
+            produced = str(o.product.relative_to(result.run_dir))
+        except ValueError:
+            produced = str(o.product)
+        figures = step_figures(o.stage, o.product) if o.status != "failed" else f"exit status {o.rc}"
+        rows.append((o.name, o.status, took, produced, figures))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    print()
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+    ran = [o for o in result.steps if o.status != "skipped"]
+    total, cpu = sum(o.seconds for o in ran), sum(o.cpu_seconds or 0 for o in ran)
+    print(f"\nrun directory: {result.run_dir}   (stages run now: {total / 60:.1f} min, {cpu / 60:.1f} CPU-min)")
+    if result.report is not None:
+        print(f"report: {result.report}")
+
+
+def step_figures(stage: str, product: Path) -> str:
+    try:
+        return _step_figures(stage, product)
+    except (AlmostError, OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def _step_figures(stage: str, product: Path) -> str:
+    folder = product.parent
+    if stage == "pg":
+        return f"{sum(1 for line in product.read_text(encoding='utf-8').splitlines() if line.strip())} prompts"
+    if stage == "rg":
+        rows = read_jsonl(product)
+        good = [len(r.get("response") or "") for r in rows if not r.get("bad")]
+        mean = f", mean length {statistics.fmean(good):.0f} chars" if good else ""
+        return f"{len(rows)} answers, {len(rows) - len(good)} BAD{mean}"
+    if stage == "cs":
+        stats = _load_json(folder / CS.summary_file) or {}
+        pairs = sum(1 for _ in read_jsonl(product))
+        dropped = stats.get("dropped_by_filter")
+        return f"{pairs} pairs" + (f", {dropped} dropped by the filter" if dropped is not None else "")
+    if stage == "rm":
+        metrics = _load_json(folder / RM_TRAIN.summary_file) or {}
+        held = metrics.get("heldout") if "heldout" in metrics else metrics
+        if isinstance(held, dict) and held.get("accuracy") is not None:
+            return f"accuracy {held['accuracy']:.3f} on {held.get('n')} pairs"
+        return ""
+    if stage == "rmsp":
+        turns = rmsp_turn_rewards(folder)
+        dialogues = sum(1 for _ in read_jsonl(product))
+        gain = f", best {turns[0]['best']:.2f} vs mean {turns[0]['mean']:.2f} reward (turn 1)" if turns else ""
+        return f"{dialogues} dialogues{gain}"
+    if stage == "sft":
+        train = (_load_json(folder / SFT.summary_file) or {}).get("train") or {}
+        if train.get("first_loss") is None:
+            return ""
+        return f"{train['global_step']} steps, loss {train['first_loss']:.3f} → {train['last_loss']:.3f}"
+    if stage == "rl":
+        rows = [r for r in read_rl_log(folder / "rl_log.csv") if "reward" in r] if (folder / "rl_log.csv").exists() else []
+        if rows:
+            return f"{len(rows)} logged steps, reward {rows[0]['reward']:.2f} → {rows[-1]['reward']:.2f}, KL {rows[-1].get('kl', float('nan')):.3f}"
+        return ""
+    if stage == "eval":
+        metrics = _load_json(product) or {}
+        key, value = headline(folder.parent.name, metrics)
+        return f"{key} {value:.3f}" if isinstance(value, (int, float)) else ""
+    return ""
