@@ -139,6 +139,14 @@ def test_step_figures_for_the_summary(tiny_run: Path):
     dialogues = len(rows(tiny_run / "rmsp" / RMSP.product_file))
     expected = f"{dialogues} dialogues, best {first['mean_best_reward']:.2f} vs mean {first['mean_candidate_reward']:.2f} reward (turn 1)"
     assert step_figures("rmsp", tiny_run / "rmsp" / RMSP.product_file) == expected
+    held = load(tiny_run / "rm" / RM_TRAIN.summary_file)["heldout"]
+    assert step_figures("rm", tiny_run / "rm" / RM_TRAIN.product_file) == f"accuracy {held['accuracy']:.3f} on {held['n']} pairs"
+    train = load(tiny_run / "sft" / SFT.summary_file)["train"]
+    expected = f"{train['global_step']} steps, loss {train['first_loss']:.3f} → {train['last_loss']:.3f}"
+    assert step_figures("sft", tiny_run / "sft" / SFT.product_file) == expected
+    log = [r for r in csv.DictReader(open(tiny_run / "rl" / RL.files["log"], newline="")) if r["reward"]]
+    expected = f"{len(log)} logged steps, reward {float(log[0]['reward']):.2f} → {float(log[-1]['reward']):.2f}, KL {float(log[-1]['kl']):.3f}"
+    assert step_figures("rl", tiny_run / "rl" / RL.product_file) == expected
     win_rate = load(tiny_run / "eval" / "pairwise" / "sft-vs-base" / "metrics.json")["win_rate"]
     assert step_figures("eval", tiny_run / "eval" / "pairwise" / "sft-vs-base" / "metrics.json") == f"win_rate {win_rate:.3f}"
 
