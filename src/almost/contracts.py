@@ -150,14 +150,14 @@ CS = StageOutputs(
     optional_keys=keys("dropped_by_max_length_ratio", "dropped_by_length_balance", "chosen_longer", "chosen_shorter"),
 )
 # The training stages' summaries: "train" holds TRL's train metrics and "global_step" alike in rm train and sft;
-# "config" the plain settings; "length_head" only with --length_head; rm train's "heldout" has rm eval's keys.
+# "config" the plain settings; rm train's "heldout" has rm eval's keys (None without held-out pairs).
 RM_TRAIN = StageOutputs(
     "rm train",
     {"model": MODEL_CONFIG, "metrics": METRICS_FILE},
     product="model",
     summary="metrics",
-    summary_keys=frozenset({"model", "base_model", "data", "train", "heldout", "length_head", "config"}),
-    optional_keys=keys("length_head"),
+    summary_keys=keys("model", "base_model", "data", "train", "heldout", "length_head", "config"),
+    optional_keys=keys("length_head"),  # only with --length_head
 )
 RM_EVAL = StageOutputs(
     "rm eval",
@@ -193,16 +193,14 @@ SFT = StageOutputs(
     {"model": MODEL_CONFIG, "metrics": METRICS_FILE},
     product="model",
     summary="metrics",
-    summary_keys=frozenset({"model", "base_model", "data", "train", "config"}),
+    summary_keys=keys("model", "base_model", "data", "train", "config"),
 )
 RL = StageOutputs(
     "rl",
     {"model": MODEL_CONFIG, "metrics": METRICS_FILE, "log": "rl_log.csv"},
     product="model",
     summary="metrics",
-    summary_keys=frozenset(
-        {"algorithm", "policy", "reward_model", "prompts", "global_step", "beta", "length_penalty", "first_log", "last_log"}
-    ),
+    summary_keys=keys("algorithm", "policy", "reward_model", "prompts", "global_step", "beta", "length_penalty", "first_log", "last_log"),
 )
 
 # The multiple-choice evaluations: accuracy with its interval (evaluate.scoring.accuracy), per group too.
