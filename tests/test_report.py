@@ -55,7 +55,7 @@ def test_every_stage_writes_exactly_its_declared_files_and_keys(tiny_run: Path):
         folders = sorted(tiny_run.glob(pattern))
         assert folders, pattern
         for folder in folders:
-            assert {name for name in outputs.files.values()} <= {p.name for p in folder.iterdir()}, folder
+            assert set(outputs.files.values()) <= {p.name for p in folder.iterdir()}, folder
             outputs.check_summary(load(folder / outputs.summary_file))
     for turn in load(tiny_run / "rmsp" / RMSP.summary_file)["per_turn"]:
         assert tuple(turn) == RMSP_TURN_KEYS
