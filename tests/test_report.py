@@ -145,7 +145,8 @@ def test_step_figures_for_the_summary(tiny_run: Path):
     expected = f"{train['global_step']} steps, loss {train['first_loss']:.3f} → {train['last_loss']:.3f}"
     assert step_figures("sft", tiny_run / "sft" / SFT.product_file) == expected
     log = [r for r in csv.DictReader(open(tiny_run / "rl" / RL.files["log"], newline="")) if r["reward"]]
-    expected = f"{len(log)} logged steps, reward {float(log[0]['reward']):.2f} → {float(log[-1]['reward']):.2f}, KL {float(log[-1]['kl']):.3f}"
+    first, last = log[0], log[-1]
+    expected = f"{len(log)} logged steps, reward {float(first['reward']):.2f} → {float(last['reward']):.2f}, KL {float(last['kl']):.3f}"
     assert step_figures("rl", tiny_run / "rl" / RL.product_file) == expected
     win_rate = load(tiny_run / "eval" / "pairwise" / "sft-vs-base" / "metrics.json")["win_rate"]
     assert step_figures("eval", tiny_run / "eval" / "pairwise" / "sft-vs-base" / "metrics.json") == f"win_rate {win_rate:.3f}"
