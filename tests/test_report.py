@@ -1,117 +1,181 @@
-"""``almost report`` on hand-made run directories: every section's numbers, plots, and missing inputs."""
+"""``almost report`` on a real tiny run (``conftest.build_tiny_run``): every section's numbers are the
+ones the stages wrote, every summary holds exactly the keys its stage declares in ``almost.contracts``,
+and the report asks for no key that a stage does not declare."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
+import statistics
 from pathlib import Path
 
 import pytest
 
+from almost import contracts
 from almost.cli import main as cli
+from almost.contracts import (
+    CS,
+    EVALUATIONS,
+    PG,
+    RG_ROW_KEYS,
+    RL,
+    RM_EVAL,
+    RM_TRAIN,
+    RMSP,
+    RMSP_TURN_KEYS,
+    SFT,
+    ContractError,
+    read_summary,
+    write_summary,
+)
 from almost.run.report import FIGURES, write_report
 from almost.run.summary import step_figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Every stage's declaration in contracts.py, by its folder in the run.
+DECLARED = {"pg": PG, "cs": CS, "rm": RM_TRAIN, "rm_eval": RM_EVAL, "rmsp": RMSP, "sft": SFT, "rl": RL,
+            **{f"eval/{kind}/*": outputs for kind, outputs in EVALUATIONS.items()}}  # fmt: skip
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+def load(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-def write_json(path: Path, obj) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj), encoding="utf-8")
-    return path
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def rg_row(i: int, config: str, response: str, bad: bool) -> dict:
-    return {"index": i, "prompt": f"q{i}", "response": response, "bad": bad, "bad_reasons": ["too_short"] if bad else [], "config": config}
+def cell(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-@pytest.fixture
-def full_run(tmp_path: Path) -> Path:
-    run = tmp_path / "run"
-    (run / "pg").mkdir(parents=True)
-    (run / "pg" / "prompts.txt").write_text("How do I bake bread?\nWhat is a prime number?\nName three rivers.\n", encoding="utf-8")
-    write_json(run / "pg" / "pg_stats.json", {"accepted": 3, "requests": 7})
-    # Configuration "good": answers of 100 and 300 characters, none BAD; "weak": one BAD of two.
-    write_jsonl(run / "rg" / "good.jsonl", [rg_row(0, "good", "x" * 100, False), rg_row(1, "good", "y" * 300, False)])
-    write_jsonl(run / "rg" / "weak.jsonl", [rg_row(0, "weak", "z" * 20, True), rg_row(1, "weak", "w" * 60, False)])
-    pair = {"prompt": "q", "chosen": "c", "rejected": "r", "chosen_config": "good", "rejected_config": "weak"}
-    write_jsonl(run / "cs" / "comparison.jsonl", [pair] * 5)
-    write_json(
-        run / "cs" / "cs_stats.json",
-        {"prompts": 9, "pairs": 5, "dropped_by_filter": 2, "valid_answers": {"good": 2, "weak": 1}, "pairs_per_configuration_pair": {"good > weak": 5}},
-    )
-    bias = {"chosen_longer": {"accuracy": 0.9, "n": 10}, "chosen_shorter": {"accuracy": 0.25, "n": 4}, "length_only_accuracy": 0.714, "spearman_reward_length": 0.61}
-    write_json(run / "rm" / "metrics.json", {"data": {"train_pairs": 40, "heldout_pairs": 14, "truncated": 1, "dropped_long": 0}, "heldout": {"accuracy": 0.7143, "n": 14, "length_bias": bias, "length_balanced": {"accuracy": 0.575, "ci95": [0.31, 0.84]}}})
-    write_json(
-        run / "rmsp" / "rmsp_summary.json",
-        {"dialogues": 4, "kept_dialogues": 4, "per_turn": [
-            {"turn": 1, "dialogues": 4, "mean_best_reward": 1.25, "mean_candidate_reward": 0.5},
-            {"turn": 2, "dialogues": 3, "mean_best_reward": 0.875, "mean_candidate_reward": -0.125},
-        ], "user_turns": {"asked": 5, "samples": 10, "retries": 5, "accepted_after_retry": 2,
-            "user_repeats": {"rejected": 5, "rate": 0.5, "first_try_rate": 0.4, "dialogues_ended": 1},
-            "user_role_swap": {"rejected": 1, "rate": 0.1, "first_try_rate": 0.2, "dialogues_ended": 0}}},
-    )  # fmt: skip
-    write_jsonl(run / "rmsp" / "demonstrations.jsonl", [{"messages": []}] * 4)
-    write_json(run / "sft" / "metrics.json", {"train": {"global_step": 4, "first_loss": 1.7, "last_loss": 1.45}})
-    (run / "rl").mkdir()
-    with open(run / "rl" / "rl_log.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "reward", "kl", "completion_length", "loss"])
-        writer.writeheader()
-        for step, (reward, kl) in enumerate([(0.1, 0.0), (0.4, 0.02), (0.65, 0.05)], 1):
-            writer.writerow({"step": step, "reward": reward, "kl": kl, "completion_length": 30 + step, "loss": ""})
-    write_json(run / "eval" / "hhh" / "base" / "metrics.json", {"accuracy": 0.5, "n": 10})
-    write_json(run / "eval" / "hhh" / "sft" / "metrics.json", {"accuracy": 0.6, "n": 10})
-    write_json(run / "eval" / "hhh" / "rl" / "metrics.json", {"accuracy": 0.7, "n": 10})
-    write_json(run / "eval" / "pairwise" / "sft-vs-base" / "metrics.json", {"win": 6, "tie": 0, "loss": 4, "n": 10, "win_rate": 0.6, "length_balanced": {
-        "win_rate": 0.45, "ci95": [0.2, 0.7], "model_shorter": {"rate": 0.25, "n": 4}, "model_longer": {"rate": 0.65, "n": 5}, "same_length": 1}})
-    return run
+def test_every_stage_writes_exactly_its_declared_files_and_keys(tiny_run: Path):
+    for pattern, outputs in DECLARED.items():
+        folders = sorted(tiny_run.glob(pattern))
+        assert folders, pattern
+        for folder in folders:
+            assert set(outputs.files.values()) <= {p.name for p in folder.iterdir()}, folder
+            outputs.check_summary(load(folder / outputs.summary_file))
+    for turn in load(tiny_run / "rmsp" / RMSP.summary_file)["per_turn"]:
+        assert tuple(turn) == RMSP_TURN_KEYS
+    assert set(contracts.RESAMPLED_REASONS) <= set(load(tiny_run / "rmsp" / RMSP.summary_file)[contracts.USER_TURNS_KEY])
+    rg_files = sorted((tiny_run / "rg").glob("*.jsonl"))
+    assert [p.name for p in rg_files] == [contracts.rg_file("tiny-faithful-1shot"), contracts.rg_file("tiny-faithful-2shot")]
+    assert all(tuple(row) == RG_ROW_KEYS for path in rg_files for row in rows(path))
 
 
-def test_full_report_has_every_number_and_plot(full_run: Path):
-    assert cli(["report", str(full_run)]) == 0
-    text = (full_run / "report.md").read_text()
-    # PG
-    assert "3 prompts" in text and "| requests | 7 |" in text
-    # RG: good has mean length 200, no BAD; weak has one BAD of two (rate 0.500) and mean 60
-    assert "| good | 2 | 0 | 0.000 | 200.000 |" in text
-    assert "| weak | 2 | 1 | 0.500 | 60.000 |" in text
-    # CS: 5 kept good > weak; cs_stats totals
-    assert "| good | weak | 5 |" in text and "| dropped_by_filter | 2 |" in text and "| weak | 1 |" in text
-    # RM: held-out agreement and length bias
-    assert "| held-out synthetic pairs (rubric agreement) | 14 | 0.714 | 0.575 | [0.310, 0.840] | 0.900 | 0.250 | 0.714 | 0.610 |" in text
-    # RMSP: best vs mean per turn
-    assert "| 1 | 4 | 1.250 | 0.500 |" in text and "| 2 | 3 | 0.875 | -0.125 |" in text
-    # RMSP: rejected user-simulator turns, as rmsp counted them
-    assert "5 asked, 10 sampled (5 re-samples, 2 accepted after a re-sample)" in text
-    assert "| user_repeats | 5 | 0.500 | 0.400 | 1 |" in text and "| user_role_swap | 1 | 0.100 | 0.200 | 0 |" in text
-    # RL: first and last logged step
-    assert "| first log | 1.000 | 0.100 | 0.000 | 31.000 |" in text
-    assert "| last log | 3.000 | 0.650 | 0.050 | 33.000 |" in text
-    # Evaluation: base vs SFT vs RL in that order, pairwise win rate
-    assert "| base | 0.500 | – |" in text and "| rl | 0.700 | – |" in text
-    assert "| sft-vs-base | – | 0.600 |" in text
-    assert "| sft-vs-base | 0.600 | 0.250 | 4 | 0.650 | 5 | 1 | 0.450 | [0.200, 0.700] |" in text
+def test_the_report_reads_only_declared_keys_of_every_stage(tiny_run: Path, monkeypatch):
+    asked: dict[str, set[str]] = {}
+    check_key = contracts.StageOutputs.check_key
+
+    def recording(self, key):
+        asked.setdefault(self.command, set()).add(key)
+        check_key(self, key)  # raises on an undeclared key: the report would fail here
+
+    monkeypatch.setattr(contracts.StageOutputs, "check_key", recording)
+    write_report(tiny_run)
+    # Every summary the report shows was read through its declaration.
+    assert set(asked) == {"pg", "cs", "rm train", "rm eval", "rmsp", "eval hhh", "eval truthfulqa", "eval pairwise"}
+    declared = {o.command: o.summary_keys for o in vars(contracts).values() if isinstance(o, contracts.StageOutputs)}
+    assert all(keys <= declared[command] for command, keys in asked.items()), asked
+
+
+def test_report_of_a_real_run_shows_what_the_stages_wrote(tiny_run: Path):
+    assert cli(["report", str(tiny_run)]) == 0
+    text = (tiny_run / "report.md").read_text()
+    # PG: the prompts and pg_stats.json's numbers
+    prompts = (tiny_run / "pg" / PG.product_file).read_text().splitlines()
+    stats = load(tiny_run / "pg" / PG.summary_file)
+    assert f"{len(prompts)} prompts" in text and f"| requests | {stats['requests']} |" in text
+    # RG: answers, BAD answers and mean length per configuration
+    for path in sorted((tiny_run / "rg").glob("*.jsonl")):
+        answers = rows(path)
+        good = [len(r["response"]) for r in answers if not r["bad"]]
+        bad = len(answers) - len(good)
+        assert f"| {path.stem} | {len(answers)} | {bad} | {bad / len(answers):.3f} | {statistics.fmean(good):.3f} |" in text
+    # CS: pairs kept per configuration pair, and cs_stats.json's totals
+    cs = load(tiny_run / "cs" / CS.summary_file)
+    for pair, count in cs["pairs_per_configuration_pair"].items():
+        chosen, rejected = pair.split(" > ")
+        assert f"| {chosen} | {rejected} | {count} |" in text
+    assert f"| dropped_by_filter | {cs['dropped_by_filter']} |" in text
+    # RM: held-out agreement (rm train) and rm eval, with the length bias
+    held = load(tiny_run / "rm" / RM_TRAIN.summary_file)["heldout"]
+    human = load(tiny_run / "rm_eval" / RM_EVAL.summary_file)
+    for label, m in (("held-out synthetic pairs (rubric agreement)", held), ("rm_eval", human)):
+        assert f"| {label} | {m['n']} | {m['accuracy']:.3f} |" in text
+        assert f"| {cell(m['length_bias']['length_only_accuracy'])} |" in text
+    # RMSP: per turn, rmsp's own best vs mean candidate reward, and its counts of rejected user turns
+    summary = load(tiny_run / "rmsp" / RMSP.summary_file)
+    for t in summary["per_turn"]:
+        assert f"| {t['turn']} | {t['dialogues']} | {cell(t['mean_best_reward'])} | {cell(t['mean_candidate_reward'])} |" in text
+    users = summary[contracts.USER_TURNS_KEY]
+    assert f"{users['asked']} asked, {users['samples']} sampled ({users['retries']} re-samples" in text
+    # RL: the first and the last logged step
+    log = list(csv.DictReader(open(tiny_run / "rl" / RL.files["log"], newline="")))
+    assert f"| first log | {float(log[0]['step']):.3f} | {float(log[0]['reward']):.3f} |" in text
+    # Evaluation: base vs SFT vs RL in that order, accuracy per evaluation and the pairwise win rate
+    hhh = {label: load(tiny_run / "eval" / "hhh" / label / "metrics.json")["accuracy"] for label in ("base", "sft", "rl")}
+    truthfulqa = load(tiny_run / "eval" / "truthfulqa" / "base" / "metrics.json")["accuracy"]
+    assert f"| base | {hhh['base']:.3f} | {truthfulqa:.3f} | – |" in text
+    assert f"| sft | {hhh['sft']:.3f} | – | – |" in text and f"| rl | {hhh['rl']:.3f} | – | – |" in text
+    pairwise = load(tiny_run / "eval" / "pairwise" / "sft-vs-base" / "metrics.json")
+    assert f"| sft-vs-base | – | – | {pairwise['win_rate']:.3f} |" in text
     assert text.index("| base |") < text.index("| sft |") < text.index("| rl |")
     assert "No " not in text  # every section found its files
     for png in ("rg_answer_lengths", "cs_pairs", "rm_accuracy", "rmsp_rewards", "rl_curves", "eval"):
-        path = full_run / FIGURES / f"{png}.png"
+        path = tiny_run / FIGURES / f"{png}.png"
         assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5000, png
         assert f"]({FIGURES}/{png}.png)" in text
 
 
-def test_comparison_drops_per_pair_when_cs_records_them(tmp_path: Path):
-    run = tmp_path / "run"
-    stats = {"pairs": 3, "dropped_by_filter": 4, "pairs_per_configuration_pair": {"a > b": 2, "b > c": 1}, "dropped_per_configuration_pair": {"a > b": 3, "a > c": 1}}
-    write_json(run / "cs_stats.json", stats)  # the seed's single-folder layout is found too
-    text = write_report(run).read_text()
-    assert "| a | b | 2 | 3 |" in text and "| b | c | 1 | 0 |" in text and "| a | c | 0 | 1 |" in text
-    assert (run / FIGURES / "cs_pairs.png").exists()
+def test_step_figures_for_the_summary(tiny_run: Path):
+    prompts = (tiny_run / "pg" / PG.product_file).read_text().splitlines()
+    assert step_figures("pg", tiny_run / "pg" / PG.product_file) == f"{len(prompts)} prompts"
+    pairs, cs = rows(tiny_run / "cs" / CS.product_file), load(tiny_run / "cs" / CS.summary_file)
+    assert step_figures("cs", tiny_run / "cs" / CS.product_file) == f"{len(pairs)} pairs, {cs['dropped_by_filter']} dropped by the filter"
+    first = load(tiny_run / "rmsp" / RMSP.summary_file)["per_turn"][0]
+    dialogues = len(rows(tiny_run / "rmsp" / RMSP.product_file))
+    expected = f"{dialogues} dialogues, best {first['mean_best_reward']:.2f} vs mean {first['mean_candidate_reward']:.2f} reward (turn 1)"
+    assert step_figures("rmsp", tiny_run / "rmsp" / RMSP.product_file) == expected
+    held = load(tiny_run / "rm" / RM_TRAIN.summary_file)["heldout"]
+    assert step_figures("rm", tiny_run / "rm" / RM_TRAIN.product_file) == f"accuracy {held['accuracy']:.3f} on {held['n']} pairs"
+    train = load(tiny_run / "sft" / SFT.summary_file)["train"]
+    expected = f"{train['global_step']} steps, loss {train['first_loss']:.3f} → {train['last_loss']:.3f}"
+    assert step_figures("sft", tiny_run / "sft" / SFT.product_file) == expected
+    log = [r for r in csv.DictReader(open(tiny_run / "rl" / RL.files["log"], newline="")) if r["reward"]]
+    first, last = log[0], log[-1]
+    expected = f"{len(log)} logged steps, reward {float(first['reward']):.2f} → {float(last['reward']):.2f}, KL {float(last['kl']):.3f}"
+    assert step_figures("rl", tiny_run / "rl" / RL.product_file) == expected
+    win_rate = load(tiny_run / "eval" / "pairwise" / "sft-vs-base" / "metrics.json")["win_rate"]
+    assert step_figures("eval", tiny_run / "eval" / "pairwise" / "sft-vs-base" / "metrics.json") == f"win_rate {win_rate:.3f}"
+
+
+def test_a_key_no_stage_declares_is_neither_written_nor_read(tmp_path: Path):
+    stats = {"prompts": 3, "pairs": 2, "dropped_by_filter": 1, "prompts_with_fewer_than_two_valid": 0, "valid_answers": {"a": 3, "b": 2},
+             "pairs_per_configuration_pair": {"a > b": 2}, "rubric": [["a"], ["b"]]}  # fmt: skip
+    with pytest.raises(ContractError, match="undeclared keys \\['dropped_per_configuration_pair'\\]"):
+        write_summary(CS, tmp_path, {**stats, "dropped_per_configuration_pair": {"a > b": 1}})
+    with pytest.raises(ContractError, match="missing keys \\['pairs'\\]"):
+        write_summary(CS, tmp_path, {k: v for k, v in stats.items() if k != "pairs"})
+    assert not (tmp_path / CS.summary_file).exists()
+    # Written in the caller's order; an optional key that is off is simply absent.
+    path = write_summary(CS, tmp_path, stats)
+    assert list(load(path)) == list(stats)
+    summary = read_summary(CS, path)
+    assert summary["pairs"] == 2 and summary.get("chosen_longer") is None
+    with pytest.raises(ContractError, match="does not declare the summary key 'pairs_dropped_by_filter'"):
+        summary.get("pairs_dropped_by_filter")
+
+
+def test_files_directly_in_the_run_folder_are_read_too(tiny_run: Path, tmp_path: Path):
+    """The seed release's layout: one output folder for every stage."""
+    for name in CS.files.values():
+        shutil.copy(tiny_run / "cs" / name, tmp_path / name)
+    text = write_report(tmp_path).read_text()
+    for pair, count in load(tmp_path / CS.summary_file)["pairs_per_configuration_pair"].items():
+        assert "| {} | {} | {} |".format(*pair.split(" > "), count) in text
 
 
 def test_missing_inputs_are_reported_not_fatal(tmp_path: Path):
@@ -120,28 +184,6 @@ def test_missing_inputs_are_reported_not_fatal(tmp_path: Path):
     text = write_report(run).read_text()
     assert text.count("in this run yet") == 7
     assert not (run / FIGURES).exists()
-
-
-def test_rmsp_turns_fall_back_to_the_dialogues(tmp_path: Path):
-    run = tmp_path / "run"
-    turns = [{"turn": 1, "candidates": [{"reward": 1.0}, {"reward": 3.0}, {"reward": None}], "chosen": 1}]
-    write_jsonl(run / "rmsp" / "demonstrations.jsonl", [{"messages": [], "turns": turns}, {"messages": [], "turns": [{"turn": 1, "candidates": [{"reward": -1.0}], "chosen": 0}]}])
-    text = write_report(run).read_text()
-    # best: mean(3, -1) = 1; mean candidate over every scored candidate: mean(1, 3, -1) = 1
-    assert "| 1 | 2 | 1.000 | 1.000 |" in text
-    # Rejected user turns are rmsp's own counts: without its summary the report says so, never recounts.
-    assert "has no `user_turns` counts" in text
-    assert (run / FIGURES / "rmsp_rewards.png").exists()
-
-
-def test_step_figures_for_the_summary(full_run: Path):
-    assert step_figures("pg", full_run / "pg" / "prompts.txt") == "3 prompts"
-    assert step_figures("rg", full_run / "rg" / "weak.jsonl") == "2 answers, 1 BAD, mean length 60 chars"
-    assert step_figures("cs", full_run / "cs" / "comparison.jsonl") == "5 pairs, 2 dropped by the filter"
-    assert step_figures("rm", full_run / "rm" / "config.json") == "accuracy 0.714 on 14 pairs"
-    assert step_figures("sft", full_run / "sft" / "config.json") == "4 steps, loss 1.700 → 1.450"
-    assert step_figures("rl", full_run / "rl" / "config.json") == "3 logged steps, reward 0.10 → 0.65, KL 0.050"
-    assert step_figures("eval", full_run / "eval" / "pairwise" / "sft-vs-base" / "metrics.json") == "win_rate 0.600"
 
 
 def test_report_of_a_missing_directory_is_one_line_error(tmp_path: Path, capsys):

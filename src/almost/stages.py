@@ -68,8 +68,10 @@ STAGE_COMMANDS: dict[tuple[str, ...], StageCommand] = {
         _stage("rmsp", "almost.policy.selfplay", ("RMSPArguments",), "run_rmsp", contracts.RMSP),
         _stage("sft", "almost.policy.sft", ("SFTArguments",), "run_sft", contracts.SFT),
         _stage("rl", "almost.policy.rl", ("RLConfig",), "run_rl", contracts.RL),
-        _stage("eval hhh", "almost.evaluate.hhh", ("ModelArguments", "HHHConfig"), "run_hhh", contracts.EVAL),
-        _stage("eval truthfulqa", "almost.evaluate.truthfulqa", ("ModelArguments", "TruthfulQAConfig"), "run_truthfulqa", contracts.EVAL),
+        _stage("eval hhh", "almost.evaluate.hhh", ("ModelArguments", "HHHConfig"), "run_hhh", contracts.EVAL_HHH),
+        _stage(
+            "eval truthfulqa", "almost.evaluate.truthfulqa", ("ModelArguments", "TruthfulQAConfig"), "run_truthfulqa", contracts.EVAL_TRUTHFULQA
+        ),
         _stage("eval pairwise", "almost.evaluate.pairwise", ("PairwiseConfig",), "run_pairwise", contracts.EVAL_PAIRWISE),
     )
 }

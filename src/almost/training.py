@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .config import resolve_training_hardware
-from .contracts import StageOutputs
+from .contracts import StageOutputs, write_summary
 from .io import AlmostError, portable, read_json, redact, write_json_atomic
 from .models import ADAPTER_DIR, TRAINING_STATUS, require_finished_training
 
@@ -202,15 +202,12 @@ def plain_settings(config) -> dict:
 
 
 def finish_checkpoint(config, outputs: StageOutputs, summary: dict) -> None:
-    """Write the summary (``outputs.summary_file``, with only the keys ``outputs`` declares), and
+    """Write the summary (``contracts.write_summary``: exactly the keys ``outputs`` declares), and
     remove what Trainer and peft leave beside the model (the model card is ``cards.write_training_card``'s).
 
     The summary records paths relative to the run directory (the output folder's parent), not this machine's."""
-    undeclared = sorted(summary.keys() - outputs.summary_keys)
-    if undeclared:
-        raise ValueError(f"almost {outputs.command} summary keys not declared in contracts.py: {', '.join(undeclared)}")
     output_dir = Path(config.output_dir)
-    write_json_atomic(output_dir / outputs.summary_file, portable(summary, output_dir.resolve().parent))
+    write_summary(outputs, output_dir, portable(summary, output_dir.resolve().parent))
     (output_dir / "training_args.bin").unlink(missing_ok=True)
     if config.use_peft:
         (output_dir / ADAPTER_DIR / "training_args.bin").unlink(missing_ok=True)

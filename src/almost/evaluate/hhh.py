@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ..chat import transcript
 from ..config import ModelArguments, parse
+from ..contracts import EVAL_HHH
 from ..models import resolve_model
 from ..reward.formats import Pair, load_pairs
 from ..stats import accuracy, grouped_accuracy
@@ -103,7 +104,7 @@ def run_hhh(model_args: ModelArguments, config: HHHConfig, model: OptionScorer |
     table = accuracy_table(metrics, "per_type", "pairs") + (
         f"\nties (counted wrong): {metrics['ties']}   model picks position A: {metrics['position_a_rate']:.2f} of the time"
     )
-    write_results(config.output_dir, metrics, table, rows)
+    write_results(EVAL_HHH, config.output_dir, metrics, table, rows)
     return metrics
 
 

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from ..chat import as_messages, render_prompt
 from ..config import EngineArguments, parse, require_option
+from ..contracts import EVAL_PAIRWISE
 from ..engines import Sampling, engine_model, load_engine
 from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, lock_output_dir, read_jsonl, redact_url
 from ..stats import OUTCOME_POINTS, length_balanced, win_rate
@@ -453,7 +454,7 @@ def run_pairwise(config: PairwiseConfig, model_engine=None, baseline_engine=None
     rows = judge_both_orders(judge, questions, model_answers, baseline_answers)
     metrics = pairwise_metrics(rows)
     metrics.update(task="pairwise", model=config.model_name_or_path, baseline=config.baseline_model_name_or_path, judge=redact_url(config.judge or judge.name), data=str(config.data_path))
-    write_results(config.output_dir, metrics, pairwise_table(metrics), rows, rows_name="judgments.jsonl")
+    write_results(EVAL_PAIRWISE, config.output_dir, metrics, pairwise_table(metrics), rows)
     return metrics
 
 

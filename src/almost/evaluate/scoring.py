@@ -15,7 +15,8 @@ from typing import Protocol
 
 from ..chat import render_prompt
 from ..config import require_option
-from ..io import AlmostError, write_json_atomic, write_text_atomic
+from ..contracts import StageOutputs, write_summary
+from ..io import AlmostError, portable, write_jsonl_atomic, write_text_atomic
 from ..models import inference_precision, length_sorted_batches, load_tokenizer
 
 
@@ -108,14 +109,12 @@ def accuracy_table(metrics: dict, group_key: str = "per_type", unit: str = "item
     return "\n".join(lines)
 
 
-def write_results(output_dir: str, metrics: dict, table: str, rows: list[dict] | None = None, rows_name: str = "predictions.jsonl") -> None:
-    """metrics.json, metrics.txt (the printed table) and per-item rows; then print the table."""
-    from ..io import portable, write_jsonl_atomic
-
+def write_results(outputs: StageOutputs, output_dir: str, metrics: dict, table: str, rows: list[dict]) -> None:
+    """The evaluation's files as ``outputs`` declares them: per-item rows, the printed table, and its
+    metrics (the summary, written last: it marks the evaluation finished); then print the table."""
     out = Path(output_dir)
-    if rows is not None:
-        write_jsonl_atomic(out / rows_name, rows)
-    write_text_atomic(out / "metrics.txt", table + "\n")
+    write_jsonl_atomic(out / outputs.files["rows"], rows)
+    write_text_atomic(out / outputs.files["table"], table + "\n")
     # Paths as the run directory (the parent of this output folder) sees them, not this machine's.
-    write_json_atomic(out / "metrics.json", portable(metrics, out.resolve().parent))
+    write_summary(outputs, out, portable(metrics, out.resolve().parent))
     print(table)

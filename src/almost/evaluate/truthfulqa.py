@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ModelArguments, parse
+from ..contracts import EVAL_TRUTHFULQA
 from ..io import AlmostError, read_rows
 from ..models import resolve_model
 from ..stats import accuracy, grouped_accuracy
@@ -132,7 +133,7 @@ def run_truthfulqa(model_args: ModelArguments, config: TruthfulQAConfig, model: 
     if any(q.category for q in questions):
         metrics["per_category"] = grouped_accuracy(correct, [q.category for q in questions])
     table = accuracy_table(metrics, "per_category", "questions") + f"\nchance (1 / number of choices): {metrics['chance']:.3f}"
-    write_results(config.output_dir, metrics, table, rows)
+    write_results(EVAL_TRUTHFULQA, config.output_dir, metrics, table, rows)
     return metrics
 
 

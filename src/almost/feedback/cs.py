@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import parse
-from ..io import AlmostError, output_is_current, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
+from ..contracts import CS, PG, write_summary
+from ..io import AlmostError, output_is_current, read_json, read_jsonl, write_jsonl_atomic
 from .rg import output_path, read_prompts
 
 SEED_BAD = "BAD"
@@ -149,6 +150,10 @@ def balance_by_length(rows: list[dict], seed: int) -> list[dict]:
 # --- inputs ----------------------------------------------------------------------------------------
 
 
+# In the seed's single output folder, the JSON files of pg and cs sit beside the answers.
+_OTHER_STAGES_FILES = {Path(name).stem for stage in (PG, CS) for name in stage.files.values()}
+
+
 def load_answers(directory: Path, name: str) -> tuple[list[str], list[str | None]]:
     """(prompts, answers) of one configuration; an answer is None when it is BAD or empty."""
     jsonl = output_path(directory, name)
@@ -157,10 +162,10 @@ def load_answers(directory: Path, name: str) -> tuple[list[str], list[str | None
         return _rg_answers(jsonl)
     seed_json = directory / f"{name}.json"
     if seed_json.exists():
-        return _seed_answers(seed_json, directory / "prompts.txt")
+        return _seed_answers(seed_json, directory / PG.files["prompts"])
     shards = sorted(p.name for p in directory.glob(f"{name}.shard-*.jsonl"))
     hint = f"; its shards are there: run almost merge --output_dir {directory}" if shards else ""
-    available = sorted({p.name.removesuffix(".jsonl").removesuffix(".json") for p in directory.glob("*.json*")} - {"cs_stats", "comparison", "pg_stats"})
+    available = sorted({p.name.removesuffix(".jsonl").removesuffix(".json") for p in directory.glob("*.json*")} - _OTHER_STAGES_FILES)
     listed = f" (found: {', '.join(a for a in available if '.shard-' not in a and not a.endswith(('.partial', '.settings'))) or 'none'})"
     raise AlmostError(f"--rubric names {name!r}, which has no output in {directory}: expected {name}.jsonl or {name}.json{hint or listed}")
 
@@ -275,13 +280,13 @@ def run_cs(config: CSArguments) -> dict:
         **length_split,
     }
     out = Path(config.output_dir)
-    write_json_atomic(out / "cs_stats.json", stats)
-    write_jsonl_atomic(out / "comparison.jsonl", rows)
+    write_summary(CS, out, stats)
+    write_jsonl_atomic(out / CS.product_file, rows)
     from ..cards import write_dataset_card
 
-    write_dataset_card(out, "cs", {"comparisons": "comparison.jsonl"}, {"input": directory.name, **stats})
+    write_dataset_card(out, "cs", {"comparisons": CS.product_file}, {"input": directory.name, **stats})
     print(
-        f"almost cs: {stats['pairs']} pairs from {stats['prompts']} prompts → {out / 'comparison.jsonl'} "
+        f"almost cs: {stats['pairs']} pairs from {stats['prompts']} prompts → {out / CS.product_file} "
         f"(dropped by the length filter: {dropped}; prompts with < 2 valid answers: {few_valid})"
     )
     extra = [f"{name}: {stats[key]}" for name, key in (("--max_length_ratio", "dropped_by_max_length_ratio"), ("--length_balance", "dropped_by_length_balance")) if key in stats]

@@ -10,15 +10,13 @@ and asks for ``--overwrite``, and ``almost cs`` refuses a merged file older than
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import parse
+from ..contracts import PG, RG_ROW_KEYS, RG_SHARD_FILE
 from ..io import AlmostError, digest_file, output_is_current, read_jsonl, record_settings, require_columns, write_jsonl_atomic
-from .rg import ROW_FIELDS, output_path, read_prompts
-
-SHARD_FILE = re.compile(r"^(?P<name>.+)\.shard-(?P<i>\d+)-of-(?P<n>\d+)\.jsonl$")
+from .rg import output_path, read_prompts
 
 
 @dataclass
@@ -37,7 +35,7 @@ def find_shard_sets(directory: Path) -> dict[str, dict]:
     """``{config: {"n": n, "files": {i: path}}}`` for the finished shard files in ``directory``."""
     sets: dict[str, dict] = {}
     for path in sorted(directory.iterdir()):
-        match = SHARD_FILE.match(path.name)
+        match = RG_SHARD_FILE.match(path.name)
         if not match:
             continue
         name, i, n = match["name"], int(match["i"]), int(match["n"])
@@ -60,7 +58,7 @@ def merged_rows(directory: Path, name: str, n: int, files: dict[int, Path], prom
     rows: dict[int, dict] = {}
     for i, path in sorted(files.items()):
         shard_rows = read_jsonl(path, "shard file")
-        require_columns(shard_rows, ROW_FIELDS, path)
+        require_columns(shard_rows, RG_ROW_KEYS, path)
         for row in shard_rows:
             index = row["index"]
             if not isinstance(index, int) or index % n != i:
@@ -83,7 +81,7 @@ def merge_settings(directory: Path, files: dict[int, Path]) -> dict:
     """What a merged file is made of: the contents of its shards (and of prompts.txt, which the
     merge checks them against). ``almost cs`` compares it too, to refuse a merged file older than
     the shards beside it."""
-    prompts = directory / "prompts.txt"
+    prompts = directory / PG.files["prompts"]
     return {
         "shards": {path.name: digest_file(path) for _, path in sorted(files.items())},
         "prompts": digest_file(prompts) if prompts.exists() else None,
@@ -97,7 +95,8 @@ def run_merge(config: MergeArguments) -> dict:
     sets = find_shard_sets(directory)
     if not sets:
         raise AlmostError(f"no shard files ({{config}}.shard-i-of-n.jsonl) in {directory}")
-    prompts = read_prompts(directory / "prompts.txt") if (directory / "prompts.txt").exists() else None
+    prompts_file = directory / PG.files["prompts"]
+    prompts = read_prompts(prompts_file) if prompts_file.exists() else None
     todo = {}
     for name, entry in sets.items():
         target = output_path(directory, name)

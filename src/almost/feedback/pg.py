@@ -29,6 +29,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import EngineArguments, parse
+from ..contracts import PG, write_summary
 from ..engines import Engine, Sampling, engine_model, load_engine
 from ..io import (
     AlmostError,
@@ -38,7 +39,6 @@ from ..io import (
     read_lines,
     record_settings,
     remove_output,
-    write_json_atomic,
     write_text_atomic,
 )
 from .demos import SEED_PROMPTS, asset_or_path
@@ -286,11 +286,6 @@ def round_sampling_seed(seed: int, round_index: int) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-def output_paths(output_dir: str | Path) -> dict[str, Path]:
-    out = Path(output_dir)
-    return {"prompts": out / "prompts.txt", "stats": out / "pg_stats.json", "rounds": out / "pg_rounds.jsonl"}
-
-
 def _resume_settings(config: PGArguments, prompt_file: PromptFile, model: str) -> dict:
     """What decides the rounds' content. --num_generation and --max_rounds only decide when to stop.
 
@@ -352,7 +347,7 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
     ``engine`` replaces the model named in the config (tests pass a scripted one).
     """
     prompt_file = read_prompt_file(config.prompt_file_path)
-    paths = output_paths(config.output_dir)
+    paths = PG.paths(config.output_dir)
     model = engine_model(config, config.model_name_or_path) if engine is None else None
     settings = _resume_settings(config, prompt_file, digest_model(model.path if model else config.model_name_or_path))
     rounds_log = ResumableJsonl(paths["rounds"], key_field="round", settings=settings)
@@ -392,7 +387,7 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
         "model": config.model_name_or_path if model is None else model.name,
         "backend": getattr(engine, "name", config.backend),
     }
-    write_json_atomic(paths["stats"], stats)
+    write_summary(PG, config.output_dir, stats)
     # prompts.txt last: its presence (with its settings record) is what marks the stage finished.
     record_settings(paths["prompts"], final_settings)
     write_text_atomic(paths["prompts"], "".join(p + "\n" for p in progress.accepted[: config.num_generation]))

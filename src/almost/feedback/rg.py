@@ -33,12 +33,11 @@ from tqdm.auto import tqdm
 
 from ..chat import check_chat_template, render_prompt
 from ..config import EngineArguments, parse, parse_shard
+from ..contracts import PG, rg_file
 from ..engines import Engine, Sampling, engine_model, load_engine
 from ..io import AlmostError, ResumableJsonl, digest_model, read_prompts
 from ..models import ResolvedModel, load_tokenizer
 from .demos import ANSWER_STOP, BETTER_DEMONSTRATIONS, Demonstrations, bad_answer_reasons, cut_answer, few_shot_prompt, load_demonstrations
-
-ROW_FIELDS = ("index", "prompt", "response", "bad", "bad_reasons", "config")
 
 
 @dataclass
@@ -153,8 +152,7 @@ def configurations(config: RGArguments) -> list[Configuration]:
 
 
 def output_path(output_dir: str | Path, name: str, shard: tuple[int, int] | None = None) -> Path:
-    suffix = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
-    return Path(output_dir) / f"{name}{suffix}.jsonl"
+    return Path(output_dir) / rg_file(name, shard)
 
 
 def chunk_seed(seed: int, name: str, chunk_index: int) -> int:
@@ -193,7 +191,7 @@ def run_rg(config: RGArguments, engine: Engine | None = None) -> dict:
     ``engine`` replaces the model named in the config (tests pass a scripted one).
     """
     shard = parse_shard(config.shard)
-    prompts = read_prompts(config.prompts_path or Path(config.output_dir) / "prompts.txt")
+    prompts = read_prompts(config.prompts_path or Path(config.output_dir) / PG.files["prompts"])
     todo_configurations = configurations(config)
     indices = [i for i in range(len(prompts)) if shard is None or i % shard[1] == shard[0]]
     if not indices:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..chat import transcript
 from ..config import EngineArguments, parse
+from ..contracts import RESAMPLED_REASONS, RMSP, USER_TURNS_KEY, write_summary
 from ..engines import Engine, Sampling, engine_model, load_engine
 from ..feedback.demos import (
     BETTER_DEMONSTRATIONS,
@@ -52,26 +53,18 @@ from ..io import (
     read_json,
     read_prompts,
     read_rows,
-    write_json_atomic,
     write_jsonl_atomic,
 )
 from ..models import resolve_model
-
-DEMONSTRATIONS_FILE = "demonstrations.jsonl"
-DROPPED_FILE = "rmsp_dropped.jsonl"
-SUMMARY_FILE = "rmsp_summary.json"
 
 # The user simulator writes one Human turn: it ends where the model starts the assistant's reply.
 USER_STOP = (SEPARATOR, "\nAssistant:", "\nHuman:")
 USER_END_MARKER = "[END]"
 MIN_USER_TURN_CHARS = 8
 _GOODBYE = re.compile(r"^(thanks|thank you|thank u|great,? thanks|ok,? thanks|bye|goodbye)\b", re.I)
-USER_REPEATS = "user_repeats"
-USER_ROLE_SWAP = "user_role_swap"
-# Why a user turn is re-sampled; every other verdict (ended, unusable) is final at once.
-RESAMPLED_REASONS = (USER_REPEATS, USER_ROLE_SWAP)
-# The key of rmsp_summary.json that counts them; the report reads it instead of recounting.
-USER_TURNS_KEY = "user_turns"
+# Why a user turn is re-sampled (RESAMPLED_REASONS, counted in the summary's USER_TURNS_KEY for the
+# report to read instead of recounting); every other verdict (ended, unusable) is final at once.
+USER_REPEATS, USER_ROLE_SWAP = RESAMPLED_REASONS
 # How replies open, never how a person asks: the simulator is writing the assistant's part.
 _ROLE_SWAP = re.compile(
     r"^(sure|certainly|of course|absolutely|here is|here are|here['’]s|as an ai|as a language model|i['’]d be happy|i would be happy|"
@@ -464,7 +457,7 @@ def _file_digest(path: str | Path) -> str:
 def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine | None = None, scorer=None) -> dict:
     """Self-play demonstrations into ``output_dir``; engines and scorer are loaded unless given (tests)."""
     out = Path(config.output_dir)
-    final = out / DEMONSTRATIONS_FILE
+    final = out / RMSP.product_file
     prompts = read_prompts(config.prompts_path)
     if config.max_prompts:
         prompts = prompts[: config.max_prompts]
@@ -501,12 +494,12 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
     }
     store = ResumableJsonl(final, "index", settings)
     if config.overwrite:
-        for name in (DROPPED_FILE, SUMMARY_FILE):
-            (out / name).unlink(missing_ok=True)
+        for role in ("dropped", RMSP.summary):
+            (out / RMSP.files[role]).unlink(missing_ok=True)
         store.reset()
     if store.complete:  # refuses a finished file made with other settings
         print(f"rmsp: {final} is finished; pass --overwrite to make it again")
-        summary_path = out / SUMMARY_FILE
+        summary_path = out / RMSP.summary_file
         return read_json(summary_path) if summary_path.exists() else summarize(read_rows(final), config)
 
     items = list(enumerate(prompts))
@@ -534,12 +527,12 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
     summary = summarize(rows, config)
     # Dialogues without a single kept answer have nothing to train on: they go to a separate audit
     # file so that demonstrations.jsonl is ready for SFT as it is.
-    write_jsonl_atomic(out / DROPPED_FILE, [r for r in rows if r["num_turns"] == 0])
-    write_json_atomic(out / SUMMARY_FILE, summary)
+    write_jsonl_atomic(out / RMSP.files["dropped"], [r for r in rows if r["num_turns"] == 0])
+    write_summary(RMSP, out, summary)
     store.finalize(order=[r["index"] for r in rows if r["num_turns"] > 0])
     from ..cards import write_dataset_card
 
-    write_dataset_card(out, "rmsp", {"demonstrations": DEMONSTRATIONS_FILE, "dropped_dialogues": DROPPED_FILE}, {
+    write_dataset_card(out, "rmsp", {"demonstrations": RMSP.product_file, "dropped_dialogues": RMSP.files["dropped"]}, {
         "model": config.model_name_or_path, "user_model": config.user_model_name_or_path or config.model_name_or_path,
         "reward_model": config.reward_model_name_or_path, "backend": config.backend, "seed": config.seed,
         "settings": {k: getattr(config, k) for k in ("num_candidates", "max_turns", "min_reward", "min_margin", "n_shot", "user_n_shot", "temperature", "top_p", "max_new_tokens", "trim_to_sentence", "user_repeat_threshold", "user_retries")},

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import parse, require_option
-from ..io import AlmostError, portable, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from ..contracts import RM_EVAL, write_summary
+from ..io import AlmostError, portable, write_jsonl_atomic, write_text_atomic
 from ..stats import reward_pair_metrics
 from .formats import Pair, load_pairs
 from .model import RewardScorer, reward_model_path
@@ -186,12 +187,12 @@ def run_rm_eval(config: RewardEvalConfig) -> dict:
         skipped_unsplittable=pair_set.unsplittable,
     )
     out = Path(config.output_dir)
-    write_jsonl_atomic(out / "rewards.jsonl", rows)
+    write_jsonl_atomic(out / RM_EVAL.files["rewards"], rows)
     if config.plot:
-        plot_rewards(rows, out / "reward_eval.png", f"{Path(config.model_name_or_path).name} on {Path(config.data_path).name}")
+        plot_rewards(rows, out / RM_EVAL.files["plot"], f"{Path(config.model_name_or_path).name} on {Path(config.data_path).name}")
     table = metrics_table(metrics)
-    write_text_atomic(out / "metrics.txt", table + "\n")
-    write_json_atomic(out / "metrics.json", portable(metrics, out.resolve().parent))  # paths relative to the run
+    write_text_atomic(out / RM_EVAL.files["table"], table + "\n")
+    write_summary(RM_EVAL, out, portable(metrics, out.resolve().parent))  # paths relative to the run
     print(table)
     if config.update_model_card:
         card = add_to_model_card(config, metrics)

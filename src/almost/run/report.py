@@ -9,12 +9,14 @@ files directly in RUN_DIR are found too, as in the seed release's single output 
 - answer lengths and BAD rates per RG configuration (``{config}.jsonl``);
 - RM rubric agreement on held-out synthetic pairs and its length bias (``rm/metrics.json``,
   ``rm_eval/metrics.json``);
-- RMSP best vs mean candidate reward per turn (``rmsp_summary.json`` or ``demonstrations.jsonl``),
-  and how often the user simulator's turns were rejected and re-sampled (``rmsp_summary.json``);
+- RMSP best vs mean candidate reward per turn, and how often the user simulator's turns were
+  rejected and re-sampled (``rmsp_summary.json``);
 - RL reward, KL and completion length per step (``rl_log.csv``);
 - the evaluation table, base vs SFT vs RL (``eval/<kind>/<model>/metrics.json``).
 
-A section whose files are missing says so; the report never fails on a partial run.
+A section whose files are missing says so; the report never fails on a partial run. File names and
+summary keys come from ``almost.contracts``: a summary is read through its stage's declaration, so
+the report cannot ask for a key that no stage writes.
 """
 
 from __future__ import annotations
@@ -22,18 +24,33 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-from collections import Counter, defaultdict
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..config import OneLineArgumentParser
-from ..evaluate.cli import EVAL_KINDS
+from ..contracts import (
+    CS,
+    EVALUATIONS,
+    PG,
+    RESAMPLED_REASONS,
+    RG_ROW_KEYS,
+    RL,
+    RM_EVAL,
+    RM_TRAIN,
+    RMSP,
+    USER_TURNS_KEY,
+    StageOutputs,
+    Summary,
+    read_summary,
+)
 from ..io import AlmostError, read_json, read_jsonl, write_text_atomic
-from ..policy.selfplay import RESAMPLED_REASONS, SUMMARY_FILE as RMSP_SUMMARY_FILE, USER_TURNS_KEY
 
 REPORT = "report.md"
 FIGURES = "report_figures"  # the PNGs, next to report.md
-RG_ROW_KEYS = {"index", "prompt", "response", "bad", "config"}
+# The one number of each evaluation in the tables: accuracy, or the win rate for pairwise.
+HEADLINE_KEYS = {"hhh": "accuracy", "truthfulqa": "accuracy", "pairwise": "win_rate"}
 
 
 def _find(run: Path, folder: str, name: str) -> Path | None:
@@ -50,6 +67,20 @@ def _load_json(path: Path | None) -> Any:
         return read_json(path)
     except AlmostError:
         return None
+
+
+def _summary(outputs: StageOutputs, path: Path | None) -> Summary | None:
+    """The stage's summary read through its declaration; None when missing or unreadable."""
+    if path is None:
+        return None
+    try:
+        return read_summary(outputs, path)
+    except AlmostError:
+        return None
+
+
+def _stage_summary(run: Path, folder: str, outputs: StageOutputs) -> Summary | None:
+    return _summary(outputs, _find(run, folder, outputs.summary_file))
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -100,7 +131,7 @@ def read_rg_rows(run: Path) -> dict[str, list[dict]]:
                 data = read_jsonl(path)
             except AlmostError:
                 continue
-            if data and RG_ROW_KEYS <= set(data[0]):
+            if data and set(RG_ROW_KEYS) <= set(data[0]):
                 rows.setdefault(data[0].get("config") or path.stem, data)
     return rows
 
@@ -124,46 +155,31 @@ def read_rl_log(path: Path) -> list[dict[str, float]]:
 
 
 def rmsp_turn_rewards(run: Path) -> list[dict]:
-    """Per assistant turn: mean best reward and mean candidate reward (from the summary, else the dialogues)."""
-    summary = _load_json(_find(run, "rmsp", "rmsp_summary.json")) or {}
-    per_turn = summary.get("per_turn")
-    if isinstance(per_turn, list) and per_turn and all(isinstance(t, dict) for t in per_turn):
-        return [
-            {"turn": t.get("turn", i + 1), "best": t.get("mean_best_reward"), "mean": t.get("mean_candidate_reward"), "n": t.get("n", t.get("dialogues"))}
-            for i, t in enumerate(per_turn)
-        ]
-    path = _find(run, "rmsp", "demonstrations.jsonl")
-    if path is None:
-        return []
-    best, scored = defaultdict(list), defaultdict(list)
-    for row in read_jsonl(path):
-        for i, turn in enumerate(row.get("turns") or [], 1):
-            rewards = [c.get("reward") for c in turn.get("candidates", []) if isinstance(c.get("reward"), (int, float))]
-            if rewards:
-                best[i].append(max(rewards))
-                scored[i].extend(rewards)
-    # As rmsp_summary.json: the mean of the best per dialogue vs the mean over every scored candidate.
-    return [{"turn": i, "best": statistics.fmean(best[i]), "mean": statistics.fmean(scored[i]), "n": len(best[i])} for i in sorted(best)]
+    """Per assistant turn: mean best reward and mean candidate reward, as rmsp computed them."""
+    summary = _stage_summary(run, "rmsp", RMSP) or {}
+    return [
+        {"turn": t["turn"], "best": t["mean_best_reward"], "mean": t["mean_candidate_reward"], "n": t["dialogues"]}
+        for t in summary.get("per_turn") or []
+    ]
 
 
-def eval_results(run: Path) -> dict[str, dict[str, dict]]:
+def eval_results(run: Path) -> dict[str, dict[str, Summary]]:
     """``{kind: {model label: metrics}}`` from ``eval/<kind>/<label>/metrics.json``."""
-    results: dict[str, dict[str, dict]] = {}
+    results: dict[str, dict[str, Summary]] = {}
     root = run / "eval"
-    for kind in EVAL_KINDS:
-        for path in sorted((root / kind).glob("*/metrics.json")) if (root / kind).is_dir() else []:
-            metrics = _load_json(path)
-            if isinstance(metrics, dict):
+    for kind, outputs in EVALUATIONS.items():
+        for path in sorted((root / kind).glob(f"*/{outputs.summary_file}")) if (root / kind).is_dir() else []:
+            metrics = _summary(outputs, path)
+            if metrics is not None:
                 results.setdefault(kind, {})[path.parent.name] = metrics
     return results
 
 
-def headline(kind: str, metrics: dict) -> tuple[str, Any]:
+def headline(kind: str, metrics: Mapping[str, Any]) -> tuple[str, Any]:
     """The one number of an evaluation: accuracy, or the win rate for pairwise."""
-    for key in ("win_rate", "accuracy", "mc1", "mc1_accuracy"):
-        if isinstance(metrics.get(key), (int, float)):
-            return key, metrics[key]
-    return "?", None
+    key = HEADLINE_KEYS[kind]
+    value = metrics.get(key)
+    return key, value if isinstance(value, (int, float)) else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,18 +187,18 @@ def headline(kind: str, metrics: dict) -> tuple[str, Any]:
 
 
 def section_prompts(run: Path) -> str:
-    path = _find(run, "pg", "prompts.txt")
+    path = _find(run, "pg", PG.product_file)
     if path is None:
-        return "## 1. Prompts (PG)\n\nNo `prompts.txt` in this run yet."
+        return f"## 1. Prompts (PG)\n\nNo `{PG.product_file}` in this run yet."
     prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     lengths = [len(p) for p in prompts]
     text = f"## 1. Prompts (PG)\n\n{len(prompts)} prompts in `{path.relative_to(run)}`"
     if lengths:
         text += f", {statistics.fmean(lengths):.0f} characters on average."
-    stats = _load_json(_find(run, "pg", "pg_stats.json"))
-    if isinstance(stats, dict):
+    stats = _stage_summary(run, "pg", PG)
+    if stats is not None:
         rows = [[k, v] for k, v in stats.items() if isinstance(v, (int, float, str))]
-        text += "\n\n" + markdown_table(["pg_stats.json", "value"], rows)
+        text += "\n\n" + markdown_table([PG.summary_file, "value"], rows)
     return text
 
 
@@ -207,10 +223,10 @@ def section_responses(run: Path, figures: Path) -> str:
     return f"{title}\n\n" + markdown_table(["configuration", "answers", "BAD", "BAD rate", "mean length", "median length"], table) + f"\n\n{image}"
 
 
-def _pair_counts(counts: Any) -> Counter:
+def _pair_counts(counts: Mapping[str, int]) -> Counter:
     """``{"A > B": n}`` (cs_stats.json's spelling) → ``Counter({(A, B): n})``."""
     result = Counter()
-    for key, n in (counts or {}).items() if isinstance(counts, dict) else ():
+    for key, n in counts.items():
         chosen, _, rejected = str(key).partition(" > ")
         result[(chosen, rejected)] += int(n)
     return result
@@ -218,43 +234,31 @@ def _pair_counts(counts: Any) -> Counter:
 
 def section_comparisons(run: Path, figures: Path) -> str:
     title = "## 3. Synthetic comparisons (CS)"
-    path = _find(run, "cs", "comparison.jsonl")
-    stats = _load_json(_find(run, "cs", "cs_stats.json"))
-    stats = stats if isinstance(stats, dict) else {}
+    path = _find(run, "cs", CS.product_file)
+    stats = _stage_summary(run, "cs", CS) or {}
     if path is None and not stats:
-        return f"{title}\n\nNo `comparison.jsonl` or `cs_stats.json` in this run yet."
+        return f"{title}\n\nNo `{CS.product_file}` or `{CS.summary_file}` in this run yet."
     parts = [title]
     totals = [[k, v] for k, v in stats.items() if isinstance(v, (int, float, str))]
     if totals:
-        parts.append(markdown_table(["cs_stats.json", "value"], totals))
-    kept = comparison_pair_counts(path) if path is not None else _pair_counts(stats.get("pairs_per_configuration_pair"))
-    # The filter's drops per pair when CS records them; otherwise only its total is known.
-    dropped = _pair_counts(stats.get("dropped_per_configuration_pair"))
-    pairs = sorted(set(kept) | set(dropped), key=lambda p: -kept[p])
+        parts.append(markdown_table([CS.summary_file, "value"], totals))
+    kept = comparison_pair_counts(path) if path is not None else _pair_counts(stats["pairs_per_configuration_pair"])
+    pairs = sorted(kept, key=lambda p: -kept[p])
     if not pairs:
         parts.append("No comparisons were made.")
         return "\n\n".join(parts)
-    header = ["chosen configuration", "rejected configuration", "pairs kept"] + (["dropped by filter"] if dropped else [])
-    parts.append(markdown_table(header, [[c, r, kept[(c, r)], *([dropped[(c, r)]] if dropped else [])] for c, r in pairs]))
+    parts.append(markdown_table(["chosen configuration", "rejected configuration", "pairs kept"], [[c, r, kept[(c, r)]] for c, r in pairs]))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(pairs)), 4))
-    labels = [f"{c}\n> {r}" for c, r in pairs]
     xs = list(range(len(pairs)))
-    if dropped:
-        ax.bar([x - 0.2 for x in xs], [kept[p] for p in pairs], width=0.4, label="kept")
-        ax.bar([x + 0.2 for x in xs], [dropped[p] for p in pairs], width=0.4, label="dropped by the length filter")
-        ax.legend()
-    else:
-        ax.bar(xs, [kept[p] for p in pairs], width=0.6)
-    if "dropped_by_filter" in stats:
-        title_drops = f" ({stats['dropped_by_filter']} pairs dropped by the length filter in all)"
-    else:
-        title_drops = ""
-    ax.set_xticks(xs, labels, fontsize=7)
+    ax.bar(xs, [kept[p] for p in pairs], width=0.6)
+    # CS counts the length filter's drops in all, not per configuration pair.
+    title_drops = f" ({stats['dropped_by_filter']} pairs dropped by the length filter in all)" if "dropped_by_filter" in stats else ""
+    ax.set_xticks(xs, [f"{c}\n> {r}" for c, r in pairs], fontsize=7)
     ax.set(ylabel="pairs kept", title="Comparisons per configuration pair" + title_drops)
     parts.append(_save(fig, figures / "cs_pairs.png"))
     valid = stats.get("valid_answers")
-    if isinstance(valid, dict) and valid:
+    if valid:
         parts.append(markdown_table(["configuration", "valid (non-BAD) answers"], [[k, v] for k, v in valid.items()]))
     return "\n\n".join(parts)
 
@@ -265,27 +269,36 @@ def _interval(ci: Any) -> str | None:
     return None
 
 
-def rm_eval_row(label: str, metrics: dict) -> list[Any]:
+def rm_eval_row(label: str, metrics: Mapping[str, Any]) -> list[Any]:
+    """One row of the RM table from ``rm eval``'s metrics or rm train's ``heldout`` (the same keys)."""
     bias = metrics.get("length_bias") or {}
     longer, shorter = bias.get("chosen_longer") or {}, bias.get("chosen_shorter") or {}
     balanced = metrics.get("length_balanced") or {}
     return [label, metrics.get("n"), metrics.get("accuracy"), balanced.get("accuracy"), _interval(balanced.get("ci95")), longer.get("accuracy"), shorter.get("accuracy"), bias.get("length_only_accuracy"), bias.get("spearman_reward_length")]
 
 
+def rm_evaluations(run: Path) -> list[tuple[str, Summary]]:
+    """``(folder name, metrics)`` of every ``rm eval`` in the run (``rm_eval*/``)."""
+    found = []
+    for path in sorted(run.glob(f"rm_eval*/{RM_EVAL.summary_file}")):
+        metrics = _summary(RM_EVAL, path)
+        if metrics is not None:
+            found.append((path.parent.name, metrics))
+    return found
+
+
 def section_reward_model(run: Path, figures: Path) -> str:
     title = "## 4. Reward model (RM)"
     evaluations = []
-    train = _load_json(_find(run, "rm", "metrics.json"))
-    if isinstance(train, dict) and isinstance(train.get("heldout"), dict):
+    train = _stage_summary(run, "rm", RM_TRAIN) or {}
+    if isinstance(train.get("heldout"), dict):
         evaluations.append(("held-out synthetic pairs (rubric agreement)", train["heldout"]))
-    for path in sorted(run.glob("rm_eval*/metrics.json")):
-        metrics = _load_json(path)
-        if isinstance(metrics, dict) and "accuracy" in metrics:
-            evaluations.append((path.parent.name, metrics))
+    evaluations += rm_evaluations(run)
     if not evaluations:
-        return f"{title}\n\nNo RM metrics (`rm/metrics.json` with held-out pairs, `rm_eval/metrics.json`) in this run yet."
+        found = f"`rm/{RM_TRAIN.summary_file}` with held-out pairs, `rm_eval/{RM_EVAL.summary_file}`"
+        return f"{title}\n\nNo RM metrics ({found}) in this run yet."
     parts = [title]
-    if isinstance(train, dict) and isinstance(train.get("data"), dict):
+    if isinstance(train.get("data"), dict):
         d = train["data"]
         parts.append(f"Trained on {_fmt(d.get('train_pairs'))} pairs, {_fmt(d.get('heldout_pairs'))} held out; {_fmt(d.get('truncated'))} truncated, {_fmt(d.get('dropped_long'))} dropped as too long.")
     header = ["evaluation", "pairs", "accuracy", "length-balanced accuracy", "its 95% interval (bootstrap)", "acc. when chosen is longer", "acc. when chosen is shorter", "'prefer longer' baseline", "Spearman(reward, length)"]
@@ -310,13 +323,12 @@ def section_selfplay(run: Path, figures: Path) -> str:
     title = "## 5. RM-guided self-play (RMSP)"
     turns = rmsp_turn_rewards(run)
     if not turns:
-        return f"{title}\n\nNo RMSP output (`rmsp/rmsp_summary.json` or `rmsp/demonstrations.jsonl`) in this run yet."
+        return f"{title}\n\nNo RMSP output (`rmsp/{RMSP.summary_file}`) in this run yet."
     parts = [title]
-    summary = _load_json(_find(run, "rmsp", "rmsp_summary.json"))
-    if isinstance(summary, dict):
-        totals = [[k, v] for k, v in summary.items() if isinstance(v, (int, float, str))]
-        if totals:
-            parts.append(markdown_table(["rmsp_summary.json", "value"], totals))
+    summary = _stage_summary(run, "rmsp", RMSP)
+    totals = [[k, v] for k, v in summary.items() if isinstance(v, (int, float, str))]
+    if totals:
+        parts.append(markdown_table([RMSP.summary_file, "value"], totals))
     parts.append(markdown_table(["turn", "dialogues", "mean best reward", "mean candidate reward"], [[t["turn"], t["n"], t["best"], t["mean"]] for t in turns]))
     parts.append(_user_turn_table(summary))
     plt = _pyplot()
@@ -331,11 +343,12 @@ def section_selfplay(run: Path, figures: Path) -> str:
     return "\n\n".join(parts)
 
 
-def _user_turn_table(summary: Any) -> str:
+def _user_turn_table(summary: Summary) -> str:
     # Read as rmsp wrote it, never recounted from the dialogues: one definition of each rate.
-    users = summary.get(USER_TURNS_KEY) if isinstance(summary, dict) else None
+    users = summary.get(USER_TURNS_KEY)
     if not isinstance(users, dict):
-        return f"User-simulator turns: `{RMSP_SUMMARY_FILE}` has no `{USER_TURNS_KEY}` counts (made before rmsp counted rejected user turns)."
+        made_before = "made before rmsp counted rejected user turns"
+        return f"User-simulator turns: `{RMSP.summary_file}` has no `{USER_TURNS_KEY}` counts ({made_before})."
     head = (
         f"User-simulator turns: {users.get('asked')} asked, {users.get('samples')} sampled ({users.get('retries')} re-samples, "
         f"{users.get('accepted_after_retry')} accepted after a re-sample). A rejected turn copies an earlier turn "
@@ -350,11 +363,11 @@ def _user_turn_table(summary: Any) -> str:
 
 def section_rl(run: Path, figures: Path) -> str:
     title = "## 6. RL"
-    path = _find(run, "rl", "rl_log.csv")
+    path = _find(run, "rl", RL.files["log"])
     rows = read_rl_log(path) if path is not None else []
     rows = [r for r in rows if "step" in r]
     if not rows:
-        return f"{title}\n\nNo `rl/rl_log.csv` in this run yet."
+        return f"{title}\n\nNo `rl/{RL.files['log']}` in this run yet."
     curves = [c for c in ("reward", "kl", "completion_length") if any(c in r for r in rows)]
     first, last = rows[0], rows[-1]
     parts = [title, markdown_table(["", "step", *curves], [["first log", first.get("step"), *(first.get(c) for c in curves)], ["last log", last.get("step"), *(last.get(c) for c in curves)]])]
@@ -435,20 +448,17 @@ def proof_table(run_dir: str | Path) -> str:
     and Spearman(reward, length); then per pairwise evaluation its win rate and the length split.
     Every figure is read from the metrics the stages wrote; a missing one shows as "–"."""
     run = Path(run_dir)
-    stats = _load_json(_find(run, "cs", "cs_stats.json")) or {}
-    train = _load_json(_find(run, "rm", "metrics.json")) or {}
+    stats = _stage_summary(run, "cs", CS) or {}
+    train = _stage_summary(run, "rm", RM_TRAIN) or {}
     held = train.get("heldout") if isinstance(train.get("heldout"), dict) else {}
     rm_rows = []
-    for path in sorted(run.glob("rm_eval*/metrics.json")):
-        metrics = _load_json(path)
-        if not isinstance(metrics, dict) or "accuracy" not in metrics:
-            continue
-        _, n, accuracy, balanced, interval, _, _, longer, rho = rm_eval_row(path.parent.name, metrics)
-        rm_rows.append([path.parent.name, stats.get("pairs"), held.get("accuracy"), n, accuracy, balanced, interval, longer, rho])
+    for label, metrics in rm_evaluations(run):
+        _, n, accuracy, balanced, interval, _, _, longer, rho = rm_eval_row(label, metrics)
+        rm_rows.append([label, stats.get("pairs"), held.get("accuracy"), n, accuracy, balanced, interval, longer, rho])
     header = ["RM evaluated on", "pairs kept (CS)", "rubric agreement (held out)", "human pairs", "accuracy", "length-balanced", "95% interval",
               "'prefer longer'", "Spearman(reward, length)"]  # fmt: skip
     parts = ["Reward model on real human preference pairs (goal: length-balanced >= 0.60 with the interval above 0.5, accuracy above 'prefer longer'):"]
-    parts.append(markdown_table(header, rm_rows) if rm_rows else "No `rm_eval*/metrics.json` in this run yet.")
+    parts.append(markdown_table(header, rm_rows) if rm_rows else f"No `rm_eval*/{RM_EVAL.summary_file}` in this run yet.")
     policy_rows = []
     for label, metrics in eval_results(run).get("pairwise", {}).items():
         split = metrics.get("length_balanced") or {}
@@ -458,7 +468,8 @@ def proof_table(run_dir: str | Path) -> str:
     header = ["pairing", "judge", "questions", "win rate", "95% interval", "model's answer shorter", "n", "model's answer longer", "n",
               "length-balanced", "95% interval (bootstrap)"]  # fmt: skip
     parts.append("Policy vs base, each question judged in both orders (goal: win rate >= 0.60 with the interval above 0.5):")
-    parts.append(markdown_table(header, policy_rows) if policy_rows else "No `eval/pairwise/*/metrics.json` in this run yet.")
+    missing = f"No `eval/pairwise/*/{EVALUATIONS['pairwise'].summary_file}` in this run yet."
+    parts.append(markdown_table(header, policy_rows) if policy_rows else missing)
     return "\n\n".join(parts)
 
 

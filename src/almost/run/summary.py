@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from ..contracts import CS, RM_TRAIN, SFT
+from ..contracts import CS, RL, RM_TRAIN, SFT
 from ..io import AlmostError, read_jsonl
 from .execute import PipelineResult
 from .plan import Step
@@ -60,7 +60,7 @@ def _step_figures(stage: str, product: Path) -> str:
     if stage == "cs":
         stats = _load_json(folder / CS.summary_file) or {}
         pairs = sum(1 for _ in read_jsonl(product))
-        dropped = stats.get("dropped_by_filter", stats.get("pairs_dropped_by_filter"))
+        dropped = stats.get("dropped_by_filter")
         return f"{pairs} pairs" + (f", {dropped} dropped by the filter" if dropped is not None else "")
     if stage == "rm":
         metrics = _load_json(folder / RM_TRAIN.summary_file) or {}
@@ -79,7 +79,8 @@ def _step_figures(stage: str, product: Path) -> str:
             return ""
         return f"{train['global_step']} steps, loss {train['first_loss']:.3f} → {train['last_loss']:.3f}"
     if stage == "rl":
-        rows = [r for r in read_rl_log(folder / "rl_log.csv") if "reward" in r] if (folder / "rl_log.csv").exists() else []
+        log = folder / RL.files["log"]
+        rows = [r for r in read_rl_log(log) if "reward" in r] if log.exists() else []
         if rows:
             return f"{len(rows)} logged steps, reward {rows[0]['reward']:.2f} → {rows[-1]['reward']:.2f}, KL {rows[-1].get('kl', float('nan')):.3f}"
         return ""
