@@ -30,7 +30,7 @@ from almost.run.report import markdown_table, rm_eval_row
 HARMLESS, FAITHFUL, BASIC = "smollm2-135m-harmless-2shot", "smollm2-135m-faithful-2shot", "smollm2-135m-basic-1shot"
 # The proof config's RM (src/almost/run/configs/proof.yaml) without its length options: every variant
 # starts from these and adds only its own flags.
-RM_TRAIN = ["--model_name_or_path", "smollm2-135m", "--lora", "false", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
+RM_TRAIN = ["--model_name_or_path", "smollm2-135m", "--use_peft", "false", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
             "--max_length", "512", "--eval_fraction", "0.1", "--report_to", "none", "--seed", "42"]  # fmt: skip
 RM_EVAL = ["--batch_size", "8"]
 
@@ -53,10 +53,10 @@ VARIANTS = (
     Variant("max-ratio", "+ CS --max_length_ratio 1.5", (HARMLESS, FAITHFUL, BASIC), cs_flags=("--max_length_ratio", "1.5")),
     Variant(
         "lora",
-        "the proof run's RM (--length_balance + --length_head) with --lora",
+        "the proof run's RM (--length_balance + --length_head) with --use_peft",
         (HARMLESS, FAITHFUL, BASIC),
         cs_flags=("--length_balance", "true", "--seed", "0"),
-        rm_flags=("--length_head", "true", "--lora", "true"),
+        rm_flags=("--length_head", "true", "--use_peft", "true"),
     ),
 )
 BY_NAME = {v.name: v for v in VARIANTS}

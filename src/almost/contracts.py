@@ -229,5 +229,5 @@ EVAL_PAIRWISE = StageOutputs(
         "win", "tie", "loss", "n", "win_rate", "ci95", "length_balanced", "per_category", "task", "model", "baseline", "judge", "data",
     ),
 )
-# ``almost eval <kind>`` → what it writes, in the report's order.
+# ``almost eval <kind>`` → what it writes, in the order the pipeline plans them and the report shows them.
 EVALUATIONS = {"hhh": EVAL_HHH, "truthfulqa": EVAL_TRUTHFULQA, "pairwise": EVAL_PAIRWISE}

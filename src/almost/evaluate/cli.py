@@ -11,7 +11,6 @@ TASKS: dict[str, tuple[str, str]] = {
     "truthfulqa": ("almost.evaluate.truthfulqa", "TruthfulQA MC1: P(true) per answer, argmax."),
     "pairwise": ("almost.evaluate.pairwise", "Model vs baseline answers judged by an RM or an LLM, both orders."),
 }
-EVAL_KINDS = tuple(TASKS)  # the evaluations, in the order the pipeline plans and the report shows them
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,8 +35,8 @@ from pathlib import Path
 
 from ..config import parse
 from ..contracts import CS, PG, write_summary
-from ..io import AlmostError, output_is_current, read_json, read_jsonl, write_jsonl_atomic
-from .rg import output_path, read_prompts
+from ..io import AlmostError, output_is_current, read_json, read_jsonl, read_prompts, write_jsonl_atomic
+from .rg import output_path
 
 SEED_BAD = "BAD"
 

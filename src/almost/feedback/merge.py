@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ..config import parse
 from ..contracts import PG, RG_ROW_KEYS, RG_SHARD_FILE
-from ..io import AlmostError, digest_file, output_is_current, read_jsonl, record_settings, require_columns, write_jsonl_atomic
-from .rg import output_path, read_prompts
+from ..io import AlmostError, digest_file, output_is_current, read_jsonl, read_prompts, record_settings, require_columns, write_jsonl_atomic
+from .rg import output_path
 
 
 @dataclass

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import settings_to_argv
-from ..contracts import CS, PG, RMSP
-from ..evaluate.cli import EVAL_KINDS
+from ..contracts import CS, EVALUATIONS, PG, RMSP
 from ..feedback.demos import ASSETS
 from ..io import AlmostError, read_yaml_mapping, redact_argv
 from ..models import DEFAULT_MODEL
@@ -247,9 +246,9 @@ class Planner:
                 raise AlmostError(f"{self.where}: eval.models.{label} must be a model name or path (text), got {type(model).__name__}")
         if not models:
             raise AlmostError(f"{self.where}: eval has no models: add eval.models (label: model) or an sft/rl stage")
-        unknown = [k for k in evaluation if k not in EVAL_KINDS]
+        unknown = [k for k in evaluation if k not in EVALUATIONS]
         if unknown:
-            raise AlmostError(f"{self.where}: unknown evaluation {unknown[0]!r} under eval; choose from {', '.join(EVAL_KINDS)} (and models)")
+            raise AlmostError(f"{self.where}: unknown evaluation {unknown[0]!r} under eval; choose from {', '.join(EVALUATIONS)} (and models)")
         for kind, settings in evaluation.items():
             settings = self.mapping(settings, f"eval.{kind}")
             if kind == "pairwise":
