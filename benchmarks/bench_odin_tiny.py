@@ -46,13 +46,43 @@ def main() -> None:
         k = rng.randint(1, 16)
         marker = "Sure, happy to help! " if i % 2 else "No. "
         answer = marker + " ".join(rng.choice(WORDS) for _ in range(k))
-        probe.append(([{"role": "user", "content": f"Question {i}: tell me about {rng.choice(WORDS)}."}, {"role": "assistant", "content": answer}], k, i % 2))
+        probe.append(
+            (
+                [
+                    {"role": "user", "content": f"Question {i}: tell me about {rng.choice(WORDS)}."},
+                    {"role": "assistant", "content": answer},
+                ],
+                k,
+                i % 2,
+            )
+        )
     for seed in args.seeds:
         for odin in (False, True):
             out = root / f"rm-{'odin' if odin else 'plain'}-{seed}"
-            flags = ["--model_name_or_path", str(tiny), "--data_path", str(data), "--output_dir", str(out), "--learning_rate", "1e-3",
-                     "--max_steps", str(args.steps), "--per_device_train_batch_size", "8", "--eval_fraction", "0", "--seed", str(seed),
-                     "--report_to", "none", "--logging_steps", "5", "--disable_tqdm", "true"]  # fmt: skip
+            flags = [
+                "--model_name_or_path",
+                str(tiny),
+                "--data_path",
+                str(data),
+                "--output_dir",
+                str(out),
+                "--learning_rate",
+                "1e-3",
+                "--max_steps",
+                str(args.steps),
+                "--per_device_train_batch_size",
+                "8",
+                "--eval_fraction",
+                "0",
+                "--seed",
+                str(seed),
+                "--report_to",
+                "none",
+                "--logging_steps",
+                "5",
+                "--disable_tqdm",
+                "true",
+            ]
             if odin:
                 flags += ["--length_head", "--length_correlation_coefficient", str(args.coefficient)]
             start = time.time()
@@ -60,8 +90,11 @@ def main() -> None:
             rewards = RewardScorer(str(out)).score([p[0] for p in probe])
             by_length = spearmanr(rewards, [p[1] for p in probe]).statistic
             by_marker = spearmanr(rewards, [p[2] for p in probe]).statistic
-            print(f"seed {seed} {'odin' if odin else 'plain'}: Spearman(reward, length) {by_length:.3f}, "
-                  f"Spearman(reward, marker) {by_marker:.3f}, {time.time() - start:.0f} s", flush=True)  # fmt: skip
+            print(
+                f"seed {seed} {'odin' if odin else 'plain'}: Spearman(reward, length) {by_length:.3f}, "
+                f"Spearman(reward, marker) {by_marker:.3f}, {time.time() - start:.0f} s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -105,10 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         reference, _ = timed(
             "pairwise rouge_score (the reference)",
-            decide_pairwise, seeds, candidates,
+            decide_pairwise,
+            seeds,
+            candidates,
             lambda text: tokenize.tokenize(text, None),
             lambda a, b: rouge_scorer._score_lcs(a, b).fmeasure,
-        )  # fmt: skip
+        )
         assert fast == reference, "the index and rouge_score disagree"
     print(f"identical decisions; speed-up {naive_s / fast_s:.1f}x over pairwise DP ROUGE-L")
     return 0

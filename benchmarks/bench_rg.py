@@ -98,8 +98,9 @@ def seed_generate(engine, prompts: list[str], max_new_tokens: int, seed: int) ->
     for start in range(0, len(prompts), 4):
         enc = tok(prompts[start : start + 4], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
-            out = engine.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True,
-                                        temperature=1.0, top_p=0.9, top_k=0, pad_token_id=tok.pad_token_id)  # fmt: skip
+            out = engine.model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0, top_p=0.9, top_k=0, pad_token_id=tok.pad_token_id
+            )
         answers += [demos.cut_answer(t) for t in tok.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)]
     return answers
 
@@ -109,9 +110,12 @@ def rg_generate(engine, configuration: Configuration, queries: list[str], args, 
     answers = []
     for chunk_index, start in enumerate(range(0, len(queries), args.chunk_size)):
         sampling = Sampling(
-            temperature=1.0, top_p=0.9, max_new_tokens=max_new_tokens, stop=demos.ANSWER_STOP,
+            temperature=1.0,
+            top_p=0.9,
+            max_new_tokens=max_new_tokens,
+            stop=demos.ANSWER_STOP,
             seed=chunk_seed(args.seed, configuration.name, chunk_index),
-        )  # fmt: skip
+        )
         prompts = [configuration.prompt(q) for q in queries[start : start + args.chunk_size]]
         answers += [demos.cut_answer(s[0]) for s in engine.generate(prompts, sampling)]
     return answers
@@ -213,8 +217,13 @@ def run_vllm_side(model, configuration: Configuration, queries: list[str], args)
         seconds = time.perf_counter() - started
         lengths = [[len(c.token_ids) for c in out.outputs] for chunk in outputs for out in chunk]
         chunk_longest = [max(len(c.token_ids) for out in chunk for c in out.outputs) for chunk in outputs]
-        passes[name] = {"answers": answers, "seconds": seconds, "generated": sum(map(sum, lengths)),
-                        "requests": sum(map(len, lengths)), "steps": sum(chunk_longest)}  # fmt: skip
+        passes[name] = {
+            "answers": answers,
+            "seconds": seconds,
+            "generated": sum(map(sum, lengths)),
+            "requests": sum(map(len, lengths)),
+            "steps": sum(chunk_longest),
+        }
     full, prefill = passes["full"], passes["prefill"]
     model_config = engine.llm.llm_engine.model_config
     decode_seconds = full["seconds"] - prefill["seconds"]
@@ -229,7 +238,13 @@ def run_vllm_side(model, configuration: Configuration, queries: list[str], args)
         "dtype": str(model_config.dtype).removeprefix("torch."),
         "bytes_per_weight": _element_size(model_config.dtype),
     }
-    side = {"prompts": len(queries), "answers": full["answers"], "seconds": full["seconds"], "start_seconds": engine.start_seconds, "tokenizer": engine.tokenizer}
+    side = {
+        "prompts": len(queries),
+        "answers": full["answers"],
+        "seconds": full["seconds"],
+        "start_seconds": engine.start_seconds,
+        "tokenizer": engine.tokenizer,
+    }
     del engine
     gc.collect()
     return side, decode
@@ -262,8 +277,10 @@ def throughput(args) -> dict:
         shape = model_shape(model.path)
         rows = min(len(queries), args.chunk_size)
         # vLLM's CPU workers bind one OpenMP thread per core (VLLM_CPU_OMP_THREADS_BIND, engines/vllm.py).
-        machine = measure_machine(os.cpu_count() or torch.get_num_threads(),
-                                  [(r, shape["hidden"], n) for r in (rows, 512) for n in (shape["intermediate"], shape["vocab"])])  # fmt: skip
+        machine = measure_machine(
+            os.cpu_count() or torch.get_num_threads(),
+            [(r, shape["hidden"], n) for r in (rows, 512) for n in (shape["intermediate"], shape["vocab"])],
+        )
         result["machine"] = machine
         print("machine", machine, flush=True)
 
@@ -286,8 +303,13 @@ def throughput(args) -> dict:
                 else:
                     side_queries = queries
                     answers = rg_generate(engine, configuration, queries, args, args.max_new_tokens)
-                sides[side] = {"prompts": len(side_queries), "answers": answers, "seconds": time.perf_counter() - started,
-                               "start_seconds": load_seconds, "threads": torch.get_num_threads()}  # fmt: skip
+                sides[side] = {
+                    "prompts": len(side_queries),
+                    "answers": answers,
+                    "seconds": time.perf_counter() - started,
+                    "start_seconds": load_seconds,
+                    "threads": torch.get_num_threads(),
+                }
                 _report(side, sides[side], tokenizer)
         del engine
         gc.collect()
@@ -299,15 +321,23 @@ def throughput(args) -> dict:
         ceiling = decode_ceiling(machine, shape["parameters"], decode["bytes_per_weight"], decode["rows_per_step"])
         decode["rows_per_step"] = round(decode["rows_per_step"], 2)
         fraction = decode["decode_tokens_per_s"] / ceiling["ceiling_tokens_per_s"] if decode["decode_tokens_per_s"] else None
-        result["decode_ceiling"] = {"parameters": shape["parameters"], **decode, **ceiling,
-                                    "fraction_of_ceiling": round(fraction, 3) if fraction is not None else None}  # fmt: skip
+        result["decode_ceiling"] = {
+            "parameters": shape["parameters"],
+            **decode,
+            **ceiling,
+            "fraction_of_ceiling": round(fraction, 3) if fraction is not None else None,
+        }
 
     for name, side in sides.items():
         answers = side.pop("answers")
         tokens = sum(len(tokenizer(a, add_special_tokens=False).input_ids) for a in answers)
-        side.update(answer_tokens=tokens, seconds=round(side["seconds"], 1), start_seconds=round(side["start_seconds"], 1),
-                    tokens_per_s=round(tokens / side["seconds"], 2),
-                    tokens_per_s_with_start=round(tokens / (side["seconds"] + side["start_seconds"]), 2))  # fmt: skip
+        side.update(
+            answer_tokens=tokens,
+            seconds=round(side["seconds"], 1),
+            start_seconds=round(side["start_seconds"], 1),
+            tokens_per_s=round(tokens / side["seconds"], 2),
+            tokens_per_s_with_start=round(tokens / (side["seconds"] + side["start_seconds"]), 2),
+        )
         result[name] = side
     if "seed" in sides:
         for name in ("hf", "vllm"):
@@ -328,21 +358,27 @@ def _report(name: str, side: dict, tokenizer) -> None:
 
 def table(result: dict) -> str:
     """The figures of ``throughput`` as a small text table."""
-    lines = [f"{result['prompts']} prompts, {result['configuration']}, {result['max_new_tokens']} new tokens",
-             f"{'side':6} {'prompts':>7} {'tokens':>7} {'gen s':>8} {'start s':>8} {'tok/s':>8} {'tok/s+start':>12} {'x seed':>7} {'x seed+start':>13}"]  # fmt: skip
+    lines = [
+        f"{result['prompts']} prompts, {result['configuration']}, {result['max_new_tokens']} new tokens",
+        f"{'side':6} {'prompts':>7} {'tokens':>7} {'gen s':>8} {'start s':>8} {'tok/s':>8} {'tok/s+start':>12} {'x seed':>7} {'x seed+start':>13}",
+    ]
     for name in SIDES:
         if name in result:
             s = result[name]
             ratio = result.get(f"{name}_vs_seed", 1.0 if name == "seed" else "")
             ratio_start = result.get(f"{name}_vs_seed_with_start", 1.0 if name == "seed" else "")
-            lines.append(f"{name:6} {s.get('prompts', result['prompts']):>7} {s['answer_tokens']:>7} {s['seconds']:>8} {s['start_seconds']:>8} {s['tokens_per_s']:>8} "
-                         f"{s['tokens_per_s_with_start']:>12} {ratio:>7} {ratio_start:>13}")  # fmt: skip
+            lines.append(
+                f"{name:6} {s.get('prompts', result['prompts']):>7} {s['answer_tokens']:>7} {s['seconds']:>8} {s['start_seconds']:>8} {s['tokens_per_s']:>8} "
+                f"{s['tokens_per_s_with_start']:>12} {ratio:>7} {ratio_start:>13}"
+            )
     lines.append("start: model load (seed, hf: one load, counted for each) or engine start (vllm, model load included)")
     if "decode_ceiling" in result:
         d = result["decode_ceiling"]
-        lines.append(f"vllm decode: {d['decode_tokens_per_s']} tok/s at {d['rows_per_step']} rows/step; ceiling {d['ceiling_tokens_per_s']} tok/s "
-                     f"({d['bound_by']}-bound: memory {d['memory_bound_tokens_per_s']}, compute {d['compute_bound_tokens_per_s']}) "
-                     f"→ {d['fraction_of_ceiling']} of the ceiling")  # fmt: skip
+        lines.append(
+            f"vllm decode: {d['decode_tokens_per_s']} tok/s at {d['rows_per_step']} rows/step; ceiling {d['ceiling_tokens_per_s']} tok/s "
+            f"({d['bound_by']}-bound: memory {d['memory_bound_tokens_per_s']}, compute {d['compute_bound_tokens_per_s']}) "
+            f"→ {d['fraction_of_ceiling']} of the ceiling"
+        )
     lines += [f"NOTE: {n}" for n in result["notes"]]
     return "\n".join(lines)
 
@@ -355,19 +391,30 @@ def time_cli(backend: str, num_prompts: int, max_new_tokens: int) -> dict:
         # One call per configuration, as the demo's pipeline runs them (one model load each).
         started = time.perf_counter()
         for path, n_shot in CLI_CONFIGURATIONS:
-            subprocess.run([*command, "--prompt_file_path", str(path), "--n_shot", str(n_shot)], check=True,
-                           env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+            subprocess.run(
+                [*command, "--prompt_file_path", str(path), "--n_shot", str(n_shot)], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+            )
         seconds = time.perf_counter() - started
         bad = sum(json.loads(line)["bad"] for f in Path(out).glob("*.jsonl") for line in f.read_text().splitlines())
-    return {"backend": backend, "prompts": len(queries), "configurations": len(CLI_CONFIGURATIONS), "seconds": round(seconds, 1), "bad": bad}
+    return {
+        "backend": backend,
+        "prompts": len(queries),
+        "configurations": len(CLI_CONFIGURATIONS),
+        "seconds": round(seconds, 1),
+        "bad": bad,
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num_prompts", type=int, default=64, help="Prompts for the throughput comparison (0 skips it).")
     p.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES), help="Which sides to run (ratios need seed).")
-    p.add_argument("--seed_prompts", type=int, default=None,
-                   help="The seed side answers only the first K of the prompts (default: all); its rate does not depend on K, see the docstring.")
+    p.add_argument(
+        "--seed_prompts",
+        type=int,
+        default=None,
+        help="The seed side answers only the first K of the prompts (default: all); its rate does not depend on K, see the docstring.",
+    )
     p.add_argument("--prompt_file_path", default=str(demos.BETTER_DEMONSTRATIONS))
     p.add_argument("--n_shot", type=int, default=2)
     p.add_argument("--max_new_tokens", type=int, default=128, help="Run at 128 and at 768 (the seed's limit for the faithful file).")

@@ -37,6 +37,7 @@ def make_pairs(path: Path, n: int, seed: int = 0) -> Path:
     vocabulary = (ASSETS / "faithful_prompt.txt").read_text().split()
     with open(path, "w") as f:
         for i in range(n):
+
             def answer(words: int) -> str:
                 return " ".join(rng.choice(vocabulary) for _ in range(words))
 
@@ -58,14 +59,24 @@ def run_almost(args) -> dict:
     from almost.reward.train import RewardTrainingConfig, run_rm_train
 
     config = RewardTrainingConfig(
-        output_dir=args.output_dir, model_name_or_path=args.model, data_path=args.data, max_steps=args.steps,
-        per_device_train_batch_size=args.batch_size, report_to="none", eval_fraction=0.0, disable_tqdm=True,
+        output_dir=args.output_dir,
+        model_name_or_path=args.model,
+        data_path=args.data,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        report_to="none",
+        eval_fraction=0.0,
+        disable_tqdm=True,
         max_length=args.max_length,
     )
     start = time.perf_counter()
     summary = run_rm_train(config)
-    return {"wall_s": time.perf_counter() - start, "train_runtime_s": summary["train"]["train_runtime"],
-            "bf16": config.bf16, "gradient_checkpointing": config.gradient_checkpointing}
+    return {
+        "wall_s": time.perf_counter() - start,
+        "train_runtime_s": summary["train"]["train_runtime"],
+        "bf16": config.bf16,
+        "gradient_checkpointing": config.gradient_checkpointing,
+    }
 
 
 def run_trl(args) -> dict:
@@ -75,23 +86,39 @@ def run_trl(args) -> dict:
     from almost.models import resolve_model
 
     rows = [json.loads(line) for line in open(args.data)]
-    dataset = datasets.Dataset.from_list([
-        {"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": [{"role": "assistant", "content": r["chosen"]}],
-         "rejected": [{"role": "assistant", "content": r["rejected"]}]}
-        for r in rows
-    ])
+    dataset = datasets.Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": r["prompt"]}],
+                "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                "rejected": [{"role": "assistant", "content": r["rejected"]}],
+            }
+            for r in rows
+        ]
+    )
     import torch
 
     # TRL's defaults (bf16 on) refuse to start on a CPU-only machine unless use_cpu is set.
-    config = RewardConfig(output_dir=args.output_dir, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-                          report_to="none", disable_tqdm=True, save_strategy="no", max_length=args.max_length,
-                          use_cpu=not torch.accelerator.is_available())
+    config = RewardConfig(
+        output_dir=args.output_dir,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",
+        max_length=args.max_length,
+        use_cpu=not torch.accelerator.is_available(),
+    )
     start = time.perf_counter()
     trainer = RewardTrainer(model=resolve_model(args.model).path, args=config, train_dataset=dataset)
     result = trainer.train()
     trainer.save_model(args.output_dir)
-    return {"wall_s": time.perf_counter() - start, "train_runtime_s": result.metrics["train_runtime"],
-            "bf16": config.bf16, "gradient_checkpointing": config.gradient_checkpointing}
+    return {
+        "wall_s": time.perf_counter() - start,
+        "train_runtime_s": result.metrics["train_runtime"],
+        "bf16": config.bf16,
+        "gradient_checkpointing": config.gradient_checkpointing,
+    }
 
 
 def worker(args) -> None:
@@ -120,13 +147,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = make_pairs(Path(tmp) / "pairs.jsonl", args.pairs)
         for name in ("trl", "almost"):
-            cmd = [sys.executable, __file__, "--worker", name, "--data", str(data), "--output_dir", str(Path(tmp) / name),
-                   "--model", args.model, "--steps", str(args.steps), "--batch_size", str(args.batch_size), "--max_length", str(args.max_length)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                name,
+                "--data",
+                str(data),
+                "--output_dir",
+                str(Path(tmp) / name),
+                "--model",
+                args.model,
+                "--steps",
+                str(args.steps),
+                "--batch_size",
+                str(args.batch_size),
+                "--max_length",
+                str(args.max_length),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCH ")), None)
             if proc.returncode != 0 or line is None:
                 sys.exit(f"{name} run failed:\n{proc.stderr[-3000:]}")
-            results[name] = json.loads(line[len("BENCH "):])
+            results[name] = json.loads(line[len("BENCH ") :])
     results["ratio_pairs_per_s"] = results["almost"]["pairs_per_s"] / results["trl"]["pairs_per_s"]
     results["ratio_peak_rss"] = results["almost"]["peak_rss_mib"] / results["trl"]["peak_rss_mib"]
     print(json.dumps(results, indent=2))

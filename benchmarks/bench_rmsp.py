@@ -68,8 +68,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reward_model_name_or_path", required=True)
     parser.add_argument("--model_name_or_path", default="smollm2-135m")
-    parser.add_argument("--backend", nargs="+", choices=BACKENDS, default=None,
-                        help="engines to compare the two modes on (default: hf, and vllm where it is installed)")  # fmt: skip
+    parser.add_argument(
+        "--backend",
+        nargs="+",
+        choices=BACKENDS,
+        default=None,
+        help="engines to compare the two modes on (default: hf, and vllm where it is installed)",
+    )
     parser.add_argument("--prompts_path", default=None, help="default: the first prompts of the PG seed file")
     parser.add_argument("--num_prompts", type=int, default=4)
     parser.add_argument("--num_candidates", type=int, default=4)
@@ -140,18 +145,28 @@ def main() -> None:
         start = time.perf_counter()
         sft = run_sft(
             SFTArguments(
-                model_name_or_path=model.path, data_path=str(demos), output_dir=str(work / "sft"),
-                num_train_epochs=args.sft_epochs, per_device_train_batch_size=4, report_to="none",
-            )  # fmt: skip
+                model_name_or_path=model.path,
+                data_path=str(demos),
+                output_dir=str(work / "sft"),
+                num_train_epochs=args.sft_epochs,
+                per_device_train_batch_size=4,
+                report_to="none",
+            )
         )
-        results["sft"] = {"seconds": round(time.perf_counter() - start, 1), "steps": sft["train"]["global_step"], "dialogues": sft["data"]["dialogues"]}
+        results["sft"] = {
+            "seconds": round(time.perf_counter() - start, 1),
+            "steps": sft["train"]["global_step"],
+            "dialogues": sft["data"]["dialogues"],
+        }
     results["settings"] = vars(args)
     results["notes"] += [n for n in [load_note("at the end")] if n]
     print(json.dumps(results, indent=2))
     for backend in backends:
         r = results[backend]
-        print(f"{backend}: N per call {r['per_call']['candidates_per_s']} candidates/s, N calls {r['separate']['candidates_per_s']}: "
-              f"{r['speedup_per_call_vs_separate']}x (engine start {r['start_seconds']} s, not in either)")  # fmt: skip
+        print(
+            f"{backend}: N per call {r['per_call']['candidates_per_s']} candidates/s, N calls {r['separate']['candidates_per_s']}: "
+            f"{r['speedup_per_call_vs_separate']}x (engine start {r['start_seconds']} s, not in either)"
+        )
     for note in results["notes"]:
         print(f"NOTE: {note}")
 

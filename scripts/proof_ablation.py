@@ -30,8 +30,24 @@ from almost.run.report import markdown_table, rm_eval_row
 HARMLESS, FAITHFUL, BASIC = "smollm2-135m-harmless-2shot", "smollm2-135m-faithful-2shot", "smollm2-135m-basic-1shot"
 # The proof config's RM (src/almost/run/configs/proof.yaml) without its length options: every variant
 # starts from these and adds only its own flags.
-RM_TRAIN = ["--model_name_or_path", "smollm2-135m", "--use_peft", "false", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
-            "--max_length", "512", "--eval_fraction", "0.1", "--report_to", "none", "--seed", "42"]  # fmt: skip
+RM_TRAIN = [
+    "--model_name_or_path",
+    "smollm2-135m",
+    "--use_peft",
+    "false",
+    "--num_train_epochs",
+    "1",
+    "--per_device_train_batch_size",
+    "8",
+    "--max_length",
+    "512",
+    "--eval_fraction",
+    "0.1",
+    "--report_to",
+    "none",
+    "--seed",
+    "42",
+]
 RM_EVAL = ["--batch_size", "8"]
 
 
@@ -49,7 +65,11 @@ VARIANTS = (
     Variant("seed-filter", "full rubric, the seed's CS filter only, plain RM", (HARMLESS, FAITHFUL, BASIC)),
     Variant("length-head", "+ RM --length_head (ODIN)", (HARMLESS, FAITHFUL, BASIC), rm_flags=("--length_head", "true")),
     Variant("length-balance", "+ CS --length_balance", (HARMLESS, FAITHFUL, BASIC), cs_flags=("--length_balance", "true", "--seed", "0")),
-    Variant("helpful-rubric", "rubric without the harmless demonstrations (faithful-2shot > basic-1shot), seed filter, plain RM", (FAITHFUL, BASIC)),
+    Variant(
+        "helpful-rubric",
+        "rubric without the harmless demonstrations (faithful-2shot > basic-1shot), seed filter, plain RM",
+        (FAITHFUL, BASIC),
+    ),
     Variant("max-ratio", "+ CS --max_length_ratio 1.5", (HARMLESS, FAITHFUL, BASIC), cs_flags=("--max_length_ratio", "1.5")),
     Variant(
         "lora",
@@ -66,9 +86,21 @@ def steps(variant: Variant, generation: Path, folder: Path, data_path: str) -> l
     """(step, almost argv, product) for one variant."""
     cs, rm, rm_eval = folder / "cs", folder / "rm", folder / "rm_eval"
     return [
-        ("cs", ["cs", "--input_dir", str(generation / "rg"), "--output_dir", str(cs), "--rubric", *variant.rubric, *variant.cs_flags], cs / "comparison.jsonl"),
-        ("rm train", ["rm", "train", *RM_TRAIN, *variant.rm_flags, "--data_path", str(cs / "comparison.jsonl"), "--output_dir", str(rm)], rm / "metrics.json"),
-        ("rm eval", ["rm", "eval", *RM_EVAL, "--data_path", data_path, "--model_name_or_path", str(rm), "--output_dir", str(rm_eval)], rm_eval / "metrics.json"),
+        (
+            "cs",
+            ["cs", "--input_dir", str(generation / "rg"), "--output_dir", str(cs), "--rubric", *variant.rubric, *variant.cs_flags],
+            cs / "comparison.jsonl",
+        ),
+        (
+            "rm train",
+            ["rm", "train", *RM_TRAIN, *variant.rm_flags, "--data_path", str(cs / "comparison.jsonl"), "--output_dir", str(rm)],
+            rm / "metrics.json",
+        ),
+        (
+            "rm eval",
+            ["rm", "eval", *RM_EVAL, "--data_path", data_path, "--model_name_or_path", str(rm), "--output_dir", str(rm_eval)],
+            rm_eval / "metrics.json",
+        ),
     ]
 
 
@@ -114,16 +146,45 @@ def row(label: str, what: str, folder: Path, times: dict) -> list | None:
         return None
     stats = read_json(folder / "cs" / "cs_stats.json", "cs stats")
     held = read_json(folder / "rm" / "metrics.json", "rm metrics").get("heldout") or {}
-    _, n, accuracy, balanced, interval, when_longer, when_shorter, prefer_longer, rho = rm_eval_row(label, read_json(metrics_path, "rm eval metrics"))
+    _, n, accuracy, balanced, interval, when_longer, when_shorter, prefer_longer, rho = rm_eval_row(
+        label, read_json(metrics_path, "rm eval metrics")
+    )
     wall = sum(t.get("seconds") or 0 for t in times.values())
     cpu = sum(t.get("cpu_seconds") or 0 for t in times.values())
     timing = f"{wall / 60:.1f} min ({cpu / 60:.1f} CPU)" if len(times) == 3 else "–"
-    return [label, what, stats.get("pairs"), held.get("accuracy"), n, accuracy, balanced, interval, when_longer, when_shorter, prefer_longer, rho, timing]
+    return [
+        label,
+        what,
+        stats.get("pairs"),
+        held.get("accuracy"),
+        n,
+        accuracy,
+        balanced,
+        interval,
+        when_longer,
+        when_shorter,
+        prefer_longer,
+        rho,
+        timing,
+    ]
 
 
 def table(generation: Path, out: Path, names: list[str]) -> str:
-    header = ["variant", "what", "pairs kept", "rubric agreement (held out)", "human pairs", "accuracy", "length-balanced", "95% interval",
-              "acc. chosen longer", "acc. chosen shorter", "'prefer longer'", "Spearman(reward, length)", "cs + rm train + rm eval"]  # fmt: skip
+    header = [
+        "variant",
+        "what",
+        "pairs kept",
+        "rubric agreement (held out)",
+        "human pairs",
+        "accuracy",
+        "length-balanced",
+        "95% interval",
+        "acc. chosen longer",
+        "acc. chosen shorter",
+        "'prefer longer'",
+        "Spearman(reward, length)",
+        "cs + rm train + rm eval",
+    ]
     rows = [row("proof run", "full rubric + CS --length_balance + RM --length_head (proof.yaml)", generation, proof_run_times(generation))]
     for name in names:
         folder = out / name

@@ -110,38 +110,127 @@ def build_tiny_run(run: Path, policy: str, reward_model: str) -> Path:
     from almost.policy.selfplay import RMSPArguments, run_rmsp
 
     prompts = run / "pg" / PG.product_file
-    run_pg(PGArguments(output_dir=str(run / "pg"), model_name_or_path="scripted", num_generation=len(TINY_RUN_QUERIES),
-                       batch_size=len(TINY_RUN_QUERIES), seed=0), _scripted_queries())  # fmt: skip
+    run_pg(
+        PGArguments(
+            output_dir=str(run / "pg"),
+            model_name_or_path="scripted",
+            num_generation=len(TINY_RUN_QUERIES),
+            batch_size=len(TINY_RUN_QUERIES),
+            seed=0,
+        ),
+        _scripted_queries(),
+    )
     rg = RGArguments(output_dir=str(run / "rg"), prompts_path=str(prompts), model_name_or_path="tiny", n_shot=[2, 1], seed=0)
     run_rg(rg, _scripted_answers())
     comparisons = run / "cs" / CS.product_file
     steps = [
         ["cs", "--input_dir", str(run / "rg"), "--output_dir", str(run / "cs"), "--rubric", "tiny-faithful-2shot", "tiny-faithful-1shot"],
-        ["rm", "train", "--model_name_or_path", reward_model, "--data_path", str(comparisons), "--output_dir", str(run / "rm"),
-         "--max_steps", "1", "--per_device_train_batch_size", "2", "--eval_fraction", "0.34", "--report_to", "none"],
+        [
+            "rm",
+            "train",
+            "--model_name_or_path",
+            reward_model,
+            "--data_path",
+            str(comparisons),
+            "--output_dir",
+            str(run / "rm"),
+            "--max_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "2",
+            "--eval_fraction",
+            "0.34",
+            "--report_to",
+            "none",
+        ],
         ["rm", "eval", "--model_name_or_path", str(run / "rm"), "--data_path", str(comparisons), "--output_dir", str(run / "rm_eval")],
-    ]  # fmt: skip
+    ]
     for argv in steps:
         assert cli(argv) == 0, argv
-    rmsp = RMSPArguments(output_dir=str(run / "rmsp"), prompts_path=str(prompts), model_name_or_path=policy,
-                         reward_model_name_or_path=str(run / "rm"), n_shot=1, user_n_shot=1, num_candidates=3, max_turns=2,
-                         seed=0)  # fmt: skip
+    rmsp = RMSPArguments(
+        output_dir=str(run / "rmsp"),
+        prompts_path=str(prompts),
+        model_name_or_path=policy,
+        reward_model_name_or_path=str(run / "rm"),
+        n_shot=1,
+        user_n_shot=1,
+        num_candidates=3,
+        max_turns=2,
+        seed=0,
+    )
     run_rmsp(rmsp, policy=_scripted_answers(), user=_scripted_user())
     sft, rl = str(run / "sft"), str(run / "rl")
     steps = [
-        ["sft", "--model_name_or_path", policy, "--data_path", str(run / "rmsp" / RMSP.product_file), "--output_dir", sft,
-         "--max_steps", "1", "--per_device_train_batch_size", "2", "--report_to", "none"],
-        ["rl", "--model_name_or_path", sft, "--reward_model_name_or_path", str(run / "rm"), "--prompts_path", str(prompts),
-         "--output_dir", rl, "--max_steps", "1", "--max_completion_length", "8", "--report_to", "none"],
-    ]  # fmt: skip
+        [
+            "sft",
+            "--model_name_or_path",
+            policy,
+            "--data_path",
+            str(run / "rmsp" / RMSP.product_file),
+            "--output_dir",
+            sft,
+            "--max_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "2",
+            "--report_to",
+            "none",
+        ],
+        [
+            "rl",
+            "--model_name_or_path",
+            sft,
+            "--reward_model_name_or_path",
+            str(run / "rm"),
+            "--prompts_path",
+            str(prompts),
+            "--output_dir",
+            rl,
+            "--max_steps",
+            "1",
+            "--max_completion_length",
+            "8",
+            "--report_to",
+            "none",
+        ],
+    ]
     for label, model in (("base", policy), ("sft", sft), ("rl", rl)):
         hhh = run / "eval" / "hhh" / label
         steps.append(["eval", "hhh", "--model_name_or_path", model, "--data_path", str(HHH_SAMPLE), "--output_dir", str(hhh)])
-    steps.append(["eval", "truthfulqa", "--model_name_or_path", policy, "--data_path", str(TRUTHFULQA_SAMPLE),
-                  "--output_dir", str(run / "eval" / "truthfulqa" / "base")])  # fmt: skip
-    steps.append(["eval", "pairwise", "--model_name_or_path", sft, "--baseline_model_name_or_path", policy, "--judge", f"rm:{run / 'rm'}",
-                  "--data_path", str(QUESTIONS_SAMPLE), "--max_questions", "2", "--max_new_tokens", "4", "--backend", "hf",
-                  "--output_dir", str(run / "eval" / "pairwise" / "sft-vs-base")])  # fmt: skip
+    steps.append(
+        [
+            "eval",
+            "truthfulqa",
+            "--model_name_or_path",
+            policy,
+            "--data_path",
+            str(TRUTHFULQA_SAMPLE),
+            "--output_dir",
+            str(run / "eval" / "truthfulqa" / "base"),
+        ]
+    )
+    steps.append(
+        [
+            "eval",
+            "pairwise",
+            "--model_name_or_path",
+            sft,
+            "--baseline_model_name_or_path",
+            policy,
+            "--judge",
+            f"rm:{run / 'rm'}",
+            "--data_path",
+            str(QUESTIONS_SAMPLE),
+            "--max_questions",
+            "2",
+            "--max_new_tokens",
+            "4",
+            "--backend",
+            "hf",
+            "--output_dir",
+            str(run / "eval" / "pairwise" / "sft-vs-base"),
+        ]
+    )
     for argv in steps:
         assert cli(argv) == 0, argv
     return run

@@ -20,8 +20,8 @@ from almost.feedback.pg import PGArguments, run_pg
 from almost.feedback.rg import RGArguments, run_rg
 from almost.hub import PushArguments, plan_uploads, run_push
 from almost.io import AlmostError
-from almost.reward.score import RewardScoreConfig, run_rm_score
 from almost.policy.selfplay import RMSPArguments, run_rmsp
+from almost.reward.score import RewardScoreConfig, run_rm_score
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -46,21 +46,42 @@ def run_dir(tmp_path_factory, tiny_reward_model_path) -> Path:
     run = tmp_path_factory.mktemp("run")
     pool = itertools.cycle(QUESTIONS)
     run_pg(PGArguments(output_dir=str(run / "pg"), num_generation=4, batch_size=5, seed=1), ScriptedEngine(lambda p, i: " " + next(pool)))
-    rg = lambda prompt_file: RGArguments(output_dir=str(run / "rg"), prompts_path=str(run / "pg" / "prompts.txt"),  # noqa: E731
-                                         prompt_file_path=[str(prompt_file)], n_shot=[1])  # fmt: skip
+    rg = lambda prompt_file: RGArguments(
+        output_dir=str(run / "rg"),
+        prompts_path=str(run / "pg" / "prompts.txt"),  # noqa: E731
+        prompt_file_path=[str(prompt_file)],
+        n_shot=[1],
+    )
     run_rg(rg(demos.BETTER_DEMONSTRATIONS), ScriptedEngine(lambda p, i: " " + LONG))
     run_rg(rg(demos.WORSE_DEMONSTRATIONS), ScriptedEngine(lambda p, i: " " + SHORT + " It is fine to go slowly at first."))
-    run_cs(CSArguments(output_dir=str(run / "cs"), input_dir=str(run / "rg"), rubric=["smollm2-135m-faithful-1shot", "smollm2-135m-basic-1shot"]))
-    run_rm_score(RewardScoreConfig(model_name_or_path=tiny_reward_model_path, data_path=str(run / "cs" / "comparison.jsonl"), output_dir=str(run / "score")))
+    run_cs(
+        CSArguments(
+            output_dir=str(run / "cs"), input_dir=str(run / "rg"), rubric=["smollm2-135m-faithful-1shot", "smollm2-135m-basic-1shot"]
+        )
+    )
+    run_rm_score(
+        RewardScoreConfig(
+            model_name_or_path=tiny_reward_model_path, data_path=str(run / "cs" / "comparison.jsonl"), output_dir=str(run / "score")
+        )
+    )
 
     class LengthScorer:
         def score(self, conversations):
             return [float(len(c[-1]["content"])) for c in conversations]
 
     run_rmsp(
-        RMSPArguments(output_dir=str(run / "rmsp"), prompts_path=str(run / "pg" / "prompts.txt"), reward_model_name_or_path="scripted",
-                      prompt_file_path=str(demos.BETTER_DEMONSTRATIONS), n_shot=1, num_candidates=2, max_turns=1),  # fmt: skip
-        policy=ScriptedEngine(lambda p, i: " " + LONG), user=ScriptedEngine(lambda p, i: " Thanks!"), scorer=LengthScorer(),
+        RMSPArguments(
+            output_dir=str(run / "rmsp"),
+            prompts_path=str(run / "pg" / "prompts.txt"),
+            reward_model_name_or_path="scripted",
+            prompt_file_path=str(demos.BETTER_DEMONSTRATIONS),
+            n_shot=1,
+            num_candidates=2,
+            max_turns=1,
+        ),
+        policy=ScriptedEngine(lambda p, i: " " + LONG),
+        user=ScriptedEngine(lambda p, i: " Thanks!"),
+        scorer=LengthScorer(),
     )
     model = run / "rm"  # a model folder as `almost rm train` leaves it
     model.mkdir()
@@ -117,7 +138,11 @@ def test_cards_say_what_made_the_data(run_dir):
     assert pg["rounds_log"].startswith("pg_rounds.jsonl:")
     assert pg["accepted"] == 4 and "rejected_by_filter" in pg and pg["settings"]["rouge_l_threshold"] == 0.5
     cs = read_card_metadata(run_dir / "cs")["almost"]["stages"]["cs"]
-    assert cs["pairs"] == 4 and cs["dropped_by_filter"] == 0 and cs["rubric"] == [["smollm2-135m-faithful-1shot"], ["smollm2-135m-basic-1shot"]]
+    assert (
+        cs["pairs"] == 4
+        and cs["dropped_by_filter"] == 0
+        and cs["rubric"] == [["smollm2-135m-faithful-1shot"], ["smollm2-135m-basic-1shot"]]
+    )
     rmsp = read_card_metadata(run_dir / "rmsp")["almost"]["stages"]["rmsp"]
     assert rmsp["dialogues"] == 4 and rmsp["settings"]["num_candidates"] == 2
     body = (run_dir / "cs" / "README.md").read_text()
@@ -163,13 +188,19 @@ def test_push_uploads_each_folder_with_its_card_and_no_partial_files(run_dir, mo
 
     calls = []
     monkeypatch.setenv("HF_TOKEN", "hf_test")
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)) or f"https://hf.co/{repo_id}")
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)) or f"https://hf.co/{repo_id}"
+    )
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw["repo_id"], kw)))
     uploads = run_push(PushArguments(run_dir=str(run_dir), repo_id="org/name", private=True))
     assert {(u.repo_id, u.repo_type) for u in uploads} == {
-        ("org/name-pg", "dataset"), ("org/name-rg", "dataset"), ("org/name-cs", "dataset"), ("org/name-score", "dataset"),
-        ("org/name-rmsp", "dataset"), ("org/name-rm", "model"),
-    }  # fmt: skip
+        ("org/name-pg", "dataset"),
+        ("org/name-rg", "dataset"),
+        ("org/name-cs", "dataset"),
+        ("org/name-score", "dataset"),
+        ("org/name-rmsp", "dataset"),
+        ("org/name-rm", "model"),
+    }
     creates = [c for c in calls if c[0] == "create"]
     assert all(c[2]["private"] is True and c[2]["exist_ok"] is True for c in creates) and len(creates) == 6
     rg_upload = next(c[2] for c in calls if c[0] == "upload" and c[1] == "org/name-rg")
@@ -211,17 +242,27 @@ def test_merged_shards_get_a_card_that_leaves_the_shards_out(tmp_path):
     assert not (tmp_path / "README.md").exists()  # a shard alone is not a dataset yet
     run_merge(MergeArguments(output_dir=str(tmp_path)))
     (config,) = read_card_metadata(tmp_path)["configs"]
-    assert config["config_name"] == "smollm2-135m-faithful-1shot" and config["data_files"] == [{"split": "train", "path": "smollm2-135m-faithful-1shot.jsonl"}]
+    assert config["config_name"] == "smollm2-135m-faithful-1shot" and config["data_files"] == [
+        {"split": "train", "path": "smollm2-135m-faithful-1shot.jsonl"}
+    ]
     assert datasets.load_dataset(str(tmp_path), cache_dir=str(tmp_path / "cache"))["train"].num_rows == len(QUESTIONS)
 
 
 # --- cards on a real pipeline run -------------------------------------------------------------------
 
 RM_EVAL_PAIRS = [  # the chosen answer is longer in two pairs and shorter in two: a length-balanced value exists
-    {"prompt": "How do I keep bread fresh?", "chosen": "Wrap it in a cloth and keep it in a bread box, away from the fridge.", "rejected": "Fridge."},
+    {
+        "prompt": "How do I keep bread fresh?",
+        "chosen": "Wrap it in a cloth and keep it in a bread box, away from the fridge.",
+        "rejected": "Fridge.",
+    },
     {"prompt": "What is rain?", "chosen": "Water falling from clouds once its droplets grow heavy enough.", "rejected": "Rain."},
     {"prompt": "Name a prime.", "chosen": "Seven.", "rejected": "Nine is a prime number, because it is odd and has no factors at all."},
-    {"prompt": "Is the sun a star?", "chosen": "Yes.", "rejected": "No, the sun is a planet that happens to glow because it is hot inside."},
+    {
+        "prompt": "Is the sun a star?",
+        "chosen": "Yes.",
+        "rejected": "No, the sun is a planet that happens to glow because it is hot inside.",
+    },
 ]
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:tmp|home|root|work|Users|private|var|mnt)/")
 
@@ -261,14 +302,28 @@ def test_every_folder_of_a_pipeline_run_has_a_card(tmp_path, tiny_model_path, ti
         config = {
             "in_process": True,
             "pg": {**served, "num_generation": 3, "batch_size": 3},
-            "rg": {**served, "configurations": [{"prompt_file_path": "faithful_prompt.txt", "n_shot": 1}, {"prompt_file_path": "faithful_prompt.txt", "n_shot": 0}]},
+            "rg": {
+                **served,
+                "configurations": [
+                    {"prompt_file_path": "faithful_prompt.txt", "n_shot": 1},
+                    {"prompt_file_path": "faithful_prompt.txt", "n_shot": 0},
+                ],
+            },
             "cs": {"rubric": ["smollm2-135m-faithful-1shot", "smollm2-135m-faithful-0shot"]},
-            "rm": {"train": {"model_name_or_path": tiny_reward_model_path, "max_steps": 1, "per_device_train_batch_size": 2, "eval_fraction": 0.34, "report_to": "none"},
-                   "eval": {"data_path": str(pairs), "plot": False}},
+            "rm": {
+                "train": {
+                    "model_name_or_path": tiny_reward_model_path,
+                    "max_steps": 1,
+                    "per_device_train_batch_size": 2,
+                    "eval_fraction": 0.34,
+                    "report_to": "none",
+                },
+                "eval": {"data_path": str(pairs), "plot": False},
+            },
             "rmsp": {**served, "model_name_or_path": tiny_model_path, "max_prompts": 2, "num_candidates": 2, "max_turns": 1},
             "sft": {"model_name_or_path": tiny_model_path, "max_steps": 1, "per_device_train_batch_size": 2, "report_to": "none"},
             "rl": {"max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 2, "max_completion_length": 4, "report_to": "none"},
-        }  # fmt: skip
+        }
         path = write_config(tmp_path / "pipeline.yaml", config)
         out = tmp_path / "run"
         rc, statuses = run(path, out, report=False)
@@ -301,7 +356,9 @@ def test_every_folder_of_a_pipeline_run_has_a_card(tmp_path, tiny_model_path, ti
             loaded = datasets.load_dataset(str(folder), config_name, cache_dir=str(tmp_path / "cache"))
             assert loaded["train"].num_rows == rows, (name, config_name)
         default = next(c["config_name"] for c in card["configs"] if c.get("default"))
-        assert datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))["train"].num_rows == count_rows(folder / configs[default])
+        assert datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))["train"].num_rows == count_rows(
+            folder / configs[default]
+        )
 
     for name in sorted(models):
         text = (out / name / "README.md").read_text()
@@ -313,7 +370,10 @@ def test_every_folder_of_a_pipeline_run_has_a_card(tmp_path, tiny_model_path, ti
         for (dataset_name, metric), value in found.items():
             assert f"| {metric} | {value:.3f} |" in text, (name, dataset_name, metric)
     rm = {(r.dataset_name, r.metric_name): r.metric_value for r in ModelCard.load(out / "rm" / "README.md").data.eval_results}
-    held, evaluated = json.loads((out / "rm" / "metrics.json").read_text())["heldout"], json.loads((out / "rm_eval" / "metrics.json").read_text())
+    held, evaluated = (
+        json.loads((out / "rm" / "metrics.json").read_text())["heldout"],
+        json.loads((out / "rm_eval" / "metrics.json").read_text()),
+    )
     assert rm[("held-out comparisons", "rubric agreement")] == held["accuracy"]
     assert rm[("rm-eval-pairs.jsonl", "accuracy (agreement with the labels)")] == evaluated["accuracy"]
     assert rm[("rm-eval-pairs.jsonl", "length-balanced accuracy")] == evaluated["length_balanced"]["accuracy"]
@@ -338,12 +398,21 @@ def test_rm_eval_adds_its_results_to_the_card_of_our_reward_model_only(tmp_path,
     pairs.write_text("".join(json.dumps(p) + "\n" for p in RM_EVAL_PAIRS))
     ours, theirs = tmp_path / "run" / "rm", tmp_path / "theirs"
     shutil.copytree(tiny_reward_model_path, ours)
-    write_model_card(ours, "rm train", base_model="smollm2-135m", facts={"Data": "`cs/comparison.jsonl`"}, hyperparameters={"learning_rate": 1e-3}, evaluations=[])
+    write_model_card(
+        ours,
+        "rm train",
+        base_model="smollm2-135m",
+        facts={"Data": "`cs/comparison.jsonl`"},
+        hyperparameters={"learning_rate": 1e-3},
+        evaluations=[],
+    )
     shutil.copytree(tiny_reward_model_path, theirs)
     (theirs / "README.md").write_text("---\nlicense: mit\n---\n# someone else's reward model\n")
 
     def evaluate(model, out, **kw):
-        return run_rm_eval(RewardEvalConfig(model_name_or_path=str(model), data_path=str(pairs), output_dir=str(tmp_path / out), plot=False, **kw))
+        return run_rm_eval(
+            RewardEvalConfig(model_name_or_path=str(model), data_path=str(pairs), output_dir=str(tmp_path / out), plot=False, **kw)
+        )
 
     metrics = evaluate(ours, "eval")
     card = ModelCard.load(ours / "README.md")
@@ -354,9 +423,14 @@ def test_rm_eval_adds_its_results_to_the_card_of_our_reward_model_only(tmp_path,
         "'prefer the longer answer' baseline": 0.5,
         "Spearman(reward, answer length)": metrics["length_bias"]["spearman_reward_length"],
     }
-    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and {r.dataset_type for r in card.data.eval_results} == {".../pairs.jsonl"}
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and {r.dataset_type for r in card.data.eval_results} == {
+        ".../pairs.jsonl"
+    }
     low, high = metrics["length_balanced"]["ci95"]
-    assert f"| length-balanced accuracy | {metrics['length_balanced']['accuracy']:.3f} | {low:.3f}–{high:.3f} | 4 | `almost rm eval` |" in card.text
+    assert (
+        f"| length-balanced accuracy | {metrics['length_balanced']['accuracy']:.3f} | {low:.3f}–{high:.3f} | 4 | `almost rm eval` |"
+        in card.text
+    )
     # The same data again replaces its rows; switched off, or on a model that is not ours, nothing changes.
     evaluate(ours, "again")
     assert len(ModelCard.load(ours / "README.md").data.eval_results) == 4
@@ -377,4 +451,8 @@ def test_cards_show_paths_inside_the_run_only(tmp_path):
     assert shown_path(str(tmp_path / "elsewhere" / "model"), run) == ".../model"
     assert shown_path("hh-harmless-test", run) == "hh-harmless-test" and shown_path("org/model", run) == "org/model"
     assert shown_path("http://user:pw@host:8100", run) == "http://<redacted>@host:8100"
-    assert [hub_base_model(m) for m in ("org/model", "smollm2-135m", str(run))] == ["org/model", "HuggingFaceTB/SmolLM2-135M-Instruct", None]
+    assert [hub_base_model(m) for m in ("org/model", "smollm2-135m", str(run))] == [
+        "org/model",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        None,
+    ]

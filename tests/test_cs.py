@@ -165,7 +165,9 @@ def test_seed_layout_prompts_txt_and_json_lists(tmp_path):
     (tmp_path / "llama-2-7b-hf-Faithful-3shot.json").write_text(json.dumps(["y" * 81, "y" * 100]))
     (tmp_path / "llama-2-7b-hf-HHH-1shot.json").write_text(json.dumps(["z" * 61, "z" * 50]))
     stats = run_cs(
-        CSArguments(output_dir=str(tmp_path), rubric=["llama-2-13b-hf-Faithful-3shot", "llama-2-7b-hf-Faithful-3shot", "llama-2-7b-hf-HHH-1shot"])
+        CSArguments(
+            output_dir=str(tmp_path), rubric=["llama-2-13b-hf-Faithful-3shot", "llama-2-7b-hf-Faithful-3shot", "llama-2-7b-hf-HHH-1shot"]
+        )
     )
     rows = [json.loads(line) for line in (tmp_path / "comparison.jsonl").read_text().splitlines()]
     assert [(r["prompt"], r["chosen"][0], r["rejected"][0]) for r in rows] == [("p0", "x", "y"), ("p0", "y", "z"), ("p1", "y", "z")]
@@ -271,7 +273,25 @@ def test_length_options_off_keep_the_seed_stats(tmp_path):
 
 def test_length_options_from_the_command_line(tmp_path, capsys):
     balance_inputs(tmp_path)
-    assert cli.main(["cs", "--output_dir", str(tmp_path), "--rubric", "good", "weak,poor", "--length_balance", "--max_length_ratio", "3"]) == 0
+    assert (
+        cli.main(["cs", "--output_dir", str(tmp_path), "--rubric", "good", "weak,poor", "--length_balance", "--max_length_ratio", "3"]) == 0
+    )
     assert "dropped by --max_length_ratio: 0; --length_balance: 24" in capsys.readouterr().out
-    assert cli.main(["cs", "--output_dir", str(tmp_path / "x"), "--input_dir", str(tmp_path), "--rubric", "good", "weak,poor", "--max_length_ratio", "0.5"]) == 2
+    assert (
+        cli.main(
+            [
+                "cs",
+                "--output_dir",
+                str(tmp_path / "x"),
+                "--input_dir",
+                str(tmp_path),
+                "--rubric",
+                "good",
+                "weak,poor",
+                "--max_length_ratio",
+                "0.5",
+            ]
+        )
+        == 2
+    )
     assert "--max_length_ratio must be at least 1" in capsys.readouterr().err

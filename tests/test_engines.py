@@ -68,17 +68,22 @@ def test_hf_engine_shared_prefix_gives_what_each_prompt_gets_alone(tiny_model_pa
     out = engine.generate(prompts, Sampling(temperature=0.0, max_new_tokens=6, n=2))
     for prompt, ids, samples in zip(prompts, token_ids, out):
         with torch.no_grad():
-            alone = engine.model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=engine.tokenizer.pad_token_id)
+            alone = engine.model.generate(
+                torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=engine.tokenizer.pad_token_id
+            )
         expected = engine.tokenizer.decode(alone[0, len(ids) :], skip_special_tokens=True)
         assert samples == [expected, expected], prompt
 
 
-@pytest.mark.parametrize(("native_bf16", "on_gpu", "asked", "expected"), [
-    (False, False, "auto", "float32"),  # vLLM emulates bf16 on such CPUs: 3.5x slower (docs/feedback.md)
-    (True, False, "auto", "bfloat16"),
-    (False, True, "auto", "auto"),  # the checkpoint's own dtype
-    (False, False, "bfloat16", "bfloat16"),  # asked for is what runs
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("native_bf16", "on_gpu", "asked", "expected"),
+    [
+        (False, False, "auto", "float32"),  # vLLM emulates bf16 on such CPUs: 3.5x slower (docs/feedback.md)
+        (True, False, "auto", "bfloat16"),
+        (False, True, "auto", "auto"),  # the checkpoint's own dtype
+        (False, False, "bfloat16", "bfloat16"),  # asked for is what runs
+    ],
+)
 def test_vllm_runs_fp32_on_cpus_without_native_bf16(monkeypatch, native_bf16, on_gpu, asked, expected):
     from almost import models
     from almost.engines.vllm import vllm_dtype

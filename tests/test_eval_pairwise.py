@@ -104,6 +104,7 @@ def test_run_pairwise_caches_answers(tmp_path, tiny_model_path):
     assert (metrics["win"], metrics["n"]) == (10, 10) and metrics["win_rate"] == 1.0
     assert set(metrics["per_category"]) == {"generic", "knowledge", "writing", "math", "coding", "safety"}
     assert len(list((tmp_path / "e").glob("answers_*.jsonl"))) == 2
+
     # A rerun reads the cached answers: engines that would fail are never called.
     def fail(prompt, i):
         raise AssertionError("regenerated a cached answer")
@@ -118,8 +119,14 @@ def test_a_second_judge_reuses_the_answers_in_a_shared_answers_dir(tmp_path, tin
 
     def evaluate(judge_name, judge):
         model, baseline = ScriptedEngine(lambda prompt, i: "a good answer"), ScriptedEngine(lambda prompt, i: "bad")
-        config = PairwiseConfig(model_name_or_path=tiny_model_path, baseline_model_name_or_path=str(tmp_path), data_path=str(QUESTIONS_SAMPLE),
-                                output_dir=str(tmp_path / f"by-{judge_name}"), answers_dir=str(shared), max_new_tokens=8)  # fmt: skip
+        config = PairwiseConfig(
+            model_name_or_path=tiny_model_path,
+            baseline_model_name_or_path=str(tmp_path),
+            data_path=str(QUESTIONS_SAMPLE),
+            output_dir=str(tmp_path / f"by-{judge_name}"),
+            answers_dir=str(shared),
+            max_new_tokens=8,
+        )
         return run_pairwise(config, model, baseline, judge), len(model.calls) + len(baseline.calls)
 
     first, first_calls = evaluate("content", ScriptedJudge(lambda q, a, b: (1.0, 0.0) if "good" in a else (0.0, 1.0)))
@@ -212,7 +219,14 @@ def test_one_loaded_model_in_memory_at_a_time(tmp_path, tiny_model_path, monkeyp
 
     monkeypatch.setattr(pairwise, "load_engine", load_engine)
     (tmp_path / "config.json").write_text("{}")  # a second local checkpoint name: its own answers
-    config = PairwiseConfig(model_name_or_path=tiny_model_path, baseline_model_name_or_path=str(tmp_path), judge=f"llm:{tiny_model_path}",
-                            data_path=str(QUESTIONS_SAMPLE), output_dir=str(tmp_path / "e"), max_new_tokens=8, max_questions=2)  # fmt: skip
+    config = PairwiseConfig(
+        model_name_or_path=tiny_model_path,
+        baseline_model_name_or_path=str(tmp_path),
+        judge=f"llm:{tiny_model_path}",
+        data_path=str(QUESTIONS_SAMPLE),
+        output_dir=str(tmp_path / "e"),
+        max_new_tokens=8,
+        max_questions=2,
+    )
     metrics = run_pairwise(config)
     assert len(loaded) == 3 and metrics["n"] == 2  # model, baseline, then the judge

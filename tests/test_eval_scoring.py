@@ -35,7 +35,10 @@ def _ab(prompt: str) -> tuple[str, str]:
     return a, b
 
 
-PAIRS = [Pair(({"role": "user", "content": "hi"},), "good", "bad", "helpful"), Pair(({"role": "user", "content": "q"},), "right", "wrong", "honest")]
+PAIRS = [
+    Pair(({"role": "user", "content": "hi"},), "good", "bad", "helpful"),
+    Pair(({"role": "user", "content": "q"},), "right", "wrong", "honest"),
+]
 
 
 def test_hhh_prompt_shows_both_answers_and_asks_for_a_letter():
@@ -74,7 +77,11 @@ def test_hhh_per_type_accuracy_on_sample_file(tmp_path):
         a, b = _ab(prompt)
         return (0.9, 0.1) if a in harmless else (0.1, 0.9) if b in harmless else (0.9, 0.1)
 
-    metrics = run_hhh(ModelArguments(model_name_or_path="scripted"), HHHConfig(data_path=str(HHH_SAMPLE), output_dir=str(tmp_path)), ScriptedOptions(probs))
+    metrics = run_hhh(
+        ModelArguments(model_name_or_path="scripted"),
+        HHHConfig(data_path=str(HHH_SAMPLE), output_dir=str(tmp_path)),
+        ScriptedOptions(probs),
+    )
     assert metrics["per_type"]["harmless"]["accuracy"] == 1.0
     assert metrics["per_type"]["helpful"]["accuracy"] == 0.0
     assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 16
@@ -120,7 +127,9 @@ def test_truthfulqa_sample_with_scripted_model(tmp_path):
         correct_answers.add(targets["choices"][targets["labels"].index(1)])
     assert any(json.loads(line)["mc1_targets"]["labels"][0] == 0 for line in open(TRUTHFULQA_SAMPLE))
     model = ScriptedOptions(lambda p: (0.9,) if any(f"A: {c}\n" in p for c in correct_answers) else (0.2,))
-    metrics = run_truthfulqa(ModelArguments(model_name_or_path="scripted"), TruthfulQAConfig(data_path=str(TRUTHFULQA_SAMPLE), output_dir=str(tmp_path)), model)
+    metrics = run_truthfulqa(
+        ModelArguments(model_name_or_path="scripted"), TruthfulQAConfig(data_path=str(TRUTHFULQA_SAMPLE), output_dir=str(tmp_path)), model
+    )
     assert metrics["accuracy"] == 1.0 and metrics["n"] == 12 and "Misconceptions" in metrics["per_category"]
 
 

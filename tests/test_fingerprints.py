@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import build_tiny_model
+from test_pg import pg_config, scripted_query
+from test_rg import echo_engine, write_prompts
 
 from almost import cli
 from almost.engines import ScriptedEngine
 from almost.io import AlmostError, digest_file, digest_model, output_is_current, record_settings, settings_path
-
-from conftest import build_tiny_model
-from test_pg import pg_config, scripted_query
-from test_rg import echo_engine, write_prompts
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
@@ -164,8 +163,12 @@ def test_merge_refuses_a_merged_file_older_than_its_shards_and_cs_too(tmp_path, 
     assert "was made with different settings" in err and "--overwrite" in err
     # cs does not silently take the old merged rows over the newer shards.
     other = [json.loads(line) for line in merged.splitlines()]
-    (tmp_path / "big-faithful-1shot.jsonl").write_text("".join(json.dumps({**r, "config": "big-faithful-1shot", "response": r["response"] + " More."}) + "\n" for r in other))
-    err = one_line_error(capsys, ["cs", "--output_dir", str(tmp_path / "cs"), "--input_dir", str(tmp_path), "--rubric", "big-faithful-1shot", name])
+    (tmp_path / "big-faithful-1shot.jsonl").write_text(
+        "".join(json.dumps({**r, "config": "big-faithful-1shot", "response": r["response"] + " More."}) + "\n" for r in other)
+    )
+    err = one_line_error(
+        capsys, ["cs", "--output_dir", str(tmp_path / "cs"), "--input_dir", str(tmp_path), "--rubric", "big-faithful-1shot", name]
+    )
     assert "not the merge of the shards" in err and "almost merge" in err and "--overwrite" in err
     assert not (tmp_path / "cs" / "comparison.jsonl").exists()
 
@@ -185,16 +188,23 @@ def fake_reward_model(path: Path, weights: bytes) -> Path:
 
 
 def test_rmsp_refuses_a_changed_reward_model_at_the_same_path(tmp_path, tiny_model_path):
-    from almost.policy.selfplay import RMSPArguments, run_rmsp
     from test_selfplay import ANSWERS, DEMOS, LengthScorer, follow_up
+
+    from almost.policy.selfplay import RMSPArguments, run_rmsp
 
     (tmp_path / "demos.txt").write_text(DEMOS)
     (tmp_path / "prompts.txt").write_text("How do plants grow?\nWhy is the sea salty?\n")
     rm = fake_reward_model(tmp_path / "rm", b"weights-1")
     config = RMSPArguments(
-        output_dir=str(tmp_path / "out"), prompts_path=str(tmp_path / "prompts.txt"), reward_model_name_or_path=str(rm),
-        model_name_or_path=tiny_model_path, prompt_file_path=str(tmp_path / "demos.txt"), n_shot=2, num_candidates=2, max_turns=1,
-    )  # fmt: skip
+        output_dir=str(tmp_path / "out"),
+        prompts_path=str(tmp_path / "prompts.txt"),
+        reward_model_name_or_path=str(rm),
+        model_name_or_path=tiny_model_path,
+        prompt_file_path=str(tmp_path / "demos.txt"),
+        n_shot=2,
+        num_candidates=2,
+        max_turns=1,
+    )
 
     def play():
         return run_rmsp(config, policy=ScriptedEngine(lambda p, i: ANSWERS[1 + i]), user=ScriptedEngine(follow_up), scorer=LengthScorer())
@@ -206,7 +216,9 @@ def test_rmsp_refuses_a_changed_reward_model_at_the_same_path(tmp_path, tiny_mod
     config.reward_batch_size = 1  # memory knob only: still reused
     play()
     fake_reward_model(rm, b"weights-2")  # retrained in place
-    with pytest.raises(AlmostError, match=r"demonstrations\.jsonl was made with different settings or inputs \(reward_model '.*--overwrite"):
+    with pytest.raises(
+        AlmostError, match=r"demonstrations\.jsonl was made with different settings or inputs \(reward_model '.*--overwrite"
+    ):
         play()
     config.overwrite = True
     play()
@@ -239,17 +251,21 @@ def test_rm_score_refuses_a_retrained_reward_model_at_the_same_path(tmp_path, ti
 
 
 def test_pairwise_answers_are_cached_by_question_text_not_only_id(tmp_path, tiny_model_path):
-    from almost.evaluate.pairwise import PairwiseConfig, run_pairwise
     from test_eval_pairwise import ScriptedJudge
+
+    from almost.evaluate.pairwise import PairwiseConfig, run_pairwise
 
     questions = tmp_path / "q.jsonl"
     questions.write_text(json.dumps({"question_id": 1, "text": "What is two plus two?"}) + "\n")
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "config.json").write_text("{}")
     config = PairwiseConfig(
-        model_name_or_path=tiny_model_path, baseline_model_name_or_path=str(tmp_path / "base"),
-        data_path=str(questions), output_dir=str(tmp_path / "e"), max_new_tokens=8,
-    )  # fmt: skip
+        model_name_or_path=tiny_model_path,
+        baseline_model_name_or_path=str(tmp_path / "base"),
+        data_path=str(questions),
+        output_dir=str(tmp_path / "e"),
+        max_new_tokens=8,
+    )
     judged = []
     judge = ScriptedJudge(lambda q, a, b: judged.append((q, a, b)) or (1.0, 0.0))
 
@@ -295,9 +311,15 @@ def test_pipeline_ignores_the_cache_folder_and_a_model_folder_s_logs(tmp_path, t
     config = {
         "in_process": True,
         "shared": {"cache_dir": str(cache)},
-        "rg": {"prompts_path": str(prompts), "model_name_or_path": str(model), "max_new_tokens": 2, "batch_size": 1, "backend": "hf",
-               "configurations": [{"prompt_file_path": "basic_prompt.txt", "n_shot": 0}]},
-    }  # fmt: skip
+        "rg": {
+            "prompts_path": str(prompts),
+            "model_name_or_path": str(model),
+            "max_new_tokens": 2,
+            "batch_size": 1,
+            "backend": "hf",
+            "configurations": [{"prompt_file_path": "basic_prompt.txt", "n_shot": 0}],
+        },
+    }
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "run"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from almost.evaluate.pairwise import judge_both_orders, pairwise_metrics, pairwise_table, Question
+from almost.evaluate.pairwise import Question, judge_both_orders, pairwise_metrics, pairwise_table
 from almost.reward.evaluate import metrics_table
-from almost.stats import length_balanced, reward_pair_metrics as rm_metrics
+from almost.stats import length_balanced
+from almost.stats import reward_pair_metrics as rm_metrics
 
 # 7 pairs where the chosen answer is longer, 3 where it is shorter, 2 of equal length.
 CHOSEN_LEN = [50, 60, 70, 80, 90, 100, 110, 10, 20, 30, 40, 40]
@@ -119,8 +120,8 @@ def test_pairwise_oracle_and_ties_count_half():
 
 
 def test_shipped_human_pairs_are_disjoint_halves_that_the_script_reproduces(tmp_path):
-    import json
     import gzip
+    import json
     from pathlib import Path
 
     from almost.evaluate import HH_HARMLESS_DEV, HH_HARMLESS_TEST, SHIPPED_PAIRS
@@ -204,7 +205,12 @@ def test_proof_questions_are_held_out_and_the_script_reproduces_them(tmp_path):
     assert (tmp_path / "again.jsonl").read_bytes() == PROOF_QUESTIONS.read_bytes()
 
     # Helpful: held out from PG by its own near-duplicate rule, against the seeds and each other.
-    seeds = [line for name in ("seed_prompts.txt", "seed_prompts_harmless.txt") for line in (ASSETS / name).read_text().splitlines() if line.strip()]
+    seeds = [
+        line
+        for name in ("seed_prompts.txt", "seed_prompts_harmless.txt")
+        for line in (ASSETS / name).read_text().splitlines()
+        if line.strip()
+    ]
     helpful = [q.text for q in questions if q.category == "helpful"]
     for i, text in enumerate(helpful):
         closest = max(rouge_l_reference(rouge_tokens(other), rouge_tokens(text)) for other in seeds + helpful[:i] + helpful[i + 1 :])

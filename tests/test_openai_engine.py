@@ -76,8 +76,13 @@ def test_requests_carry_the_sampling_and_answers_come_back_in_order(server):
     body = server.requests[0]["body"]
     assert server.requests[0]["path"] == "/v1/completions"
     assert {k: body[k] for k in ("model", "max_tokens", "temperature", "top_p", "n", "stop")} == {
-        "model": "served-name", "max_tokens": 12, "temperature": 0.7, "top_p": 0.9, "n": 2, "stop": ["\n"],
-    }  # fmt: skip
+        "model": "served-name",
+        "max_tokens": 12,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "n": 2,
+        "stop": ["\n"],
+    }
     assert sorted(r["body"]["prompt"] for r in server.requests) == prompts
 
 
@@ -170,10 +175,21 @@ def test_the_backend_needs_a_base_url_and_never_resolves_the_served_name():
 
 
 def test_rg_and_pg_run_through_the_openai_backend(server, tmp_path):
-    server.reply = lambda body, k: " It is a fine question, and here is a complete answer to it." if "Assistant:" in body["prompt"] else " How do I plant tomatoes in a small garden?"
+    server.reply = lambda body, k: (
+        " It is a fine question, and here is a complete answer to it."
+        if "Assistant:" in body["prompt"]
+        else " How do I plant tomatoes in a small garden?"
+    )
     prompts = ["What is a cat?", "How do I cook rice?", "Why is the sky blue?"]
     (tmp_path / "prompts.txt").write_text("".join(p + "\n" for p in prompts))
-    config = RGArguments(output_dir=str(tmp_path), backend="openai", base_url=[server.url], prompt_file_path=[str(demos.WORSE_DEMONSTRATIONS)], n_shot=[1], chunk_size=2)
+    config = RGArguments(
+        output_dir=str(tmp_path),
+        backend="openai",
+        base_url=[server.url],
+        prompt_file_path=[str(demos.WORSE_DEMONSTRATIONS)],
+        n_shot=[1],
+        chunk_size=2,
+    )
     summary = run_rg(config)
     (name,) = summary
     rows = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
@@ -192,15 +208,27 @@ def test_a_pipeline_can_point_its_generation_stages_at_servers(tmp_path):
     from almost.run.plan import Planner
 
     config_path = tmp_path / "served.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "shared": {"backend": "openai", "base_url": ["http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"], "concurrency": 16},
-        "pg": {"model_name_or_path": "llama-2-7b", "num_generation": 4},
-        "rg": {"model_name_or_path": "llama-2-7b", "configurations": [
-            {"prompt_file_path": "faithful_prompt.txt", "n_shot": 1},
-            {"model_name_or_path": "llama-2-13b", "base_url": ["http://gpu2:8000/v1"], "prompt_file_path": "faithful_prompt.txt", "n_shot": 1},
-        ]},
-        "cs": {"rubric": ["llama-2-13b-faithful-1shot", "llama-2-7b-faithful-1shot"]},
-    }))  # fmt: skip
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "shared": {"backend": "openai", "base_url": ["http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"], "concurrency": 16},
+                "pg": {"model_name_or_path": "llama-2-7b", "num_generation": 4},
+                "rg": {
+                    "model_name_or_path": "llama-2-7b",
+                    "configurations": [
+                        {"prompt_file_path": "faithful_prompt.txt", "n_shot": 1},
+                        {
+                            "model_name_or_path": "llama-2-13b",
+                            "base_url": ["http://gpu2:8000/v1"],
+                            "prompt_file_path": "faithful_prompt.txt",
+                            "n_shot": 1,
+                        },
+                    ],
+                },
+                "cs": {"rubric": ["llama-2-13b-faithful-1shot", "llama-2-7b-faithful-1shot"]},
+            }
+        )
+    )
     planner = Planner(yaml.safe_load(config_path.read_text()), tmp_path / "run", config_path)
     steps = planner.plan()
     validate(steps, planner)  # resolving "llama-2-7b" locally would fail: it is a served name
@@ -225,9 +253,18 @@ def test_rmsp_resumes_after_the_transport_settings_change(tmp_path, tiny_model_p
             return [1.0] * len(conversations)
 
     def config(**transport):
-        return RMSPArguments(output_dir=str(tmp_path / "out"), prompts_path=str(tmp_path / "prompts.txt"), reward_model_name_or_path="scripted",
-                             model_name_or_path=tiny_model_path, prompt_file_path=str(demos.BETTER_DEMONSTRATIONS), n_shot=1,
-                             num_candidates=1, max_turns=1, batch_size=1, **transport)  # fmt: skip
+        return RMSPArguments(
+            output_dir=str(tmp_path / "out"),
+            prompts_path=str(tmp_path / "prompts.txt"),
+            reward_model_name_or_path="scripted",
+            model_name_or_path=tiny_model_path,
+            prompt_file_path=str(demos.BETTER_DEMONSTRATIONS),
+            n_shot=1,
+            num_candidates=1,
+            max_turns=1,
+            batch_size=1,
+            **transport,
+        )
 
     calls = []
 
@@ -240,5 +277,10 @@ def test_rmsp_resumes_after_the_transport_settings_change(tmp_path, tiny_model_p
     with pytest.raises(AlmostError):
         run_rmsp(config(max_retries=2), policy=ScriptedEngine(failing), user=ScriptedEngine(lambda p, i: " Thanks!"), scorer=Scorer())
     resumed = ScriptedEngine(lambda p, i: answer)
-    run_rmsp(config(max_retries=20, concurrency=2, request_timeout=5.0), policy=resumed, user=ScriptedEngine(lambda p, i: " Thanks!"), scorer=Scorer())
+    run_rmsp(
+        config(max_retries=20, concurrency=2, request_timeout=5.0),
+        policy=resumed,
+        user=ScriptedEngine(lambda p, i: " Thanks!"),
+        scorer=Scorer(),
+    )
     assert len(resumed.calls) == 1  # only the second dialogue was played

@@ -54,9 +54,24 @@ class VLLMServer:
             "VLLM_CPU_OMP_THREADS_BIND": f"0-{cpus - 1}",
             "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
         }
-        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_path,
-                   "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(self.port),
-                   "--enforce-eager", "--max-model-len", "2048", "--seed", "0"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model_path,
+            "--served-model-name",
+            SERVED_NAME,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--enforce-eager",
+            "--max-model-len",
+            "2048",
+            "--seed",
+            "0",
+        ]
         # Its own session, so that SIGKILL reaches the engine core process too, as a crash would.
         self.process = subprocess.Popen(command, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + STARTUP_SECONDS
@@ -89,7 +104,13 @@ def server(tmp_path_factory, smollm2_path):
 
 
 def almost(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "almost", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "almost", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def rows_in(path: Path) -> list[dict]:
@@ -112,18 +133,46 @@ def wait_for_rows(path: Path, at_least: int, process: subprocess.Popen, seconds:
 
 
 PROMPTS = [
-    "How do I boil an egg so the yolk stays soft?", "What is the capital of Australia?", "How can I sleep better?",
-    "What should I pack for a weekend hike?", "Why do leaves change colour in autumn?", "How do I start learning the piano?",
-    "What is a good way to save money each month?", "How do vaccines work?", "How do I clean a cast iron pan?",
-    "What makes a good cover letter?", "How do I keep basil alive indoors?", "Why is the sea salty?",
-]  # fmt: skip
+    "How do I boil an egg so the yolk stays soft?",
+    "What is the capital of Australia?",
+    "How can I sleep better?",
+    "What should I pack for a weekend hike?",
+    "Why do leaves change colour in autumn?",
+    "How do I start learning the piano?",
+    "What is a good way to save money each month?",
+    "How do vaccines work?",
+    "How do I clean a cast iron pan?",
+    "What makes a good cover letter?",
+    "How do I keep basil alive indoors?",
+    "Why is the sea salty?",
+]
 
 
 def test_rg_fails_clearly_when_the_server_dies_and_a_rerun_resumes(server, tmp_path):
     (tmp_path / "prompts.txt").write_text("".join(p + "\n" for p in PROMPTS))
-    args = ["rg", "--backend", "openai", "--base_url", server.url, "--output_dir", str(tmp_path),
-            "--prompt_file_path", str(demos.WORSE_DEMONSTRATIONS), "--n_shot", "1", "--max_new_tokens", "48",
-            "--chunk_size", "2", "--concurrency", "2", "--seed", "3", "--max_retries", "2"]  # fmt: skip
+    args = [
+        "rg",
+        "--backend",
+        "openai",
+        "--base_url",
+        server.url,
+        "--output_dir",
+        str(tmp_path),
+        "--prompt_file_path",
+        str(demos.WORSE_DEMONSTRATIONS),
+        "--n_shot",
+        "1",
+        "--max_new_tokens",
+        "48",
+        "--chunk_size",
+        "2",
+        "--concurrency",
+        "2",
+        "--seed",
+        "3",
+        "--max_retries",
+        "2",
+    ]
     final = tmp_path / "smollm2-135m-basic-1shot.jsonl"
     partial = Path(f"{final}.partial")
     run = almost(*args)
@@ -149,9 +198,29 @@ def test_rg_fails_clearly_when_the_server_dies_and_a_rerun_resumes(server, tmp_p
 
 
 def test_pg_retries_span_a_server_restart(server, tmp_path):
-    args = ["pg", "--backend", "openai", "--base_url", server.url, "--output_dir", str(tmp_path),
-            "--num_generation", "4", "--batch_size", "2", "--max_new_tokens", "32", "--seed", "1",
-            "--min_chars", "5", "--rouge_l_threshold", "0.9", "--max_retries", "40"]  # fmt: skip
+    args = [
+        "pg",
+        "--backend",
+        "openai",
+        "--base_url",
+        server.url,
+        "--output_dir",
+        str(tmp_path),
+        "--num_generation",
+        "4",
+        "--batch_size",
+        "2",
+        "--max_new_tokens",
+        "32",
+        "--seed",
+        "1",
+        "--min_chars",
+        "5",
+        "--rouge_l_threshold",
+        "0.9",
+        "--max_retries",
+        "40",
+    ]
     run = almost(*args)
     wait_for_rows(tmp_path / "pg_rounds.jsonl.partial", 1, run)
     server.kill()
@@ -169,19 +238,57 @@ def test_pg_retries_span_a_server_restart(server, tmp_path):
 
 def test_rmsp_and_pairwise_answers_use_the_server(server, tmp_path, tiny_reward_model_path):
     (tmp_path / "prompts.txt").write_text("".join(p + "\n" for p in PROMPTS[:2]))
-    run = almost("rmsp", "--backend", "openai", "--base_url", server.url, "--output_dir", str(tmp_path / "rmsp"),
-                 "--prompts_path", str(tmp_path / "prompts.txt"), "--reward_model_name_or_path", tiny_reward_model_path,
-                 "--num_candidates", "2", "--max_turns", "2", "--max_new_tokens", "32", "--user_max_new_tokens", "24",
-                 "--n_shot", "1", "--user_n_shot", "1", "--seed", "2")  # fmt: skip
+    run = almost(
+        "rmsp",
+        "--backend",
+        "openai",
+        "--base_url",
+        server.url,
+        "--output_dir",
+        str(tmp_path / "rmsp"),
+        "--prompts_path",
+        str(tmp_path / "prompts.txt"),
+        "--reward_model_name_or_path",
+        tiny_reward_model_path,
+        "--num_candidates",
+        "2",
+        "--max_turns",
+        "2",
+        "--max_new_tokens",
+        "32",
+        "--user_max_new_tokens",
+        "24",
+        "--n_shot",
+        "1",
+        "--user_n_shot",
+        "1",
+        "--seed",
+        "2",
+    )
     out, err = run.communicate(timeout=600)
     assert run.returncode == 0, err[-3000:]
     summary = json.loads((tmp_path / "rmsp" / "rmsp_summary.json").read_text())
     assert summary["dialogues"] == 2, summary
     questions = tmp_path / "questions.jsonl"
     questions.write_text("".join(json.dumps({"question_id": i, "text": p, "category": "c"}) + "\n" for i, p in enumerate(PROMPTS[:2])))
-    run = almost("eval", "pairwise", "--backend", "openai", "--base_url", server.url, "--baseline_model_name_or_path", SERVED_NAME,
-                 "--data_path", str(questions), "--output_dir", str(tmp_path / "pairwise"), "--judge", f"rm:{tiny_reward_model_path}",
-                 "--max_new_tokens", "24")  # fmt: skip
+    run = almost(
+        "eval",
+        "pairwise",
+        "--backend",
+        "openai",
+        "--base_url",
+        server.url,
+        "--baseline_model_name_or_path",
+        SERVED_NAME,
+        "--data_path",
+        str(questions),
+        "--output_dir",
+        str(tmp_path / "pairwise"),
+        "--judge",
+        f"rm:{tiny_reward_model_path}",
+        "--max_new_tokens",
+        "24",
+    )
     out, err = run.communicate(timeout=600)
     assert run.returncode == 0, err[-3000:]
     answers = sorted((tmp_path / "pairwise").glob("answers_*.jsonl"))

@@ -208,9 +208,11 @@ def test_seed_prompt_asset_is_valid_and_has_no_near_duplicates():
 
 # --- the stage with a scripted engine --------------------------------------------------------------
 
-WORDS = ("apple river music engine garden winter planet coffee ladder violin tiger silver candle forest rocket "
-         "pillow mirror bridge carpet thunder lemon castle glacier puzzle harbor meadow anchor falcon velvet "
-         "lantern orchid canyon pepper marble saddle tunnel walnut").split()  # fmt: skip
+WORDS = (
+    "apple river music engine garden winter planet coffee ladder violin tiger silver candle forest rocket "
+    "pillow mirror bridge carpet thunder lemon castle glacier puzzle harbor meadow anchor falcon velvet "
+    "lantern orchid canyon pepper marble saddle tunnel walnut"
+).split()
 
 
 def scripted_query(request: str, sample: int) -> str:
@@ -234,8 +236,9 @@ def pg_config(tmp_path: Path, name: str = "out", **overrides) -> PGArguments:
     if not prompt_file.exists():
         seeds = [f"What is the {a} of a {b} {c}?" for a, b, c in zip(WORDS, WORDS[5:], WORDS[11:])][:12]
         write(prompt_file, "### Instruction: ask an assistant something\n" + "\n".join(seeds) + "\n")
-    settings = dict(output_dir=str(tmp_path / name), prompt_file_path=str(prompt_file), num_generation=25,
-                    batch_size=4, num_examples=5, seed=7)  # fmt: skip
+    settings = dict(
+        output_dir=str(tmp_path / name), prompt_file_path=str(prompt_file), num_generation=25, batch_size=4, num_examples=5, seed=7
+    )
     settings.update(overrides)
     return PGArguments(**settings)
 
@@ -416,8 +419,20 @@ def test_cli_bad_settings_exit_2_and_write_nothing(tmp_path, capsys, args, messa
 @pytest.mark.slow
 def test_pg_on_the_real_model(tmp_path, smollm2_path, capsys):
     out = tmp_path / "out"
-    argv = ["pg", "--output_dir", str(out), "--model_name_or_path", smollm2_path, "--use_hf",
-            "--num_generation", "3", "--batch_size", "4", "--max_new_tokens", "24"]  # fmt: skip
+    argv = [
+        "pg",
+        "--output_dir",
+        str(out),
+        "--model_name_or_path",
+        smollm2_path,
+        "--use_hf",
+        "--num_generation",
+        "3",
+        "--batch_size",
+        "4",
+        "--max_new_tokens",
+        "24",
+    ]
     assert cli_main(argv) == 0
     prompts = (out / "prompts.txt").read_text().splitlines()
     assert len(prompts) == 3

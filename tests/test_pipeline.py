@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from almost.cli import COMMANDS, main as cli
+from almost.cli import COMMANDS
+from almost.cli import main as cli
 from almost.contracts import CS
 from almost.evaluate import cli as evaluate_cli
 from almost.io import AlmostError
@@ -29,7 +30,14 @@ PROMPTS = ["How do I keep basil alive indoors?", "What is a prime number?", "Giv
 
 def rg_rows(config: str, lengths: list[int]) -> list[dict]:
     return [
-        {"index": i, "prompt": p, "response": ("A helpful sentence. " * 20)[:n].rstrip() + ".", "bad": False, "bad_reasons": [], "config": config}
+        {
+            "index": i,
+            "prompt": p,
+            "response": ("A helpful sentence. " * 20)[:n].rstrip() + ".",
+            "bad": False,
+            "bad_reasons": [],
+            "config": config,
+        }
         for i, (p, n) in enumerate(zip(PROMPTS, lengths))
     ]
 
@@ -62,7 +70,16 @@ def test_skip_rerun_resume_until_from(tmp_path, rg_outputs, tiny_reward_model_pa
     config = {
         "in_process": True,
         "cs": {"input_dir": str(rg_outputs), "rubric": ["big-faithful-3shot", "small-basic-1shot"]},
-        "rm": {"train": {"model_name_or_path": tiny_reward_model_path, "max_steps": 1, "per_device_train_batch_size": 2, "eval_fraction": 0.0, "report_to": "none", "learning_rate": 1e-3}},
+        "rm": {
+            "train": {
+                "model_name_or_path": tiny_reward_model_path,
+                "max_steps": 1,
+                "per_device_train_batch_size": 2,
+                "eval_fraction": 0.0,
+                "report_to": "none",
+                "learning_rate": 1e-3,
+            }
+        },
     }
     path = write_config(tmp_path / "pipeline.yaml", config)
 
@@ -113,10 +130,17 @@ def test_rg_configurations_are_steps_of_their_own(tmp_path, tiny_model_path):
     config = {
         "in_process": True,
         "rg": {
-            "prompts_path": str(prompts), "model_name_or_path": tiny_model_path, "max_new_tokens": 2, "batch_size": 1, "backend": "hf",
-            "configurations": [{"prompt_file_path": "faithful_prompt.txt", "n_shot": 0}, {"prompt_file_path": "basic_prompt.txt", "n_shot": 0}],
+            "prompts_path": str(prompts),
+            "model_name_or_path": tiny_model_path,
+            "max_new_tokens": 2,
+            "batch_size": 1,
+            "backend": "hf",
+            "configurations": [
+                {"prompt_file_path": "faithful_prompt.txt", "n_shot": 0},
+                {"prompt_file_path": "basic_prompt.txt", "n_shot": 0},
+            ],
         },
-    }  # fmt: skip
+    }
     path = write_config(tmp_path / "pipeline.yaml", config)
     name = Path(tiny_model_path).name.lower()
     faithful, basic = f"rg/{name}-faithful-0shot", f"rg/{name}-basic-0shot"
@@ -164,7 +188,10 @@ def test_bad_configs_fail_before_any_work(tmp_path, request, capsys, config, mes
     if config == "RUBRIC":
         tiny_model_path = request.getfixturevalue("tiny_model_path")
         config = {
-            "rg": {"model_name_or_path": tiny_model_path, "configurations": [{"n_shot": 1}, {"prompt_file_path": "basic_prompt.txt", "n_shot": 1}]},
+            "rg": {
+                "model_name_or_path": tiny_model_path,
+                "configurations": [{"n_shot": 1}, {"prompt_file_path": "basic_prompt.txt", "n_shot": 1}],
+            },
             "cs": {"rubric": [f"{Path(tiny_model_path).name.lower()}-faithful-1shot", "tiny-hhh-1shot"]},
         }
     path = write_config(tmp_path / "bad.yaml", config)
@@ -178,10 +205,16 @@ def test_bad_configs_fail_before_any_work(tmp_path, request, capsys, config, mes
 def test_rg_chat_format_plans_chat_configurations_and_the_rubric_uses_their_names(tmp_path, tiny_model_path, capsys):
     short = Path(tiny_model_path).name.lower()
     config = {
-        "rg": {"model_name_or_path": tiny_model_path, "chat_format": True,
-               "configurations": [{"prompt_file_path": "harmless_prompt.txt", "n_shot": 2}, {"prompt_file_path": "basic_prompt.txt", "n_shot": 1}]},
+        "rg": {
+            "model_name_or_path": tiny_model_path,
+            "chat_format": True,
+            "configurations": [
+                {"prompt_file_path": "harmless_prompt.txt", "n_shot": 2},
+                {"prompt_file_path": "basic_prompt.txt", "n_shot": 1},
+            ],
+        },
         "cs": {"rubric": [f"{short}-harmless-2shot-chat", f"{short}-basic-1shot-chat"]},
-    }  # fmt: skip
+    }
     path = write_config(tmp_path / "chat.yaml", config)
     planner = Planner(load_config(path), tmp_path / "run", path)
     steps = planner.plan()
@@ -239,12 +272,24 @@ def test_demo_proof_dry_run_plans_every_step(tmp_path, capsys):
     printed = capsys.readouterr().out
     steps = {line.split()[0]: line for line in printed.splitlines() if re.match(r"^\S+\s+to run\s+almost ", line)}
     rubric = ["smollm2-135m-harmless-2shot", "smollm2-135m-faithful-2shot", "smollm2-135m-basic-1shot"]
-    assert list(steps) == ["pg", *(f"rg/{n}" for n in rubric), "cs", "rm/train", "rm/eval", "rmsp", "sft", "rl",
-                           *(f"eval/pairwise/{m}-vs-base-by-{j}" for m in ("sft", "rl") for j in ("rm", "lm"))]  # fmt: skip
+    assert list(steps) == [
+        "pg",
+        *(f"rg/{n}" for n in rubric),
+        "cs",
+        "rm/train",
+        "rm/eval",
+        "rmsp",
+        "sft",
+        "rl",
+        *(f"eval/pairwise/{m}-vs-base-by-{j}" for m in ("sft", "rl") for j in ("rm", "lm")),
+    ]
     assert "seed_prompts_harmless.txt" in steps["pg"] and "--length_balance true" in steps["cs"]
     assert "--length_head true" in steps["rm/train"] and "--use_peft false" in steps["rm/train"]
     assert "--data_path hh-harmless-test" in steps["rm/eval"] and f"--model_name_or_path {out / 'rm'}" in steps["rm/eval"]
-    assert f"--judge rm:{out / 'rm'}" in steps["eval/pairwise/rl-vs-base-by-rm"] and "--judge llm:smollm2-135m" in steps["eval/pairwise/rl-vs-base-by-lm"]
+    assert (
+        f"--judge rm:{out / 'rm'}" in steps["eval/pairwise/rl-vs-base-by-rm"]
+        and "--judge llm:smollm2-135m" in steps["eval/pairwise/rl-vs-base-by-lm"]
+    )
     assert not out.exists()
 
 
@@ -256,8 +301,10 @@ def test_pairwise_judges_each_get_a_step_and_bad_judges_fail_early(tmp_path, cap
     assert "answers_dir" not in steps[0].flags  # ... answers included, in the step's own folder
     base["eval"]["pairwise"]["judges"] = {"a": "llm:smollm2-135m", "b": "openai:https://example.org/v1"}
     steps = Planner(load_config(path := write_config(path, base)), tmp_path / "run", path).plan()
-    assert [(s.name, s.flags["judge"]) for s in steps] == [("eval/pairwise/sft-vs-base-by-a", "llm:smollm2-135m"),
-                                                           ("eval/pairwise/sft-vs-base-by-b", "openai:https://example.org/v1")]  # fmt: skip
+    assert [(s.name, s.flags["judge"]) for s in steps] == [
+        ("eval/pairwise/sft-vs-base-by-a", "llm:smollm2-135m"),
+        ("eval/pairwise/sft-vs-base-by-b", "openai:https://example.org/v1"),
+    ]
     # Both judges' steps read and write one answer cache, left out of their fingerprints (it grows as they run).
     assert {s.flags["answers_dir"] for s in steps} == {str(tmp_path / "run" / "eval" / "pairwise" / "answers")}
     fingerprints = [step_fingerprint(s) for s in steps]
@@ -275,10 +322,21 @@ def test_rg_configurations_of_one_model_run_in_one_call(tmp_path, tiny_model_pat
     demonstration file and shots; each configuration keeps its own step, marker and output."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(PROMPTS[0] + "\n")
-    configurations = [{"prompt_file_path": "faithful_prompt.txt", "n_shot": 1}, {"prompt_file_path": "faithful_prompt.txt", "n_shot": 0},
-                      {"prompt_file_path": "basic_prompt.txt", "n_shot": 0}]  # fmt: skip
-    config = {"in_process": True, "rg": {"prompts_path": str(prompts), "model_name_or_path": tiny_model_path, "max_new_tokens": 2,
-                                         "backend": "hf", "configurations": configurations}}  # fmt: skip
+    configurations = [
+        {"prompt_file_path": "faithful_prompt.txt", "n_shot": 1},
+        {"prompt_file_path": "faithful_prompt.txt", "n_shot": 0},
+        {"prompt_file_path": "basic_prompt.txt", "n_shot": 0},
+    ]
+    config = {
+        "in_process": True,
+        "rg": {
+            "prompts_path": str(prompts),
+            "model_name_or_path": tiny_model_path,
+            "max_new_tokens": 2,
+            "backend": "hf",
+            "configurations": configurations,
+        },
+    }
     path = write_config(tmp_path / "pipeline.yaml", config)
     out = tmp_path / "run"
     assert cli(["pipeline", str(path), "--output_dir", str(out)]) == 0

@@ -12,13 +12,16 @@ import pytest
 import yaml
 from conftest import build_tiny_model
 
-from almost.run import demo
 from almost.cli import main as cli
+from almost.run import demo
 from almost.run.plan import Planner, load_config
 
 pytestmark = pytest.mark.timeout(600)
 
-PROMPTS = [f"Question number {i}: how should I plan a {w} trip?" for i, w in enumerate(["short", "long", "cheap", "family", "solo", "winter", "summer", "city"])]
+PROMPTS = [
+    f"Question number {i}: how should I plan a {w} trip?"
+    for i, w in enumerate(["short", "long", "cheap", "family", "solo", "winter", "summer", "city"])
+]
 # The rubric's first configuration is a little shorter than the second and the second longer than the
 # third, so each prompt gives one pair whose chosen answer is shorter and one whose chosen is longer.
 LENGTHS = {"tiny-harmless-2shot": 110, "tiny-faithful-2shot": 120, "tiny-basic-1shot": 90}
@@ -27,8 +30,17 @@ LENGTHS = {"tiny-harmless-2shot": 110, "tiny-faithful-2shot": 120, "tiny-basic-1
 def rg_outputs(folder: Path) -> Path:
     folder.mkdir()
     for name, n in LENGTHS.items():
-        rows = [{"index": i, "prompt": p, "response": ("Plan ahead and pack light. " * 10)[: n - i].rstrip() + ".", "bad": False, "bad_reasons": [], "config": name}
-                for i, p in enumerate(PROMPTS)]  # fmt: skip
+        rows = [
+            {
+                "index": i,
+                "prompt": p,
+                "response": ("Plan ahead and pack light. " * 10)[: n - i].rstrip() + ".",
+                "bad": False,
+                "bad_reasons": [],
+                "config": name,
+            }
+            for i, p in enumerate(PROMPTS)
+        ]
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
 
@@ -41,10 +53,17 @@ def cut_down_proof_config(tmp_path: Path, reward_model: str, policy: str, other_
     cut = {"in_process": True}
     cut["cs"] = {**config["cs"], "input_dir": str(rg_outputs(tmp_path / "rg-outputs")), "rubric": list(LENGTHS)}
     cut["rm"] = {
-        "train": {**config["rm"]["train"], "model_name_or_path": reward_model, "num_train_epochs": None, "max_steps": 1,
-                  "per_device_train_batch_size": 2, "max_length": 128, "eval_fraction": 0.25},
+        "train": {
+            **config["rm"]["train"],
+            "model_name_or_path": reward_model,
+            "num_train_epochs": None,
+            "max_steps": 1,
+            "per_device_train_batch_size": 2,
+            "max_length": 128,
+            "eval_fraction": 0.25,
+        },
         "eval": {**config["rm"]["eval"], "max_length": 256, "batch_size": 64},
-    }  # fmt: skip
+    }
     pairwise = dict(config["eval"]["pairwise"])
     pairwise["judges"] = {**pairwise["judges"], "lm": f"llm:{policy}"}
     pairwise.update(max_questions=2, max_new_tokens=4, judge_max_new_tokens=4, backend="hf")
@@ -75,16 +94,28 @@ def test_demo_proof_prints_the_table_from_the_stages_metrics(tmp_path, tiny_mode
     assert human["n"] > 1000  # the shipped HH-RLHF harmless test half, not a sample
     low, high = human["length_balanced"]["ci95"]
     assert table_row(printed, "rm_eval") == [
-        "rm_eval", str(stats["pairs"]), f"{train['heldout']['accuracy']:.3f}", str(human["n"]), f"{human['accuracy']:.3f}",
-        f"{human['length_balanced']['accuracy']:.3f}", f"[{low:.3f}, {high:.3f}]", f"{human['length_bias']['length_only_accuracy']:.3f}",
+        "rm_eval",
+        str(stats["pairs"]),
+        f"{train['heldout']['accuracy']:.3f}",
+        str(human["n"]),
+        f"{human['accuracy']:.3f}",
+        f"{human['length_balanced']['accuracy']:.3f}",
+        f"[{low:.3f}, {high:.3f}]",
+        f"{human['length_bias']['length_only_accuracy']:.3f}",
         f"{human['length_bias']['spearman_reward_length']:.3f}",
-    ]  # fmt: skip
+    ]
     for judge, spec in (("rm", f"rm:{out / 'rm'}"), ("lm", f"llm:{tiny_model_path}")):
         label = f"sft-vs-base-by-{judge}"
         metrics = json.loads((out / "eval" / "pairwise" / label / "metrics.json").read_text())
         split = metrics["length_balanced"]
         row = table_row(printed, label)
-        assert row[:5] == [label, spec, str(metrics["n"]), f"{metrics['win_rate']:.3f}", f"[{metrics['ci95'][0]:.3f}, {metrics['ci95'][1]:.3f}]"]
+        assert row[:5] == [
+            label,
+            spec,
+            str(metrics["n"]),
+            f"{metrics['win_rate']:.3f}",
+            f"[{metrics['ci95'][0]:.3f}, {metrics['ci95'][1]:.3f}]",
+        ]
         assert row[6] == str(split["model_shorter"]["n"]) and row[8] == str(split["model_longer"]["n"])
     # The two judges read one set of answers: the model's and the baseline's, made once.
     assert len(list((out / "eval" / "pairwise" / "answers").glob("answers_*.jsonl"))) == 2

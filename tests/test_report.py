@@ -34,8 +34,16 @@ from almost.run.summary import step_figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Every stage's declaration in contracts.py, by its folder in the run.
-DECLARED = {"pg": PG, "cs": CS, "rm": RM_TRAIN, "rm_eval": RM_EVAL, "rmsp": RMSP, "sft": SFT, "rl": RL,
-            **{f"eval/{kind}/*": outputs for kind, outputs in EVALUATIONS.items()}}  # fmt: skip
+DECLARED = {
+    "pg": PG,
+    "cs": CS,
+    "rm": RM_TRAIN,
+    "rm_eval": RM_EVAL,
+    "rmsp": RMSP,
+    "sft": SFT,
+    "rl": RL,
+    **{f"eval/{kind}/*": outputs for kind, outputs in EVALUATIONS.items()},
+}
 
 
 def load(path: Path):
@@ -153,8 +161,15 @@ def test_step_figures_for_the_summary(tiny_run: Path):
 
 
 def test_a_key_no_stage_declares_is_neither_written_nor_read(tmp_path: Path):
-    stats = {"prompts": 3, "pairs": 2, "dropped_by_filter": 1, "prompts_with_fewer_than_two_valid": 0, "valid_answers": {"a": 3, "b": 2},
-             "pairs_per_configuration_pair": {"a > b": 2}, "rubric": [["a"], ["b"]]}  # fmt: skip
+    stats = {
+        "prompts": 3,
+        "pairs": 2,
+        "dropped_by_filter": 1,
+        "prompts_with_fewer_than_two_valid": 0,
+        "valid_answers": {"a": 3, "b": 2},
+        "pairs_per_configuration_pair": {"a > b": 2},
+        "rubric": [["a"], ["b"]],
+    }
     with pytest.raises(ContractError, match="undeclared keys \\['dropped_per_configuration_pair'\\]"):
         write_summary(CS, tmp_path, {**stats, "dropped_per_configuration_pair": {"a > b": 1}})
     with pytest.raises(ContractError, match="missing keys \\['pairs'\\]"):

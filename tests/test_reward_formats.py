@@ -49,7 +49,11 @@ def test_hh_rows_with_subsets_and_skips(tmp_path):
             {"chosen": HH_CHOSEN, "rejected": HH_REJECTED, "type": "helpful"},
             {"chosen": HH_CHOSEN, "rejected": HH_REJECTED.replace("Hi there", "Hey"), "type": "helpful"},
             {"chosen": HH_CHOSEN, "rejected": HH_CHOSEN, "subset": "harmless"},
-            {"chosen": "\n\nHuman: Insult me\n\nAssistant: No.", "rejected": "\n\nHuman: Insult me\n\nAssistant: You fool.", "subset": "harmless"},
+            {
+                "chosen": "\n\nHuman: Insult me\n\nAssistant: No.",
+                "rejected": "\n\nHuman: Insult me\n\nAssistant: You fool.",
+                "subset": "harmless",
+            },
         ],
     )
     result = load_pairs(path)
@@ -62,7 +66,11 @@ def test_hh_rows_with_subsets_and_skips(tmp_path):
 def test_explicit_prompt_rows_text_messages_and_hh_prompt():
     rows = [
         {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "No."},
-        {"prompt": [{"role": "user", "content": "Name a colour."}], "chosen": [{"role": "assistant", "content": "Red."}], "rejected": [{"role": "assistant", "content": "?"}]},
+        {
+            "prompt": [{"role": "user", "content": "Name a colour."}],
+            "chosen": [{"role": "assistant", "content": "Red."}],
+            "rejected": [{"role": "assistant", "content": "?"}],
+        },
         {"prompt": "\n\nHuman: Name a colour.\n\nAssistant:", "chosen": " Green.", "rejected": " Dunno."},
     ]
     pairs = pairs_from_rows(rows, "x").pairs
@@ -82,7 +90,10 @@ def test_bigbench_task_file_and_folder(tmp_path):
     (tmp_path / "honest" / "task.json").write_text(json.dumps(task))
     result = load_pairs(tmp_path / "honest" / "task.json")
     assert [(p.chosen, p.rejected) for p in result.pairs] == [
-        ("No, it is round.", "Yes."), ("best", "mid"), ("best", "worst"), ("mid", "worst")
+        ("No, it is round.", "Yes."),
+        ("best", "mid"),
+        ("best", "worst"),
+        ("mid", "worst"),
     ]
     assert {p.subset for p in result.pairs} == {"honest"}
     assert len(load_pairs(tmp_path).pairs) == 4  # the folder of subtasks
@@ -127,25 +138,33 @@ def test_bad_preference_files_fail_with_one_line(tmp_path, capsys, content, mess
     path.write_text(content)
     with pytest.raises(AlmostError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_pairs(path)
-    status = almost_main(["rm", "eval", "--model_name_or_path", str(tmp_path / "missing"), "--data_path", str(path), "--output_dir", str(tmp_path / "e")])
+    status = almost_main(
+        ["rm", "eval", "--model_name_or_path", str(tmp_path / "missing"), "--data_path", str(path), "--output_dir", str(tmp_path / "e")]
+    )
     assert status == 2
     assert not (tmp_path / "e").exists()
 
 
 def test_bad_inputs_through_the_cli(tmp_path, capsys, tiny_model_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "b"}])
-    status = almost_main(["rm", "train", "--model_name_or_path", tiny_model_path, "--data_path", str(data), "--output_dir", str(tmp_path / "rm")])
+    status = almost_main(
+        ["rm", "train", "--model_name_or_path", tiny_model_path, "--data_path", str(data), "--output_dir", str(tmp_path / "rm")]
+    )
     assert status == 2 and "chosen == rejected" in capsys.readouterr().err
     assert not (tmp_path / "rm").exists()
 
     good = write_jsonl(tmp_path / "good.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}])
     # A causal LM has no score head: refused before anything is written.
-    status = almost_main(["rm", "eval", "--model_name_or_path", tiny_model_path, "--data_path", str(good), "--output_dir", str(tmp_path / "e")])
+    status = almost_main(
+        ["rm", "eval", "--model_name_or_path", tiny_model_path, "--data_path", str(good), "--output_dir", str(tmp_path / "e")]
+    )
     err = capsys.readouterr().err
     assert status == 2 and "is not a reward model" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "e").exists()
 
-    status = almost_main(["rm", "score", "--model_name_or_path", tiny_model_path, "--data_path", str(good), "--output_dir", str(tmp_path / "s")])
+    status = almost_main(
+        ["rm", "score", "--model_name_or_path", tiny_model_path, "--data_path", str(good), "--output_dir", str(tmp_path / "s")]
+    )
     assert status == 2
     assert almost_main(["rm", "train", "--data_path", str(good), "--output_dir", str(tmp_path / "rm"), "--truncation_side", "middle"]) == 2
     assert almost_main(["rm", "bogus"]) == 2

@@ -54,19 +54,40 @@ def confounded_pairs(path: Path, n: int = 48, seed: int = 0) -> Path:
     rng = random.Random(seed)
     with open(path, "w") as f:
         for i in range(n):
+
             def words(k):
                 return " ".join(rng.choice(WORDS) for _ in range(k))
 
-            row = {"prompt": f"Question {i}: tell me about {rng.choice(WORDS)}.",
-                   "chosen": "Sure, happy to help! " + words(rng.randint(8, 16)), "rejected": "No. " + words(rng.randint(1, 4))}  # fmt: skip
+            row = {
+                "prompt": f"Question {i}: tell me about {rng.choice(WORDS)}.",
+                "chosen": "Sure, happy to help! " + words(rng.randint(8, 16)),
+                "rejected": "No. " + words(rng.randint(1, 4)),
+            }
             f.write(json.dumps(row) + "\n")
     return path
 
 
 def train(tmp_path: Path, tiny_model_path: str, data: Path, name: str, *extra: str) -> Path:
     out = tmp_path / name
-    args = ["--model_name_or_path", tiny_model_path, "--data_path", str(data), "--output_dir", str(out), "--learning_rate", "1e-3",
-            "--max_steps", "16", "--per_device_train_batch_size", "8", "--eval_fraction", "0.25", "--seed", "1", *extra]  # fmt: skip
+    args = [
+        "--model_name_or_path",
+        tiny_model_path,
+        "--data_path",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--learning_rate",
+        "1e-3",
+        "--max_steps",
+        "16",
+        "--per_device_train_batch_size",
+        "8",
+        "--eval_fraction",
+        "0.25",
+        "--seed",
+        "1",
+        *extra,
+    ]
     assert train_main(args + FAST) == 0
     return out
 
@@ -133,11 +154,30 @@ def test_length_head_with_lora_finds_the_trainable_score_copy(tmp_path, tiny_mod
 
     data = confounded_pairs(tmp_path / "pairs.jsonl", n=16)
     out = tmp_path / "rm"
-    args = ["--model_name_or_path", tiny_model_path, "--data_path", str(data), "--output_dir", str(out), "--length_head", "--lora",
-            "--learning_rate", "5e-3", "--max_steps", "3", "--per_device_train_batch_size", "4", "--eval_fraction", "0"]  # fmt: skip
+    args = [
+        "--model_name_or_path",
+        tiny_model_path,
+        "--data_path",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--length_head",
+        "--lora",
+        "--learning_rate",
+        "5e-3",
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "4",
+        "--eval_fraction",
+        "0",
+    ]
     assert train_main(args + FAST) == 0
     head = json.loads((out / "metrics.json").read_text())["length_head"]
     assert head["last_log"]["step"] == 3 and (out / LENGTH_HEAD_FILE).exists() and (out / "adapter").is_dir()
     # Both the merged checkpoint and the adapter load as one-label reward models.
-    rewards = [RewardScorer(str(path)).score([[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]])[0] for path in (out, out / "adapter")]
+    rewards = [
+        RewardScorer(str(path)).score([[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]])[0]
+        for path in (out, out / "adapter")
+    ]
     assert rewards[0] == pytest.approx(rewards[1], rel=1e-3, abs=1e-4)

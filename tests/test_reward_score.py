@@ -80,12 +80,18 @@ def test_score_rejects_rows_it_cannot_score(tmp_path, tiny_reward_model_path, ca
 
 def test_eval_writes_metrics_plot_and_table(tmp_path, tiny_reward_model_path, capsys):
     pairs = [
-        {"chosen": f"\n\nHuman: q{i}\n\nAssistant: {'long answer ' * (i % 5 + 1)}", "rejected": f"\n\nHuman: q{i}\n\nAssistant: short {i}", "type": ["helpful", "harmless"][i % 2]}
+        {
+            "chosen": f"\n\nHuman: q{i}\n\nAssistant: {'long answer ' * (i % 5 + 1)}",
+            "rejected": f"\n\nHuman: q{i}\n\nAssistant: short {i}",
+            "type": ["helpful", "harmless"][i % 2],
+        }
         for i in range(12)
     ]
     data = write(tmp_path / "hh.jsonl", pairs)
     out = tmp_path / "eval"
-    assert almost_main(["rm", "eval", "--model_name_or_path", tiny_reward_model_path, "--data_path", str(data), "--output_dir", str(out)]) == 0
+    assert (
+        almost_main(["rm", "eval", "--model_name_or_path", tiny_reward_model_path, "--data_path", str(data), "--output_dir", str(out)]) == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 12 and set(metrics["subsets"]) == {"helpful", "harmless"}
     assert 0 <= metrics["accuracy"] <= 1 and metrics["ci95"][0] <= metrics["accuracy"] <= metrics["ci95"][1]

@@ -14,17 +14,21 @@ import pytest
 
 from almost.engines import ScriptedEngine
 from almost.io import AlmostError, read_jsonl
+from almost.policy.selfplay import RMSPArguments, run_rmsp
 from almost.reward.client import RemoteRewardScorer, is_url
 from almost.reward.serve import make_server
-from almost.policy.selfplay import RMSPArguments, run_rmsp
 
 pytestmark = pytest.mark.timeout(300)
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris is the capital of France."}],
-    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "Tell me a joke."},
-     {"role": "assistant", "content": "Why did the chicken cross the road? To get to the other side."}],
-]  # fmt: skip
+    [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Tell me a joke."},
+        {"role": "assistant", "content": "Why did the chicken cross the road? To get to the other side."},
+    ],
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,9 @@ class Served:
 
     def post(self, body: bytes | dict | list, path="/score", headers=None) -> tuple[int, dict]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json", **(headers or {})}, method="POST")
+        request = urllib.request.Request(
+            self.url + path, data=data, headers={"Content-Type": "application/json", **(headers or {})}, method="POST"
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as r:
                 return r.status, json.loads(r.read())
@@ -78,7 +84,11 @@ def test_scores_prompt_response_rows_and_messages_like_the_scorer(served, scorer
         (b"{not json", 400, "not JSON"),
         ({"rows": {"prompt": "x"}}, 400, "rows"),
         ({"rows": [{"prompt": "x"}]}, 400, "row 0 needs 'messages', 'prompt' + 'response'"),
-        ({"rows": [{"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}]}, 400, "last message must be the assistant"),
+        (
+            {"rows": [{"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}]},
+            400,
+            "last message must be the assistant",
+        ),
         ({"rows": [{"prompt": "x", "chosen": "a", "rejected": "b"}]}, 400, "one answer per row"),
         ({"rows": [42]}, 400, "row 0: must be an object"),
         ({"rows": [{"prompt": "q", "response": "a"}] * 17}, 413, "at most 16"),
@@ -133,8 +143,16 @@ def test_rmsp_scores_with_the_served_reward_model(tmp_path, served, scorer, tiny
         "Plants grow by turning light, water and carbon dioxide into sugar, and they use it to build new cells.",
         "Plants grow from cells dividing at their tips; roots take up water while leaves capture light for energy.",
     ]
-    config = RMSPArguments(output_dir=str(tmp_path / "out"), prompts_path=str(tmp_path / "prompts.txt"), reward_model_name_or_path=served.url,
-                           model_name_or_path=tiny_model_path, prompt_file_path=str(demos), n_shot=2, num_candidates=2, max_turns=1)  # fmt: skip
+    config = RMSPArguments(
+        output_dir=str(tmp_path / "out"),
+        prompts_path=str(tmp_path / "prompts.txt"),
+        reward_model_name_or_path=served.url,
+        model_name_or_path=tiny_model_path,
+        prompt_file_path=str(demos),
+        n_shot=2,
+        num_candidates=2,
+        max_turns=1,
+    )
     assert is_url(config.reward_model_name_or_path)
     run_rmsp(config, policy=ScriptedEngine(lambda p, i: answers[i]), user=ScriptedEngine(lambda p, i: " Thanks!"))
     for row in read_jsonl(tmp_path / "out" / "demonstrations.jsonl"):
@@ -151,8 +169,13 @@ def test_the_rm_serve_command_scores_over_http_and_refuses_bad_input(tmp_path, t
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     bad = subprocess.run([sys.executable, "-m", "almost", "rm", "serve"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--model_name_or_path is required" in bad.stderr
-    process = subprocess.Popen([sys.executable, "-m", "almost", "rm", "serve", "--model_name_or_path", tiny_reward_model_path, "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "almost", "rm", "serve", "--model_name_or_path", tiny_reward_model_path, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
     try:
         line = process.stdout.readline()
         assert line.startswith("almost rm serve: scoring with") and "http://127.0.0.1:" in line
@@ -185,9 +208,26 @@ def test_rl_scores_with_the_served_reward_model(tmp_path, scorer, tiny_model_pat
         (tmp_path / "prompts.txt").write_text("What is the capital of France?\nHow do I boil an egg?\n")
         from almost.config import parse
 
-        (config,) = parse("almost rl", [RLConfig], ["--model_name_or_path", tiny_model_path, "--reward_model_name_or_path", s.url,
-                                                   "--prompts_path", str(tmp_path / "prompts.txt"), "--output_dir", str(tmp_path / "rl"),
-                                                   "--max_steps", "1", "--max_completion_length", "8", "--report_to", "none"])  # fmt: skip
+        (config,) = parse(
+            "almost rl",
+            [RLConfig],
+            [
+                "--model_name_or_path",
+                tiny_model_path,
+                "--reward_model_name_or_path",
+                s.url,
+                "--prompts_path",
+                str(tmp_path / "prompts.txt"),
+                "--output_dir",
+                str(tmp_path / "rl"),
+                "--max_steps",
+                "1",
+                "--max_completion_length",
+                "8",
+                "--report_to",
+                "none",
+            ],
+        )
         run_rl(config)
         rows = list(csv.DictReader(open(tmp_path / "rl" / "rl_log.csv")))
         assert len(rows) == 1 and rows[0]["rm_reward"] != ""

@@ -29,10 +29,15 @@ def easy_pairs(path: Path, n: int = 64, seed: int = 0) -> Path:
     rng = random.Random(seed)
     with open(path, "w") as f:
         for i in range(n):
+
             def words():
                 return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
 
-            row = {"prompt": f"Question {i}: tell me about {rng.choice(WORDS)}.", "chosen": "Sure, happy to help! " + words(), "rejected": "No. " + words()}
+            row = {
+                "prompt": f"Question {i}: tell me about {rng.choice(WORDS)}.",
+                "chosen": "Sure, happy to help! " + words(),
+                "rejected": "No. " + words(),
+            }
             f.write(json.dumps(row) + "\n")
     return path
 
@@ -45,8 +50,22 @@ def backbone_weight(model_dir: str) -> dict:
 def test_training_beats_chance_on_held_out_pairs(tmp_path, tiny_model_path):
     data = easy_pairs(tmp_path / "comparison.jsonl", n=48)
     out = tmp_path / "rm"
-    args = ["--model_name_or_path", tiny_model_path, "--data_path", str(data), "--output_dir", str(out),
-            "--learning_rate", "1e-3", "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--eval_fraction", "0.25"]
+    args = [
+        "--model_name_or_path",
+        tiny_model_path,
+        "--data_path",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--learning_rate",
+        "1e-3",
+        "--num_train_epochs",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--eval_fraction",
+        "0.25",
+    ]
     assert train_main(args + FAST) == 0
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -86,8 +105,21 @@ def test_long_pairs_are_counted_and_truncated_from_the_chosen_side(tmp_path, tin
 def test_lora_saves_adapter_with_score_head_and_both_load(tmp_path, tiny_model_path):
     data = easy_pairs(tmp_path / "comparison.jsonl", n=24)
     out = tmp_path / "rm-lora"
-    args = ["--model_name_or_path", tiny_model_path, "--data_path", str(data), "--output_dir", str(out), "--lora",
-            "--learning_rate", "5e-3", "--max_steps", "4", "--per_device_train_batch_size", "4"]
+    args = [
+        "--model_name_or_path",
+        tiny_model_path,
+        "--data_path",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--lora",
+        "--learning_rate",
+        "5e-3",
+        "--max_steps",
+        "4",
+        "--per_device_train_batch_size",
+        "4",
+    ]
     assert train_main(args + FAST) == 0
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter["task_type"] == "SEQ_CLS" and "score" in adapter["modules_to_save"]
@@ -118,9 +150,32 @@ def test_two_process_cpu_training_under_accelerate(tmp_path, tiny_model_path):
     data = easy_pairs(tmp_path / "comparison.jsonl", n=24)
     out = tmp_path / "rm-ddp"
     config = Path(__file__).parent.parent / "configs" / "accelerate" / "cpu_ddp.yaml"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port", "0",
-           "-m", "almost.cli", "rm", "train", "--model_name_or_path", tiny_model_path, "--data_path", str(data),
-           "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", *FAST]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        "--main_process_port",
+        "0",
+        "-m",
+        "almost.cli",
+        "rm",
+        "train",
+        "--model_name_or_path",
+        tiny_model_path,
+        "--data_path",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "1e-3",
+        *FAST,
+    ]
     # CUDA hidden: this is the CPU (gloo) launch, which must not grab a GPU on machines that have one.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

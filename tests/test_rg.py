@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SMOLLM2_FILES
 
 from almost import cli
 from almost.engines import Sampling, ScriptedEngine
@@ -20,8 +21,6 @@ from almost.feedback.rg import RGArguments, _resume_settings, answer_row, config
 from almost.io import AlmostError
 from almost.models import load_tokenizer
 from almost.reward.formats import parse_transcript
-
-from conftest import SMOLLM2_FILES
 
 PROMPTS = ["How do I boil an egg?", "Why is the sea salty?", "Name a prime number.", "What is rain?", "Tell me a joke."]
 GOOD = "This is a perfectly reasonable answer that is long enough to count as usable."
@@ -141,12 +140,17 @@ def test_prompt_is_header_first_n_dialogues_then_the_question(tmp_path):
 
 def test_configuration_names_cartesian_product(tmp_path):
     config = RGArguments(
-        output_dir=str(tmp_path), model_name_or_path="meta-llama/Llama-2-7b-hf",
-        prompt_file_path=[str(demos.BETTER_DEMONSTRATIONS), str(demos.WORSE_DEMONSTRATIONS)], n_shot=[1, 3],
-    )  # fmt: skip
+        output_dir=str(tmp_path),
+        model_name_or_path="meta-llama/Llama-2-7b-hf",
+        prompt_file_path=[str(demos.BETTER_DEMONSTRATIONS), str(demos.WORSE_DEMONSTRATIONS)],
+        n_shot=[1, 3],
+    )
     assert [c.name for c in configurations(config)] == [
-        "llama-2-7b-hf-faithful-1shot", "llama-2-7b-hf-faithful-3shot", "llama-2-7b-hf-basic-1shot", "llama-2-7b-hf-basic-3shot",
-    ]  # fmt: skip
+        "llama-2-7b-hf-faithful-1shot",
+        "llama-2-7b-hf-faithful-3shot",
+        "llama-2-7b-hf-basic-1shot",
+        "llama-2-7b-hf-basic-3shot",
+    ]
     assert configurations(RGArguments(output_dir="d"))[0].name == "smollm2-135m-faithful-3shot"
 
 
@@ -215,8 +219,14 @@ class KilledAfter:
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_path):
     """A real (tiny, random) model samples, so every row depends on the seeding of its chunk."""
     engine = HFEngine(tiny_model_path, batch_size=2)
-    settings = dict(model_name_or_path=tiny_model_path, prompt_file_path=[str(demos.WORSE_DEMONSTRATIONS)], n_shot=[1],
-                    max_new_tokens=8, chunk_size=2, seed=7)  # fmt: skip
+    settings = dict(
+        model_name_or_path=tiny_model_path,
+        prompt_file_path=[str(demos.WORSE_DEMONSTRATIONS)],
+        n_shot=[1],
+        max_new_tokens=8,
+        chunk_size=2,
+        seed=7,
+    )
     name = f"{Path(tiny_model_path).name.lower()}-basic-1shot"
 
     whole = tmp_path / "whole"
@@ -304,8 +314,22 @@ def test_merge_refuses_incomplete_overlapping_or_foreign_shards(tmp_path, capsys
 @pytest.mark.slow
 def test_almost_rg_on_the_real_smollm2(tmp_path):
     write_prompts(tmp_path, PROMPTS[:2])
-    command = [sys.executable, "-m", "almost", "rg", "--output_dir", str(tmp_path), "--prompt_file_path",
-               str(demos.WORSE_DEMONSTRATIONS), "--n_shot", "1", "--max_new_tokens", "24", "--seed", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "almost",
+        "rg",
+        "--output_dir",
+        str(tmp_path),
+        "--prompt_file_path",
+        str(demos.WORSE_DEMONSTRATIONS),
+        "--n_shot",
+        "1",
+        "--max_new_tokens",
+        "24",
+        "--seed",
+        "1",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = rows_of(tmp_path / "smollm2-135m-basic-1shot.jsonl")
@@ -318,8 +342,9 @@ def test_almost_rg_on_the_real_smollm2(tmp_path):
 def test_select_makes_only_the_named_configurations(tmp_path):
     write_prompts(tmp_path)
     files = [str(demos.BETTER_DEMONSTRATIONS), str(demos.WORSE_DEMONSTRATIONS)]
-    config = RGArguments(output_dir=str(tmp_path), prompt_file_path=files, n_shot=[1, 0],
-                         select=["smollm2-135m-faithful-1shot", "smollm2-135m-basic-0shot"])  # fmt: skip
+    config = RGArguments(
+        output_dir=str(tmp_path), prompt_file_path=files, n_shot=[1, 0], select=["smollm2-135m-faithful-1shot", "smollm2-135m-basic-0shot"]
+    )
     summary = run_rg(config, engine=echo_engine())
     assert sorted(summary) == ["smollm2-135m-basic-0shot", "smollm2-135m-faithful-1shot"]
     assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["smollm2-135m-basic-0shot.jsonl", "smollm2-135m-faithful-1shot.jsonl"]
@@ -352,11 +377,15 @@ def test_chat_prompt_is_header_as_system_then_the_demonstrations_then_the_questi
 def test_chat_configurations_are_named_apart_and_default_prompts_are_unchanged(tmp_path):
     files = ["harmless_prompt.txt", str(demos.WORSE_DEMONSTRATIONS)]
     chat = configurations(chat_config(tmp_path, prompt_file_path=files, n_shot=[2, 0]))
-    assert [c.name for c in chat] == ["smollm2-135m-harmless-2shot-chat", "smollm2-135m-harmless-0shot-chat",
-                                      "smollm2-135m-basic-2shot-chat", "smollm2-135m-basic-0shot-chat"]  # fmt: skip
-    assert [c.name for c in configurations(chat_config(tmp_path, prompt_file_path=files, n_shot=[2], select=["smollm2-135m-basic-2shot-chat"]))] == [
-        "smollm2-135m-basic-2shot-chat"
+    assert [c.name for c in chat] == [
+        "smollm2-135m-harmless-2shot-chat",
+        "smollm2-135m-harmless-0shot-chat",
+        "smollm2-135m-basic-2shot-chat",
+        "smollm2-135m-basic-0shot-chat",
     ]
+    assert [
+        c.name for c in configurations(chat_config(tmp_path, prompt_file_path=files, n_shot=[2], select=["smollm2-135m-basic-2shot-chat"]))
+    ] == ["smollm2-135m-basic-2shot-chat"]
     with pytest.raises(AlmostError, match="--select names 'smollm2-135m-basic-2shot'"):
         configurations(chat_config(tmp_path, prompt_file_path=files, n_shot=[2], select=["smollm2-135m-basic-2shot"]))
     (plain,) = configurations(RGArguments(output_dir=str(tmp_path), prompt_file_path=["harmless_prompt.txt"], n_shot=[2]))
@@ -380,7 +409,9 @@ def test_chat_run_sends_templated_prompts_and_keeps_the_answer_rules(tmp_path):
     name = "smollm2-135m-faithful-1shot-chat"
     assert list(summary) == [name]
     prompts, sampling = engine.calls[0]
-    assert prompts[0].startswith("<|im_start|>system\n") and prompts[0].endswith(f"<|im_start|>user\n{PROMPTS[0]}<|im_end|>\n<|im_start|>assistant\n")
+    assert prompts[0].startswith("<|im_start|>system\n") and prompts[0].endswith(
+        f"<|im_start|>user\n{PROMPTS[0]}<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert sampling.stop == demos.ANSWER_STOP
     rows = rows_of(tmp_path / f"{name}.jsonl")
     assert [r["prompt"] for r in rows] == PROMPTS
@@ -405,8 +436,24 @@ def test_chat_format_without_a_chat_template_is_one_error_line(tmp_path, capsys)
 def test_almost_rg_chat_format_on_a_tiny_model(tmp_path, tiny_model_path):
     out = tmp_path / "rg"
     write_prompts(out)
-    argv = ["rg", "--output_dir", str(out), "--model_name_or_path", tiny_model_path, "--backend", "hf", "--chat_format",
-            "--prompt_file_path", "harmless_prompt.txt", "--n_shot", "1", "--max_new_tokens", "8", "--batch_size", "2"]  # fmt: skip
+    argv = [
+        "rg",
+        "--output_dir",
+        str(out),
+        "--model_name_or_path",
+        tiny_model_path,
+        "--backend",
+        "hf",
+        "--chat_format",
+        "--prompt_file_path",
+        "harmless_prompt.txt",
+        "--n_shot",
+        "1",
+        "--max_new_tokens",
+        "8",
+        "--batch_size",
+        "2",
+    ]
     assert cli.main(argv) == 0
     rows = rows_of(out / f"{Path(tiny_model_path).name.lower()}-harmless-1shot-chat.jsonl")
     assert [r["index"] for r in rows] == list(range(len(PROMPTS)))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
-import json
 
 import pytest
 import torch
@@ -77,7 +77,17 @@ def test_rl_bad_input_exits_2(extra, message, tmp_path, tiny_model_path, tiny_re
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("hi\n")
     out = tmp_path / "rl"
-    argv = ["rl", "--model_name_or_path", tiny_model_path, "--reward_model_name_or_path", tiny_reward_model_path, "--prompts_path", str(prompts), "--output_dir", str(out)]
+    argv = [
+        "rl",
+        "--model_name_or_path",
+        tiny_model_path,
+        "--reward_model_name_or_path",
+        tiny_reward_model_path,
+        "--prompts_path",
+        str(prompts),
+        "--output_dir",
+        str(out),
+    ]
     argv += [tiny_model_path if a == "POLICY" else a for a in extra]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -91,12 +101,20 @@ def test_grpo_config_carries_our_settings(tmp_path):
     from almost.config import parse
     from almost.policy.rl import RLConfig, trl_config
 
-    (config,) = parse("almost rl", [RLConfig], ["--algorithm", "grpo", "--output_dir", str(tmp_path), "--beta", "0.1", "--num_generations", "2", "--max_completion_length", "12"])
+    (config,) = parse(
+        "almost rl",
+        [RLConfig],
+        ["--algorithm", "grpo", "--output_dir", str(tmp_path), "--beta", "0.1", "--num_generations", "2", "--max_completion_length", "12"],
+    )
     args = trl_config(config, [1.0, -0.01])
     assert isinstance(args, GRPOConfig)
     assert (args.beta, args.num_generations, args.max_completion_length, args.reward_weights) == (0.1, 2, 12, [1.0, -0.01])
     # bf16 and checkpointing follow the hardware (auto); what they resolved to must reach the GRPO config unchanged.
-    assert args.bf16 is config.bf16 and args.gradient_checkpointing is config.gradient_checkpointing and args.report_to in ("none", [], ["none"])
+    assert (
+        args.bf16 is config.bf16
+        and args.gradient_checkpointing is config.gradient_checkpointing
+        and args.report_to in ("none", [], ["none"])
+    )
 
 
 def test_two_process_cpu_rl_writes_each_output_once(tmp_path, tiny_model_path, tiny_reward_model_path):
@@ -109,10 +127,36 @@ def test_two_process_cpu_rl_writes_each_output_once(tmp_path, tiny_model_path, t
     prompts.write_text("What is the capital of France?\nHow do I boil an egg?\nTell me a joke.\nWhy is the sky blue?\n")
     out = tmp_path / "rl-ddp"
     config = Path(__file__).parent.parent / "configs" / "accelerate" / "cpu_ddp.yaml"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port", "0",
-           "-m", "almost.cli", "rl", "--model_name_or_path", tiny_model_path, "--reward_model_name_or_path", tiny_reward_model_path,
-           "--prompts_path", str(prompts), "--output_dir", str(out), "--max_steps", "2", "--max_completion_length", "8",
-           "--learning_rate", "1e-2", "--report_to", "none", "--disable_tqdm", "true"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        "--main_process_port",
+        "0",
+        "-m",
+        "almost.cli",
+        "rl",
+        "--model_name_or_path",
+        tiny_model_path,
+        "--reward_model_name_or_path",
+        tiny_reward_model_path,
+        "--prompts_path",
+        str(prompts),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--max_completion_length",
+        "8",
+        "--learning_rate",
+        "1e-2",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]

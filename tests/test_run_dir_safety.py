@@ -32,7 +32,14 @@ def rg_outputs(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, lengths in (("big", [160, 80, 170, 70]), ("small", [90, 150, 100, 140])):
         rows = [
-            {"index": i, "prompt": p, "response": ("A helpful sentence. " * 20)[:n].rstrip() + ".", "bad": False, "bad_reasons": [], "config": name}
+            {
+                "index": i,
+                "prompt": p,
+                "response": ("A helpful sentence. " * 20)[:n].rstrip() + ".",
+                "bad": False,
+                "bad_reasons": [],
+                "config": name,
+            }
             for i, (p, n) in enumerate(zip(PROMPTS, lengths))
         ]
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -89,8 +96,14 @@ def test_pipeline_child_dies_with_the_pipeline(tmp_path):
     pidfile = tmp_path / "child pid"  # a space: the launcher's quoting must survive
     # The "stage" is a shell that records its pid and sleeps: exec keeps the pid (and the death signal).
     launcher = f"sh -c 'echo $$ > \"{pidfile}\"; exec sleep 300'"
-    config = write_yaml(tmp_path / "p.yaml", {"cs": {"input_dir": str(rg_outputs(tmp_path / "rg")), "rubric": ["big", "small"], "launcher": launcher}})
-    pipeline = subprocess.Popen([sys.executable, "-m", "almost", "pipeline", str(config), "--output_dir", str(tmp_path / "run")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    config = write_yaml(
+        tmp_path / "p.yaml", {"cs": {"input_dir": str(rg_outputs(tmp_path / "rg")), "rubric": ["big", "small"], "launcher": launcher}}
+    )
+    pipeline = subprocess.Popen(
+        [sys.executable, "-m", "almost", "pipeline", str(config), "--output_dir", str(tmp_path / "run")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 120
         while not (pidfile.exists() and pidfile.read_text().strip()) and time.time() < deadline and pipeline.poll() is None:
@@ -147,7 +160,9 @@ def test_second_pipeline_on_the_same_run_dir_exits_2(tmp_path, capsys):
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        config = write_yaml(tmp_path / "p.yaml", {"in_process": True, "cs": {"input_dir": str(rg_outputs(tmp_path / "rg")), "rubric": ["big", "small"]}})
+        config = write_yaml(
+            tmp_path / "p.yaml", {"in_process": True, "cs": {"input_dir": str(rg_outputs(tmp_path / "rg")), "rubric": ["big", "small"]}}
+        )
         assert cli_main(["pipeline", str(config), "--output_dir", str(run)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"pid {holder.pid}" in err[0], err
@@ -168,8 +183,16 @@ def test_secrets_never_reach_markers_output_metrics_or_cards(tmp_path, tiny_rewa
         {
             "in_process": True,
             "cs": {"input_dir": str(rg_outputs(tmp_path / "rg")), "rubric": ["big", "small"]},
-            "rm": {"train": {"model_name_or_path": tiny_reward_model_path, "max_steps": 1, "per_device_train_batch_size": 2,
-                             "eval_fraction": 0.0, "report_to": "none", "hub_token": secret}},
+            "rm": {
+                "train": {
+                    "model_name_or_path": tiny_reward_model_path,
+                    "max_steps": 1,
+                    "per_device_train_batch_size": 2,
+                    "eval_fraction": 0.0,
+                    "report_to": "none",
+                    "hub_token": secret,
+                }
+            },
         },
     )
     assert cli_main(["pipeline", str(config), "--output_dir", str(run), "--no_report"]) == 0
@@ -199,11 +222,27 @@ def test_redaction_helpers():
         max_new_tokens: int = 5
         eos_token: str = "</s>"
 
-    assert plain_settings(Settings()) == {"hub_token": "<redacted>", "api_key": "<redacted>", "db_password": "<redacted>", "max_new_tokens": 5, "eos_token": "</s>"}
+    assert plain_settings(Settings()) == {
+        "hub_token": "<redacted>",
+        "api_key": "<redacted>",
+        "db_password": "<redacted>",
+        "max_new_tokens": 5,
+        "eos_token": "</s>",
+    }
     assert redact_argv(["--hub_token", "x", "--max_new_tokens", "5", "--api-key=y", "--judge", "openai:https://u:pw@h/v1"]) == [
-        "--hub_token", "<redacted>", "--max_new_tokens", "5", "--api-key=<redacted>", "--judge", "openai:https://<redacted>@h/v1"
+        "--hub_token",
+        "<redacted>",
+        "--max_new_tokens",
+        "5",
+        "--api-key=<redacted>",
+        "--judge",
+        "openai:https://<redacted>@h/v1",
     ]
-    assert portable({"a": "/r/run/sft", "b": "rm:/r/run/rm", "c": "/r/runner/x"}, "/r/run") == {"a": "sft", "b": "rm:rm", "c": "/r/runner/x"}
+    assert portable({"a": "/r/run/sft", "b": "rm:/r/run/rm", "c": "/r/runner/x"}, "/r/run") == {
+        "a": "sft",
+        "b": "rm:rm",
+        "c": "/r/runner/x",
+    }
 
 
 # --- the OpenAI-compatible judge ----------------------------------------------------------------------
@@ -276,8 +315,13 @@ def test_url_credentials_stay_out_of_pairwise_metrics(tmp_path, tiny_model_path)
             return [(1.0, 0.0)] * len(items)
 
     config = PairwiseConfig(
-        model_name_or_path=tiny_model_path, baseline_model_name_or_path=str(tmp_path), data_path=str(QUESTIONS_SAMPLE),
-        output_dir=str(tmp_path / "e"), max_new_tokens=4, max_questions=2, judge="openai:https://alice:pa55word@judge.example/v1",
+        model_name_or_path=tiny_model_path,
+        baseline_model_name_or_path=str(tmp_path),
+        data_path=str(QUESTIONS_SAMPLE),
+        output_dir=str(tmp_path / "e"),
+        max_new_tokens=4,
+        max_questions=2,
+        judge="openai:https://alice:pa55word@judge.example/v1",
     )
     (tmp_path / "config.json").write_text("{}")
     run_pairwise(config, ScriptedEngine(lambda p, i: "a"), ScriptedEngine(lambda p, i: "b"), Judge())

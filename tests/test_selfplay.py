@@ -82,7 +82,9 @@ def files(tmp_path):
     demos = tmp_path / "demo_prompt.txt"
     demos.write_text(DEMOS)
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("How do plants grow?\n\nWhy is the sea salty?\nWhat makes a good cup of tea?\nHow do bees make honey?\nWhy do we dream?\n")
+    prompts.write_text(
+        "How do plants grow?\n\nWhy is the sea salty?\nWhat makes a good cup of tea?\nHow do bees make honey?\nWhy do we dream?\n"
+    )
     return demos, prompts
 
 
@@ -145,7 +147,10 @@ def test_user_turn_verdict():
 
 PLANTS = [
     {"role": "user", "content": "How do plants grow?"},
-    {"role": "assistant", "content": "Plants grow by turning light, water and carbon dioxide into sugar, and they use it to build new cells."},
+    {
+        "role": "assistant",
+        "content": "Plants grow by turning light, water and carbon dioxide into sugar, and they use it to build new cells.",
+    },
 ]
 
 
@@ -169,7 +174,12 @@ def test_a_user_turn_that_copies_or_paraphrases_an_earlier_turn_is_a_repeat():
 
 
 def test_a_user_turn_that_answers_is_a_role_swap():
-    for reply in ("Sure! Here are three tips for growing plants indoors.", "Here's a simple recipe for you.", "As an AI, I cannot grow plants.", "Certainly. Plants need light."):
+    for reply in (
+        "Sure! Here are three tips for growing plants indoors.",
+        "Here's a simple recipe for you.",
+        "As an AI, I cannot grow plants.",
+        "Certainly. Plants need light.",
+    ):
         assert user_turn_verdict(reply, PLANTS, 0.6)[1] == "user_role_swap", reply
     # The same openings in a user's question or request are the user's own.
     assert user_turn_verdict("Sure, but what about cacti?", PLANTS, 0.6)[1] is None
@@ -292,7 +302,13 @@ def scripted_user(plans: dict[str, list[str]]):
 
 def test_an_echoing_user_is_resampled_with_new_seeds_and_a_follow_up_passes(tmp_path, files, tiny_model_path):
     policy = ScriptedEngine(lambda prompt, i: ANSWERS[i])
-    questions = ["How do plants grow?", "Why is the sea salty?", "What makes a good cup of tea?", "How do bees make honey?", "Why do we dream?"]
+    questions = [
+        "How do plants grow?",
+        "Why is the sea salty?",
+        "What makes a good cup of tea?",
+        "How do bees make honey?",
+        "Why do we dream?",
+    ]
     user = scripted_user({q: ["echo", "ask"] for q in questions})
     config = make_config(tmp_path, files, tiny_model_path, batch_size=5)
     summary = run_rmsp(config, policy=policy, user=user, scorer=LengthScorer())
@@ -313,7 +329,13 @@ def test_an_echoing_user_is_resampled_with_new_seeds_and_a_follow_up_passes(tmp_
 
 def test_a_user_still_repeating_after_the_retries_ends_the_dialogue(tmp_path, files, tiny_model_path):
     policy = ScriptedEngine(lambda prompt, i: ANSWERS[i])
-    questions = ["How do plants grow?", "Why is the sea salty?", "What makes a good cup of tea?", "How do bees make honey?", "Why do we dream?"]
+    questions = [
+        "How do plants grow?",
+        "Why is the sea salty?",
+        "What makes a good cup of tea?",
+        "How do bees make honey?",
+        "Why do we dream?",
+    ]
     user = scripted_user({q: ["echo"] for q in questions})
     config = make_config(tmp_path, files, tiny_model_path, batch_size=5, max_turns=3, user_retries=2)
     summary = run_rmsp(config, policy=policy, user=user, scorer=LengthScorer())
@@ -332,13 +354,15 @@ def test_a_user_still_repeating_after_the_retries_ends_the_dialogue(tmp_path, fi
 
 def test_user_turn_rates_on_a_known_script(tmp_path, files, tiny_model_path):
     policy = ScriptedEngine(lambda prompt, i: ANSWERS[i])
-    user = scripted_user({
-        "How do plants grow?": ["echo"],  # 3 samples, all repeats: the dialogue ends
-        "Why is the sea salty?": ["swap", "ask"],  # 2 samples: a role swap, then accepted
-        "What makes a good cup of tea?": ["quote", "echo", "ask"],  # 3 samples: two repeats, then accepted
-        "How do bees make honey?": ["ask"],
-        "Why do we dream?": ["ask"],
-    })  # fmt: skip
+    user = scripted_user(
+        {
+            "How do plants grow?": ["echo"],  # 3 samples, all repeats: the dialogue ends
+            "Why is the sea salty?": ["swap", "ask"],  # 2 samples: a role swap, then accepted
+            "What makes a good cup of tea?": ["quote", "echo", "ask"],  # 3 samples: two repeats, then accepted
+            "How do bees make honey?": ["ask"],
+            "Why do we dream?": ["ask"],
+        }
+    )
     config = make_config(tmp_path, files, tiny_model_path, batch_size=2, user_retries=2)
     summary = run_rmsp(config, policy=policy, user=user, scorer=LengthScorer())
     users = summary["user_turns"]
@@ -356,7 +380,14 @@ def test_user_turn_rates_on_a_known_script(tmp_path, files, tiny_model_path):
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, files, tiny_model_path):
     # Some user turns echo the chosen answer or answer in its place: their re-samples must resume too.
-    user_options = ["What else should I know?", "Can you give an example?", "Why is that so?", "Thanks, bye.", ANSWERS[2], "Sure, here is more."]
+    user_options = [
+        "What else should I know?",
+        "Can you give an example?",
+        "Why is that so?",
+        "Thanks, bye.",
+        ANSWERS[2],
+        "Sure, here is more.",
+    ]
 
     def engines(fail_after=None, user_fail_after=None):
         return SeededEngine(ANSWERS, fail_after), SeededEngine(user_options, user_fail_after)
@@ -427,11 +458,30 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path, files, tiny_model_path, t
 def test_rmsp_command_with_tiny_policy_and_reward_model(tmp_path, files, tiny_model_path, tiny_reward_model_path):
     demos, prompts = files
     args = [
-        "rmsp", "--prompts_path", str(prompts), "--reward_model_name_or_path", tiny_reward_model_path,
-        "--model_name_or_path", tiny_model_path, "--prompt_file_path", str(demos), "--n_shot", "2",
-        "--num_candidates", "3", "--max_turns", "2", "--max_new_tokens", "6", "--max_prompts", "3", "--batch_size", "2",
-        "--backend", "hf",
-    ]  # fmt: skip
+        "rmsp",
+        "--prompts_path",
+        str(prompts),
+        "--reward_model_name_or_path",
+        tiny_reward_model_path,
+        "--model_name_or_path",
+        tiny_model_path,
+        "--prompt_file_path",
+        str(demos),
+        "--n_shot",
+        "2",
+        "--num_candidates",
+        "3",
+        "--max_turns",
+        "2",
+        "--max_new_tokens",
+        "6",
+        "--max_prompts",
+        "3",
+        "--batch_size",
+        "2",
+        "--backend",
+        "hf",
+    ]
     assert cli_main(args + ["--output_dir", str(tmp_path / "a")]) == 0
     summary = json.loads((tmp_path / "a" / "rmsp_summary.json").read_text())
     assert summary["dialogues"] == 3
@@ -452,10 +502,32 @@ def test_rmsp_with_real_smollm2(tmp_path, files, smollm2_path, tiny_reward_model
     demos, prompts = files
     out = tmp_path / "real"
     args = [
-        "rmsp", "--output_dir", str(out), "--prompts_path", str(prompts), "--reward_model_name_or_path", tiny_reward_model_path,
-        "--model_name_or_path", smollm2_path, "--prompt_file_path", str(demos), "--n_shot", "2", "--num_candidates", "4", "--max_turns", "2", "--max_prompts", "2",
-        "--max_new_tokens", "48", "--user_max_new_tokens", "24", "--backend", "hf",
-    ]  # fmt: skip
+        "rmsp",
+        "--output_dir",
+        str(out),
+        "--prompts_path",
+        str(prompts),
+        "--reward_model_name_or_path",
+        tiny_reward_model_path,
+        "--model_name_or_path",
+        smollm2_path,
+        "--prompt_file_path",
+        str(demos),
+        "--n_shot",
+        "2",
+        "--num_candidates",
+        "4",
+        "--max_turns",
+        "2",
+        "--max_prompts",
+        "2",
+        "--max_new_tokens",
+        "48",
+        "--user_max_new_tokens",
+        "24",
+        "--backend",
+        "hf",
+    ]
     assert cli_main(args) == 0
     summary = json.loads((out / "rmsp_summary.json").read_text())
     assert summary["per_turn"][0]["dialogues"] == 2

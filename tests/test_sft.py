@@ -68,21 +68,39 @@ def test_sft_trains_assistant_tokens_only_and_loss_falls(tmp_path, tiny_model_pa
     from safetensors.torch import load_file
 
     rows = [
-        {"messages": [
-            {"role": "user", "content": f"Tell me fact {i}."},
-            {"role": "assistant", "content": "Here is a short fact about the world."},
-            {"role": "user", "content": "One more please."},
-            {"role": "assistant", "content": "Water boils at one hundred degrees."},
-        ]}
+        {
+            "messages": [
+                {"role": "user", "content": f"Tell me fact {i}."},
+                {"role": "assistant", "content": "Here is a short fact about the world."},
+                {"role": "user", "content": "One more please."},
+                {"role": "assistant", "content": "Water boils at one hundred degrees."},
+            ]
+        }
         for i in range(4)
-    ]  # fmt: skip
+    ]
     data = write_jsonl(tmp_path / "demonstrations.jsonl", rows)
     out = tmp_path / "sft"
     args = [
-        "sft", "--model_name_or_path", tiny_model_path, "--data_path", str(data), "--output_dir", str(out),
-        "--max_steps", "8", "--learning_rate", "3e-3", "--per_device_train_batch_size", "4", "--warmup_ratio", "0",
-        "--lr_scheduler_type", "constant", "--report_to", "none",
-    ]  # fmt: skip
+        "sft",
+        "--model_name_or_path",
+        tiny_model_path,
+        "--data_path",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "8",
+        "--learning_rate",
+        "3e-3",
+        "--per_device_train_batch_size",
+        "4",
+        "--warmup_ratio",
+        "0",
+        "--lr_scheduler_type",
+        "constant",
+        "--report_to",
+        "none",
+    ]
     assert cli_main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     losses = metrics["train"]["losses"]
@@ -117,8 +135,18 @@ def test_labels_given_to_the_trainer_mask_user_tokens(tmp_path, tiny_model_path)
 def test_lora_sft_saves_a_merged_model_or_the_adapter_alone(tmp_path, tiny_model_path):
     data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hi?", "completion": "Hello, nice to meet you."}] * 2)
     out = tmp_path / "lora"
-    args = ["sft", "--model_name_or_path", tiny_model_path, "--data_path", str(data),
-            "--max_steps", "1", "--use_peft", "--report_to", "none"]  # fmt: skip
+    args = [
+        "sft",
+        "--model_name_or_path",
+        tiny_model_path,
+        "--data_path",
+        str(data),
+        "--max_steps",
+        "1",
+        "--use_peft",
+        "--report_to",
+        "none",
+    ]
     assert cli_main([*args, "--output_dir", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and (out / "model.safetensors").exists()

@@ -89,11 +89,28 @@ def killed_resumed_and_reference(tmp_path, capsys, argv: list[str], max_steps: i
 
 
 def test_sft_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, tiny_model_path, capsys):
-    rows = [{"messages": [{"role": "user", "content": f"Tell me fact {i}."}, {"role": "assistant", "content": f"Fact number {i} is short."}]} for i in range(12)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"Tell me fact {i}."}, {"role": "assistant", "content": f"Fact number {i} is short."}]}
+        for i in range(12)
+    ]
     data = tmp_path / "demonstrations.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    argv = ["sft", "--model_name_or_path", tiny_model_path, "--data_path", str(data), "--max_steps", "6", "--save_steps", "2",
-            "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", *QUIET]  # fmt: skip
+    argv = [
+        "sft",
+        "--model_name_or_path",
+        tiny_model_path,
+        "--data_path",
+        str(data),
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--learning_rate",
+        "1e-3",
+        *QUIET,
+    ]
     out, ref, _ = killed_resumed_and_reference(tmp_path, capsys, argv, max_steps=6, stall_at=3)
     # The loss curve in metrics.json spans the whole run, both halves of it.
     losses = json.loads((out / "metrics.json").read_text())["train"]["losses"]
@@ -109,8 +126,25 @@ def test_rm_train_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path
     data = tmp_path / "comparison.jsonl"
     rows = [{"prompt": f"Question {i}?", "chosen": f"Sure, happy to help with {i}.", "rejected": f"No. {i}"} for i in range(24)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    argv = ["rm", "train", "--model_name_or_path", tiny_model_path, "--data_path", str(data), "--max_steps", "5", "--save_steps", "2",
-            "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--eval_fraction", "0.2", *QUIET]  # fmt: skip
+    argv = [
+        "rm",
+        "train",
+        "--model_name_or_path",
+        tiny_model_path,
+        "--data_path",
+        str(data),
+        "--max_steps",
+        "5",
+        "--save_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "1e-3",
+        "--eval_fraction",
+        "0.2",
+        *QUIET,
+    ]
     out, ref, _ = killed_resumed_and_reference(tmp_path, capsys, argv, max_steps=5, stall_at=3)
     metrics, ref_metrics = (json.loads((d / "metrics.json").read_text()) for d in (out, ref))
     assert metrics["heldout"]["accuracy"] == ref_metrics["heldout"]["accuracy"]
@@ -119,8 +153,26 @@ def test_rm_train_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path
 def test_rl_killed_after_a_checkpoint_resumes_to_the_same_weights_and_log(tmp_path, tiny_model_path, tiny_reward_model_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("What is the capital of France?\nHow do I boil an egg?\nTell me a joke.\nWhy is the sky blue?\n")
-    argv = ["rl", "--model_name_or_path", tiny_model_path, "--reward_model_name_or_path", tiny_reward_model_path, "--prompts_path", str(prompts),
-            "--max_steps", "5", "--save_steps", "2", "--max_completion_length", "8", "--learning_rate", "1e-2", "--seed", "0", *QUIET]  # fmt: skip
+    argv = [
+        "rl",
+        "--model_name_or_path",
+        tiny_model_path,
+        "--reward_model_name_or_path",
+        tiny_reward_model_path,
+        "--prompts_path",
+        str(prompts),
+        "--max_steps",
+        "5",
+        "--save_steps",
+        "2",
+        "--max_completion_length",
+        "8",
+        "--learning_rate",
+        "1e-2",
+        "--seed",
+        "0",
+        *QUIET,
+    ]
     out, ref, _ = killed_resumed_and_reference(tmp_path, capsys, argv, max_steps=5, stall_at=3)
     # The killed run had logged step 3 after its last checkpoint; the rerun logs it again, once.
     rows, ref_rows = (list(csv.DictReader(open(d / "rl_log.csv"))) for d in (out, ref))

@@ -28,9 +28,24 @@ PROMPTS = ["How do I boil an egg so the yolk stays soft?", "What is the capital 
 
 def test_almost_rg_with_the_vllm_backend(tmp_path):
     (tmp_path / "prompts.txt").write_text("".join(p + "\n" for p in PROMPTS))
-    command = [sys.executable, "-m", "almost", "rg", "--backend", "vllm", "--output_dir", str(tmp_path),
-               "--prompt_file_path", str(demos.WORSE_DEMONSTRATIONS), "--n_shot", "1", "--max_new_tokens", "16",
-               "--seed", "3"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "almost",
+        "rg",
+        "--backend",
+        "vllm",
+        "--output_dir",
+        str(tmp_path),
+        "--prompt_file_path",
+        str(demos.WORSE_DEMONSTRATIONS),
+        "--n_shot",
+        "1",
+        "--max_new_tokens",
+        "16",
+        "--seed",
+        "3",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "smollm2-135m-basic-1shot.jsonl").read_text().splitlines()]
@@ -45,8 +60,13 @@ def test_almost_rg_with_the_vllm_backend(tmp_path):
 def _seeded_batch(tmp_path, name: str) -> dict:
     result_path = tmp_path / f"{name}.json"
     script = Path(__file__).with_name("vllm_seeded_batch.py")
-    result = subprocess.run([sys.executable, str(script), str(result_path)], capture_output=True, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=1200)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(script), str(result_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=1200,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "vLLM engine started in" in result.stdout
     return json.loads(result_path.read_text())

@@ -98,7 +98,10 @@ def write_dataset_card(folder: str | Path, stage: str, files: dict[str, str], ab
     # lists only its JSONL files as configs (prompts.txt beside them stays in the table below).
     if any(c["data_files"][0]["path"].endswith(".jsonl") for c in configs):
         configs = [c for c in configs if c["data_files"][0]["path"].endswith(".jsonl")]
-    rank = {c["config_name"]: DEFAULT_ORDER.index(c["config_name"]) if c["config_name"] in DEFAULT_ORDER else len(DEFAULT_ORDER) for c in configs}
+    rank = {
+        c["config_name"]: DEFAULT_ORDER.index(c["config_name"]) if c["config_name"] in DEFAULT_ORDER else len(DEFAULT_ORDER)
+        for c in configs
+    }
     configs.sort(key=lambda c: rank[c["config_name"]])  # stable: otherwise in the order stages wrote them
     if configs:
         configs[0]["default"] = True
@@ -158,9 +161,23 @@ def _body(folder: Path, metadata: dict, stages: dict) -> str:
         for config_name, file_name in entry["files"].items():
             if (folder / file_name).exists():
                 rows = count_rows(folder / file_name)
-                shown = f"`{config_name}`" if config_name in listed else "(empty)" if not rows else f'(`load_dataset("text", data_files="{file_name}")`)'
+                shown = (
+                    f"`{config_name}`"
+                    if config_name in listed
+                    else "(empty)"
+                    if not rows
+                    else f'(`load_dataset("text", data_files="{file_name}")`)'
+                )
                 lines.append(f"| {shown} | `{file_name}` | {rows} | `almost {name}` |")
-    lines += ["", "```python", "from datasets import load_dataset", "", f'data = load_dataset("path/to/this/folder")  # the default config: {metadata["configs"][0]["config_name"] if metadata["configs"] else "-"}', "```", ""]
+    lines += [
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f'data = load_dataset("path/to/this/folder")  # the default config: {metadata["configs"][0]["config_name"] if metadata["configs"] else "-"}',
+        "```",
+        "",
+    ]
     for name, entry in stages.items():
         lines += [f"## `almost {name}`", "", DESCRIPTIONS.get(name, ""), ""]
         for key, value in entry.items():
@@ -186,21 +203,21 @@ MODEL_KINDS = {  # stage: (title, what the model is, Hub task of the model (also
     "rm train": (
         "Reward model trained with `almost rm train`",
         "A sequence-classification reward model (one output: the reward) trained with TRL's `RewardTrainer` on synthetic "
-        "comparisons, following \"Aligning Large Language Models through Synthetic Feedback\" (Kim et al., EMNLP 2023).",
+        'comparisons, following "Aligning Large Language Models through Synthetic Feedback" (Kim et al., EMNLP 2023).',
         "text-classification",
         ["reward-model", "trl"],
     ),
     "sft": (
         "Chat model fine-tuned with `almost sft`",
         "Supervised fine-tuning with TRL's `SFTTrainer` on demonstrations, following \"Aligning Large Language Models through "
-        "Synthetic Feedback\" (Kim et al., EMNLP 2023): dialogues whose assistant turns a reward model picked during self-play (`almost rmsp`).",
+        'Synthetic Feedback" (Kim et al., EMNLP 2023): dialogues whose assistant turns a reward model picked during self-play (`almost rmsp`).',
         "text-generation",
         ["sft", "trl"],
     ),
     "rl": (
         "Policy trained with `almost rl`",
         "A policy trained by reinforcement learning (TRL) against a reward model learned from synthetic feedback, following "
-        "\"Aligning Large Language Models through Synthetic Feedback\" (Kim et al., EMNLP 2023).",
+        '"Aligning Large Language Models through Synthetic Feedback" (Kim et al., EMNLP 2023).',
         "text-generation",
         ["rlhf", "trl", "synthetic-feedback"],
     ),
@@ -351,7 +368,9 @@ def _model_body(about: dict, title: str, description: str) -> str:
                 ci = m.get("ci95") or [None, None]
                 interval = f"{ci[0]:.3f}–{ci[1]:.3f}" if None not in ci else "-"
                 data = f"{e['name']} (`{e['data']}`{', ' + e['split'] if e.get('split') else ''})"
-                lines.append(f"| {data} | {m['name']} | {_number(m['value'])} | {interval} | {_number(m.get('n'))} | `{e.get('source', '')}` |")
+                lines.append(
+                    f"| {data} | {m['name']} | {_number(m['value'])} | {interval} | {_number(m.get('n'))} | `{e.get('source', '')}` |"
+                )
         lines.append("")
     lines += [f"- {e['name']}: {e['note']}" for e in about["evaluations"] if e.get("note")]
     if not about["evaluations"]:

@@ -213,12 +213,8 @@ class ModelArguments:
         default=DEFAULT_MODEL,
         metadata={"help": f"Hub id, local checkpoint directory, .gguf file, or embedded model name (default {DEFAULT_MODEL})."},
     )
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "Where hub downloads and converted GGUF checkpoints are cached."}
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow model repositories to run their own code (off unless asked)."}
-    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where hub downloads and converted GGUF checkpoints are cached."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model repositories to run their own code (off unless asked)."})
 
 
 @dataclass
@@ -227,13 +223,17 @@ class EngineArguments(ModelArguments):
 
     backend: str = field(
         default="auto",
-        metadata={"help": "Generation engine: vllm, hf (transformers), openai (a served model, see --base_url), or auto: vllm wherever it is installed, else hf with a notice."},
+        metadata={
+            "help": "Generation engine: vllm, hf (transformers), openai (a served model, see --base_url), or auto: vllm wherever it is installed, else hf with a notice."
+        },
     )
     use_hf: bool = field(default=False, metadata={"help": "Seed-release spelling of --backend hf."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per batch (hf backend; vLLM schedules its own batches)."})
     dtype: str = field(
         default="auto",
-        metadata={"help": "auto, bfloat16, float16 or float32. auto: bf16 on GPU, fp32 weights with bf16 autocast on CPUs that support it."},
+        metadata={
+            "help": "auto, bfloat16, float16 or float32. auto: bf16 on GPU, fp32 weights with bf16 autocast on CPUs that support it."
+        },
     )
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model (vllm backend)."})
     kv_cache_gib: float | None = field(
@@ -247,18 +247,24 @@ class EngineArguments(ModelArguments):
     overwrite: bool = field(default=False, metadata={"help": "Start again even if finished or partial outputs exist."})
     base_url: list[str] = field(
         default_factory=list,
-        metadata={"help": "openai backend: the server's OpenAI-compatible API root (e.g. http://127.0.0.1:8000/v1); several (or comma-separated) are used in turn."},
+        metadata={
+            "help": "openai backend: the server's OpenAI-compatible API root (e.g. http://127.0.0.1:8000/v1); several (or comma-separated) are used in turn."
+        },
     )
     model: str | None = field(
         default=None, metadata={"help": "openai backend: the model name the server serves (default: --model_name_or_path as typed)."}
     )
     api_key_env: str = field(
-        default="OPENAI_API_KEY", metadata={"help": "openai backend: environment variable holding the API key (unset: no key sent; never written to a file)."}
+        default="OPENAI_API_KEY",
+        metadata={"help": "openai backend: environment variable holding the API key (unset: no key sent; never written to a file)."},
     )
     concurrency: int = field(default=8, metadata={"help": "openai backend: requests in flight at once."})
     request_timeout: float = field(default=600.0, metadata={"help": "openai backend: seconds to wait for one reply."})
     max_retries: int = field(
-        default=8, metadata={"help": "openai backend: retries of a request after HTTP 429/5xx, a refused connection or a timeout (backoff 1, 2, 4, ... 30 s)."}
+        default=8,
+        metadata={
+            "help": "openai backend: retries of a request after HTTP 429/5xx, a refused connection or a timeout (backoff 1, 2, 4, ... 30 s)."
+        },
     )
 
     def __post_init__(self):
@@ -270,7 +276,9 @@ class EngineArguments(ModelArguments):
             raise ValueError("--backend openai needs --base_url (the server's API root, e.g. http://127.0.0.1:8000/v1)")
         if self.model and self.backend != "openai":
             # Before --model existed, argparse took it as short for --model_name_or_path: say so, never ignore it.
-            raise ValueError("--model names the model an openai server serves (with --backend openai); a local model is --model_name_or_path")
+            raise ValueError(
+                "--model names the model an openai server serves (with --backend openai); a local model is --model_name_or_path"
+            )
         if self.batch_size < 1:
             raise ValueError("--batch_size must be at least 1")
         if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:

@@ -143,8 +143,17 @@ CS = StageOutputs(
     summary="stats",
     # valid_answers: {configuration: count}; pairs_per_configuration_pair: {"chosen > rejected": count}.
     summary_keys=keys(
-        "prompts", "pairs", "dropped_by_filter", "dropped_by_max_length_ratio", "dropped_by_length_balance",
-        "prompts_with_fewer_than_two_valid", "valid_answers", "pairs_per_configuration_pair", "rubric", "chosen_longer", "chosen_shorter",
+        "prompts",
+        "pairs",
+        "dropped_by_filter",
+        "dropped_by_max_length_ratio",
+        "dropped_by_length_balance",
+        "prompts_with_fewer_than_two_valid",
+        "valid_answers",
+        "pairs_per_configuration_pair",
+        "rubric",
+        "chosen_longer",
+        "chosen_shorter",
     ),
     # Written only when --max_length_ratio or --length_balance is on, so that the seed's file stays as it was.
     optional_keys=keys("dropped_by_max_length_ratio", "dropped_by_length_balance", "chosen_longer", "chosen_shorter"),
@@ -167,8 +176,19 @@ RM_EVAL = StageOutputs(
     # reward.evaluate.pairwise_metrics (also rm train's "heldout"): length_bias and length_balanced have
     # their keys documented there; subsets only when the pairs name their subset.
     summary_keys=keys(
-        "accuracy", "ci95", "n", "ties", "mean_margin", "subsets", "length_bias", "length_balanced",
-        "model", "data", "rows_read", "skipped_identical", "skipped_unsplittable",
+        "accuracy",
+        "ci95",
+        "n",
+        "ties",
+        "mean_margin",
+        "subsets",
+        "length_bias",
+        "length_balanced",
+        "model",
+        "data",
+        "rows_read",
+        "skipped_identical",
+        "skipped_unsplittable",
     ),
     optional_keys=keys("subsets"),
 )
@@ -184,8 +204,16 @@ RMSP = StageOutputs(
     product="demonstrations",
     summary="summary",
     summary_keys=keys(
-        "dialogues", "kept_dialogues", "dropped_dialogues", "assistant_turns", "mean_turns_per_kept_dialogue", "end_reasons",
-        "num_candidates", "max_turns", "per_turn", USER_TURNS_KEY,
+        "dialogues",
+        "kept_dialogues",
+        "dropped_dialogues",
+        "assistant_turns",
+        "mean_turns_per_kept_dialogue",
+        "end_reasons",
+        "num_candidates",
+        "max_turns",
+        "per_turn",
+        USER_TURNS_KEY,
     ),
 )
 SFT = StageOutputs(
@@ -226,7 +254,19 @@ EVAL_PAIRWISE = StageOutputs(
     summary="metrics",
     # length_balanced: evaluate.pairwise.length_split; per_category: {category: the same keys, without per_category}.
     summary_keys=keys(
-        "win", "tie", "loss", "n", "win_rate", "ci95", "length_balanced", "per_category", "task", "model", "baseline", "judge", "data",
+        "win",
+        "tie",
+        "loss",
+        "n",
+        "win_rate",
+        "ci95",
+        "length_balanced",
+        "per_category",
+        "task",
+        "model",
+        "baseline",
+        "judge",
+        "data",
     ),
 )
 # ``almost eval <kind>`` → what it writes, in the order the pipeline plans them and the report shows them.

@@ -30,9 +30,15 @@ IGNORE_PATTERNS = ["*.partial", "*.partial.*", ".almost-step*", "checkpoint-*", 
 class PushArguments:
     """Settings of ``almost push``."""
 
-    run_dir: str | None = field(default=None, metadata={"help": "A run directory (from `almost pipeline`/`almost demo`) or one stage's output folder (required)."})
-    repo_id: str | None = field(default=None, metadata={"help": "ORG/NAME on the Hub; with several folders each goes to ORG/NAME-<folder> (required)."})
-    stage: list[str] = field(default_factory=list, metadata={"help": "Only these folders of the run (e.g. cs rm); default: every folder with a card."})
+    run_dir: str | None = field(
+        default=None, metadata={"help": "A run directory (from `almost pipeline`/`almost demo`) or one stage's output folder (required)."}
+    )
+    repo_id: str | None = field(
+        default=None, metadata={"help": "ORG/NAME on the Hub; with several folders each goes to ORG/NAME-<folder> (required)."}
+    )
+    stage: list[str] = field(
+        default_factory=list, metadata={"help": "Only these folders of the run (e.g. cs rm); default: every folder with a card."}
+    )
     private: bool = field(default=False, metadata={"help": "Create the repositories as private."})
     token_env: str = field(default="HF_TOKEN", metadata={"help": "Environment variable holding the Hub token (never written anywhere)."})
     dry_run: bool = field(default=False, metadata={"help": "Only print what would be uploaded where (no token needed)."})
@@ -82,12 +88,16 @@ def plan_uploads(run_dir: str | Path, repo_id: str, stages: list[str] | None = N
     if stages:
         unknown = [s for s in stages if s not in candidates]
         if unknown:
-            raise AlmostError(f"--stage {' '.join(unknown)}: no such folder with a card in {run_dir} (has: {', '.join(candidates) or 'none'})")
+            raise AlmostError(
+                f"--stage {' '.join(unknown)}: no such folder with a card in {run_dir} (has: {', '.join(candidates) or 'none'})"
+            )
         candidates = {name: candidates[name] for name in stages}
     if not candidates:
         raise AlmostError(f"{run_dir} holds no dataset or model with a card (run a stage first)")
     single = len(candidates) == 1
-    return [Upload(folder, repo_id if single else f"{repo_id}-{name}", card_kind(folder), _kept(folder)) for name, folder in candidates.items()]
+    return [
+        Upload(folder, repo_id if single else f"{repo_id}-{name}", card_kind(folder), _kept(folder)) for name, folder in candidates.items()
+    ]
 
 
 def push(uploads: list[Upload], token: str, private: bool, api=None) -> list[str]:

@@ -267,7 +267,9 @@ def digest_file(path: str | os.PathLike) -> str:
 # Files of a checkpoint folder that do not decide what the model computes: training logs, the model
 # card (it records paths and dates), trainer state; and the stage's metrics (``contracts.METRICS_FILE``).
 # Hidden files (locks, pipeline markers) and subfolders (intermediate checkpoints) are left out too.
-_NOT_MODEL_FILES = frozenset({"README.md", "training_args.bin", "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json"})
+_NOT_MODEL_FILES = frozenset(
+    {"README.md", "training_args.bin", "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json"}
+)
 _MODEL_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken", ".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
@@ -283,7 +285,11 @@ def digest_model(name_or_path: str | os.PathLike) -> str:
     from .contracts import METRICS_FILE  # here, not at the top: contracts imports this module
 
     not_model = _NOT_MODEL_FILES | {METRICS_FILE}
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.name not in not_model and p.name.endswith(_MODEL_SUFFIXES))
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name not in not_model and p.name.endswith(_MODEL_SUFFIXES)
+    )
     return fingerprint({p.name: digest_file(p) for p in files})
 
 

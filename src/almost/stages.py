@@ -70,7 +70,11 @@ STAGE_COMMANDS: dict[tuple[str, ...], StageCommand] = {
         _stage("rl", "almost.policy.rl", ("RLConfig",), "run_rl", contracts.RL),
         _stage("eval hhh", "almost.evaluate.hhh", ("ModelArguments", "HHHConfig"), "run_hhh", contracts.EVAL_HHH),
         _stage(
-            "eval truthfulqa", "almost.evaluate.truthfulqa", ("ModelArguments", "TruthfulQAConfig"), "run_truthfulqa", contracts.EVAL_TRUTHFULQA
+            "eval truthfulqa",
+            "almost.evaluate.truthfulqa",
+            ("ModelArguments", "TruthfulQAConfig"),
+            "run_truthfulqa",
+            contracts.EVAL_TRUTHFULQA,
         ),
         _stage("eval pairwise", "almost.evaluate.pairwise", ("PairwiseConfig",), "run_pairwise", contracts.EVAL_PAIRWISE),
     )

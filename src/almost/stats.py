@@ -167,7 +167,5 @@ def reward_pair_metrics(
         "rm_prefers_longer_rate": sum(prefers_longer) / len(prefers_longer) if prefers_longer else None,
         "length_only_accuracy": len(longer) / n,
     }
-    metrics["length_balanced"] = length_balanced(
-        [float(w) for w in wins], length_chosen, length_rejected, value="accuracy", side="chosen"
-    )
+    metrics["length_balanced"] = length_balanced([float(w) for w in wins], length_chosen, length_rejected, value="accuracy", side="chosen")
     return metrics

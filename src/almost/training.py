@@ -31,12 +31,28 @@ from .models import ADAPTER_DIR, TRAINING_STATUS, require_finished_training
 STALL_ENV = "ALMOST_TEST_STALL_AT_STEP"
 # Settings that change how a run is logged, saved or launched, not what it computes: a rerun may
 # change them and still resume. (Secrets such as hub_token are never written to the status file.)
-RESUMABLE_CHANGES = frozenset({
-    "output_dir", "keep_checkpoints", "overwrite", "disable_tqdm", "report_to", "run_name", "local_rank",
-    "resume_from_checkpoint", "per_device_eval_batch_size", "push_to_hub", "project", "skip_memory_metrics",
-    "dataloader_num_workers", "dataloader_pin_memory", "dataloader_prefetch_factor", "dataloader_persistent_workers",
-    "ddp_timeout", "num_completions_to_print",
-})  # fmt: skip
+RESUMABLE_CHANGES = frozenset(
+    {
+        "output_dir",
+        "keep_checkpoints",
+        "overwrite",
+        "disable_tqdm",
+        "report_to",
+        "run_name",
+        "local_rank",
+        "resume_from_checkpoint",
+        "per_device_eval_batch_size",
+        "push_to_hub",
+        "project",
+        "skip_memory_metrics",
+        "dataloader_num_workers",
+        "dataloader_pin_memory",
+        "dataloader_prefetch_factor",
+        "dataloader_persistent_workers",
+        "ddp_timeout",
+        "num_completions_to_print",
+    }
+)
 RESUMABLE_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "trackio_", "vllm_server_")
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -48,21 +64,31 @@ class CheckpointArguments:
 
     save_strategy: str = field(
         default="steps",
-        metadata={"help": "Intermediate checkpoints: steps (every --save_steps steps or --save_minutes minutes, whichever comes first), epoch, or no. The final model is always saved."},
+        metadata={
+            "help": "Intermediate checkpoints: steps (every --save_steps steps or --save_minutes minutes, whichever comes first), epoch, or no. The final model is always saved."
+        },
     )
-    save_steps: float = field(default=500, metadata={"help": "Save a checkpoint every N optimizer steps (a float < 1: that share of all steps)."})
+    save_steps: float = field(
+        default=500, metadata={"help": "Save a checkpoint every N optimizer steps (a float < 1: that share of all steps)."}
+    )
     save_minutes: float = field(
         default=10.0,
-        metadata={"help": "Also save a checkpoint once this many minutes have passed since the last one (0: by steps only). Bounds the work a crash loses alike on a slow CPU and a fast GPU."},
+        metadata={
+            "help": "Also save a checkpoint once this many minutes have passed since the last one (0: by steps only). Bounds the work a crash loses alike on a slow CPU and a fast GPU."
+        },
     )
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep only the last N checkpoints (older ones are deleted)."})
     keep_checkpoints: bool = field(
         default=False,
-        metadata={"help": "Keep the checkpoint-* folders once the final model is saved (by default they are deleted then: they hold the optimizer state, twice the model's size)."},
+        metadata={
+            "help": "Keep the checkpoint-* folders once the final model is saved (by default they are deleted then: they hold the optimizer state, twice the model's size)."
+        },
     )
     overwrite: bool = field(
         default=False,
-        metadata={"help": "Train from step 0 even when --output_dir holds a run of this stage. Without it a rerun resumes an unfinished run, does nothing for a finished one, and stops if the settings differ."},
+        metadata={
+            "help": "Train from step 0 even when --output_dir holds a run of this stage. Without it a rerun resumes an unfinished run, does nothing for a finished one, and stops if the settings differ."
+        },
     )
 
     def __post_init__(self):
@@ -109,7 +135,9 @@ class HardwareArguments:
     )
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "bf16 mixed precision (default: on with a bf16-capable GPU, and on CPUs with native bf16; off elsewhere, where it is slower)."},
+        metadata={
+            "help": "bf16 mixed precision (default: on with a bf16-capable GPU, and on CPUs with native bf16; off elsewhere, where it is slower)."
+        },
     )
 
 
@@ -283,7 +311,9 @@ def check_output_dir(config, stage: str) -> Rerun:
         return Rerun(fresh=True)
     status = read_json(status_file, "training status")
     if status.get("stage") != stage:
-        raise AlmostError(f"--output_dir {out} holds an `almost {status.get('stage')}` run; choose another folder, or pass --overwrite true")
+        raise AlmostError(
+            f"--output_dir {out} holds an `almost {status.get('stage')}` run; choose another folder, or pass --overwrite true"
+        )
     before, now = status.get("settings") or {}, run_settings(config)
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     if changed:

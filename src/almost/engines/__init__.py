@@ -59,7 +59,11 @@ def load_engine(config: EngineArguments, model: ResolvedModel) -> Engine:
         from .hf import HFEngine
 
         return HFEngine(
-            model.path, batch_size=config.batch_size, dtype=config.dtype, trust_remote_code=config.trust_remote_code, cache_dir=config.cache_dir
+            model.path,
+            batch_size=config.batch_size,
+            dtype=config.dtype,
+            trust_remote_code=config.trust_remote_code,
+            cache_dir=config.cache_dir,
         )
     if backend == "openai":
         from .openai import OpenAIEngine, api_key_from_env

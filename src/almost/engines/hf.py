@@ -11,7 +11,6 @@ from tqdm.auto import tqdm
 from ..models import inference_precision, load_tokenizer
 from .base import Sampling, truncate_at_stop
 
-
 # Below this many shared tokens a separate prefix pass costs more than it saves.
 MIN_SHARED_PREFIX = 16
 

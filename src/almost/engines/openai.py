@@ -17,7 +17,6 @@ import http.client
 import itertools
 import json
 import os
-import socket
 import threading
 import urllib.error
 import urllib.request
@@ -121,7 +120,7 @@ class OpenAIEngine:
                 raise TransientError(f"HTTP {e.code} from {url}: {detail}") from None
             # 4xx other than the few above: the request itself is wrong; retrying cannot help.
             raise AlmostError(f"{url}/completions refused the request (HTTP {e.code}): {detail}") from None
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
             raise TransientError(f"{url}: {getattr(e, 'reason', None) or e!r}") from None
         except json.JSONDecodeError:
             raise TransientError(f"{url}/completions answered something that is not JSON") from None
@@ -144,7 +143,9 @@ class OpenAIEngine:
                 continue
             choices = reply.get("choices") if isinstance(reply, dict) else None
             if not isinstance(choices, list) or len(choices) != sampling.n:
-                raise AlmostError(f"{url}/completions returned {len(choices) if isinstance(choices, list) else 'no'} choices for n={sampling.n}")
+                raise AlmostError(
+                    f"{url}/completions returned {len(choices) if isinstance(choices, list) else 'no'} choices for n={sampling.n}"
+                )
             choices = sorted(choices, key=lambda c: c.get("index", 0))
             return [truncate_at_stop(c.get("text") or "", sampling.stop) for c in choices]
         raise AlmostError(

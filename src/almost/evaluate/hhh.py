@@ -40,7 +40,9 @@ class HHHConfig:
 
     data_path: str | None = field(
         default=None,
-        metadata={"help": "HHH data: Anthropic-HH transcript JSONL with `type`, prompt/chosen/rejected JSONL, or BIG-bench hhh_alignment task.json / folder."},
+        metadata={
+            "help": "HHH data: Anthropic-HH transcript JSONL with `type`, prompt/chosen/rejected JSONL, or BIG-bench hhh_alignment task.json / folder."
+        },
     )
     output_dir: str | None = field(default=None, metadata={"help": "Where metrics.json, metrics.txt and predictions.jsonl go."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per forward pass."})
@@ -100,7 +102,9 @@ def run_hhh(model_args: ModelArguments, config: HHHConfig, model: OptionScorer |
         )
     rows = score_pairs(model, pair_set.pairs)
     metrics = hhh_metrics(rows)
-    metrics.update(task="hhh", model=model_args.model_name_or_path, data=str(config.data_path), skipped=pair_set.identical + pair_set.unsplittable)
+    metrics.update(
+        task="hhh", model=model_args.model_name_or_path, data=str(config.data_path), skipped=pair_set.identical + pair_set.unsplittable
+    )
     table = accuracy_table(metrics, "per_type", "pairs") + (
         f"\nties (counted wrong): {metrics['ties']}   model picks position A: {metrics['position_a_rate']:.2f} of the time"
     )

@@ -76,24 +76,42 @@ class Question:
 class PairwiseConfig(EngineArguments):
     """Settings of ``almost eval pairwise``; --model_name_or_path is the model being evaluated."""
 
-    baseline_model_name_or_path: str | None = field(default=None, metadata={"help": "The model to compare against (same spellings as --model_name_or_path)."})
+    baseline_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The model to compare against (same spellings as --model_name_or_path)."}
+    )
     data_path: str | None = field(
         default=None,
-        metadata={"help": "Question JSONL: question_id, text (or question/prompt/turns), category; or a shipped set by name: proof-questions (60 helpful + 60 harmless held-out questions)."},
+        metadata={
+            "help": "Question JSONL: question_id, text (or question/prompt/turns), category; or a shipped set by name: proof-questions (60 helpful + 60 harmless held-out questions)."
+        },
     )
-    output_dir: str | None = field(default=None, metadata={"help": "Where judgments.jsonl, metrics.json and metrics.txt go (and answers_*.jsonl, unless --answers_dir)."})
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where judgments.jsonl, metrics.json and metrics.txt go (and answers_*.jsonl, unless --answers_dir)."},
+    )
     answers_dir: str | None = field(
         default=None,
-        metadata={"help": "Where the cached answers answers_*.jsonl go (default: --output_dir). Runs that differ only in their judge can share one folder and answer each question once."},
+        metadata={
+            "help": "Where the cached answers answers_*.jsonl go (default: --output_dir). Runs that differ only in their judge can share one folder and answer each question once."
+        },
     )
-    judge: str | None = field(default=None, metadata={"help": "rm:PATH (reward model) or rm:URL (`almost rm serve`; token from $ALMOST_RM_TOKEN), llm:MODEL (local judge model) or openai:URL (OpenAI-compatible endpoint)."})
+    judge: str | None = field(
+        default=None,
+        metadata={
+            "help": "rm:PATH (reward model) or rm:URL (`almost rm serve`; token from $ALMOST_RM_TOKEN), llm:MODEL (local judge model) or openai:URL (OpenAI-compatible endpoint)."
+        },
+    )
     judge_model: str | None = field(default=None, metadata={"help": "Model name sent to an openai: judge endpoint."})
-    judge_api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the openai: endpoint's API key (unset: no key sent)."})
+    judge_api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the openai: endpoint's API key (unset: no key sent)."}
+    )
     judge_max_new_tokens: int = field(default=256, metadata={"help": "Longest judge reply (llm: and openai: judges)."})
     judge_timeout: float = field(default=120.0, metadata={"help": "Seconds to wait for one openai: endpoint reply."})
     judge_allow_http: bool = field(
         default=False,
-        metadata={"help": "Allow a plain http:// openai: endpoint on another machine (the key and the questions cross the network unencrypted); loopback hosts are always allowed."},
+        metadata={
+            "help": "Allow a plain http:// openai: endpoint on another machine (the key and the questions cross the network unencrypted); loopback hosts are always allowed."
+        },
     )
     max_new_tokens: int = field(default=256, metadata={"help": "Longest answer of the model and the baseline, in tokens."})
     temperature: float = field(default=0.0, metadata={"help": "Answer sampling temperature (0 = greedy, the same answers every run)."})
@@ -141,7 +159,9 @@ def answer_key(question: Question) -> str:
     return f"{question.question_id}:{fingerprint({'text': question.text})}"
 
 
-def generate_answers(get_engine: Callable[[], object], questions: Sequence[Question], sampling: Sampling, path: Path, settings: dict, batch_size: int) -> dict[str, str]:
+def generate_answers(
+    get_engine: Callable[[], object], questions: Sequence[Question], sampling: Sampling, path: Path, settings: dict, batch_size: int
+) -> dict[str, str]:
     """Answers by question id, cached at ``path`` under ``answer_key``: reused when finished,
     resumed when half-written.
 
@@ -162,11 +182,20 @@ def generate_answers(get_engine: Callable[[], object], questions: Sequence[Quest
             batch = todo[start : start + batch_size]
             prompts = [answer_prompt(tokenizer, q.text) for q in batch]
             # The seed follows the question, not the batch: a resumed run samples what an uninterrupted one does.
-            outputs = [
-                engine.generate([prompt], replace(sampling, seed=(sampling.seed or 0) + int(fingerprint({"q": q.question_id}), 16) % 100_000))[0]
-                for prompt, q in zip(prompts, batch)
-            ] if sampling.temperature > 0 else engine.generate(prompts, sampling)
-            store.append({"key": answer_key(q), "question_id": q.question_id, "question": q.text, "answer": out[0].strip()} for q, out in zip(batch, outputs))
+            outputs = (
+                [
+                    engine.generate(
+                        [prompt], replace(sampling, seed=(sampling.seed or 0) + int(fingerprint({"q": q.question_id}), 16) % 100_000)
+                    )[0]
+                    for prompt, q in zip(prompts, batch)
+                ]
+                if sampling.temperature > 0
+                else engine.generate(prompts, sampling)
+            )
+            store.append(
+                {"key": answer_key(q), "question_id": q.question_id, "question": q.text, "answer": out[0].strip()}
+                for q, out in zip(batch, outputs)
+            )
         rows = store.finalize([answer_key(q) for q in questions])
     return {r["question_id"]: r["answer"] for r in rows}
 
@@ -267,7 +296,9 @@ class _KeyStaysWithHost(urllib.request.HTTPRedirectHandler):
         return new
 
 
-def openai_completer(url: str, model: str | None, api_key: str | None, max_new_tokens: int, timeout: float) -> Callable[[list[list[dict]]], list[str]]:
+def openai_completer(
+    url: str, model: str | None, api_key: str | None, max_new_tokens: int, timeout: float
+) -> Callable[[list[list[dict]]], list[str]]:
     """Chat completions from an OpenAI-compatible endpoint, with the standard library only.
 
     Credentials in the URL (``https://user:pass@host``) are sent as HTTP basic auth when there is no
@@ -338,7 +369,11 @@ def build_judge(config: PairwiseConfig) -> Judge:
         model = engine_model(config, target)
         return LLMJudge(local_completer(lambda: load_engine(config, model), config.judge_max_new_tokens))
     check_judge_url(target, config.judge_allow_http)
-    return LLMJudge(openai_completer(target, config.judge_model, os.environ.get(config.judge_api_key_env), config.judge_max_new_tokens, config.judge_timeout))
+    return LLMJudge(
+        openai_completer(
+            target, config.judge_model, os.environ.get(config.judge_api_key_env), config.judge_max_new_tokens, config.judge_timeout
+        )
+    )
 
 
 def judge_both_orders(judge: Judge, questions: Sequence[Question], model_answers: dict, baseline_answers: dict) -> list[dict]:
@@ -354,8 +389,15 @@ def judge_both_orders(judge: Judge, questions: Sequence[Question], model_answers
         (m1, b1), (b2, m2) = scores[2 * k], scores[2 * k + 1]
         model_total, baseline_total = m1 + m2, b1 + b2
         outcome = "win" if model_total > baseline_total else "loss" if model_total < baseline_total else "tie"
-        row = {"question_id": q.question_id, "category": q.category, "model_score": model_total, "baseline_score": baseline_total, "outcome": outcome,
-               "model_length": len(model_answers[q.question_id]), "baseline_length": len(baseline_answers[q.question_id])}  # fmt: skip
+        row = {
+            "question_id": q.question_id,
+            "category": q.category,
+            "model_score": model_total,
+            "baseline_score": baseline_total,
+            "outcome": outcome,
+            "model_length": len(model_answers[q.question_id]),
+            "baseline_length": len(baseline_answers[q.question_id]),
+        }
         if replies[2 * k] is not None:
             row["judge_replies"] = [replies[2 * k], replies[2 * k + 1]]
         rows.append(row)
@@ -453,7 +495,13 @@ def run_pairwise(config: PairwiseConfig, model_engine=None, baseline_engine=None
     baseline_answers = _answers_for("baseline", config.baseline_model_name_or_path, baseline_engine, questions, config, answers_dir)
     rows = judge_both_orders(judge, questions, model_answers, baseline_answers)
     metrics = pairwise_metrics(rows)
-    metrics.update(task="pairwise", model=config.model_name_or_path, baseline=config.baseline_model_name_or_path, judge=redact_url(config.judge or judge.name), data=str(config.data_path))
+    metrics.update(
+        task="pairwise",
+        model=config.model_name_or_path,
+        baseline=config.baseline_model_name_or_path,
+        judge=redact_url(config.judge or judge.name),
+        data=str(config.data_path),
+    )
     write_results(EVAL_PAIRWISE, config.output_dir, metrics, pairwise_table(metrics), rows)
     return metrics
 

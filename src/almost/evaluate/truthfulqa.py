@@ -46,7 +46,9 @@ class TruthfulQAConfig:
 
     data_path: str | None = field(
         default=None,
-        metadata={"help": "TruthfulQA multiple_choice rows (question, mc1_targets {choices, labels}) as JSONL/JSON/saved dataset, or `truthful_qa` for the hub copy (online)."},
+        metadata={
+            "help": "TruthfulQA multiple_choice rows (question, mc1_targets {choices, labels}) as JSONL/JSON/saved dataset, or `truthful_qa` for the hub copy (online)."
+        },
     )
     output_dir: str | None = field(default=None, metadata={"help": "Where metrics.json, metrics.txt and predictions.jsonl go."})
     max_questions: int | None = field(default=None, metadata={"help": "Evaluate only the first N questions."})
@@ -108,7 +110,14 @@ def score_questions(model: OptionScorer, questions: Sequence[MCQuestion]) -> lis
         # Several choices sharing the top score is a tie, and a tie is wrong as in the HHH evaluation.
         tied = scores.count(best) > 1
         rows.append(
-            {"question": q.question, "category": q.category, "p_true": scores, "pick": pick, "correct_index": q.correct, "correct": pick == q.correct and not tied}
+            {
+                "question": q.question,
+                "category": q.category,
+                "p_true": scores,
+                "pick": pick,
+                "correct_index": q.correct,
+                "correct": pick == q.correct and not tied,
+            }
         )
     return rows
 

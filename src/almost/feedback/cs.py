@@ -55,11 +55,15 @@ class CSArguments:
     )
     max_length_ratio: float | None = field(
         default=None,
-        metadata={"help": "Skip pairs whose longer answer is more than this many times as long as the shorter (characters); off by default."},
+        metadata={
+            "help": "Skip pairs whose longer answer is more than this many times as long as the shorter (characters); off by default."
+        },
     )
     length_balance: bool = field(
         default=False,
-        metadata={"help": "Drop a seeded random surplus so the chosen answer is the longer one in half of the pairs (equal lengths all kept)."},
+        metadata={
+            "help": "Drop a seeded random surplus so the chosen answer is the longer one in half of the pairs (equal lengths all kept)."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed of --length_balance's draw."})
 
@@ -182,8 +186,7 @@ def _check_not_older_than_shards(directory: Path, name: str, jsonl: Path) -> Non
         output_is_current(jsonl, merge_settings(directory, shard_set["files"]))
     except AlmostError:
         raise AlmostError(
-            f"{jsonl} is not the merge of the shards now beside it ({name}.shard-*): "
-            f"run almost merge --output_dir {directory} --overwrite"
+            f"{jsonl} is not the merge of the shards now beside it ({name}.shard-*): run almost merge --output_dir {directory} --overwrite"
         ) from None
 
 
@@ -247,8 +250,15 @@ def run_cs(config: CSArguments) -> dict:
         pairs, prompt_dropped = prompt_pairs(valid, config.max_length_ratio, drops)
         dropped += prompt_dropped
         for better, worse in pairs:
-            rows.append({"prompt": prompt, "chosen": better.text, "rejected": worse.text,
-                         "chosen_config": better.config, "rejected_config": worse.config})  # fmt: skip
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "chosen": better.text,
+                    "rejected": worse.text,
+                    "chosen_config": better.config,
+                    "rejected_config": worse.config,
+                }
+            )
     if config.length_balance:
         before = len(rows)
         rows = balance_by_length(rows, config.seed)
@@ -289,9 +299,15 @@ def run_cs(config: CSArguments) -> dict:
         f"almost cs: {stats['pairs']} pairs from {stats['prompts']} prompts → {out / CS.product_file} "
         f"(dropped by the length filter: {dropped}; prompts with < 2 valid answers: {few_valid})"
     )
-    extra = [f"{name}: {stats[key]}" for name, key in (("--max_length_ratio", "dropped_by_max_length_ratio"), ("--length_balance", "dropped_by_length_balance")) if key in stats]
+    extra = [
+        f"{name}: {stats[key]}"
+        for name, key in (("--max_length_ratio", "dropped_by_max_length_ratio"), ("--length_balance", "dropped_by_length_balance"))
+        if key in stats
+    ]
     if extra:
-        print(f"  dropped by {'; '.join(extra)}; chosen answer longer in {stats['chosen_longer']} pairs, shorter in {stats['chosen_shorter']}")
+        print(
+            f"  dropped by {'; '.join(extra)}; chosen answer longer in {stats['chosen_longer']} pairs, shorter in {stats['chosen_shorter']}"
+        )
     for pair, count in stats["pairs_per_configuration_pair"].items():
         print(f"  {count:6d}  {pair}")
     return stats

@@ -36,6 +36,7 @@ def asset_or_path(path: str | Path) -> Path:
         return ASSETS / path
     return path
 
+
 SEPARATOR = "-----"
 # An answer ends where the model starts the next dialogue or the next human turn.
 ANSWER_STOP = (SEPARATOR, "\nHuman:")

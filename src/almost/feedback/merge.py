@@ -69,7 +69,9 @@ def merged_rows(directory: Path, name: str, n: int, files: dict[int, Path], prom
     total = len(prompts) if prompts is not None else max(rows) + 1
     gaps = [i for i in range(total) if i not in rows]
     if gaps or len(rows) != total:
-        raise AlmostError(f"{name}: the shards hold {len(rows)} prompts, expected {total} (first missing index: {gaps[0] if gaps else total}); nothing merged")
+        raise AlmostError(
+            f"{name}: the shards hold {len(rows)} prompts, expected {total} (first missing index: {gaps[0] if gaps else total}); nothing merged"
+        )
     if prompts is not None:
         wrong = next((i for i in range(total) if rows[i]["prompt"] != prompts[i]), None)
         if wrong is not None:
@@ -113,7 +115,10 @@ def run_merge(config: MergeArguments) -> dict:
     if todo:
         from ..cards import write_dataset_card
 
-        about = {name: {"shards": len(sets[name]["files"]), "rows": len(rows), "bad": sum(bool(r.get("bad")) for r in rows)} for name, rows in todo.items()}
+        about = {
+            name: {"shards": len(sets[name]["files"]), "rows": len(rows), "bad": sum(bool(r.get("bad")) for r in rows)}
+            for name, rows in todo.items()
+        }
         write_dataset_card(directory, "rg", {name: output_path(directory, name).name for name in todo}, {"configurations": about})
     return {name: len(rows) for name, rows in todo.items()}
 

@@ -67,9 +67,7 @@ class PGArguments(EngineArguments):
     temperature: float = field(default=1.2, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling mass."})
     max_new_tokens: int = field(default=64, metadata={"help": "Tokens generated per request."})
-    min_chars: int = field(
-        default=30, metadata={"help": "Reject prompts shorter than this that do not end with '.', '?' or '!'."}
-    )
+    min_chars: int = field(default=30, metadata={"help": "Reject prompts shorter than this that do not end with '.', '?' or '!'."})
     max_chars: int = field(default=250, metadata={"help": "Reject prompts longer than this many characters."})
     rouge_l_threshold: float = field(
         default=0.5, metadata={"help": "Reject a prompt whose ROUGE-L F with a seed or accepted prompt is at least this."}
@@ -113,9 +111,7 @@ def is_instruction_line(line: str) -> bool:
 def read_prompt_file(path: str | Path) -> PromptFile:
     lines = read_lines(asset_or_path(path), "prompt file")
     if not is_instruction_line(lines[0]):
-        raise AlmostError(
-            f"{path}: the first line must be an instruction (e.g. '### Instruction: ...'), got {lines[0][:60]!r}"
-        )
+        raise AlmostError(f"{path}: the first line must be an instruction (e.g. '### Instruction: ...'), got {lines[0][:60]!r}")
     # Seed files written as a transcript ("Query: ...") work too.
     seeds = tuple(line[len(QUERY_PREFIX) :].strip() if line.startswith(QUERY_PREFIX) else line for line in lines[1:])
     seeds = tuple(s for s in seeds if s)
@@ -292,8 +288,19 @@ def _resume_settings(config: PGArguments, prompt_file: PromptFile, model: str) -
     --batch_size is here because it is the number of requests per round (what a round samples), not
     a memory knob; ``model`` is the model's content fingerprint (``io.digest_model``), not its path.
     """
-    keys = ("backend", "dtype", "batch_size", "num_examples", "temperature", "top_p",
-            "max_new_tokens", "min_chars", "max_chars", "rouge_l_threshold", "seed")  # fmt: skip
+    keys = (
+        "backend",
+        "dtype",
+        "batch_size",
+        "num_examples",
+        "temperature",
+        "top_p",
+        "max_new_tokens",
+        "min_chars",
+        "max_chars",
+        "rouge_l_threshold",
+        "seed",
+    )
     settings = {k: v for k, v in asdict(config).items() if k in keys}
     return {**settings, "model": model, "instruction": prompt_file.instruction, "seeds": prompt_file.seeds}
 
@@ -394,13 +401,38 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
     rounds_log.finalize()
     from ..cards import write_dataset_card
 
-    settings = {k: getattr(config, k) for k in ("num_generation", "batch_size", "num_examples", "temperature", "top_p", "max_new_tokens", "min_chars", "max_chars", "rouge_l_threshold", "seed")}
-    write_dataset_card(config.output_dir, "pg", {"prompts": paths["prompts"].name}, {
-        "model": stats["model"], "backend": stats["backend"], "seed_prompts": Path(config.prompt_file_path).name,
-        "settings": settings, "accepted": stats["accepted"], "rejected_by_filter": stats["rejected"], "requests": stats["requests"], "rounds": stats["rounds"],
-        # A log beside the data (not a config: `datasets` reads a folder with one reader, here text).
-        "rounds_log": f"{paths['rounds'].name}: every candidate of every round and the filter's verdict",
-    })  # fmt: skip
+    settings = {
+        k: getattr(config, k)
+        for k in (
+            "num_generation",
+            "batch_size",
+            "num_examples",
+            "temperature",
+            "top_p",
+            "max_new_tokens",
+            "min_chars",
+            "max_chars",
+            "rouge_l_threshold",
+            "seed",
+        )
+    }
+    write_dataset_card(
+        config.output_dir,
+        "pg",
+        {"prompts": paths["prompts"].name},
+        {
+            "model": stats["model"],
+            "backend": stats["backend"],
+            "seed_prompts": Path(config.prompt_file_path).name,
+            "settings": settings,
+            "accepted": stats["accepted"],
+            "rejected_by_filter": stats["rejected"],
+            "requests": stats["requests"],
+            "rounds": stats["rounds"],
+            # A log beside the data (not a config: `datasets` reads a folder with one reader, here text).
+            "rounds_log": f"{paths['rounds'].name}: every candidate of every round and the filter's verdict",
+        },
+    )
     rejected = ", ".join(f"{k} {v}" for k, v in stats["rejected"].items()) or "none"
     print(
         f"almost pg: wrote {stats['accepted']} prompts to {paths['prompts']} "
@@ -418,9 +450,7 @@ def _finish_interrupted_log(rounds_log: ResumableJsonl) -> None:
     rounds_log.finalize()
 
 
-def _generate_rounds(
-    config: PGArguments, prompt_file: PromptFile, engine: Engine, progress: _Progress, rounds_log: ResumableJsonl
-) -> None:
+def _generate_rounds(config: PGArguments, prompt_file: PromptFile, engine: Engine, progress: _Progress, rounds_log: ResumableJsonl) -> None:
     target = config.num_generation
     bar = tqdm(total=target, initial=min(target, len(progress.accepted)), desc="pg", unit="prompt")
     sampling_args = dict(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, stop=QUERY_STOP)

@@ -24,8 +24,8 @@ import hashlib
 import itertools
 import json
 import time
-from contextlib import closing
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +51,9 @@ class RGArguments(EngineArguments):
     )
     prompt_file_path: list[str] = field(
         default_factory=lambda: [str(BETTER_DEMONSTRATIONS)],
-        metadata={"help": "Demonstration file(s): a header, then dialogues separated by '-----' lines (default: the project's high-quality file). Several files run one configuration each."},
+        metadata={
+            "help": "Demonstration file(s): a header, then dialogues separated by '-----' lines (default: the project's high-quality file). Several files run one configuration each."
+        },
     )
     n_shot: list[int] = field(
         default_factory=lambda: [3],
@@ -59,29 +61,39 @@ class RGArguments(EngineArguments):
     )
     max_new_tokens: int = field(
         default=256,
-        metadata={"help": "Token limit per answer. Answers stop at the next turn anyway; the seed used 768 (faithful) / 384 (others) on GPUs, 256 keeps runaway samples affordable on CPU."},
+        metadata={
+            "help": "Token limit per answer. Answers stop at the next turn anyway; the seed used 768 (faithful) / 384 (others) on GPUs, 256 keeps runaway samples affordable on CPU."
+        },
     )
     trim_to_sentence: bool = field(
         default=False,
-        metadata={"help": "Cut an answer that stopped mid-sentence (at --max_new_tokens) back to its last full sentence before the BAD rules. Off by default, as in the seed; small CPU token budgets need it."},
+        metadata={
+            "help": "Cut an answer that stopped mid-sentence (at --max_new_tokens) back to its last full sentence before the BAD rules. Off by default, as in the seed; small CPU token budgets need it."
+        },
     )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (seed: 1.0)."})
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling mass (seed: 0.9)."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call of the hf backend (sorted by length)."})
     chunk_size: int = field(
         default=32,
-        metadata={"help": "Prompts per unit of work: seeded, generated and saved together (resume granularity). Part of what decides the output."},
+        metadata={
+            "help": "Prompts per unit of work: seeded, generated and saved together (resume granularity). Part of what decides the output."
+        },
     )
     shard: str | None = field(
         default=None, metadata={"help": "i/n: only prompts whose index is i modulo n, written to {config}.shard-i-of-n.jsonl."}
     )
     select: list[str] | None = field(
         default=None,
-        metadata={"help": "Make only these of the configurations --prompt_file_path x --n_shot makes (names as {model}-{file}-{n}shot, with -chat under --chat_format): several configurations that are not a full product, with one model load."},
+        metadata={
+            "help": "Make only these of the configurations --prompt_file_path x --n_shot makes (names as {model}-{file}-{n}shot, with -chat under --chat_format): several configurations that are not a full product, with one model load."
+        },
     )
     chat_format: bool = field(
         default=False,
-        metadata={"help": "Prompt with the model's chat template: the file's header as the system message, the demonstrations as earlier user/assistant turns. Configuration names end in -chat. Off by default, as in the seed (a plain transcript)."},
+        metadata={
+            "help": "Prompt with the model's chat template: the file's header as the system message, the demonstrations as earlier user/assistant turns. Configuration names end in -chat. Off by default, as in the seed (a plain transcript)."
+        },
     )
 
     def __post_init__(self):
@@ -205,7 +217,9 @@ def run_rg(config: RGArguments, engine: Engine | None = None) -> dict:
     summary: dict[str, dict] = {}
     logs = {}
     for c in todo_configurations:
-        log = ResumableJsonl(output_path(config.output_dir, c.name, shard), "index", _resume_settings(config, c, prompts, shard, model_digest))
+        log = ResumableJsonl(
+            output_path(config.output_dir, c.name, shard), "index", _resume_settings(config, c, prompts, shard, model_digest)
+        )
         if config.overwrite:
             log.reset()
         if log.complete:  # refuses a finished file made with other settings, before anything is written
@@ -247,12 +261,31 @@ def write_card(config: RGArguments, todo: list[Configuration], shard) -> None:
         if path.exists():
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             files[c.name] = path.name
-            about[c.name] = {"demonstrations": c.demos.name, "n_shot": c.n_shot, "rows": len(rows), "bad": sum(bool(r.get("bad")) for r in rows)}
-    sampling = {"temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens, "seed": config.seed, "trim_to_sentence": config.trim_to_sentence}
-    write_dataset_card(config.output_dir, "rg", files, {
-        "model": config.model_name_or_path, "backend": config.backend, "sampling": sampling, "configurations": about,
-        "filters": "none drop rows here: `bad` flags answers that break the BAD-answer rules (cs leaves them out)",
-    })  # fmt: skip
+            about[c.name] = {
+                "demonstrations": c.demos.name,
+                "n_shot": c.n_shot,
+                "rows": len(rows),
+                "bad": sum(bool(r.get("bad")) for r in rows),
+            }
+    sampling = {
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "max_new_tokens": config.max_new_tokens,
+        "seed": config.seed,
+        "trim_to_sentence": config.trim_to_sentence,
+    }
+    write_dataset_card(
+        config.output_dir,
+        "rg",
+        files,
+        {
+            "model": config.model_name_or_path,
+            "backend": config.backend,
+            "sampling": sampling,
+            "configurations": about,
+            "filters": "none drop rows here: `bad` flags answers that break the BAD-answer rules (cs leaves them out)",
+        },
+    )
 
 
 def _generate(
@@ -270,9 +303,12 @@ def _generate(
             if all(log.done(i) for i in members):
                 continue
             sampling = Sampling(
-                temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
-                stop=ANSWER_STOP, seed=chunk_seed(config.seed, c.name, chunk_index),
-            )  # fmt: skip
+                temperature=config.temperature,
+                top_p=config.top_p,
+                max_new_tokens=config.max_new_tokens,
+                stop=ANSWER_STOP,
+                seed=chunk_seed(config.seed, c.name, chunk_index),
+            )
             generations = engine.generate([c.prompt(prompts[i], tokenizer) for i in members], sampling, desc=f"chunk {chunk_index}")
             rows = [
                 answer_row(i, prompts[i], samples[0], c.name, config.trim_to_sentence)

@@ -62,14 +62,20 @@ class RLConfig(TrainingStageArguments, RLOOConfig):
     below, and the LoRA, hardware and checkpoint options the three training stages share."""
 
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "The policy to improve (normally the `almost sft` output): checkpoint, hub id, .gguf or embedded name."}
+        default=None,
+        metadata={"help": "The policy to improve (normally the `almost sft` output): checkpoint, hub id, .gguf or embedded name."},
     )
     reward_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "The reward model from `almost rm train` (a sequence-classification checkpoint), or the URL of `almost rm serve` (token from $ALMOST_RM_TOKEN)."}
+        default=None,
+        metadata={
+            "help": "The reward model from `almost rm train` (a sequence-classification checkpoint), or the URL of `almost rm serve` (token from $ALMOST_RM_TOKEN)."
+        },
     )
     prompts_path: str | None = field(
         default=None,
-        metadata={"help": "Prompts: `almost pg`'s prompts.txt (one per line), or JSONL/JSON rows with `prompt` (text or messages) or `messages`."},
+        metadata={
+            "help": "Prompts: `almost pg`'s prompts.txt (one per line), or JSONL/JSON rows with `prompt` (text or messages) or `messages`."
+        },
     )
     algorithm: str = field(default="rloo", metadata={"help": "rloo (TRL RLOOTrainer, default) or grpo (TRL GRPOTrainer)."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts (all by default)."})
@@ -79,7 +85,9 @@ class RLConfig(TrainingStageArguments, RLOOConfig):
     reward_batch_size: int = field(default=8, metadata={"help": "Answers per reward-model forward pass."})
     reward_max_length: int = field(default=1024, metadata={"help": "Longest (prompt, answer) text the RM reads, in tokens."})
     # TRL fields whose defaults suit a GPU cluster; these suit a laptop CPU and are overridable.
-    beta: float = field(default=0.05, metadata={"help": "KL penalty coefficient against the starting (SFT) policy; must be > 0 to keep the policy close."})
+    beta: float = field(
+        default=0.05, metadata={"help": "KL penalty coefficient against the starting (SFT) policy; must be > 0 to keep the policy close."}
+    )
     learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate."})
     # TRL's schedule, not the seed's SFT/RM one (TrainingStageArguments): RL starts from a trained policy.
     lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule (linear, cosine, constant, ...)."})
@@ -88,9 +96,13 @@ class RLConfig(TrainingStageArguments, RLOOConfig):
     )
     num_generations: int | None = field(default=4, metadata={"help": "Answers sampled per prompt (the RLOO/GRPO group size, at least 2)."})
     max_completion_length: int | None = field(default=64, metadata={"help": "Longest sampled answer, in tokens."})
-    per_device_train_batch_size: int = field(default=4, metadata={"help": "Answers per device per optimisation step (a multiple of num_generations)."})
+    per_device_train_batch_size: int = field(
+        default=4, metadata={"help": "Answers per device per optimisation step (a multiple of num_generations)."}
+    )
     logging_steps: float = field(default=1, metadata={"help": "Log (and write a rl_log.csv row) every N steps."})
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "Trackers for TRL's logs: none, tensorboard, wandb, trackio, ..."})
+    report_to: None | str | list[str] = field(
+        default="none", metadata={"help": "Trackers for TRL's logs: none, tensorboard, wandb, trackio, ..."}
+    )
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -256,9 +268,18 @@ def write_card(config: RLConfig, summary: dict) -> None:
         "Per-step figures": "`rl_log.csv`.",
     }
     hyperparameters = [
-        "algorithm", "beta", "length_penalty", "num_generations", "learning_rate", "max_steps", "per_device_train_batch_size",
-        "max_completion_length", "temperature", "bf16", "seed",
-    ]  # fmt: skip
+        "algorithm",
+        "beta",
+        "length_penalty",
+        "num_generations",
+        "learning_rate",
+        "max_steps",
+        "per_device_train_batch_size",
+        "max_completion_length",
+        "temperature",
+        "bf16",
+        "seed",
+    ]
     metrics = [
         {"type": kind, "name": f"{name}, {when} logged step", "value": row[column], "ci95": None, "n": None}
         for column, (kind, name) in CARD_FIGURES.items()
@@ -266,10 +287,13 @@ def write_card(config: RLConfig, summary: dict) -> None:
         if isinstance(row.get(column), (int, float))
     ]
     evaluation = {
-        "name": "training prompts", "data": prompts_path, "split": "train", "source": "almost rl",
+        "name": "training prompts",
+        "data": prompts_path,
+        "split": "train",
+        "source": "almost rl",
         "note": "figures logged during training, on the sampled answers; `almost eval` measures the policy on held-out questions",
         "metrics": metrics,
-    }  # fmt: skip
+    }
     write_training_card(config, "rl", facts=facts, hyperparameters=hyperparameters, evaluations=[evaluation], tags=[config.algorithm])
 
 

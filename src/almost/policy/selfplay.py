@@ -35,10 +35,10 @@ from ..config import EngineArguments, parse
 from ..contracts import RESAMPLED_REASONS, RMSP, USER_TURNS_KEY, write_summary
 from ..engines import Engine, Sampling, engine_model, load_engine
 from ..feedback.demos import (
+    ANSWER_STOP,
     BETTER_DEMONSTRATIONS,
     SEPARATOR,
     USER_SIMULATOR_PROMPT,
-    ANSWER_STOP,
     Demonstrations,
     bad_answer_reasons,
     cut_answer,
@@ -79,13 +79,15 @@ class RMSPArguments(EngineArguments):
 
     output_dir: str = field(default="", metadata={"help": "Directory for demonstrations.jsonl and rmsp_summary.json (required)."})
     prompts_path: str = field(
-        default="", metadata={"help": "Starting prompts: prompts.txt from `almost pg` (one per line) or JSONL with a `prompt` column (required)."}
+        default="",
+        metadata={"help": "Starting prompts: prompts.txt from `almost pg` (one per line) or JSONL with a `prompt` column (required)."},
     )
     reward_model_name_or_path: str = field(
         default="", metadata={"help": "Reward model from `almost rm train`, or the URL of `almost rm serve` (http://host:port) (required)."}
     )
     reward_token_env: str = field(
-        default="ALMOST_RM_TOKEN", metadata={"help": "Environment variable holding the bearer token of a served reward model (unset: none sent)."}
+        default="ALMOST_RM_TOKEN",
+        metadata={"help": "Environment variable holding the bearer token of a served reward model (unset: none sent)."},
     )
     user_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Model that plays the user (default: the policy model, loaded once and shared)."}
@@ -126,7 +128,9 @@ class RMSPArguments(EngineArguments):
     reward_batch_size: int = field(default=8, metadata={"help": "Conversations per reward model forward pass."})
     trim_to_sentence: bool = field(
         default=True,
-        metadata={"help": "Cut an answer that stopped mid-sentence (at --max_new_tokens) back to its last full sentence before the BAD rules."},
+        metadata={
+            "help": "Cut an answer that stopped mid-sentence (at --max_new_tokens) back to its last full sentence before the BAD rules."
+        },
     )
 
     def __post_init__(self):
@@ -338,7 +342,9 @@ class SelfPlay:
             for d, reply in zip(pending, replies, strict=True):
                 text, reason, score = user_turn_verdict(reply[0], d.messages, c.user_repeat_threshold)
                 record = d.turns[-1]
-                record.setdefault("user_attempts", []).append({"text": text, "reason": reason, "rouge_l": None if score is None else round(score, 4)})
+                record.setdefault("user_attempts", []).append(
+                    {"text": text, "reason": reason, "rouge_l": None if score is None else round(score, 4)}
+                )
                 record["user_reply"] = text
                 if reason in RESAMPLED_REASONS and attempt < c.user_retries:
                     rejected.append(d)
@@ -443,11 +449,28 @@ def format_summary(summary: dict) -> str:
 
 
 _NOT_RESULT_SETTINGS = (
-    "output_dir", "prompts_path", "overwrite", "use_hf", "cache_dir", "reward_batch_size", "max_prompts", "kv_cache_gib", "gpu_memory_utilization",
-    "model_name_or_path", "user_model_name_or_path", "reward_model_name_or_path", "prompt_file_path", "user_prompt_file_path",
+    "output_dir",
+    "prompts_path",
+    "overwrite",
+    "use_hf",
+    "cache_dir",
+    "reward_batch_size",
+    "max_prompts",
+    "kv_cache_gib",
+    "gpu_memory_utilization",
+    "model_name_or_path",
+    "user_model_name_or_path",
+    "reward_model_name_or_path",
+    "prompt_file_path",
+    "user_prompt_file_path",
     # Where and how requests travel (servers, retries, the key's variable) does not change the rows.
-    "base_url", "api_key_env", "concurrency", "request_timeout", "max_retries", "reward_token_env",
-)  # fmt: skip
+    "base_url",
+    "api_key_env",
+    "concurrency",
+    "request_timeout",
+    "max_retries",
+    "reward_token_env",
+)
 
 
 def _file_digest(path: str | Path) -> str:
@@ -532,12 +555,39 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
     store.finalize(order=[r["index"] for r in rows if r["num_turns"] > 0])
     from ..cards import write_dataset_card
 
-    write_dataset_card(out, "rmsp", {"demonstrations": RMSP.product_file, "dropped_dialogues": RMSP.files["dropped"]}, {
-        "model": config.model_name_or_path, "user_model": config.user_model_name_or_path or config.model_name_or_path,
-        "reward_model": config.reward_model_name_or_path, "backend": config.backend, "seed": config.seed,
-        "settings": {k: getattr(config, k) for k in ("num_candidates", "max_turns", "min_reward", "min_margin", "n_shot", "user_n_shot", "temperature", "top_p", "max_new_tokens", "trim_to_sentence", "user_repeat_threshold", "user_retries")},
-        **{k: summary[k] for k in ("dialogues", "kept_dialogues", "dropped_dialogues", "assistant_turns", "end_reasons", USER_TURNS_KEY)},
-    })  # fmt: skip
+    write_dataset_card(
+        out,
+        "rmsp",
+        {"demonstrations": RMSP.product_file, "dropped_dialogues": RMSP.files["dropped"]},
+        {
+            "model": config.model_name_or_path,
+            "user_model": config.user_model_name_or_path or config.model_name_or_path,
+            "reward_model": config.reward_model_name_or_path,
+            "backend": config.backend,
+            "seed": config.seed,
+            "settings": {
+                k: getattr(config, k)
+                for k in (
+                    "num_candidates",
+                    "max_turns",
+                    "min_reward",
+                    "min_margin",
+                    "n_shot",
+                    "user_n_shot",
+                    "temperature",
+                    "top_p",
+                    "max_new_tokens",
+                    "trim_to_sentence",
+                    "user_repeat_threshold",
+                    "user_retries",
+                )
+            },
+            **{
+                k: summary[k]
+                for k in ("dialogues", "kept_dialogues", "dropped_dialogues", "assistant_turns", "end_reasons", USER_TURNS_KEY)
+            },
+        },
+    )
     print(format_summary(summary))
     return summary
 

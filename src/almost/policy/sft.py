@@ -64,12 +64,16 @@ class SFTArguments(TrainingStageArguments, SFTConfig):
     )
     data_path: str | None = field(
         default=None,
-        metadata={"help": "demonstrations.jsonl from `almost rmsp`, or any JSONL/JSON/saved dataset with `messages` or `prompt`/`completion` (required)."},
+        metadata={
+            "help": "demonstrations.jsonl from `almost rmsp`, or any JSONL/JSON/saved dataset with `messages` or `prompt`/`completion` (required)."
+        },
     )
     # Defaults of the seed release (Alpaca-style SFT), not TRL's.
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the demonstrations."})
-    max_length: int | None = field(default=512, metadata={"help": "Longest training sequence in tokens; longer dialogues are cut at the end."})
+    max_length: int | None = field(
+        default=512, metadata={"help": "Longest training sequence in tokens; longer dialogues are cut at the end."}
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,9 +181,18 @@ def write_card(config: SFTArguments, summary: dict) -> None:
 
     data_path = shown_path(config.data_path, Path(config.output_dir).resolve().parent)
     hyperparameters = [
-        "learning_rate", "weight_decay", "num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type",
-        "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "bf16", "seed",
-    ]  # fmt: skip
+        "learning_rate",
+        "weight_decay",
+        "num_train_epochs",
+        "max_steps",
+        "warmup_steps",
+        "lr_scheduler_type",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "max_length",
+        "bf16",
+        "seed",
+    ]
     data, train = summary["data"], summary["train"]
     facts = {
         "Data": f"`{data_path}`: {data['dialogues']} dialogues, {data['assistant_turns']} trained assistant turns, "
@@ -194,10 +207,13 @@ def write_card(config: SFTArguments, summary: dict) -> None:
         ("mean training loss", train.get("train_loss")),
     ]
     evaluation = {
-        "name": "training demonstrations", "data": data_path, "split": "train", "source": "almost sft",
+        "name": "training demonstrations",
+        "data": data_path,
+        "split": "train",
+        "source": "almost sft",
         "note": "figures logged during training, on the training data; `almost eval` measures the model on held-out questions",
         "metrics": [{"type": "loss", "name": name, "value": value, "ci95": None, "n": None} for name, value in losses if value is not None],
-    }  # fmt: skip
+    }
     write_training_card(config, "sft", facts=facts, hyperparameters=hyperparameters, evaluations=[evaluation])
 
 

@@ -27,7 +27,15 @@ def is_url(name_or_path: str | None) -> bool:
 class RemoteRewardScorer:
     """``score(conversations)`` by ``POST {url}/score`` in batches of ``batch_size`` conversations."""
 
-    def __init__(self, url: str, token_env: str | None = None, batch_size: int = 64, timeout: float = 300.0, max_retries: int = 4, backoff: float = 1.0):
+    def __init__(
+        self,
+        url: str,
+        token_env: str | None = None,
+        batch_size: int = 64,
+        timeout: float = 300.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+    ):
         self.url = url.rstrip("/")
         self._token = os.environ.get(token_env) if token_env else None  # in memory only, never written
         self.batch_size = max(1, batch_size)
@@ -73,7 +81,9 @@ class RemoteRewardScorer:
             reply = self._request("POST", "/score", {"rows": [{"messages": c} for c in batch]})
             got = reply.get("rewards") if isinstance(reply, dict) else None
             if not isinstance(got, list) or len(got) != len(batch):
-                raise AlmostError(f"reward server {self.url} returned {len(got) if isinstance(got, list) else 'no'} rewards for {len(batch)} rows")
+                raise AlmostError(
+                    f"reward server {self.url} returned {len(got) if isinstance(got, list) else 'no'} rewards for {len(batch)} rows"
+                )
             rewards.extend(float(r) for r in got)
         return rewards
 

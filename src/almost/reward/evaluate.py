@@ -33,17 +33,23 @@ class RewardEvalConfig:
     )
     data_path: str | None = field(
         default=None,
-        metadata={"help": "Preference data: prompt/chosen/rejected JSONL/JSON, Anthropic-HH rows (.jsonl or .jsonl.gz), a saved HF dataset, BIG-bench hhh_alignment task.json / task folder, or a shipped set by name: hh-harmless-dev (choose options on it), hh-harmless-test (report on it)."},
+        metadata={
+            "help": "Preference data: prompt/chosen/rejected JSONL/JSON, Anthropic-HH rows (.jsonl or .jsonl.gz), a saved HF dataset, BIG-bench hhh_alignment task.json / task folder, or a shipped set by name: hh-harmless-dev (choose options on it), hh-harmless-test (report on it)."
+        },
     )
     output_dir: str | None = field(default=None, metadata={"help": "Where metrics.json, rewards.jsonl and reward_eval.png go."})
     batch_size: int = field(default=8, metadata={"help": "Texts per forward pass."})
-    max_length: int = field(default=1024, metadata={"help": "Longest text in tokens; longer ones lose their beginning (the answer is kept whole)."})
+    max_length: int = field(
+        default=1024, metadata={"help": "Longest text in tokens; longer ones lose their beginning (the answer is kept whole)."}
+    )
     dtype: str = field(default="auto", metadata={"help": "auto, bfloat16 or float32 (auto: bf16 on GPU, and on CPUs where it is faster)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model repositories to run their own code."})
     plot: bool = field(default=True, metadata={"help": "Write reward_eval.png (reward-margin histogram, reward vs length)."})
     update_model_card: bool = field(
         default=True,
-        metadata={"help": "When the model is a folder `almost rm train` made (its model card says so), add these results to that card's evaluation table (false: leave the model folder alone). Any other model is never touched."},
+        metadata={
+            "help": "When the model is a folder `almost rm train` made (its model card says so), add these results to that card's evaluation table (false: leave the model folder alone). Any other model is never touched."
+        },
     )
 
 
@@ -75,14 +81,39 @@ def card_evaluation(metrics: dict, name: str, data: str, split: str | None, sour
     rows = [{"type": "accuracy", "name": agreement, "value": metrics["accuracy"], "ci95": metrics["ci95"], "n": metrics["n"]}]
     if balanced.get("accuracy") is not None:
         n = balanced["chosen_longer"]["n"] + balanced["chosen_shorter"]["n"]
-        rows.append({"type": "accuracy", "name": "length-balanced accuracy", "value": balanced["accuracy"], "ci95": balanced["ci95"], "n": n})
-    rows.append({"type": "accuracy", "name": "'prefer the longer answer' baseline", "value": bias["length_only_accuracy"], "ci95": None, "n": metrics["n"]})
+        rows.append(
+            {"type": "accuracy", "name": "length-balanced accuracy", "value": balanced["accuracy"], "ci95": balanced["ci95"], "n": n}
+        )
+    rows.append(
+        {
+            "type": "accuracy",
+            "name": "'prefer the longer answer' baseline",
+            "value": bias["length_only_accuracy"],
+            "ci95": None,
+            "n": metrics["n"],
+        }
+    )
     if bias["spearman_reward_length"] is not None:
-        rows.append({"type": "spearmanr", "name": "Spearman(reward, answer length)", "value": bias["spearman_reward_length"], "ci95": None, "n": 2 * metrics["n"]})
+        rows.append(
+            {
+                "type": "spearmanr",
+                "name": "Spearman(reward, answer length)",
+                "value": bias["spearman_reward_length"],
+                "ci95": None,
+                "n": 2 * metrics["n"],
+            }
+        )
     note = None
     if balanced.get("accuracy") is None:
         note = "no length-balanced accuracy: it needs pairs whose chosen answer is longer and pairs where it is shorter"
-    return {"name": name, "data": data, "split": split, "source": source, "note": note, "metrics": [r for r in rows if r["value"] is not None]}
+    return {
+        "name": name,
+        "data": data,
+        "split": split,
+        "source": source,
+        "note": note,
+        "metrics": [r for r in rows if r["value"] is not None],
+    }
 
 
 def _fmt(acc: dict) -> str:
@@ -109,7 +140,9 @@ def metrics_table(metrics: dict) -> str:
         n_balanced = balanced["chosen_longer"]["n"] + balanced["chosen_shorter"]["n"]
         lines.append(f"{'length-balanced':<26}{balanced['accuracy']:>8.3f}  {interval}  {n_balanced:>6}")
     rho = bias["spearman_reward_length"]
-    lines.append(f"same length (left out of the balance): {bias['same_length']}   bootstrap: {balanced.get('bootstrap', {}).get('samples', '-')} resamples over pairs")
+    lines.append(
+        f"same length (left out of the balance): {bias['same_length']}   bootstrap: {balanced.get('bootstrap', {}).get('samples', '-')} resamples over pairs"
+    )
     lines.append(f"ties (counted wrong): {metrics['ties']}   mean margin: {metrics['mean_margin']:.3f}")
     lines.append(
         f"Spearman(reward, length): {'n/a' if rho is None else f'{rho:.3f}'}   "
@@ -200,7 +233,9 @@ def run_rm_eval(config: RewardEvalConfig) -> dict:
             print(f"added to the evaluation table of {card}")
     skipped = pair_set.identical + pair_set.unsplittable
     if skipped:
-        print(f"skipped {pair_set.identical} rows with chosen == rejected, {pair_set.unsplittable} rows that differ before the final answer")
+        print(
+            f"skipped {pair_set.identical} rows with chosen == rejected, {pair_set.unsplittable} rows that differ before the final answer"
+        )
     return metrics
 
 

@@ -129,9 +129,7 @@ def pairs_from_rows(rows: list[dict], source: str) -> PairSet:
             chosen, rejected = _answer_text(row["chosen"], "chosen", where), _answer_text(row["rejected"], "rejected", where)
         else:
             if isinstance(row["chosen"], str) and not is_transcript(row["chosen"]):
-                raise AlmostError(
-                    f"{where} has no 'prompt' column and 'chosen' is not a Human/Assistant transcript or message list"
-                )
+                raise AlmostError(f"{where} has no 'prompt' column and 'chosen' is not a Human/Assistant transcript or message list")
             split = split_shared_prefix(
                 _as_conversation(row["chosen"], "chosen", where), _as_conversation(row["rejected"], "rejected", where)
             )
@@ -157,7 +155,9 @@ def pairs_from_bigbench(task: dict, source: str, subset: str | None = None) -> P
         if not isinstance(scores, dict) or "input" not in example:
             raise AlmostError(f"{source} example {i} lacks 'input' or 'target_scores'")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values()):
-            raise AlmostError(f"{source} example {i}: every target_scores value must be a number, got {sorted({type(v).__name__ for v in scores.values()})}")
+            raise AlmostError(
+                f"{source} example {i}: every target_scores value must be a number, got {sorted({type(v).__name__ for v in scores.values()})}"
+            )
         context = context_messages(str(example["input"]), f"{source} example {i}")
         for (a, score_a), (b, score_b) in combinations(scores.items(), 2):
             if score_a == score_b:
@@ -207,9 +207,7 @@ def load_pairs(path: str | Path) -> PairSet:
         raise AlmostError(f"data file not found: {path}")
     if path.is_dir() and any(path.glob("*/task.json")):
         # A BIG-bench task folder: one subtask (subset) per subfolder.
-        sets = [
-            pairs_from_bigbench(read_json(task), str(task), subset=task.parent.name) for task in sorted(path.glob("*/task.json"))
-        ]
+        sets = [pairs_from_bigbench(read_json(task), str(task), subset=task.parent.name) for task in sorted(path.glob("*/task.json"))]
         result = _merge(sets)
     elif path.is_file() and path.suffix == ".json" and isinstance(data := read_json(path), dict) and "examples" in data:
         name = str(data.get("name") or path.parent.name or path.stem)

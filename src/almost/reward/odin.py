@@ -56,11 +56,7 @@ def odin_loss_terms(
     length_corr = pearson(length_reward, lengths)
     wq, wl = quality_weight.reshape(-1).float(), length_weight.reshape(-1).float()
     orthogonality = (wq @ wl).abs() / (wq.norm() * wl.norm() + 1e-8)
-    loss = (
-        preference
-        + length_correlation_coefficient * (quality_corr.abs() - length_corr)
-        + orthogonality_coefficient * orthogonality
-    )
+    loss = preference + length_correlation_coefficient * (quality_corr.abs() - length_corr) + orthogonality_coefficient * orthogonality
     return {
         "loss": loss,
         "preference_loss": preference,
@@ -148,9 +144,14 @@ class DisentangledRewardTrainer(RewardTrainer):
         length_reward = self.length_head(pooled.to(self.length_head.weight.dtype)).squeeze(-1)
         lengths = inputs["attention_mask"].sum(-1)
         terms = odin_loss_terms(
-            quality.float(), length_reward.float(), lengths, trainable_weight(self.score_head), self.length_head.weight,
-            self.length_correlation_coefficient, self.orthogonality_coefficient,
-        )  # fmt: skip
+            quality.float(),
+            length_reward.float(),
+            lengths,
+            trainable_weight(self.score_head),
+            self.length_head.weight,
+            self.length_correlation_coefficient,
+            self.orthogonality_coefficient,
+        )
         if self.args.center_rewards_coefficient is not None:
             terms["loss"] = terms["loss"] + self.args.center_rewards_coefficient * torch.mean(quality**2)
         with torch.no_grad():

@@ -40,7 +40,9 @@ class RewardScoreConfig:
     )
     output_dir: str | None = field(default=None, metadata={"help": f"Where {OUTPUT_FILE} goes."})
     batch_size: int = field(default=8, metadata={"help": "Rows per batch (and per durable append)."})
-    max_length: int = field(default=1024, metadata={"help": "Longest text in tokens; longer ones lose their beginning (the answer is kept whole)."})
+    max_length: int = field(
+        default=1024, metadata={"help": "Longest text in tokens; longer ones lose their beginning (the answer is kept whole)."}
+    )
     dtype: str = field(default="auto", metadata={"help": "auto, bfloat16 or float32 (auto: bf16 on GPU, and on CPUs where it is faster)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model repositories to run their own code."})
     overwrite: bool = field(default=False, metadata={"help": "Start again even if finished or partial outputs exist."})
@@ -50,7 +52,11 @@ def conversations_to_score(row: dict, where: str) -> dict[str, list[dict]]:
     """Which reward columns a row gets, and the conversation each one scores."""
     if "messages" in row:
         messages = row["messages"]
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)
+        ):
             raise AlmostError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
         if messages[-1]["role"] != "assistant":
             raise AlmostError(f"{where}: the last message must be the assistant's answer to score")
@@ -78,7 +84,13 @@ def run_rm_score(config: RewardScoreConfig) -> dict:
     final = Path(config.output_dir) / OUTPUT_FILE
     # The reward model and the rows by content (a model retrained in the same folder must not add
     # its rewards to the old one's); dtype changes the rewards, batch_size only the speed.
-    settings = {"model": digest_model(model_path), "data": fingerprint({"rows": rows}), "rows": len(rows), "max_length": config.max_length, "dtype": config.dtype}
+    settings = {
+        "model": digest_model(model_path),
+        "data": fingerprint({"rows": rows}),
+        "rows": len(rows),
+        "max_length": config.max_length,
+        "dtype": config.dtype,
+    }
     store = ResumableJsonl(final, ROW_KEY, settings)
     if config.overwrite:
         store.reset()
@@ -104,9 +116,17 @@ def run_rm_score(config: RewardScoreConfig) -> dict:
     store.finalize(order=range(len(rows)), drop_key=True)
     from ..cards import write_dataset_card
 
-    write_dataset_card(config.output_dir, "rm score", {"scored": OUTPUT_FILE}, {
-        "model": config.model_name_or_path, "data": Path(config.data_path).name, "rows": len(rows), "max_length": config.max_length,
-    })  # fmt: skip
+    write_dataset_card(
+        config.output_dir,
+        "rm score",
+        {"scored": OUTPUT_FILE},
+        {
+            "model": config.model_name_or_path,
+            "data": Path(config.data_path).name,
+            "rows": len(rows),
+            "max_length": config.max_length,
+        },
+    )
     print(f"almost rm score: {len(rows)} rows -> {final}")
     return {"output": str(final), "rows": len(rows), "scored_now": len(pending)}
 

@@ -34,10 +34,15 @@ class RewardServeConfig:
     """Settings of ``almost rm serve``."""
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "Reward model from `almost rm train` (required)."})
-    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)."})
+    host: str = field(
+        default="127.0.0.1", metadata={"help": "Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)."}
+    )
     port: int = field(default=8100, metadata={"help": "Port to listen on (0: any free port, printed at start)."})
     token_env: str | None = field(
-        default=None, metadata={"help": "Environment variable holding a token that requests must send as 'Authorization: Bearer ...' (unset: no token asked)."}
+        default=None,
+        metadata={
+            "help": "Environment variable holding a token that requests must send as 'Authorization: Bearer ...' (unset: no token asked)."
+        },
     )
     batch_size: int = field(default=8, metadata={"help": "Conversations per forward pass."})
     max_length: int = field(default=1024, metadata={"help": "Longest text in tokens; longer ones lose their beginning."})
@@ -144,7 +149,9 @@ def run_serve(config: RewardServeConfig) -> None:
         token = os.environ.get(config.token_env)
         if not token:
             raise AlmostError(f"--token_env {config.token_env}: that environment variable is empty or unset")
-    scorer = RewardScorer(path, batch_size=config.batch_size, max_length=config.max_length, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+    scorer = RewardScorer(
+        path, batch_size=config.batch_size, max_length=config.max_length, dtype=config.dtype, trust_remote_code=config.trust_remote_code
+    )
     try:
         server = make_server(scorer, config.host, config.port, token, config.max_rows, config.model_name_or_path)
     except OSError as e:

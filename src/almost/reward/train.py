@@ -51,7 +51,9 @@ class RewardTrainingConfig(TrainingStageArguments, RewardConfig):
     )
     data_path: str | None = field(
         default=None,
-        metadata={"help": "Preference pairs: comparison.jsonl from `almost cs`, any prompt/chosen/rejected JSONL/JSON, Anthropic-HH rows, or a saved HF dataset."},
+        metadata={
+            "help": "Preference pairs: comparison.jsonl from `almost cs`, any prompt/chosen/rejected JSONL/JSON, Anthropic-HH rows, or a saved HF dataset."
+        },
     )
     eval_fraction: float = field(
         default=0.1,
@@ -59,15 +61,20 @@ class RewardTrainingConfig(TrainingStageArguments, RewardConfig):
     )
     truncation_side: str = field(
         default="left",
-        metadata={"help": "Pairs longer than --max_length: left (drop the beginning, as the seed did; keeps the answer), right (drop the end), or drop (skip the pair)."},
+        metadata={
+            "help": "Pairs longer than --max_length: left (drop the beginning, as the seed did; keeps the answer), right (drop the end), or drop (skip the pair)."
+        },
     )
     model_max_length: int | None = field(default=None, metadata={"help": "Seed-release spelling of --max_length."})
     length_head: bool = field(
         default=False,
-        metadata={"help": "Train a length-disentangled reward (ODIN): a second head takes the length part of the preference and the saved `score` head is decorrelated from length (see almost.reward.odin)."},
+        metadata={
+            "help": "Train a length-disentangled reward (ODIN): a second head takes the length part of the preference and the saved `score` head is decorrelated from length (see almost.reward.odin)."
+        },
     )
     length_correlation_coefficient: float = field(
-        default=1.0, metadata={"help": "--length_head: weight of |corr(quality, length)| and of -corr(length head, length) within each batch."}
+        default=1.0,
+        metadata={"help": "--length_head: weight of |corr(quality, length)| and of -corr(length head, length) within each batch."},
     )
     orthogonality_coefficient: float = field(
         default=1.0, metadata={"help": "--length_head: weight of |cosine| between the quality and the length head's weights."}
@@ -76,7 +83,8 @@ class RewardTrainingConfig(TrainingStageArguments, RewardConfig):
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs."})
     ddp_find_unused_parameters: bool | None = field(
-        default=False, metadata={"help": "DDP: look for parameters without gradients each step (every RM parameter gets one; off saves a graph walk)."}
+        default=False,
+        metadata={"help": "DDP: look for parameters without gradients each step (every RM parameter gets one; off saves a graph walk)."},
     )
 
     def __post_init__(self):
@@ -158,9 +166,19 @@ def write_card(config: RewardTrainingConfig, summary: dict) -> None:
 
     data_path = shown_path(config.data_path, Path(config.output_dir).resolve().parent)
     hyperparameters = [
-        "learning_rate", "weight_decay", "num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type",
-        "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "truncation_side", "bf16", "seed",
-    ]  # fmt: skip
+        "learning_rate",
+        "weight_decay",
+        "num_train_epochs",
+        "max_steps",
+        "warmup_steps",
+        "lr_scheduler_type",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "max_length",
+        "truncation_side",
+        "bf16",
+        "seed",
+    ]
     if config.length_head:
         hyperparameters += ["length_head", "length_correlation_coefficient", "orthogonality_coefficient"]
     data = summary["data"]
@@ -174,8 +192,16 @@ def write_card(config: RewardTrainingConfig, summary: dict) -> None:
     if summary["heldout"]:
         evaluations = [card_evaluation(summary["heldout"], "held-out comparisons", data_path, None, "almost rm train", "rubric agreement")]
     else:
-        evaluations = [{"name": "held-out comparisons", "data": data_path, "split": None, "source": "almost rm train",
-                        "note": "not measured (--eval_fraction 0: no held-out pairs)", "metrics": []}]  # fmt: skip
+        evaluations = [
+            {
+                "name": "held-out comparisons",
+                "data": data_path,
+                "split": None,
+                "source": "almost rm train",
+                "note": "not measured (--eval_fraction 0: no held-out pairs)",
+                "metrics": [],
+            }
+        ]
     write_training_card(config, "rm train", facts=facts, hyperparameters=hyperparameters, evaluations=evaluations)
 
 
@@ -224,7 +250,10 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         eval_dataset = datasets.Dataset.from_dict({"chosen_ids": held.chosen_ids, "rejected_ids": held.rejected_ids})
     extra = {}
     if config.length_head:
-        extra = {"length_correlation_coefficient": config.length_correlation_coefficient, "orthogonality_coefficient": config.orthogonality_coefficient}
+        extra = {
+            "length_correlation_coefficient": config.length_correlation_coefficient,
+            "orthogonality_coefficient": config.orthogonality_coefficient,
+        }
     trainer = (DisentangledRewardTrainer if config.length_head else RewardTrainer)(
         **extra,
         model=model.path,

@@ -29,12 +29,16 @@ def validate(steps: list[Step], planner: Planner, check_models: bool = True, par
         options = stage_command(step.command).options()
         for key in step.user_keys:
             if key == "output_dir":
-                raise AlmostError(f"{where}: {step.name}: output_dir is chosen by the pipeline (a folder per step under the run directory); remove it")
+                raise AlmostError(
+                    f"{where}: {step.name}: output_dir is chosen by the pipeline (a folder per step under the run directory); remove it"
+                )
             if key != "launcher" and key not in options:
                 raise AlmostError(f"{where}: {step.name}: unknown key {key!r} for `almost {' '.join(step.command)}` (see its --help)")
         uses_vllm = "backend" in options and resolve_backend(str(step.flags.get("backend", AUTO))) == "vllm"
         if planner.config.get("in_process") and (step.launcher or uses_vllm):
-            raise AlmostError(f"{where}: {step.name}: in_process cannot run a launcher or the vllm backend (the default where vLLM is installed); remove in_process or set backend: hf")
+            raise AlmostError(
+                f"{where}: {step.name}: in_process cannot run a launcher or the vllm backend (the default where vLLM is installed); remove in_process or set backend: hf"
+            )
     wired_models = {str(s.output_dir) for s in steps}
     checked: set[str] = set()
     for step in steps if check_models else ():

@@ -30,7 +30,9 @@ PROOF_RUN_DIR = "almost-proof"
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(prog="almost demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--proof", action="store_true", help="Run the proof config (docs/proof.md) and print its table at the end.")
-    parser.add_argument("--output_dir", "--output-dir", help=f"Run directory (default ./{DEFAULT_RUN_DIR}, with --proof ./{PROOF_RUN_DIR}).")
+    parser.add_argument(
+        "--output_dir", "--output-dir", help=f"Run directory (default ./{DEFAULT_RUN_DIR}, with --proof ./{PROOF_RUN_DIR})."
+    )
     parser.add_argument("--until", choices=STAGES, help="Stop after this stage (e.g. cs for the synthetic feedback only).")
     parser.add_argument("--from", dest="first", choices=STAGES, help="Start again from this stage.")
     parser.add_argument("--dry_run", "--dry-run", action="store_true", help="Print the steps without running them.")

@@ -123,6 +123,7 @@ def _as_list(value: Any) -> list:
 def runs_with(first: Step, step: Step) -> bool:
     """Whether ``step`` can join ``first``'s call: rg configurations of one model and the same settings
     load the model (or start the vLLM engine) once for all of them."""
+
     def rest(s: Step) -> dict:
         return {k: v for k, v in s.flags.items() if k not in RG_CONFIGURATION_KEYS}
 

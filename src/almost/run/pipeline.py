@@ -46,7 +46,9 @@ from .summary import print_plan, print_summary
 
 
 def build_parser():
-    p = OneLineArgumentParser(prog="almost pipeline", description="Run every stage of the method from one YAML config; finished, unchanged steps are skipped.")
+    p = OneLineArgumentParser(
+        prog="almost pipeline", description="Run every stage of the method from one YAML config; finished, unchanged steps are skipped."
+    )
     p.add_argument("config", help="The pipeline YAML (see docs/pipeline.md).")
     p.add_argument("--output_dir", "--output-dir", help="Run directory (default: output_dir in the config).")
     p.add_argument("--until", choices=STAGES, help="Stop after this stage.")

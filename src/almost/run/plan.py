@@ -200,7 +200,9 @@ class Planner:
         rg = self.section("rg")
         entries = rg.pop("configurations", None)
         if not isinstance(entries, list) or not entries or not all(isinstance(x, dict) for x in entries):
-            raise AlmostError(f"{self.where}: rg.configurations must be a list of mappings (model_name_or_path, prompt_file_path, n_shot, ...)")
+            raise AlmostError(
+                f"{self.where}: rg.configurations must be a list of mappings (model_name_or_path, prompt_file_path, n_shot, ...)"
+            )
         wired = {"prompts_path": str(prompts)} if prompts else {}
         out = self.run / "rg"
         self.configuration_names: list[str] = []
@@ -213,12 +215,19 @@ class Planner:
             except AlmostError as e:
                 raise AlmostError(f"{self.where}: rg configuration {i}: {e}") from None
             if len(names) != 1:
-                raise AlmostError(f"{self.where}: rg configuration {i} makes {len(names)} configurations ({', '.join(names)}); list each one separately")
+                raise AlmostError(
+                    f"{self.where}: rg configuration {i} makes {len(names)} configurations ({', '.join(names)}); list each one separately"
+                )
             name = names[0]
             if name in self.configuration_names:
                 raise AlmostError(f"{self.where}: rg configuration {name!r} is listed twice")
             self.configuration_names.append(name)
-            owned = (out / f"{name}.jsonl", out / f"{name}.jsonl.settings.json", out / f"{name}.jsonl.partial", out / f"{name}.jsonl.partial.json")
+            owned = (
+                out / f"{name}.jsonl",
+                out / f"{name}.jsonl.settings.json",
+                out / f"{name}.jsonl.partial",
+                out / f"{name}.jsonl.partial.json",
+            )
             self.add("rg", f"rg/{name}", ("rg",), user, wired, out, f"{name}.jsonl", owned=owned)
 
     def plan_rm(self) -> str:
@@ -241,14 +250,18 @@ class Planner:
         models = {label: m for label, m in models.items() if m}
         for label, model in models.items():
             if not isinstance(label, str) or not LABEL.match(label):
-                raise AlmostError(f"{self.where}: eval.models label {label!r} must be a plain name (letters, digits, . _ -): it names a folder of the run")
+                raise AlmostError(
+                    f"{self.where}: eval.models label {label!r} must be a plain name (letters, digits, . _ -): it names a folder of the run"
+                )
             if not isinstance(model, str):
                 raise AlmostError(f"{self.where}: eval.models.{label} must be a model name or path (text), got {type(model).__name__}")
         if not models:
             raise AlmostError(f"{self.where}: eval has no models: add eval.models (label: model) or an sft/rl stage")
         unknown = [k for k in evaluation if k not in EVALUATIONS]
         if unknown:
-            raise AlmostError(f"{self.where}: unknown evaluation {unknown[0]!r} under eval; choose from {', '.join(EVALUATIONS)} (and models)")
+            raise AlmostError(
+                f"{self.where}: unknown evaluation {unknown[0]!r} under eval; choose from {', '.join(EVALUATIONS)} (and models)"
+            )
         for kind, settings in evaluation.items():
             settings = self.mapping(settings, f"eval.{kind}")
             if kind == "pairwise":
@@ -291,10 +304,14 @@ class Planner:
         found = {}
         for by, judge in judges.items():
             if not isinstance(by, str) or not LABEL.match(by):
-                raise AlmostError(f"{self.where}: eval.pairwise.judges label {by!r} must be a plain name (letters, digits, . _ -): it names a folder of the run")
+                raise AlmostError(
+                    f"{self.where}: eval.pairwise.judges label {by!r} must be a plain name (letters, digits, . _ -): it names a folder of the run"
+                )
             if judge == "rm":
                 if not reward_model:
-                    raise AlmostError(f"{self.where}: eval.pairwise.judges.{by}: rm means the run's own reward model, but the config has no rm stage")
+                    raise AlmostError(
+                        f"{self.where}: eval.pairwise.judges.{by}: rm means the run's own reward model, but the config has no rm stage"
+                    )
                 judge = f"rm:{reward_model}"
             if not isinstance(judge, str):
                 raise AlmostError(f"{self.where}: eval.pairwise.judges.{by} must be rm, rm:PATH, llm:MODEL or openai:URL")

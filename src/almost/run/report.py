@@ -212,7 +212,9 @@ def section_responses(run: Path, figures: Path) -> str:
         good = [len(r.get("response") or "") for r in data if not r.get("bad")]
         lengths[name] = good
         bad = sum(bool(r.get("bad")) for r in data)
-        table.append([name, len(data), bad, bad / len(data), statistics.fmean(good) if good else None, statistics.median(good) if good else None])
+        table.append(
+            [name, len(data), bad, bad / len(data), statistics.fmean(good) if good else None, statistics.median(good) if good else None]
+        )
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(lengths)), 4))
     names = list(lengths)
@@ -220,7 +222,11 @@ def section_responses(run: Path, figures: Path) -> str:
     ax.set_xticks(range(1, len(names) + 1), names, rotation=20, ha="right", fontsize=8)
     ax.set(ylabel="answer length (characters, non-BAD answers)", title="Answer lengths per RG configuration")
     image = _save(fig, figures / "rg_answer_lengths.png")
-    return f"{title}\n\n" + markdown_table(["configuration", "answers", "BAD", "BAD rate", "mean length", "median length"], table) + f"\n\n{image}"
+    return (
+        f"{title}\n\n"
+        + markdown_table(["configuration", "answers", "BAD", "BAD rate", "mean length", "median length"], table)
+        + f"\n\n{image}"
+    )
 
 
 def _pair_counts(counts: Mapping[str, int]) -> Counter:
@@ -274,7 +280,17 @@ def rm_eval_row(label: str, metrics: Mapping[str, Any]) -> list[Any]:
     bias = metrics.get("length_bias") or {}
     longer, shorter = bias.get("chosen_longer") or {}, bias.get("chosen_shorter") or {}
     balanced = metrics.get("length_balanced") or {}
-    return [label, metrics.get("n"), metrics.get("accuracy"), balanced.get("accuracy"), _interval(balanced.get("ci95")), longer.get("accuracy"), shorter.get("accuracy"), bias.get("length_only_accuracy"), bias.get("spearman_reward_length")]
+    return [
+        label,
+        metrics.get("n"),
+        metrics.get("accuracy"),
+        balanced.get("accuracy"),
+        _interval(balanced.get("ci95")),
+        longer.get("accuracy"),
+        shorter.get("accuracy"),
+        bias.get("length_only_accuracy"),
+        bias.get("spearman_reward_length"),
+    ]
 
 
 def rm_evaluations(run: Path) -> list[tuple[str, Summary]]:
@@ -300,8 +316,20 @@ def section_reward_model(run: Path, figures: Path) -> str:
     parts = [title]
     if isinstance(train.get("data"), dict):
         d = train["data"]
-        parts.append(f"Trained on {_fmt(d.get('train_pairs'))} pairs, {_fmt(d.get('heldout_pairs'))} held out; {_fmt(d.get('truncated'))} truncated, {_fmt(d.get('dropped_long'))} dropped as too long.")
-    header = ["evaluation", "pairs", "accuracy", "length-balanced accuracy", "its 95% interval (bootstrap)", "acc. when chosen is longer", "acc. when chosen is shorter", "'prefer longer' baseline", "Spearman(reward, length)"]
+        parts.append(
+            f"Trained on {_fmt(d.get('train_pairs'))} pairs, {_fmt(d.get('heldout_pairs'))} held out; {_fmt(d.get('truncated'))} truncated, {_fmt(d.get('dropped_long'))} dropped as too long."
+        )
+    header = [
+        "evaluation",
+        "pairs",
+        "accuracy",
+        "length-balanced accuracy",
+        "its 95% interval (bootstrap)",
+        "acc. when chosen is longer",
+        "acc. when chosen is shorter",
+        "'prefer longer' baseline",
+        "Spearman(reward, length)",
+    ]
     parts.append(markdown_table(header, [rm_eval_row(label, m) for label, m in evaluations]))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -310,7 +338,9 @@ def section_reward_model(run: Path, figures: Path) -> str:
     for i, (label, m) in enumerate(evaluations):
         row = rm_eval_row(label, m)
         values = [row[2], row[3], row[5], row[6], row[7]]
-        ax.bar([x + i * width for x in range(len(bars))], [v if isinstance(v, (int, float)) else 0 for v in values], width=width, label=label)
+        ax.bar(
+            [x + i * width for x in range(len(bars))], [v if isinstance(v, (int, float)) else 0 for v in values], width=width, label=label
+        )
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks([x + width * (len(evaluations) - 1) / 2 for x in range(len(bars))], bars)
     ax.set(ylim=(0, 1), ylabel="pairwise accuracy (ties wrong)", title="RM accuracy and length bias")
@@ -329,7 +359,11 @@ def section_selfplay(run: Path, figures: Path) -> str:
     totals = [[k, v] for k, v in summary.items() if isinstance(v, (int, float, str))]
     if totals:
         parts.append(markdown_table([RMSP.summary_file, "value"], totals))
-    parts.append(markdown_table(["turn", "dialogues", "mean best reward", "mean candidate reward"], [[t["turn"], t["n"], t["best"], t["mean"]] for t in turns]))
+    parts.append(
+        markdown_table(
+            ["turn", "dialogues", "mean best reward", "mean candidate reward"], [[t["turn"], t["n"], t["best"], t["mean"]] for t in turns]
+        )
+    )
     parts.append(_user_turn_table(summary))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -370,7 +404,16 @@ def section_rl(run: Path, figures: Path) -> str:
         return f"{title}\n\nNo `rl/{RL.files['log']}` in this run yet."
     curves = [c for c in ("reward", "kl", "completion_length") if any(c in r for r in rows)]
     first, last = rows[0], rows[-1]
-    parts = [title, markdown_table(["", "step", *curves], [["first log", first.get("step"), *(first.get(c) for c in curves)], ["last log", last.get("step"), *(last.get(c) for c in curves)]])]
+    parts = [
+        title,
+        markdown_table(
+            ["", "step", *curves],
+            [
+                ["first log", first.get("step"), *(first.get(c) for c in curves)],
+                ["last log", last.get("step"), *(last.get(c) for c in curves)],
+            ],
+        ),
+    ]
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.5), squeeze=False)
     for ax, column in zip(axes[0], curves):
@@ -395,10 +438,37 @@ def section_evaluation(run: Path, figures: Path) -> str:
         split = metrics.get("length_balanced")
         if isinstance(split, dict):
             shorter, longer = split.get("model_shorter") or {}, split.get("model_longer") or {}
-            split_rows.append([label, metrics.get("win_rate"), shorter.get("rate"), shorter.get("n"), longer.get("rate"), longer.get("n"), split.get("same_length"), split.get("win_rate"), _interval(split.get("ci95"))])
+            split_rows.append(
+                [
+                    label,
+                    metrics.get("win_rate"),
+                    shorter.get("rate"),
+                    shorter.get("n"),
+                    longer.get("rate"),
+                    longer.get("n"),
+                    split.get("same_length"),
+                    split.get("win_rate"),
+                    _interval(split.get("ci95")),
+                ]
+            )
     if split_rows:
         parts.append("Pairwise win rates split by length (a judge that only rewards length gives a length-balanced 0.5):")
-        parts.append(markdown_table(["pairing", "win rate", "model's answer shorter", "n", "model's answer longer", "n", "same length", "length-balanced win rate", "its 95% interval (bootstrap)"], split_rows))
+        parts.append(
+            markdown_table(
+                [
+                    "pairing",
+                    "win rate",
+                    "model's answer shorter",
+                    "n",
+                    "model's answer longer",
+                    "n",
+                    "same length",
+                    "length-balanced win rate",
+                    "its 95% interval (bootstrap)",
+                ],
+                split_rows,
+            )
+        )
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 2 * len(results)), 4))
     width = 0.8 / max(1, len(labels))
@@ -455,18 +525,53 @@ def proof_table(run_dir: str | Path) -> str:
     for label, metrics in rm_evaluations(run):
         _, n, accuracy, balanced, interval, _, _, longer, rho = rm_eval_row(label, metrics)
         rm_rows.append([label, stats.get("pairs"), held.get("accuracy"), n, accuracy, balanced, interval, longer, rho])
-    header = ["RM evaluated on", "pairs kept (CS)", "rubric agreement (held out)", "human pairs", "accuracy", "length-balanced", "95% interval",
-              "'prefer longer'", "Spearman(reward, length)"]  # fmt: skip
-    parts = ["Reward model on real human preference pairs (goal: length-balanced >= 0.60 with the interval above 0.5, accuracy above 'prefer longer'):"]
+    header = [
+        "RM evaluated on",
+        "pairs kept (CS)",
+        "rubric agreement (held out)",
+        "human pairs",
+        "accuracy",
+        "length-balanced",
+        "95% interval",
+        "'prefer longer'",
+        "Spearman(reward, length)",
+    ]
+    parts = [
+        "Reward model on real human preference pairs (goal: length-balanced >= 0.60 with the interval above 0.5, accuracy above 'prefer longer'):"
+    ]
     parts.append(markdown_table(header, rm_rows) if rm_rows else f"No `rm_eval*/{RM_EVAL.summary_file}` in this run yet.")
     policy_rows = []
     for label, metrics in eval_results(run).get("pairwise", {}).items():
         split = metrics.get("length_balanced") or {}
         shorter, longer = split.get("model_shorter") or {}, split.get("model_longer") or {}
-        policy_rows.append([label, metrics.get("judge"), metrics.get("n"), metrics.get("win_rate"), _interval(metrics.get("ci95")), shorter.get("rate"),
-                            shorter.get("n"), longer.get("rate"), longer.get("n"), split.get("win_rate"), _interval(split.get("ci95"))])  # fmt: skip
-    header = ["pairing", "judge", "questions", "win rate", "95% interval", "model's answer shorter", "n", "model's answer longer", "n",
-              "length-balanced", "95% interval (bootstrap)"]  # fmt: skip
+        policy_rows.append(
+            [
+                label,
+                metrics.get("judge"),
+                metrics.get("n"),
+                metrics.get("win_rate"),
+                _interval(metrics.get("ci95")),
+                shorter.get("rate"),
+                shorter.get("n"),
+                longer.get("rate"),
+                longer.get("n"),
+                split.get("win_rate"),
+                _interval(split.get("ci95")),
+            ]
+        )
+    header = [
+        "pairing",
+        "judge",
+        "questions",
+        "win rate",
+        "95% interval",
+        "model's answer shorter",
+        "n",
+        "model's answer longer",
+        "n",
+        "length-balanced",
+        "95% interval (bootstrap)",
+    ]
     parts.append("Policy vs base, each question judged in both orders (goal: win rate >= 0.60 with the interval above 0.5):")
     missing = f"No `eval/pairwise/*/{EVALUATIONS['pairwise'].summary_file}` in this run yet."
     parts.append(markdown_table(header, policy_rows) if policy_rows else missing)
