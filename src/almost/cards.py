@@ -282,6 +282,19 @@ def write_model_card(
     return _write_model_card(folder, _plain(about))
 
 
+# The optimiser settings a card shows for the trainers that fit given data (rm train, sft); each adds its own.
+SUPERVISED_HYPERPARAMETERS = (
+    "learning_rate",
+    "weight_decay",
+    "num_train_epochs",
+    "max_steps",
+    "warmup_steps",
+    "lr_scheduler_type",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+)
+
+
 def write_training_card(
     config, stage: str, *, facts: dict[str, str], hyperparameters: list[str], evaluations: list[dict], tags: list[str] = ()
 ) -> Path:

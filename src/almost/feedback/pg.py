@@ -282,25 +282,27 @@ def round_sampling_seed(seed: int, round_index: int) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
+# The options that decide what a round samples and keeps: in the resume fingerprint and the dataset card.
+ROUND_SETTINGS = (
+    "batch_size",
+    "num_examples",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "min_chars",
+    "max_chars",
+    "rouge_l_threshold",
+    "seed",
+)
+
+
 def _resume_settings(config: PGArguments, prompt_file: PromptFile, model: str) -> dict:
     """What decides the rounds' content. --num_generation and --max_rounds only decide when to stop.
 
     --batch_size is here because it is the number of requests per round (what a round samples), not
     a memory knob; ``model`` is the model's content fingerprint (``io.digest_model``), not its path.
     """
-    keys = (
-        "backend",
-        "dtype",
-        "batch_size",
-        "num_examples",
-        "temperature",
-        "top_p",
-        "max_new_tokens",
-        "min_chars",
-        "max_chars",
-        "rouge_l_threshold",
-        "seed",
-    )
+    keys = ("backend", "dtype", *ROUND_SETTINGS)
     settings = {k: v for k, v in asdict(config).items() if k in keys}
     return {**settings, "model": model, "instruction": prompt_file.instruction, "seeds": prompt_file.seeds}
 
@@ -401,21 +403,7 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
     rounds_log.finalize()
     from ..cards import write_dataset_card
 
-    settings = {
-        k: getattr(config, k)
-        for k in (
-            "num_generation",
-            "batch_size",
-            "num_examples",
-            "temperature",
-            "top_p",
-            "max_new_tokens",
-            "min_chars",
-            "max_chars",
-            "rouge_l_threshold",
-            "seed",
-        )
-    }
+    settings = {k: getattr(config, k) for k in ("num_generation", *ROUND_SETTINGS)}
     write_dataset_card(
         config.output_dir,
         "pg",

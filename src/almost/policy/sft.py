@@ -177,22 +177,10 @@ def prepare_tokenizer(path: str, config: SFTArguments):
 def write_card(config: SFTArguments, summary: dict) -> None:
     """The model card: data, hyperparameters, and the training losses (no held-out evaluation here:
     ``almost eval`` measures the policies)."""
-    from ..cards import shown_path, write_training_card
+    from ..cards import SUPERVISED_HYPERPARAMETERS, shown_path, write_training_card
 
     data_path = shown_path(config.data_path, Path(config.output_dir).resolve().parent)
-    hyperparameters = [
-        "learning_rate",
-        "weight_decay",
-        "num_train_epochs",
-        "max_steps",
-        "warmup_steps",
-        "lr_scheduler_type",
-        "per_device_train_batch_size",
-        "gradient_accumulation_steps",
-        "max_length",
-        "bf16",
-        "seed",
-    ]
+    hyperparameters = [*SUPERVISED_HYPERPARAMETERS, "max_length", "bf16", "seed"]
     data, train = summary["data"], summary["train"]
     facts = {
         "Data": f"`{data_path}`: {data['dialogues']} dialogues, {data['assistant_turns']} trained assistant turns, "

@@ -161,24 +161,11 @@ def saved_adapter_alone(config: RewardTrainingConfig):
 
 def write_card(config: RewardTrainingConfig, summary: dict) -> None:
     """The model card: data, hyperparameters, and the held-out rubric agreement (``rm eval`` adds more rows)."""
-    from ..cards import shown_path, write_training_card
+    from ..cards import SUPERVISED_HYPERPARAMETERS, shown_path, write_training_card
     from .evaluate import card_evaluation
 
     data_path = shown_path(config.data_path, Path(config.output_dir).resolve().parent)
-    hyperparameters = [
-        "learning_rate",
-        "weight_decay",
-        "num_train_epochs",
-        "max_steps",
-        "warmup_steps",
-        "lr_scheduler_type",
-        "per_device_train_batch_size",
-        "gradient_accumulation_steps",
-        "max_length",
-        "truncation_side",
-        "bf16",
-        "seed",
-    ]
+    hyperparameters = [*SUPERVISED_HYPERPARAMETERS, "max_length", "truncation_side", "bf16", "seed"]
     if config.length_head:
         hyperparameters += ["length_head", "length_correlation_coefficient", "orthogonality_coefficient"]
     data = summary["data"]
