@@ -138,7 +138,7 @@ def measure_machine(threads: int, shapes: list[tuple[int, int, int]]) -> dict:
         for m, k, n in shapes:
             a, b = torch.randn(m, k), torch.randn(k, n)
             torch.matmul(a, b)  # warm-up: first calls pick kernels and touch the pages
-            best = min(_timed(lambda: torch.matmul(a, b)) for _ in range(MEASURE_REPEATS))
+            best = min(_timed(lambda a=a, b=b: torch.matmul(a, b)) for _ in range(MEASURE_REPEATS))
             matmul[f"{m}x{k}x{n}"] = round(2 * m * k * n / best / 1e9, 1)
         src = torch.randn(64 * 2**20)  # 256 MiB of fp32, far above any cache
         dst = torch.empty_like(src)
@@ -360,7 +360,10 @@ def table(result: dict) -> str:
     """The figures of ``throughput`` as a small text table."""
     lines = [
         f"{result['prompts']} prompts, {result['configuration']}, {result['max_new_tokens']} new tokens",
-        f"{'side':6} {'prompts':>7} {'tokens':>7} {'gen s':>8} {'start s':>8} {'tok/s':>8} {'tok/s+start':>12} {'x seed':>7} {'x seed+start':>13}",
+        (
+            f"{'side':6} {'prompts':>7} {'tokens':>7} {'gen s':>8} {'start s':>8} {'tok/s':>8} {'tok/s+start':>12} "
+            f"{'x seed':>7} {'x seed+start':>13}"
+        ),
     ]
     for name in SIDES:
         if name in result:
@@ -368,7 +371,8 @@ def table(result: dict) -> str:
             ratio = result.get(f"{name}_vs_seed", 1.0 if name == "seed" else "")
             ratio_start = result.get(f"{name}_vs_seed_with_start", 1.0 if name == "seed" else "")
             lines.append(
-                f"{name:6} {s.get('prompts', result['prompts']):>7} {s['answer_tokens']:>7} {s['seconds']:>8} {s['start_seconds']:>8} {s['tokens_per_s']:>8} "
+                f"{name:6} {s.get('prompts', result['prompts']):>7} {s['answer_tokens']:>7} {s['seconds']:>8} "
+                f"{s['start_seconds']:>8} {s['tokens_per_s']:>8} "
                 f"{s['tokens_per_s_with_start']:>12} {ratio:>7} {ratio_start:>13}"
             )
     lines.append("start: model load (seed, hf: one load, counted for each) or engine start (vllm, model load included)")

@@ -166,7 +166,7 @@ def main() -> None:
                 str(args.max_length),
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCH ")), None)
+            line = next((out for out in proc.stdout.splitlines() if out.startswith("BENCH ")), None)
             if proc.returncode != 0 or line is None:
                 sys.exit(f"{name} run failed:\n{proc.stderr[-3000:]}")
             results[name] = json.loads(line[len("BENCH ") :])

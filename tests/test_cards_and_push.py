@@ -46,12 +46,15 @@ def run_dir(tmp_path_factory, tiny_reward_model_path) -> Path:
     run = tmp_path_factory.mktemp("run")
     pool = itertools.cycle(QUESTIONS)
     run_pg(PGArguments(output_dir=str(run / "pg"), num_generation=4, batch_size=5, seed=1), ScriptedEngine(lambda p, i: " " + next(pool)))
-    rg = lambda prompt_file: RGArguments(
-        output_dir=str(run / "rg"),
-        prompts_path=str(run / "pg" / "prompts.txt"),  # noqa: E731
-        prompt_file_path=[str(prompt_file)],
-        n_shot=[1],
-    )
+
+    def rg(prompt_file):
+        return RGArguments(
+            output_dir=str(run / "rg"),
+            prompts_path=str(run / "pg" / "prompts.txt"),
+            prompt_file_path=[str(prompt_file)],
+            n_shot=[1],
+        )
+
     run_rg(rg(demos.BETTER_DEMONSTRATIONS), ScriptedEngine(lambda p, i: " " + LONG))
     run_rg(rg(demos.WORSE_DEMONSTRATIONS), ScriptedEngine(lambda p, i: " " + SHORT + " It is fine to go slowly at first."))
     run_cs(

@@ -67,7 +67,7 @@ def random_tokens(rng, vocab, low, high):
 
 def test_bit_parallel_lcs_equals_dynamic_programming():
     rng = random.Random(0)
-    for trial in range(400):
+    for _ in range(400):
         vocab = [f"w{i}" for i in range(rng.choice([2, 4, 10]))]
         a = random_tokens(rng, vocab, 0, 90)  # beyond 64 tokens: big ints, not machine words
         b = random_tokens(rng, vocab, 0, 90)

@@ -138,7 +138,10 @@ def test_ablation_variants_differ_from_the_proof_run_only_in_their_own_flags(tmp
     steps = {s.name: s for s in Planner(load_config(demo.PROOF_CONFIG), tmp_path / "run", demo.PROOF_CONFIG).plan()}
     proof_rm = steps["rm/train"].argv
     proof_rm = proof_rm[1 : proof_rm.index("--data_path")]  # after "train"
-    pairs = lambda argv: dict(zip(argv[::2], argv[1::2]))  # noqa: E731
+
+    def pairs(argv):
+        return dict(zip(argv[::2], argv[1::2]))
+
     assert pairs(proof_rm) == {**pairs(ablation.RM_TRAIN), "--length_head": "true"}
     generated = {name.removeprefix("rg/") for name in steps if name.startswith("rg/")}
     assert all(set(v.rubric) <= generated for v in ablation.VARIANTS)

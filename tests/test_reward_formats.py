@@ -13,7 +13,10 @@ from almost.reward.formats import load_pairs, pairs_from_rows, parse_transcript,
 from almost.reward.train import split_by_prompt
 from almost.stats import reward_pair_metrics, wilson_interval
 
-HH_CHOSEN = "\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?\n\nHuman: How do I boil an egg?\n\nAssistant: Put it in boiling water for 9 minutes."
+HH_CHOSEN = (
+    "\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?\n\nHuman: How do I boil an egg?\n\nAssistant: Put it "
+    "in boiling water for 9 minutes."
+)
 HH_REJECTED = "\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?\n\nHuman: How do I boil an egg?\n\nAssistant: Figure it out."
 
 

@@ -36,7 +36,10 @@ Assistant: Put the egg in boiling water for about nine minutes, then cool it in 
 ANSWERS = [
     "Too short.",  # BAD: too_short
     "Plants grow by turning light, water and carbon dioxide into sugar, and they use it to build new cells.",
-    "Plants grow from cells dividing at their tips; roots take up water while leaves capture light for energy in a process called photosynthesis.",
+    (
+        "Plants grow from cells dividing at their tips; roots take up water while leaves capture light for energy in a "
+        "process called photosynthesis."
+    ),
     "Well, plants grow because they get sunlight and water and nutrients from the soil around them.",  # BAD: starts_with_well
 ]
 
@@ -163,7 +166,10 @@ def test_a_user_turn_that_copies_or_paraphrases_an_earlier_turn_is_a_repeat():
     assert reason == "user_repeats" and score == pytest.approx(26 / 33)
     assert user_turn_verdict(paraphrase, PLANTS, 0.8)[1] is None  # the threshold decides
     # Quoting the whole answer is a repeat however much is added around it (ROUGE-L F only 0.51 here).
-    quoted = f"You wrote: {answer} I read it twice, and I still wonder whether this holds for every kind of plant on earth, big or small, young or old"
+    quoted = (
+        f"You wrote: {answer} I read it twice, and I still wonder whether this holds for every kind of plant on earth, "
+        "big or small, young or old"
+    )
     text, reason, score = user_turn_verdict(quoted, PLANTS, 0.6)
     assert reason == "user_repeats" and score < 0.6
     # An earlier *user* turn inside a follow-up is not a quote: asking more about it is what users do.

@@ -46,9 +46,15 @@ TASKS = {
 DESCRIPTIONS = {
     "pg": "New user queries written by a base language model from few-shot examples, deduplicated (ROUGE-L) and filtered.",
     "rg": "One answer per prompt from a language model prompted with demonstrations; `bad` marks answers that break RG's BAD-answer rules.",
-    "cs": "Synthetic comparisons: for each prompt, answers of configurations ranked by a rubric (better model, more and better demonstrations) become chosen/rejected pairs.",
+    "cs": (
+        "Synthetic comparisons: for each prompt, answers of configurations ranked by a rubric (better model, more and "
+        "better demonstrations) become chosen/rejected pairs."
+    ),
     "rm score": "Input rows with the reward a trained reward model gives each answer.",
-    "rmsp": "Multi-turn demonstrations from reward-model-guided self-play: every assistant turn is the reward model's pick among sampled candidates.",
+    "rmsp": (
+        "Multi-turn demonstrations from reward-model-guided self-play: every assistant turn is the reward model's pick "
+        "among sampled candidates."
+    ),
 }
 
 
@@ -88,7 +94,7 @@ def write_dataset_card(folder: str | Path, stage: str, files: dict[str, str], ab
     # Merged, not replaced: the pipeline runs rg once per configuration into one folder.
     stages[stage] = _merge(stages.get(stage) or {}, {"files": dict(files), **_shown_paths(_plain(about), folder.resolve().parent)})
     configs, total = [], 0
-    for name, entry in stages.items():
+    for entry in stages.values():
         for config_name, file_name in entry["files"].items():
             rows = count_rows(folder / file_name) if (folder / file_name).exists() else 0
             total += rows
@@ -169,12 +175,13 @@ def _body(folder: Path, metadata: dict, stages: dict) -> str:
                     else f'(`load_dataset("text", data_files="{file_name}")`)'
                 )
                 lines.append(f"| {shown} | `{file_name}` | {rows} | `almost {name}` |")
+    default_config = metadata["configs"][0]["config_name"] if metadata["configs"] else "-"
     lines += [
         "",
         "```python",
         "from datasets import load_dataset",
         "",
-        f'data = load_dataset("path/to/this/folder")  # the default config: {metadata["configs"][0]["config_name"] if metadata["configs"] else "-"}',
+        f'data = load_dataset("path/to/this/folder")  # the default config: {default_config}',
         "```",
         "",
     ]
@@ -210,7 +217,8 @@ MODEL_KINDS = {  # stage: (title, what the model is, Hub task of the model (also
     "sft": (
         "Chat model fine-tuned with `almost sft`",
         "Supervised fine-tuning with TRL's `SFTTrainer` on demonstrations, following \"Aligning Large Language Models through "
-        'Synthetic Feedback" (Kim et al., EMNLP 2023): dialogues whose assistant turns a reward model picked during self-play (`almost rmsp`).',
+        'Synthetic Feedback" (Kim et al., EMNLP 2023): dialogues whose assistant turns a reward model picked during '
+        "self-play (`almost rmsp`).",
         "text-generation",
         ["sft", "trl"],
     ),

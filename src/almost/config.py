@@ -224,7 +224,10 @@ class EngineArguments(ModelArguments):
     backend: str = field(
         default="auto",
         metadata={
-            "help": "Generation engine: vllm, hf (transformers), openai (a served model, see --base_url), or auto: vllm wherever it is installed, else hf with a notice."
+            "help": (
+                "Generation engine: vllm, hf (transformers), openai (a served model, see --base_url), or auto: vllm wherever "
+                "it is installed, else hf with a notice."
+            )
         },
     )
     use_hf: bool = field(default=False, metadata={"help": "Seed-release spelling of --backend hf."})
@@ -248,7 +251,10 @@ class EngineArguments(ModelArguments):
     base_url: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "openai backend: the server's OpenAI-compatible API root (e.g. http://127.0.0.1:8000/v1); several (or comma-separated) are used in turn."
+            "help": (
+                "openai backend: the server's OpenAI-compatible API root (e.g. http://127.0.0.1:8000/v1); several (or "
+                "comma-separated) are used in turn."
+            )
         },
     )
     model: str | None = field(
@@ -263,7 +269,9 @@ class EngineArguments(ModelArguments):
     max_retries: int = field(
         default=8,
         metadata={
-            "help": "openai backend: retries of a request after HTTP 429/5xx, a refused connection or a timeout (backoff 1, 2, 4, ... 30 s)."
+            "help": (
+                "openai backend: retries of a request after HTTP 429/5xx, a refused connection or a timeout (backoff 1, 2, 4, ... 30 s)."
+            )
         },
     )
 

@@ -162,7 +162,7 @@ def read_rows(path: str | os.PathLike, what: str = "data file") -> list[dict]:
             import datasets
 
             ds = datasets.load_from_disk(str(path))
-        except Exception as e:  # noqa: BLE001 - any failure here is a bad input path
+        except Exception as e:  # any failure here is a bad input path
             raise AlmostError(f"{what} {path} is not a saved dataset: {e}") from None
         if isinstance(ds, datasets.DatasetDict):
             ds = ds["train"] if "train" in ds else next(iter(ds.values()))
@@ -625,5 +625,5 @@ def portable(value: Any, base: str | os.PathLike) -> Any:
         # ":" (rm:PATH); the prefix followed by "/" or by the end of the path.
         pattern = rf"(?:^|(?<=[\s`'\"(\[=:,])){re.escape(prefix)}(/|(?=[\s`'\")\],]|$))"
         whole = replacement.rstrip("/") or "."  # the prefix itself: "." for the run directory, "~" for home
-        value = re.sub(pattern, lambda m: replacement if m.group(1) == "/" else whole, value)
+        value = re.sub(pattern, lambda m, replacement=replacement, whole=whole: replacement if m.group(1) == "/" else whole, value)
     return value

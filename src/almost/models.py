@@ -168,7 +168,7 @@ def resolve_model(name_or_path: str | None, cache_dir: str | None = None) -> Res
 
         try:
             path = snapshot_download(name, cache_dir=cache_dir, local_files_only=True)
-        except Exception:  # noqa: BLE001 - any failure means it is not in the local hub cache
+        except Exception:  # any failure means it is not in the local hub cache
             raise AlmostError(f"unknown model {name!r}: not in the local hub cache and HF_HUB_OFFLINE=1") from None
         return ResolvedModel(name=name, path=path)
     return ResolvedModel(name=name, path=name)

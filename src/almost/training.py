@@ -65,7 +65,10 @@ class CheckpointArguments:
     save_strategy: str = field(
         default="steps",
         metadata={
-            "help": "Intermediate checkpoints: steps (every --save_steps steps or --save_minutes minutes, whichever comes first), epoch, or no. The final model is always saved."
+            "help": (
+                "Intermediate checkpoints: steps (every --save_steps steps or --save_minutes minutes, whichever comes first), "
+                "epoch, or no. The final model is always saved."
+            )
         },
     )
     save_steps: float = field(
@@ -74,20 +77,29 @@ class CheckpointArguments:
     save_minutes: float = field(
         default=10.0,
         metadata={
-            "help": "Also save a checkpoint once this many minutes have passed since the last one (0: by steps only). Bounds the work a crash loses alike on a slow CPU and a fast GPU."
+            "help": (
+                "Also save a checkpoint once this many minutes have passed since the last one (0: by steps only). Bounds the "
+                "work a crash loses alike on a slow CPU and a fast GPU."
+            )
         },
     )
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep only the last N checkpoints (older ones are deleted)."})
     keep_checkpoints: bool = field(
         default=False,
         metadata={
-            "help": "Keep the checkpoint-* folders once the final model is saved (by default they are deleted then: they hold the optimizer state, twice the model's size)."
+            "help": (
+                "Keep the checkpoint-* folders once the final model is saved (by default they are deleted then: they hold the "
+                "optimizer state, twice the model's size)."
+            )
         },
     )
     overwrite: bool = field(
         default=False,
         metadata={
-            "help": "Train from step 0 even when --output_dir holds a run of this stage. Without it a rerun resumes an unfinished run, does nothing for a finished one, and stops if the settings differ."
+            "help": (
+                "Train from step 0 even when --output_dir holds a run of this stage. Without it a rerun resumes an unfinished "
+                "run, does nothing for a finished one, and stops if the settings differ."
+            )
         },
     )
 
@@ -136,7 +148,10 @@ class HardwareArguments:
     bf16: bool | None = field(
         default=None,
         metadata={
-            "help": "bf16 mixed precision (default: on with a bf16-capable GPU, and on CPUs with native bf16; off elsewhere, where it is slower)."
+            "help": (
+                "bf16 mixed precision (default: on with a bf16-capable GPU, and on CPUs with native bf16; off elsewhere, where "
+                "it is slower)."
+            )
         },
     )
 
@@ -306,7 +321,8 @@ def check_output_dir(config, stage: str) -> Rerun:
         # one come from elsewhere (plain Trainer, another tool), and are neither resumed nor deleted.
         if checkpoints(out):
             raise AlmostError(
-                f"--output_dir {out} holds checkpoint folders of another program's run; choose another folder, or pass --overwrite true to delete them"
+                f"--output_dir {out} holds checkpoint folders of another program's run; choose another folder, or pass "
+                "--overwrite true to delete them"
             )
         return Rerun(fresh=True)
     status = read_json(status_file, "training status")
@@ -320,7 +336,8 @@ def check_output_dir(config, stage: str) -> Rerun:
         state = "finished" if status.get("status") == "done" else "unfinished"
         raise AlmostError(
             f"--output_dir {out} holds a{'n' if state == 'unfinished' else ''} {state} run with other settings "
-            f"({', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}); pass --overwrite true to train again from step 0, or choose another folder"
+            f"({', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}); pass --overwrite true to train again from "
+            "step 0, or choose another folder"
         )
     return Rerun(finished=status.get("status") == "done")
 

@@ -111,7 +111,10 @@ class HFEngine:
             gap = width - (len(row) - shared)
             input_ids.append(row[:shared] + [pad] * gap + row[shared:])
             attention_mask.append([1] * shared + [0] * gap + [1] * (len(row) - shared))
-        as_tensor = lambda x: torch.tensor(x, device=self.precision.device).repeat_interleave(n, dim=0)  # noqa: E731
+
+        def as_tensor(x):
+            return torch.tensor(x, device=self.precision.device).repeat_interleave(n, dim=0)
+
         return as_tensor(input_ids), as_tensor(attention_mask)
 
 

@@ -41,7 +41,10 @@ class HHHConfig:
     data_path: str | None = field(
         default=None,
         metadata={
-            "help": "HHH data: Anthropic-HH transcript JSONL with `type`, prompt/chosen/rejected JSONL, or BIG-bench hhh_alignment task.json / folder."
+            "help": (
+                "HHH data: Anthropic-HH transcript JSONL with `type`, prompt/chosen/rejected JSONL, or BIG-bench hhh_alignment "
+                "task.json / folder."
+            )
         },
     )
     output_dir: str | None = field(default=None, metadata={"help": "Where metrics.json, metrics.txt and predictions.jsonl go."})

@@ -47,7 +47,10 @@ class TruthfulQAConfig:
     data_path: str | None = field(
         default=None,
         metadata={
-            "help": "TruthfulQA multiple_choice rows (question, mc1_targets {choices, labels}) as JSONL/JSON/saved dataset, or `truthful_qa` for the hub copy (online)."
+            "help": (
+                "TruthfulQA multiple_choice rows (question, mc1_targets {choices, labels}) as JSONL/JSON/saved dataset, or "
+                "`truthful_qa` for the hub copy (online)."
+            )
         },
     )
     output_dir: str | None = field(default=None, metadata={"help": "Where metrics.json, metrics.txt and predictions.jsonl go."})
@@ -85,7 +88,7 @@ def load_questions(data_path: str) -> list[MCQuestion]:
 
         try:
             rows = [dict(r) for r in datasets.load_dataset("truthfulqa/truthful_qa", "multiple_choice", split="validation")]
-        except Exception as e:  # noqa: BLE001 - network and hub failures are all "cannot get the data"
+        except Exception as e:  # network and hub failures are all "cannot get the data"
             raise AlmostError(f"cannot load truthful_qa from the hub: {str(e).splitlines()[0]}") from None
         return parse_questions(rows, "truthful_qa")
     if not Path(data_path).exists():

@@ -267,8 +267,8 @@ def run_cs(config: CSArguments) -> dict:
         per_pair[f"{row['chosen_config']} > {row['rejected_config']}"] += 1
     if not rows:
         raise AlmostError(
-            f"no comparisons: {few_valid} of {len(prompts)} prompts have fewer than two valid answers and the filter dropped {dropped} pairs"
-            + "".join(f", {k} dropped {v}" for k, v in drops.items() if v)
+            f"no comparisons: {few_valid} of {len(prompts)} prompts have fewer than two valid answers and the filter "
+            f"dropped {dropped} pairs" + "".join(f", {k} dropped {v}" for k, v in drops.items() if v)
         )
     # The length options' counts are recorded only when one is on: the seed's cs_stats.json stays as it was.
     length_split = {}

@@ -70,7 +70,8 @@ def merged_rows(directory: Path, name: str, n: int, files: dict[int, Path], prom
     gaps = [i for i in range(total) if i not in rows]
     if gaps or len(rows) != total:
         raise AlmostError(
-            f"{name}: the shards hold {len(rows)} prompts, expected {total} (first missing index: {gaps[0] if gaps else total}); nothing merged"
+            f"{name}: the shards hold {len(rows)} prompts, expected {total} (first missing index: "
+            f"{gaps[0] if gaps else total}); nothing merged"
         )
     if prompts is not None:
         wrong = next((i for i in range(total) if rows[i]["prompt"] != prompts[i]), None)

@@ -52,7 +52,10 @@ class RGArguments(EngineArguments):
     prompt_file_path: list[str] = field(
         default_factory=lambda: [str(BETTER_DEMONSTRATIONS)],
         metadata={
-            "help": "Demonstration file(s): a header, then dialogues separated by '-----' lines (default: the project's high-quality file). Several files run one configuration each."
+            "help": (
+                "Demonstration file(s): a header, then dialogues separated by '-----' lines (default: the project's "
+                "high-quality file). Several files run one configuration each."
+            )
         },
     )
     n_shot: list[int] = field(
@@ -62,13 +65,19 @@ class RGArguments(EngineArguments):
     max_new_tokens: int = field(
         default=256,
         metadata={
-            "help": "Token limit per answer. Answers stop at the next turn anyway; the seed used 768 (faithful) / 384 (others) on GPUs, 256 keeps runaway samples affordable on CPU."
+            "help": (
+                "Token limit per answer. Answers stop at the next turn anyway; the seed used 768 (faithful) / 384 (others) on "
+                "GPUs, 256 keeps runaway samples affordable on CPU."
+            )
         },
     )
     trim_to_sentence: bool = field(
         default=False,
         metadata={
-            "help": "Cut an answer that stopped mid-sentence (at --max_new_tokens) back to its last full sentence before the BAD rules. Off by default, as in the seed; small CPU token budgets need it."
+            "help": (
+                "Cut an answer that stopped mid-sentence (at --max_new_tokens) back to its last full sentence before the BAD "
+                "rules. Off by default, as in the seed; small CPU token budgets need it."
+            )
         },
     )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (seed: 1.0)."})
@@ -86,13 +95,19 @@ class RGArguments(EngineArguments):
     select: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Make only these of the configurations --prompt_file_path x --n_shot makes (names as {model}-{file}-{n}shot, with -chat under --chat_format): several configurations that are not a full product, with one model load."
+            "help": (
+                "Make only these of the configurations --prompt_file_path x --n_shot makes (names as {model}-{file}-{n}shot, "
+                "with -chat under --chat_format): several configurations that are not a full product, with one model load."
+            )
         },
     )
     chat_format: bool = field(
         default=False,
         metadata={
-            "help": "Prompt with the model's chat template: the file's header as the system message, the demonstrations as earlier user/assistant turns. Configuration names end in -chat. Off by default, as in the seed (a plain transcript)."
+            "help": (
+                "Prompt with the model's chat template: the file's header as the system message, the demonstrations as earlier "
+                "user/assistant turns. Configuration names end in -chat. Off by default, as in the seed (a plain transcript)."
+            )
         },
     )
 

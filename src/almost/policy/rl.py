@@ -68,7 +68,10 @@ class RLConfig(TrainingStageArguments, RLOOConfig):
     reward_model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "The reward model from `almost rm train` (a sequence-classification checkpoint), or the URL of `almost rm serve` (token from $ALMOST_RM_TOKEN)."
+            "help": (
+                "The reward model from `almost rm train` (a sequence-classification checkpoint), or the URL of `almost rm "
+                "serve` (token from $ALMOST_RM_TOKEN)."
+            )
         },
     )
     prompts_path: str | None = field(
@@ -311,7 +314,8 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
     require_option(config.output_dir, "output_dir")
     if config.per_device_train_batch_size % config.num_generations and config.generation_batch_size is None:
         raise AlmostError(
-            f"--per_device_train_batch_size ({config.per_device_train_batch_size}) must be a multiple of --num_generations ({config.num_generations})"
+            f"--per_device_train_batch_size ({config.per_device_train_batch_size}) must be a multiple of --num_generations "
+            f"({config.num_generations})"
         )
     rerun = check_output_dir(config, "rl")
     out = Path(config.output_dir)

@@ -65,7 +65,10 @@ class SFTArguments(TrainingStageArguments, SFTConfig):
     data_path: str | None = field(
         default=None,
         metadata={
-            "help": "demonstrations.jsonl from `almost rmsp`, or any JSONL/JSON/saved dataset with `messages` or `prompt`/`completion` (required)."
+            "help": (
+                "demonstrations.jsonl from `almost rmsp`, or any JSONL/JSON/saved dataset with `messages` or "
+                "`prompt`/`completion` (required)."
+            )
         },
     )
     # Defaults of the seed release (Alpaca-style SFT), not TRL's.

@@ -34,7 +34,11 @@ class RewardEvalConfig:
     data_path: str | None = field(
         default=None,
         metadata={
-            "help": "Preference data: prompt/chosen/rejected JSONL/JSON, Anthropic-HH rows (.jsonl or .jsonl.gz), a saved HF dataset, BIG-bench hhh_alignment task.json / task folder, or a shipped set by name: hh-harmless-dev (choose options on it), hh-harmless-test (report on it)."
+            "help": (
+                "Preference data: prompt/chosen/rejected JSONL/JSON, Anthropic-HH rows (.jsonl or .jsonl.gz), a saved HF "
+                "dataset, BIG-bench hhh_alignment task.json / task folder, or a shipped set by name: hh-harmless-dev (choose "
+                "options on it), hh-harmless-test (report on it)."
+            )
         },
     )
     output_dir: str | None = field(default=None, metadata={"help": "Where metrics.json, rewards.jsonl and reward_eval.png go."})
@@ -48,7 +52,10 @@ class RewardEvalConfig:
     update_model_card: bool = field(
         default=True,
         metadata={
-            "help": "When the model is a folder `almost rm train` made (its model card says so), add these results to that card's evaluation table (false: leave the model folder alone). Any other model is never touched."
+            "help": (
+                "When the model is a folder `almost rm train` made (its model card says so), add these results to that card's "
+                "evaluation table (false: leave the model folder alone). Any other model is never touched."
+            )
         },
     )
 
@@ -141,7 +148,8 @@ def metrics_table(metrics: dict) -> str:
         lines.append(f"{'length-balanced':<26}{balanced['accuracy']:>8.3f}  {interval}  {n_balanced:>6}")
     rho = bias["spearman_reward_length"]
     lines.append(
-        f"same length (left out of the balance): {bias['same_length']}   bootstrap: {balanced.get('bootstrap', {}).get('samples', '-')} resamples over pairs"
+        f"same length (left out of the balance): {bias['same_length']}   bootstrap: "
+        f"{balanced.get('bootstrap', {}).get('samples', '-')} resamples over pairs"
     )
     lines.append(f"ties (counted wrong): {metrics['ties']}   mean margin: {metrics['mean_margin']:.3f}")
     lines.append(

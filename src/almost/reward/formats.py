@@ -156,7 +156,8 @@ def pairs_from_bigbench(task: dict, source: str, subset: str | None = None) -> P
             raise AlmostError(f"{source} example {i} lacks 'input' or 'target_scores'")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values()):
             raise AlmostError(
-                f"{source} example {i}: every target_scores value must be a number, got {sorted({type(v).__name__ for v in scores.values()})}"
+                f"{source} example {i}: every target_scores value must be a number, got "
+                f"{sorted({type(v).__name__ for v in scores.values()})}"
             )
         context = context_messages(str(example["input"]), f"{source} example {i}")
         for (a, score_a), (b, score_b) in combinations(scores.items(), 2):
@@ -178,11 +179,12 @@ def _read_jsonl_gz(path: Path) -> list[dict]:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if line.strip():
-                    rows.append(json.loads(line))
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise AlmostError(f"malformed JSON in {path} line {lineno}: {e.msg}") from None
     except (OSError, EOFError) as e:
         raise AlmostError(f"{path} is not a readable gzip file: {e}") from None
-    except json.JSONDecodeError as e:
-        raise AlmostError(f"malformed JSON in {path} line {lineno}: {e.msg}") from None
     if not all(isinstance(r, dict) for r in rows):
         raise AlmostError(f"{path}: every line must be a JSON object")
     return rows

@@ -52,7 +52,10 @@ class RewardTrainingConfig(TrainingStageArguments, RewardConfig):
     data_path: str | None = field(
         default=None,
         metadata={
-            "help": "Preference pairs: comparison.jsonl from `almost cs`, any prompt/chosen/rejected JSONL/JSON, Anthropic-HH rows, or a saved HF dataset."
+            "help": (
+                "Preference pairs: comparison.jsonl from `almost cs`, any prompt/chosen/rejected JSONL/JSON, Anthropic-HH "
+                "rows, or a saved HF dataset."
+            )
         },
     )
     eval_fraction: float = field(
@@ -62,14 +65,20 @@ class RewardTrainingConfig(TrainingStageArguments, RewardConfig):
     truncation_side: str = field(
         default="left",
         metadata={
-            "help": "Pairs longer than --max_length: left (drop the beginning, as the seed did; keeps the answer), right (drop the end), or drop (skip the pair)."
+            "help": (
+                "Pairs longer than --max_length: left (drop the beginning, as the seed did; keeps the answer), right (drop the "
+                "end), or drop (skip the pair)."
+            )
         },
     )
     model_max_length: int | None = field(default=None, metadata={"help": "Seed-release spelling of --max_length."})
     length_head: bool = field(
         default=False,
         metadata={
-            "help": "Train a length-disentangled reward (ODIN): a second head takes the length part of the preference and the saved `score` head is decorrelated from length (see almost.reward.odin)."
+            "help": (
+                "Train a length-disentangled reward (ODIN): a second head takes the length part of the preference and the "
+                "saved `score` head is decorrelated from length (see almost.reward.odin)."
+            )
         },
     )
     length_correlation_coefficient: float = field(

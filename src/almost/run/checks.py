@@ -37,7 +37,8 @@ def validate(steps: list[Step], planner: Planner, check_models: bool = True, par
         uses_vllm = "backend" in options and resolve_backend(str(step.flags.get("backend", AUTO))) == "vllm"
         if planner.config.get("in_process") and (step.launcher or uses_vllm):
             raise AlmostError(
-                f"{where}: {step.name}: in_process cannot run a launcher or the vllm backend (the default where vLLM is installed); remove in_process or set backend: hf"
+                f"{where}: {step.name}: in_process cannot run a launcher or the vllm backend (the default where vLLM is "
+                "installed); remove in_process or set backend: hf"
             )
     wired_models = {str(s.output_dir) for s in steps}
     checked: set[str] = set()
@@ -61,7 +62,8 @@ def validate(steps: list[Step], planner: Planner, check_models: bool = True, par
             for name in str(entry).split(","):
                 if name.strip() not in planner.configuration_names:
                     raise AlmostError(
-                        f"{where}: cs.rubric names {name.strip()!r}, which is not an rg configuration ({', '.join(planner.configuration_names)})"
+                        f"{where}: cs.rubric names {name.strip()!r}, which is not an rg configuration "
+                        f"({', '.join(planner.configuration_names)})"
                     )
     for step in steps if parse_values else ():
         try:

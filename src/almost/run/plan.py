@@ -305,7 +305,8 @@ class Planner:
         for by, judge in judges.items():
             if not isinstance(by, str) or not LABEL.match(by):
                 raise AlmostError(
-                    f"{self.where}: eval.pairwise.judges label {by!r} must be a plain name (letters, digits, . _ -): it names a folder of the run"
+                    f"{self.where}: eval.pairwise.judges label {by!r} must be a plain name (letters, digits, . _ -): it names a "
+                    "folder of the run"
                 )
             if judge == "rm":
                 if not reward_model:

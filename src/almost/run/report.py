@@ -317,7 +317,8 @@ def section_reward_model(run: Path, figures: Path) -> str:
     if isinstance(train.get("data"), dict):
         d = train["data"]
         parts.append(
-            f"Trained on {_fmt(d.get('train_pairs'))} pairs, {_fmt(d.get('heldout_pairs'))} held out; {_fmt(d.get('truncated'))} truncated, {_fmt(d.get('dropped_long'))} dropped as too long."
+            f"Trained on {_fmt(d.get('train_pairs'))} pairs, {_fmt(d.get('heldout_pairs'))} held out; "
+            f"{_fmt(d.get('truncated'))} truncated, {_fmt(d.get('dropped_long'))} dropped as too long."
         )
     header = [
         "evaluation",
@@ -537,7 +538,10 @@ def proof_table(run_dir: str | Path) -> str:
         "Spearman(reward, length)",
     ]
     parts = [
-        "Reward model on real human preference pairs (goal: length-balanced >= 0.60 with the interval above 0.5, accuracy above 'prefer longer'):"
+        (
+            "Reward model on real human preference pairs (goal: length-balanced >= 0.60 with the interval above 0.5, "
+            "accuracy above 'prefer longer'):"
+        )
     ]
     parts.append(markdown_table(header, rm_rows) if rm_rows else f"No `rm_eval*/{RM_EVAL.summary_file}` in this run yet.")
     policy_rows = []

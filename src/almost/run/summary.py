@@ -82,7 +82,10 @@ def _step_figures(stage: str, product: Path) -> str:
         log = folder / RL.files["log"]
         rows = [r for r in read_rl_log(log) if "reward" in r] if log.exists() else []
         if rows:
-            return f"{len(rows)} logged steps, reward {rows[0]['reward']:.2f} → {rows[-1]['reward']:.2f}, KL {rows[-1].get('kl', float('nan')):.3f}"
+            return (
+                f"{len(rows)} logged steps, reward {rows[0]['reward']:.2f} → {rows[-1]['reward']:.2f}, KL "
+                f"{rows[-1].get('kl', float('nan')):.3f}"
+            )
         return ""
     if stage == "eval":
         metrics = _load_json(product) or {}
