@@ -34,7 +34,7 @@ def main() -> None:
     from scipy.stats import spearmanr
     from test_reward_odin import WORDS, confounded_pairs
 
-    from almost.reward.model import RewardScorer
+    from almost.reward.model import RewardScorerSettings, load_scorer
     from almost.reward.train import main as train_main
 
     root = Path(tempfile.mkdtemp(prefix="bench-odin-"))
@@ -87,7 +87,7 @@ def main() -> None:
                 flags += ["--length_head", "--length_correlation_coefficient", str(args.coefficient)]
             start = time.time()
             train_main(flags)
-            rewards = RewardScorer(str(out)).score([p[0] for p in probe])
+            rewards = load_scorer(str(out), RewardScorerSettings()).score([p[0] for p in probe])
             by_length = spearmanr(rewards, [p[1] for p in probe]).statistic
             by_marker = spearmanr(rewards, [p[2] for p in probe]).statistic
             print(

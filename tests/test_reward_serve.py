@@ -1,7 +1,8 @@
-"""``almost rm serve`` on loopback with a tiny reward model, its client, and rmsp/pairwise using it."""
+"""``almost rm serve`` on loopback with a tiny reward model, its client, ``load_scorer``, and rmsp/pairwise using it."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -15,7 +16,9 @@ import pytest
 from almost.engines import ScriptedEngine
 from almost.io import AlmostError, read_jsonl
 from almost.policy.selfplay import RMSPArguments, run_rmsp
+from almost.reward import model as reward_model
 from almost.reward.client import RemoteRewardScorer, is_url
+from almost.reward.model import RewardScorer, RewardScorerSettings, load_scorer
 from almost.reward.serve import make_server
 
 pytestmark = pytest.mark.timeout(300)
@@ -33,8 +36,6 @@ CONVERSATIONS = [
 
 @pytest.fixture(scope="module")
 def scorer(tiny_reward_model_path):
-    from almost.reward.model import RewardScorer
-
     return RewardScorer(tiny_reward_model_path, batch_size=4)
 
 
@@ -129,6 +130,39 @@ def test_a_token_is_required_when_asked(scorer, monkeypatch):
         assert RemoteRewardScorer(s.url, "ALMOST_RM_TOKEN").health() == {"status": "ok", "model": "tiny"}
     finally:
         s.close()
+
+
+def test_load_scorer_gives_the_client_for_a_url_and_the_model_for_a_path(scorer, tiny_reward_model_path, tiny_model_path, monkeypatch):
+    # A URL: the client, sending the token of the settings' variable, its server's health asked first.
+    s = Served(scorer, token="s3cret")
+    try:
+        monkeypatch.setenv("RM_TEST_TOKEN", "s3cret")
+        remote = load_scorer(s.url, RewardScorerSettings(token_env="RM_TEST_TOKEN", served_batch_size=3))
+        assert isinstance(remote, RemoteRewardScorer) and remote.batch_size == 3
+        assert remote.score(CONVERSATIONS) == pytest.approx(scorer.score(CONVERSATIONS), abs=1e-5)
+        with pytest.raises(AlmostError, match="HTTP 401"):
+            load_scorer(s.url, RewardScorerSettings(token_env="RM_TEST_NO_TOKEN"))
+    finally:
+        s.close()
+    # A path: the checked checkpoint with every local setting passed through.
+    loaded = []
+    monkeypatch.setattr(reward_model, "RewardScorer", lambda *args, **kwargs: loaded.append((args, kwargs)))
+    load_scorer(tiny_reward_model_path, RewardScorerSettings(batch_size=3, max_length=77, dtype="float32", trust_remote_code=True))
+    assert loaded == [((tiny_reward_model_path,), {"batch_size": 3, "max_length": 77, "dtype": "float32", "trust_remote_code": True})]
+    with pytest.raises(AlmostError, match="is not a reward model"):
+        load_scorer(tiny_model_path, RewardScorerSettings())
+
+
+def test_default_settings_are_the_scorers_own():
+    # A stage without a flag for a setting scores as before the settings existed.
+    local, served, settings = (
+        inspect.signature(RewardScorer).parameters,
+        inspect.signature(RemoteRewardScorer).parameters,
+        RewardScorerSettings(),
+    )
+    for name in ("batch_size", "max_length", "dtype", "trust_remote_code"):
+        assert getattr(settings, name) == local[name].default
+    assert settings.served_batch_size == served["batch_size"].default
 
 
 def test_rmsp_scores_with_the_served_reward_model(tmp_path, served, scorer, tiny_model_path):

@@ -372,14 +372,12 @@ def parse_judge_spec(spec: str | None) -> tuple[str, str]:
 def build_judge(config: PairwiseConfig) -> Judge:
     kind, target = parse_judge_spec(config.judge)
     if kind == "rm":
-        from ..reward.client import TOKEN_ENV, RemoteRewardScorer, is_url
-        from ..reward.model import RewardScorer, reward_model_path
+        from ..reward.model import RewardScorerSettings, load_scorer
 
-        if is_url(target):
-            scorer = RemoteRewardScorer(target, TOKEN_ENV)
-            scorer.health()  # a judge that cannot be reached fails before any answer is generated
-            return RewardModelJudge(scorer)
-        return RewardModelJudge(RewardScorer(reward_model_path(target), batch_size=config.batch_size))
+        # Loaded, or its server's health asked, now: a judge that cannot be used fails before any answer
+        # is generated. --dtype and --trust_remote_code hold for every model this command loads.
+        settings = RewardScorerSettings(batch_size=config.batch_size, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+        return RewardModelJudge(load_scorer(target, settings))
     if kind == "llm":
         # Resolved now (a bad --judge fails before any answer is generated), loaded when the answers are
         # made and their engines closed: one model in memory at a time.

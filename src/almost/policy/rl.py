@@ -305,7 +305,8 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
     import torch
 
     from ..models import load_tokenizer
-    from ..reward.model import RewardScorer, reward_model_path
+    from ..reward.client import is_url
+    from ..reward.model import RewardScorerSettings, load_scorer
 
     require_option(config.model_name_or_path, "model_name_or_path", "the policy to train, normally the SFT output")
     require_option(config.prompts_path, "prompts_path", "prompts.txt from `almost pg`, or JSONL")
@@ -322,19 +323,21 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
     if rerun.finished:
         print(f"almost rl: {out} already holds the finished policy; nothing to do", flush=True)
         return finished_summary(config, contracts.RL)
-    if scorer is None and config.reward_model_name_or_path.startswith(("http://", "https://")):
-        from ..reward.client import TOKEN_ENV, RemoteRewardScorer
-
-        scorer = RemoteRewardScorer(config.reward_model_name_or_path, TOKEN_ENV, batch_size=config.reward_batch_size)
-        scorer.health()  # `almost rm serve` must be up before the policy is loaded
+    # TRL's --trust_remote_code is documented to hold for the reward model too; rl has no --dtype of its own.
+    reward_settings = RewardScorerSettings(
+        batch_size=config.reward_batch_size,
+        max_length=config.reward_max_length,
+        trust_remote_code=config.trust_remote_code,
+        served_batch_size=config.reward_batch_size,
+    )
+    if scorer is None and is_url(config.reward_model_name_or_path):
+        scorer = load_scorer(config.reward_model_name_or_path, reward_settings)  # `almost rm serve` must be up before the policy is loaded
     policy = resolve_model(config.model_name_or_path, config.cache_dir)
     contexts = read_prompts(config.prompts_path, as_messages=True, limit=config.max_prompts)
-    if scorer is None:
-        reward_path = reward_model_path(config.reward_model_name_or_path)
     log_path = out / contracts.RL.files["log"]
 
     if scorer is None:
-        scorer = RewardScorer(reward_path, batch_size=config.reward_batch_size, max_length=config.reward_max_length)
+        scorer = load_scorer(config.reward_model_name_or_path, reward_settings)
     tokenizer = load_tokenizer(policy.path, config.trust_remote_code, padding_side="left", cache_dir=config.cache_dir)
     reward_funcs, weights = make_reward_functions(scorer, config.length_penalty)
     args = trl_config(config, weights)

@@ -55,7 +55,6 @@ from ..io import (
     read_rows,
     write_jsonl_atomic,
 )
-from ..models import resolve_model
 
 # The user simulator writes one Human turn: it ends where the model starts the assistant's reply.
 USER_STOP = (SEPARATOR, "\nAssistant:", "\nHuman:")
@@ -490,18 +489,25 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
     simulator.static_prompt(config.user_n_shot)
     policy_model = engine_model(config, config.model_name_or_path)
     user_model = engine_model(config, config.user_model_name_or_path or config.model_name_or_path)
-    reward_model = None
-    if scorer is None:
-        from ..reward.client import RemoteRewardScorer, is_url
-        from ..reward.model import check_reward_model
+    from ..reward.client import is_url
+    from ..reward.model import RewardScorerSettings, load_scorer, reward_model_path
 
+    reward_settings = RewardScorerSettings(
+        batch_size=config.reward_batch_size,
+        dtype=config.dtype,
+        trust_remote_code=config.trust_remote_code,
+        cache_dir=config.cache_dir,
+        token_env=config.reward_token_env,
+        served_batch_size=config.reward_batch_size,
+    )
+    reward_path = None
+    if scorer is None:
         if is_url(config.reward_model_name_or_path):
             # Checked (and used) over HTTP: a server that is down fails here, before any generation.
-            scorer = RemoteRewardScorer(config.reward_model_name_or_path, config.reward_token_env, batch_size=config.reward_batch_size)
-            scorer.health()
+            scorer = load_scorer(config.reward_model_name_or_path, reward_settings)
         else:
-            reward_model = resolve_model(config.reward_model_name_or_path, config.cache_dir)
-            check_reward_model(reward_model.path)
+            # Checked here, before any generation; loaded below, only when a dialogue is left to play.
+            reward_path = reward_model_path(config.reward_model_name_or_path, config.cache_dir)
 
     # Models and files by content, not by path: a reward model retrained in the same folder must not
     # add its rows to the old one's. Paths, the cache, and knobs that only trade memory for speed
@@ -510,7 +516,7 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
         "prompts": fingerprint({"prompts": prompts}),
         "policy": digest_model(policy_model.path),
         "user": digest_model(user_model.path),
-        "reward_model": digest_model(reward_model.path if reward_model else config.reward_model_name_or_path),
+        "reward_model": digest_model(reward_path or config.reward_model_name_or_path),
         "demonstrations": _file_digest(config.prompt_file_path),
         "user_simulator": _file_digest(config.user_prompt_file_path),
         **{k: v for k, v in asdict(config).items() if k not in _NOT_RESULT_SETTINGS},
@@ -535,11 +541,7 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
             if user is None:
                 user = policy if user_model.path == policy_model.path else load_engine(config, user_model)
             if scorer is None:
-                from ..reward.model import RewardScorer
-
-                scorer = RewardScorer(
-                    reward_model.path, batch_size=config.reward_batch_size, dtype=config.dtype, trust_remote_code=config.trust_remote_code
-                )
+                scorer = load_scorer(reward_path, reward_settings)
             play = SelfPlay(config, policy, user, scorer, demos, simulator)
             done_count = sum(store.done(i) for i, _ in items)
             with tqdm(total=len(items), initial=done_count, desc="rmsp", unit="dialogue") as bar:

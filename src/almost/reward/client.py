@@ -1,8 +1,8 @@
 """A reward model served by ``almost rm serve``, behind the scorer's interface.
 
-``--reward_model_name_or_path`` (rmsp) and ``--judge rm:...`` (pairwise) take either a checkpoint or
-the server's URL (``http://host:port``); ``load_scorer`` gives the one or the other with the same
-``score(conversations) -> list[float]``.
+``--reward_model_name_or_path`` (rmsp, rl) and ``--judge rm:...`` (pairwise) take either a checkpoint
+or the server's URL (``http://host:port``); ``almost.reward.model.load_scorer`` gives the one or the
+other with the same ``score(conversations) -> list[float]``.
 """
 
 from __future__ import annotations
@@ -86,22 +86,3 @@ class RemoteRewardScorer:
                 )
             rewards.extend(float(r) for r in got)
         return rewards
-
-
-def check_reward_source(name_or_path: str, token_env: str | None = None) -> str:
-    """Fail early (one line) when the reward model cannot be used; returns the local path or the URL."""
-    if is_url(name_or_path):
-        RemoteRewardScorer(name_or_path, token_env, max_retries=0).health()
-        return name_or_path
-    from .model import reward_model_path
-
-    return reward_model_path(name_or_path)
-
-
-def load_scorer(name_or_path: str, *, token_env: str | None = None, batch_size: int = 8, **local_options):
-    """A ``RemoteRewardScorer`` for a URL, else the in-process ``RewardScorer`` on a checked checkpoint."""
-    if is_url(name_or_path):
-        return RemoteRewardScorer(name_or_path, token_env, batch_size=max(batch_size, 64))
-    from .model import RewardScorer, reward_model_path
-
-    return RewardScorer(reward_model_path(name_or_path), batch_size=batch_size, **local_options)

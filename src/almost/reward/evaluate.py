@@ -21,7 +21,7 @@ from ..contracts import RM_EVAL, write_summary
 from ..io import AlmostError, portable, write_jsonl_atomic, write_text_atomic
 from ..stats import reward_pair_metrics
 from .formats import Pair, load_pairs
-from .model import RewardScorer, reward_model_path
+from .model import RewardScorer, RewardScorerSettings, load_scorer, reward_model_path
 
 
 @dataclass
@@ -218,7 +218,12 @@ def run_rm_eval(config: RewardEvalConfig) -> dict:
         raise AlmostError("--output_dir is required")
     model_path = reward_model_path(config.model_name_or_path)
     pair_set = load_pairs(eval_data_path(config.data_path))
-    scorer = RewardScorer(model_path, config.batch_size, config.max_length, config.dtype, config.trust_remote_code)
+    scorer = load_scorer(
+        model_path,
+        RewardScorerSettings(
+            batch_size=config.batch_size, max_length=config.max_length, dtype=config.dtype, trust_remote_code=config.trust_remote_code
+        ),
+    )
     metrics, rows = evaluate_pairs(scorer, pair_set.pairs)
     metrics.update(
         model=config.model_name_or_path,

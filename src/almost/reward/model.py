@@ -1,18 +1,21 @@
 """Scoring (conversation, answer) pairs with a trained reward model.
 
 ``RewardScorer`` is the one way the project reads rewards: ``almost rm score``, ``almost rm eval``,
-self-play and RL all call it, so the text an RM sees is always made by ``almost.chat``.
+self-play and RL all call it, so the text an RM sees is always made by ``almost.chat``. Stages get
+it, or the client of a served one, from ``load_scorer`` with their ``RewardScorerSettings``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..chat import render_conversation
 from ..io import AlmostError, read_json
 from ..models import inference_precision, length_sorted_batches, load_tokenizer, resolve_model
 from ..training import load_merged_adapter
+from .client import TOKEN_ENV, RemoteRewardScorer, is_url
 
 
 def is_adapter(path: str) -> bool:
@@ -21,11 +24,11 @@ def is_adapter(path: str) -> bool:
     return (p / "adapter_config.json").exists() and not (p / "config.json").exists()
 
 
-def reward_model_path(name_or_path: str | None) -> str:
+def reward_model_path(name_or_path: str | None, cache_dir: str | None = None) -> str:
     """What the user typed for a reward model → a checked local path (one clear error otherwise)."""
     if not name_or_path:
         raise AlmostError("--model_name_or_path is required (a reward model from `almost rm train`)")
-    path = resolve_model(name_or_path).path
+    path = resolve_model(name_or_path, cache_dir).path
     check_reward_model(path)
     return path
 
@@ -107,3 +110,41 @@ class RewardScorer:
             for i, r in zip(batch, logits.tolist()):
                 rewards[i] = r
         return rewards
+
+
+@dataclass(frozen=True)
+class RewardScorerSettings:
+    """How a stage loads and runs its reward model, built from the stage's own config.
+
+    The defaults are the scorers' own (and ``TOKEN_ENV`` for the token), so a stage without a flag for
+    a setting scores as the scorer does by itself. A served model reads only ``token_env`` and
+    ``served_batch_size``: the server loaded the model with its own settings.
+    """
+
+    batch_size: int = 8  # conversations per forward pass
+    max_length: int = 1024  # tokens; longer texts lose their beginning
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    cache_dir: str | None = None  # where a hub id is looked up (resolve_model)
+    token_env: str | None = TOKEN_ENV  # environment variable with the bearer token of `almost rm serve`
+    served_batch_size: int = 64  # conversations per request to `almost rm serve`, which batches them again by its --batch_size
+
+
+def load_scorer(name_or_path: str | None, settings: RewardScorerSettings) -> RewardScorer | RemoteRewardScorer:
+    """The one way a stage gets its reward model: the client of ``almost rm serve`` for its URL, else a
+    ``RewardScorer`` on the checked checkpoint.
+
+    A served model's health is asked now, so a server that is down fails in one line before any work
+    that needs it.
+    """
+    if is_url(name_or_path):
+        scorer = RemoteRewardScorer(name_or_path, settings.token_env, batch_size=settings.served_batch_size)
+        scorer.health()
+        return scorer
+    return RewardScorer(
+        reward_model_path(name_or_path, settings.cache_dir),
+        batch_size=settings.batch_size,
+        max_length=settings.max_length,
+        dtype=settings.dtype,
+        trust_remote_code=settings.trust_remote_code,
+    )

@@ -22,7 +22,7 @@ from ..chat import as_messages
 from ..config import parse, require_option
 from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, read_rows
 from .formats import context_messages
-from .model import RewardScorer, reward_model_path
+from .model import RewardScorerSettings, load_scorer, reward_model_path
 
 OUTPUT_FILE = "scored.jsonl"
 ROW_KEY = "_almost_row"  # resume key, left out of the final file
@@ -98,7 +98,12 @@ def run_rm_score(config: RewardScoreConfig) -> dict:
         print(f"almost rm score: {final} is already complete (--overwrite to redo)")
         return {"output": str(final), "rows": len(rows), "scored_now": 0}
 
-    scorer = RewardScorer(model_path, config.batch_size, config.max_length, config.dtype, config.trust_remote_code)
+    scorer = load_scorer(
+        model_path,
+        RewardScorerSettings(
+            batch_size=config.batch_size, max_length=config.max_length, dtype=config.dtype, trust_remote_code=config.trust_remote_code
+        ),
+    )
     with store:
         pending = [i for i in range(len(rows)) if not store.done(i)]
         # Longest first: rows of similar length share a batch, so little compute goes to padding.

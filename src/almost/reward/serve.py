@@ -141,7 +141,7 @@ def make_server(scorer, host: str, port: int, token: str | None = None, max_rows
 
 
 def run_serve(config: RewardServeConfig) -> None:
-    from .model import RewardScorer, reward_model_path
+    from .model import RewardScorerSettings, load_scorer, reward_model_path
 
     path = reward_model_path(config.model_name_or_path)
     token = None
@@ -149,8 +149,11 @@ def run_serve(config: RewardServeConfig) -> None:
         token = os.environ.get(config.token_env)
         if not token:
             raise AlmostError(f"--token_env {config.token_env}: that environment variable is empty or unset")
-    scorer = RewardScorer(
-        path, batch_size=config.batch_size, max_length=config.max_length, dtype=config.dtype, trust_remote_code=config.trust_remote_code
+    scorer = load_scorer(
+        path,
+        RewardScorerSettings(
+            batch_size=config.batch_size, max_length=config.max_length, dtype=config.dtype, trust_remote_code=config.trust_remote_code
+        ),
     )
     try:
         server = make_server(scorer, config.host, config.port, token, config.max_rows, config.model_name_or_path)

@@ -288,7 +288,8 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         from .evaluate import evaluate_pairs
         from .model import RewardScorer
 
-        # Read the saved checkpoint back, as every later stage will: this also proves it loads.
+        # Read the saved checkpoint back, as every later stage will: this also proves it loads. RewardScorer
+        # itself, not load_scorer: the run is not marked finished yet, so resolving the folder by name would refuse it.
         scorer = RewardScorer(
             str(output_dir),
             batch_size=config.per_device_eval_batch_size,
