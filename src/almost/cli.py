@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .allocator import reexec_with_tcmalloc
 from .io import AlmostError, held_output_dirs, release_output_dirs
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,6 +65,8 @@ def input_error(e: BaseException) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # started as a program (not called from Python): the allocator can still be chosen
+        reexec_with_tcmalloc()
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = f"almost {argv[0]}" if argv and argv[0] in COMMANDS else "almost"
     locked = held_output_dirs()

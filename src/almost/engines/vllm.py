@@ -123,7 +123,12 @@ class VLLMEngine:
             enforce_eager=not on_gpu,
         )
         self.start_seconds = time.perf_counter() - started
-        where = "GPU" if on_gpu else f"CPU, {self.llm.llm_engine.model_config.dtype}, KV cache {os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB"
+        where = "GPU"
+        if not on_gpu:
+            from ..allocator import tcmalloc_loaded
+
+            allocator = "tcmalloc" if tcmalloc_loaded() else "no tcmalloc: ~9% slower, see docs/feedback.md"
+            where = f"CPU, {self.llm.llm_engine.model_config.dtype}, KV cache {os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB, {allocator}"
         print(f"vLLM engine started in {self.start_seconds:.1f} s ({where})", flush=True)
         self.tokenizer = self.llm.get_tokenizer()
 
