@@ -68,6 +68,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from almost.allocator import reexec_with_tcmalloc, tcmalloc_loaded
 from almost.config import EngineArguments
 from almost.engines import Sampling, load_engine
 from almost.feedback import demos
@@ -150,6 +151,7 @@ def measure_machine(threads: int, shapes: list[tuple[int, int, int]]) -> dict:
         torch.set_num_threads(before)
     return {
         "threads": threads,
+        "allocator": "tcmalloc" if tcmalloc_loaded() else "the C library's malloc",
         "matmul_gflops_fp32": matmul,
         "matmul_gflops": max(matmul.values()),
         "copy_gb_s": round(copy, 1),
@@ -410,6 +412,7 @@ def time_cli(backend: str, num_prompts: int, max_new_tokens: int) -> dict:
 
 
 def main() -> None:
+    reexec_with_tcmalloc([sys.executable, *sys.argv])  # what `almost rg` runs under (allocator.py); both sides alike
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num_prompts", type=int, default=64, help="Prompts for the throughput comparison (0 skips it).")
     p.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES), help="Which sides to run (ratios need seed).")

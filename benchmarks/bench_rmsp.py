@@ -32,10 +32,12 @@ import gc
 import importlib.util
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+from almost.allocator import reexec_with_tcmalloc, tcmalloc_loaded
 from almost.config import EngineArguments
 from almost.engines import BACKENDS, Sampling, load_engine
 from almost.feedback.demos import SEED_PROMPTS
@@ -83,6 +85,7 @@ def load_note(when: str) -> str | None:
 
 
 def main() -> None:
+    reexec_with_tcmalloc([sys.executable, *sys.argv])  # what `almost rmsp` runs under (allocator.py); both modes alike
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reward_model_name_or_path", required=True)
     parser.add_argument("--model_name_or_path", default="smollm2-135m")
@@ -114,7 +117,10 @@ def main() -> None:
         prompts = [p for p in read_prompts(SEED_PROMPTS) if not p.startswith("###")]
         prompts_path.write_text("\n".join(prompts[: args.num_prompts]) + "\n")
     model = resolve_model(args.model_name_or_path)
-    results = {"notes": [n for n in [load_note("at the start")] if n]}
+    results = {
+        "allocator": "tcmalloc" if tcmalloc_loaded() else "the C library's malloc",
+        "notes": [n for n in [load_note("at the start")] if n],
+    }
     for backend in backends:
         started = time.perf_counter()
         engine = load_engine(EngineArguments(backend=backend, batch_size=args.batch_size, seed=args.seed), model)

@@ -61,14 +61,16 @@ def preload_environment(
     }
 
 
-def reexec_with_tcmalloc() -> None:
-    """Replace this process with ``python -m almost <same arguments>`` under tcmalloc, when one is
-    found and wanted (see the module docstring); otherwise return and change nothing."""
+def reexec_with_tcmalloc(command: list[str] | None = None) -> None:
+    """Replace this process with ``command`` (default: ``python -m almost <same arguments>``) under
+    tcmalloc, when one is found and wanted (see the module docstring); otherwise return and change
+    nothing. The benchmarks pass their own command line, so that they measure what ``almost`` runs."""
     environment = preload_environment(os.environ, sys.platform, os.path.exists("/dev/nvidiactl"))
     if environment is not None:
+        command = command or [sys.executable, "-m", "almost", *sys.argv[1:]]
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "almost", *sys.argv[1:]], environment)
+        os.execve(command[0], command, environment)
 
 
 def tcmalloc_loaded() -> bool:
