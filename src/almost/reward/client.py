@@ -86,3 +86,11 @@ class RemoteRewardScorer:
                 )
             rewards.extend(float(r) for r in got)
         return rewards
+
+    def score_pairs(
+        self, first: Sequence[list[dict]], second: Sequence[list[dict]], progress: bool = False
+    ) -> tuple[list[float], list[float]]:
+        """Rewards of two answers per conversation, as ``RewardScorer.score_pairs`` returns them: both
+        sides go to the server in one run of requests, which batches them again."""
+        rewards = self.score([*first, *second], progress)
+        return rewards[: len(first)], rewards[len(first) :]

@@ -61,10 +61,8 @@ class RewardEvalConfig:
 
 
 def pair_rewards(scorer: RewardScorer, pairs: Sequence[Pair], progress: bool = True) -> tuple[list[float], list[float]]:
-    """Rewards of the chosen and the rejected answer of every pair, in one batched pass."""
-    conversations = [p.conversation(p.chosen) for p in pairs] + [p.conversation(p.rejected) for p in pairs]
-    rewards = scorer.score(conversations, progress=progress)
-    return rewards[: len(pairs)], rewards[len(pairs) :]
+    """Rewards of the chosen and the rejected answer of every pair (their shared conversation encoded once)."""
+    return scorer.score_pairs([p.conversation(p.chosen) for p in pairs], [p.conversation(p.rejected) for p in pairs], progress=progress)
 
 
 def evaluate_pairs(scorer: RewardScorer, pairs: Sequence[Pair], progress: bool = True) -> tuple[dict, list[dict]]:

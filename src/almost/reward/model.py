@@ -111,6 +111,57 @@ class RewardScorer:
                 rewards[i] = r
         return rewards
 
+    def score_pairs(
+        self, first: Sequence[list[dict]], second: Sequence[list[dict]], progress: bool = False
+    ) -> tuple[list[float], list[float]]:
+        """Rewards of two answers to the same conversation, pair by pair (``first[i]`` and ``second[i]``).
+
+        The tokens both texts begin with (the conversation so far: about 60% of an HH-RLHF pair's
+        tokens) are encoded once, and both endings continue from that one cache, so a pair costs its
+        shared beginning once instead of twice. The rewards are ``score``'s up to float rounding
+        (tests/test_reward_pairs.py). Pairs longer than ``max_length`` (``score`` cuts their
+        beginning) or with nothing to share are scored by ``score``.
+        """
+        import torch
+        from tqdm.auto import tqdm
+
+        if len(first) != len(second):
+            raise ValueError(f"score_pairs needs as many first as second conversations ({len(first)} vs {len(second)})")
+        rewards: list[list[float | None]] = [[None] * len(first), [None] * len(first)]
+        pad = self.model.config.pad_token_id
+        device = self.precision.device
+        unshared = []
+        encoded = zip(*(self.tokenizer(self.texts(side), add_special_tokens=False).input_ids for side in (first, second)))
+        for i, (a, b) in enumerate(tqdm(list(encoded), desc="reward pairs", unit="pair", disable=not progress, leave=False)):
+            shared = shared_length(a, b)
+            endings = [a[shared:], b[shared:]]
+            # The score head reads each row's last non-pad token: an ending needs one of its own.
+            if shared == 0 or max(len(a), len(b)) > self.max_length or not all(any(t != pad for t in e) for e in endings):
+                unshared.append(i)
+                continue
+            width = max(map(len, endings))
+            input_ids = torch.tensor([e + [pad] * (width - len(e)) for e in endings], device=device)
+            attention_mask = torch.tensor([[1] * (shared + len(e)) + [0] * (width - len(e)) for e in endings], device=device)
+            with torch.no_grad(), self.precision.autocast():
+                cache = self.model(input_ids=torch.tensor([a[:shared]], device=device), use_cache=True).past_key_values
+                cache.batch_repeat_interleave(2)
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=False).logits
+            rewards[0][i], rewards[1][i] = logits[:, 0].float().tolist()
+        if unshared:
+            scored = self.score([first[i] for i in unshared] + [second[i] for i in unshared])
+            for k, i in enumerate(unshared):
+                rewards[0][i], rewards[1][i] = scored[k], scored[len(unshared) + k]
+        return rewards[0], rewards[1]
+
+
+def shared_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many tokens ``a`` and ``b`` begin with in common, leaving each at least one of its own."""
+    limit = min(len(a), len(b)) - 1
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
 
 @dataclass(frozen=True)
 class RewardScorerSettings:
