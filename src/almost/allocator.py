@@ -4,9 +4,9 @@ vLLM's CPU worker warns when libtcmalloc is not preloaded, and vLLM preloads it 
 processes it spawns. almost runs vLLM's engine core in its own process on CPU (engines/vllm.py), so
 the preload has to happen before that process starts: ``almost`` re-executes itself once with
 ``LD_PRELOAD`` set when a tcmalloc library is found. Measured on the 2-core development machine
-(docs/feedback.md): 64 two-shot prompts at 128 new tokens on vLLM 9% faster (98.7 vs 90.2 answer
-tokens/s), the seed's HF algorithm 4% faster, the same tokens either way (an allocator does not
-change arithmetic).
+(docs/feedback.md), paired whole-process runs, alternating, medians of 4: a short vLLM job (engine
+start, 32 two-shot prompts, 64 new tokens) 7% faster and 4% less peak memory; a short HF job (load,
+sample, score) 5% faster; the same tokens either way (an allocator does not change arithmetic).
 
 Where it looks: vLLM's bundled ``vllm/libs`` (some wheels carry one), then the system's
 (``apt-get install libtcmalloc-minimal4`` on Debian/Ubuntu). Nothing found, nothing changes.

@@ -127,7 +127,7 @@ class VLLMEngine:
         if not on_gpu:
             from ..allocator import tcmalloc_loaded
 
-            allocator = "tcmalloc" if tcmalloc_loaded() else "no tcmalloc: ~9% slower, see docs/feedback.md"
+            allocator = "tcmalloc" if tcmalloc_loaded() else "no tcmalloc: ~7% slower, see docs/feedback.md"
             where = f"CPU, {self.llm.llm_engine.model_config.dtype}, KV cache {os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB, {allocator}"
         print(f"vLLM engine started in {self.start_seconds:.1f} s ({where})", flush=True)
         self.tokenizer = self.llm.get_tokenizer()
