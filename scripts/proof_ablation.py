@@ -7,7 +7,9 @@
 GENERATION is a run of ``almost demo --proof`` (or any run whose ``rg/`` holds the answers of the
 configurations a variant's rubric names). Each variant runs ``almost cs`` → ``almost rm train`` →
 ``almost rm eval`` into ``GENERATION/ablation/<variant>/{cs,rm,rm_eval}``, with the proof config's RM
-settings, so the variants differ from the proof run's own RM only in what their row says. A step
+settings, so the variants differ from the proof run's own RM only in what their row says. The scale
+rows (``scale-100``, ``scale-200``) keep the proof run's recipe and use only the RG rows of its first
+N prompts (copied to ``<variant>/rg/``); the proof run itself is their 300-prompt point. A step
 whose product exists is skipped, so a rerun after a crash resumes (``rm train`` resumes from its
 last checkpoint by itself). The wall and CPU seconds of each step are kept in ``times.json`` beside
 it. At the end the table (one row per variant, plus the proof run's own RM read from GENERATION)
@@ -24,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from almost.io import read_json, write_json_atomic, write_text_atomic
+from almost.io import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from almost.run.report import markdown_table, rm_eval_row
 
 HARMLESS, FAITHFUL, BASIC = "smollm2-135m-harmless-2shot", "smollm2-135m-faithful-2shot", "smollm2-135m-basic-1shot"
@@ -58,13 +60,20 @@ class Variant:
     rubric: tuple[str, ...]
     cs_flags: tuple[str, ...] = ()
     rm_flags: tuple[str, ...] = ()
+    # Only the first N prompts of the generation (their RG rows), for the scale rows.
+    num_prompts: int | None = None
+
+
+# The proof run's own CS and RM options: the LoRA and scale rows change one thing on top of them.
+PROOF_CS = ("--length_balance", "true", "--seed", "0")
+PROOF_RM = ("--length_head", "true")
 
 
 # In the order they are run: the comparisons that matter most first.
 VARIANTS = (
     Variant("seed-filter", "full rubric, the seed's CS filter only, plain RM", (HARMLESS, FAITHFUL, BASIC)),
-    Variant("length-head", "+ RM --length_head (ODIN)", (HARMLESS, FAITHFUL, BASIC), rm_flags=("--length_head", "true")),
-    Variant("length-balance", "+ CS --length_balance", (HARMLESS, FAITHFUL, BASIC), cs_flags=("--length_balance", "true", "--seed", "0")),
+    Variant("length-head", "+ RM --length_head (ODIN)", (HARMLESS, FAITHFUL, BASIC), rm_flags=PROOF_RM),
+    Variant("length-balance", "+ CS --length_balance", (HARMLESS, FAITHFUL, BASIC), cs_flags=PROOF_CS),
     Variant(
         "helpful-rubric",
         "rubric without the harmless demonstrations (faithful-2shot > basic-1shot), seed filter, plain RM",
@@ -75,8 +84,13 @@ VARIANTS = (
         "lora",
         "the proof run's RM (--length_balance + --length_head) with --use_peft",
         (HARMLESS, FAITHFUL, BASIC),
-        cs_flags=("--length_balance", "true", "--seed", "0"),
-        rm_flags=("--length_head", "true", "--use_peft", "true"),
+        cs_flags=PROOF_CS,
+        rm_flags=(*PROOF_RM, "--use_peft", "true"),
+    ),
+    # The proof run is the scale rows' 300-prompt point.
+    *(
+        Variant(f"scale-{n}", f"the proof run's recipe on its first {n} prompts", (HARMLESS, FAITHFUL, BASIC), PROOF_CS, PROOF_RM, n)
+        for n in (100, 200)
     ),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
@@ -85,10 +99,11 @@ BY_NAME = {v.name: v for v in VARIANTS}
 def steps(variant: Variant, generation: Path, folder: Path, data_path: str) -> list[tuple[str, list[str], Path]]:
     """(step, almost argv, product) for one variant."""
     cs, rm, rm_eval = folder / "cs", folder / "rm", folder / "rm_eval"
+    answers = folder / "rg" if variant.num_prompts else generation / "rg"
     return [
         (
             "cs",
-            ["cs", "--input_dir", str(generation / "rg"), "--output_dir", str(cs), "--rubric", *variant.rubric, *variant.cs_flags],
+            ["cs", "--input_dir", str(answers), "--output_dir", str(cs), "--rubric", *variant.rubric, *variant.cs_flags],
             cs / "comparison.jsonl",
         ),
         (
@@ -109,9 +124,21 @@ def child_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def write_first_prompts(generation: Path, folder: Path, variant: Variant) -> None:
+    """FOLDER/rg/: the rows of the first ``num_prompts`` prompts of each configuration the rubric names
+    (RG rows are in prompt order, ``index`` 0, 1, ...), so CS sees a smaller run of the same generation."""
+    for name in variant.rubric:
+        rows = read_jsonl(generation / "rg" / f"{name}.jsonl", "rg output")
+        if len(rows) < variant.num_prompts:
+            sys.exit(f"{variant.name}: {generation / 'rg' / name}.jsonl has {len(rows)} prompts, fewer than {variant.num_prompts}")
+        write_jsonl_atomic(folder / "rg" / f"{name}.jsonl", rows[: variant.num_prompts])
+
+
 def run_variant(variant: Variant, generation: Path, folder: Path, data_path: str, dry_run: bool) -> None:
     times_path = folder / "times.json"
     times = read_json(times_path, "times") if times_path.is_file() else {}
+    if variant.num_prompts and not dry_run:
+        write_first_prompts(generation, folder, variant)
     for name, argv, product in steps(variant, generation, folder, data_path):
         command = [sys.executable, "-m", "almost", *argv]
         if product.exists():

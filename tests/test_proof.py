@@ -13,6 +13,7 @@ import yaml
 from conftest import build_tiny_model
 
 from almost.cli import main as cli
+from almost.io import read_jsonl, write_jsonl_atomic
 from almost.run import demo
 from almost.run.plan import Planner, load_config
 
@@ -154,3 +155,21 @@ def test_ablation_variants_differ_from_the_proof_run_only_in_their_own_flags(tmp
     assert f"almost cs --input_dir {tmp_path / 'gen' / 'rg'} --output_dir {tmp_path / 'gen' / 'ablation' / 'length-head' / 'cs'}" in printed
     assert "--length_head true --data_path" in printed and "--data_path hh-harmless-test" in printed
     assert not (tmp_path / "gen" / "ablation").exists()
+
+
+def test_ablation_scale_rows_train_on_the_first_prompts_of_the_same_generation(tmp_path):
+    """A scale row's CS reads a copy of the first N prompts' RG rows of every configuration its rubric
+    names, and otherwise runs the proof run's recipe."""
+    ablation = load_ablation_script()
+    variant = ablation.BY_NAME["scale-100"]
+    assert variant.cs_flags == ablation.PROOF_CS and variant.rm_flags == ablation.PROOF_RM
+    generation, folder = tmp_path / "gen", tmp_path / "gen" / "ablation" / "scale-100"
+    for name in variant.rubric:
+        rows = [{"index": i, "prompt": f"q{i}", "response": f"{name} {i}", "bad": False} for i in range(150)]
+        write_jsonl_atomic(generation / "rg" / f"{name}.jsonl", rows)
+    ablation.write_first_prompts(generation, folder, variant)
+    for name in variant.rubric:
+        kept = read_jsonl(folder / "rg" / f"{name}.jsonl")
+        assert [r["index"] for r in kept] == list(range(100)) and kept[-1]["response"] == f"{name} 99"
+    cs_argv = ablation.steps(variant, generation, folder, "hh-harmless-test")[0][1]
+    assert cs_argv[cs_argv.index("--input_dir") + 1] == str(folder / "rg")
