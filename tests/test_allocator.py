@@ -43,6 +43,19 @@ def test_runs_as_it_is(environ, platform, gpu, library):
     assert allocator.preload_environment(environ, platform, has_nvidia_gpu=gpu, find_library=lambda: library) is None
 
 
+def test_a_command_that_runs_as_it_is_spares_its_children_the_search(monkeypatch):
+    searches = []
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv(allocator.OPT_OUT, raising=False)
+    monkeypatch.setattr(allocator, "find_tcmalloc", lambda: searches.append(1))
+    monkeypatch.setattr(allocator.os.path, "exists", lambda path: False)  # no NVIDIA device either
+    monkeypatch.setattr(allocator.sys, "platform", "linux")
+    allocator.reexec_with_tcmalloc()  # nothing found: returns
+    assert searches == [1] and os.environ[allocator.OPT_OUT] == "0"
+    allocator.reexec_with_tcmalloc()  # as a child would: the marker answers
+    assert searches == [1]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux") or allocator.find_tcmalloc() is None, reason="no tcmalloc on this machine")
 def test_the_command_reexecutes_itself_under_tcmalloc():
     probe = (

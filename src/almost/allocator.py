@@ -65,8 +65,12 @@ def reexec_with_tcmalloc(command: list[str] | None = None) -> None:
     """Replace this process with ``command`` (default: ``python -m almost <same arguments>``) under
     tcmalloc, when one is found and wanted (see the module docstring); otherwise return and change
     nothing. The benchmarks pass their own command line, so that they measure what ``almost`` runs."""
-    environment = preload_environment(os.environ, sys.platform, os.path.exists("/dev/nvidiactl"))
-    if environment is not None:
+    environment = preload_environment(os.environ, sys.platform, os.path.exists("/dev/nvidiactl"), find_tcmalloc)
+    if environment is None:
+        # The processes this one starts (pipeline steps, a benchmark's sides) would reach the same
+        # answer: spare each of them the search (``ldconfig -p`` when nothing is found).
+        os.environ.setdefault(OPT_OUT, "0")
+    else:
         command = command or [sys.executable, "-m", "almost", *sys.argv[1:]]
         sys.stdout.flush()
         sys.stderr.flush()
