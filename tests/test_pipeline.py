@@ -298,14 +298,15 @@ def test_pairwise_judges_each_get_a_step_and_bad_judges_fail_early(tmp_path, cap
     path = write_config(tmp_path / "p.yaml", base)
     steps = Planner(load_config(path), tmp_path / "run", path).plan()
     assert [s.name for s in steps] == ["eval/pairwise/sft-vs-base"] and "judge" not in steps[0].flags  # unchanged without judges
-    assert "answers_dir" not in steps[0].flags  # ... answers included, in the step's own folder
+    # Every pairing reads and writes one answer cache: the baseline answers each question once.
+    assert steps[0].flags["answers_dir"] == str(tmp_path / "run" / "eval" / "pairwise" / "answers")
     base["eval"]["pairwise"]["judges"] = {"a": "llm:smollm2-135m", "b": "openai:https://example.org/v1"}
     steps = Planner(load_config(path := write_config(path, base)), tmp_path / "run", path).plan()
     assert [(s.name, s.flags["judge"]) for s in steps] == [
         ("eval/pairwise/sft-vs-base-by-a", "llm:smollm2-135m"),
         ("eval/pairwise/sft-vs-base-by-b", "openai:https://example.org/v1"),
     ]
-    # Both judges' steps read and write one answer cache, left out of their fingerprints (it grows as they run).
+    # Both judges' steps share it too, left out of their fingerprints (it grows as they run).
     assert {s.flags["answers_dir"] for s in steps} == {str(tmp_path / "run" / "eval" / "pairwise" / "answers")}
     fingerprints = [step_fingerprint(s) for s in steps]
     (tmp_path / "run" / "eval" / "pairwise" / "answers").mkdir(parents=True)

@@ -275,13 +275,16 @@ class Planner:
                     if label == baseline:
                         continue
                     for by, judge in judges.items():
-                        wired = {"model_name_or_path": model, "baseline_model_name_or_path": models[baseline]}
+                        # One answer cache for every pairing and judge: each model (the baseline
+                        # included) answers each question once. The steps run one after another, and
+                        # `eval pairwise` locks the folder besides.
+                        wired = {
+                            "model_name_or_path": model,
+                            "baseline_model_name_or_path": models[baseline],
+                            "answers_dir": str(self.run / "eval" / kind / PAIRWISE_ANSWERS),
+                        }
                         if judge:
                             wired["judge"] = judge
-                        if by:
-                            # One answer cache for every judge: each model answers each question once. The
-                            # steps run one after another, and `eval pairwise` locks the folder besides.
-                            wired["answers_dir"] = str(self.run / "eval" / kind / PAIRWISE_ANSWERS)
                         name = f"{label}-vs-{baseline}" + (f"-by-{by}" if by else "")
                         self.add("eval", f"eval/{kind}/{name}", ("eval", kind), settings, wired, self.run / "eval" / kind / name)
             else:
@@ -291,9 +294,8 @@ class Planner:
 
     def pairwise_judges(self, settings: dict, reward_model: str | None) -> dict[str, str | None]:
         """``eval.pairwise.judges`` (label: judge spec, ``rm`` = the run's own RM) → a step per judge,
-        in folders ``<model>-vs-<baseline>-by-<label>``, sharing the answers in ``eval/pairwise/answers``.
-        Without it, one step: the config's ``judge``, else the run's RM (``{"": judge}``, the folder
-        keeps its plain name and its answers)."""
+        in folders ``<model>-vs-<baseline>-by-<label>``. Without it, one step: the config's ``judge``,
+        else the run's RM (``{"": judge}``, the folder keeps its plain name)."""
         judges = settings.pop("judges", None)
         if judges is None:
             return {"": None if "judge" in settings or not reward_model else f"rm:{reward_model}"}
