@@ -13,7 +13,8 @@ N prompts (copied to ``<variant>/rg/``); the proof run itself is their 300-promp
 whose product exists is skipped, so a rerun after a crash resumes (``rm train`` resumes from its
 last checkpoint by itself). The wall and CPU seconds of each step are kept in ``times.json`` beside
 it. At the end the table (one row per variant, plus the proof run's own RM read from GENERATION)
-is printed and written to ``GENERATION/ablation/ablation.md``.
+is printed and written to ``GENERATION/ablation/ablation.md``; once a scale row is measured, the scale
+figure (``scale.png``) beside it.
 """
 
 from __future__ import annotations
@@ -220,6 +221,49 @@ def table(generation: Path, out: Path, names: list[str]) -> str:
     return markdown_table(header, [r for r in rows if r is not None])
 
 
+def scale_points(generation: Path, out: Path) -> list[tuple[int, dict, int]]:
+    """(prompts, rm eval metrics, pairs kept) of the scale rows measured so far and of the proof run
+    (all of its prompts), smallest first."""
+    prompts = len((generation / "pg" / "prompts.txt").read_text().splitlines()) if (generation / "pg" / "prompts.txt").is_file() else None
+    folders = [(v.num_prompts, out / v.name) for v in VARIANTS if v.num_prompts] + [(prompts, generation)]
+    points = []
+    for n, folder in folders:
+        metrics_path = folder / "rm_eval" / "metrics.json"
+        if n and metrics_path.is_file():
+            pairs = read_json(folder / "cs" / "cs_stats.json", "cs stats").get("pairs")
+            points.append((n, read_json(metrics_path, "rm eval metrics"), pairs))
+    return sorted(points, key=lambda p: p[0])
+
+
+def scale_plot(points: list[tuple[int, dict, int]], path: Path) -> None:
+    """Length-balanced accuracy (95% interval) and plain accuracy on the human pairs against the prompts
+    the RM's pairs came from: docs/proof.md's scale figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [n for n, _, _ in points]
+    balanced = [m["length_balanced"]["accuracy"] for _, m, _ in points]
+    low = [b - m["length_balanced"]["ci95"][0] for b, (_, m, _) in zip(balanced, points)]
+    high = [m["length_balanced"]["ci95"][1] - b for b, (_, m, _) in zip(balanced, points)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(x, balanced, yerr=[low, high], marker="o", capsize=4, label="length-balanced accuracy (95% interval)")
+    ax.plot(x, [m["accuracy"] for _, m, _ in points], marker="s", linestyle="--", label="plain accuracy")
+    ax.axhline(0.5, color="grey", linewidth=0.8)
+    ax.axhline(points[-1][1]["length_bias"]["length_only_accuracy"], color="grey", linestyle=":", label="'prefer longer'")
+    for n, m, pairs in points:
+        ax.annotate(
+            f"{pairs} pairs", (n, m["length_balanced"]["ci95"][1]), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8
+        )
+    ax.set(xlabel="PG prompts behind the RM's pairs", ylabel="on held-out human pairs", xticks=x, title="Proof recipe at three scales")
+    ax.legend(fontsize=8, loc="lower right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("generation", type=Path, help="A proof run's directory (its rg/ answers are shared by every variant).")
@@ -237,6 +281,9 @@ def main() -> None:
         text = table(args.generation, out, args.variants)
         write_text_atomic(out / "ablation.md", text + "\n")
         print(text)
+        if len(points := scale_points(args.generation, out)) > 1:
+            scale_plot(points, out / "scale.png")
+            print(f"scale plot: {out / 'scale.png'}")
 
 
 if __name__ == "__main__":

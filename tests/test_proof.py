@@ -13,7 +13,7 @@ import yaml
 from conftest import build_tiny_model
 
 from almost.cli import main as cli
-from almost.io import read_jsonl, write_jsonl_atomic
+from almost.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from almost.run import demo
 from almost.run.plan import Planner, load_config
 
@@ -173,3 +173,18 @@ def test_ablation_scale_rows_train_on_the_first_prompts_of_the_same_generation(t
         assert [r["index"] for r in kept] == list(range(100)) and kept[-1]["response"] == f"{name} 99"
     cs_argv = ablation.steps(variant, generation, folder, "hh-harmless-test")[0][1]
     assert cs_argv[cs_argv.index("--input_dir") + 1] == str(folder / "rg")
+
+
+def test_ablation_scale_plot_reads_the_scale_rows_and_the_proof_run(tmp_path):
+    ablation = load_ablation_script()
+    generation, out = tmp_path / "gen", tmp_path / "gen" / "ablation"
+    (generation / "pg").mkdir(parents=True)
+    (generation / "pg" / "prompts.txt").write_text("".join(f"q{i}\n" for i in range(300)))
+    for folder, pairs, balanced in ((generation, 189, 0.526), (out / "scale-100", 60, 0.51)):
+        metrics = {"accuracy": 0.5, "length_balanced": {"accuracy": balanced, "ci95": [balanced - 0.03, balanced + 0.03]}}
+        write_json_atomic(folder / "rm_eval" / "metrics.json", {**metrics, "length_bias": {"length_only_accuracy": 0.435}})
+        write_json_atomic(folder / "cs" / "cs_stats.json", {"pairs": pairs})
+    points = ablation.scale_points(generation, out)
+    assert [(n, m["length_balanced"]["accuracy"], pairs) for n, m, pairs in points] == [(100, 0.51, 60), (300, 0.526, 189)]
+    ablation.scale_plot(points, out / "scale.png")
+    assert (out / "scale.png").read_bytes().startswith(b"\x89PNG")
