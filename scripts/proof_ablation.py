@@ -256,7 +256,7 @@ def scale_plot(points: list[tuple[int, dict, int]], path: Path) -> None:
         ax.annotate(
             f"{pairs} pairs", (n, m["length_balanced"]["ci95"][1]), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8
         )
-    ax.set(xlabel="PG prompts behind the RM's pairs", ylabel="on held-out human pairs", xticks=x, title="Proof recipe at three scales")
+    ax.set(xlabel="PG prompts behind the RM's pairs", ylabel="on held-out human pairs", xticks=x, title="The proof recipe by scale")
     ax.legend(fontsize=8, loc="lower right")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
