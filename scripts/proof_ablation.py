@@ -138,9 +138,11 @@ def write_first_prompts(generation: Path, folder: Path, variant: Variant) -> Non
 def run_variant(variant: Variant, generation: Path, folder: Path, data_path: str, dry_run: bool) -> None:
     times_path = folder / "times.json"
     times = read_json(times_path, "times") if times_path.is_file() else {}
-    if variant.num_prompts and not dry_run:
+    variant_steps = steps(variant, generation, folder, data_path)
+    cs_product = variant_steps[0][2]
+    if variant.num_prompts and not dry_run and not cs_product.exists():
         write_first_prompts(generation, folder, variant)
-    for name, argv, product in steps(variant, generation, folder, data_path):
+    for name, argv, product in variant_steps:
         command = [sys.executable, "-m", "almost", *argv]
         if product.exists():
             print(f"{variant.name}: {name}: done ({product})", flush=True)

@@ -39,7 +39,7 @@ def find_tcmalloc() -> str | None:
 
 
 def preload_environment(
-    environ: Mapping[str, str], platform: str, has_nvidia_gpu: bool, find_library: Callable[[], str | None] = find_tcmalloc
+    environ: Mapping[str, str], platform: str, has_nvidia_gpu: bool, find_library: Callable[[], str | None]
 ) -> dict[str, str] | None:
     """The environment to re-execute under, or None when this process should run as it is."""
     preload = environ.get("LD_PRELOAD", "")
