@@ -14,7 +14,8 @@ whose product exists is skipped, so a rerun after a crash resumes (``rm train`` 
 last checkpoint by itself). The wall and CPU seconds of each step are kept in ``times.json`` beside
 it. At the end the table (one row per variant, plus the proof run's own RM read from GENERATION)
 is printed and written to ``GENERATION/ablation/ablation.md``; once a scale row is measured, the scale
-figure (``scale.png``) beside it.
+figure (``scale.png``) beside it. ``--scale_runs`` adds proof runs of other sizes (the proof config with
+another ``pg.num_generation``, run as far as ``rm eval``) to the table and the figure as further points.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from almost.io import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
-from almost.run.report import markdown_table, rm_eval_row
+from almost.run.report import markdown_table, pyplot, rm_eval_row, save_figure
 
 HARMLESS, FAITHFUL, BASIC = "smollm2-135m-harmless-2shot", "smollm2-135m-faithful-2shot", "smollm2-135m-basic-1shot"
 # The proof config's RM (src/almost/run/configs/proof.yaml) without its length options: every variant
@@ -199,7 +201,7 @@ def row(label: str, what: str, folder: Path, times: dict) -> list | None:
     ]
 
 
-def table(generation: Path, out: Path, names: list[str]) -> str:
+def table(generation: Path, out: Path, names: list[str], scale_runs: Sequence[Path] = ()) -> str:
     header = [
         "variant",
         "what",
@@ -215,7 +217,9 @@ def table(generation: Path, out: Path, names: list[str]) -> str:
         "Spearman(reward, length)",
         "cs + rm train + rm eval",
     ]
-    rows = [row("proof run", "full rubric + CS --length_balance + RM --length_head (proof.yaml)", generation, proof_run_times(generation))]
+    recipe = "full rubric + CS --length_balance + RM --length_head (proof.yaml)"
+    rows = [row("proof run", f"{recipe}, {run_prompts(generation)} prompts", generation, proof_run_times(generation))]
+    rows += [row(f"proof run ({run.name})", f"{recipe}, {run_prompts(run)} prompts", run, proof_run_times(run)) for run in scale_runs]
     for name in names:
         folder = out / name
         times = read_json(folder / "times.json", "times") if (folder / "times.json").is_file() else {}
@@ -223,11 +227,17 @@ def table(generation: Path, out: Path, names: list[str]) -> str:
     return markdown_table(header, [r for r in rows if r is not None])
 
 
-def scale_points(generation: Path, out: Path) -> list[tuple[int, dict, int]]:
-    """(prompts, rm eval metrics, pairs kept) of the scale rows measured so far and of the proof run
-    (all of its prompts), smallest first."""
-    prompts = len((generation / "pg" / "prompts.txt").read_text().splitlines()) if (generation / "pg" / "prompts.txt").is_file() else None
-    folders = [(v.num_prompts, out / v.name) for v in VARIANTS if v.num_prompts] + [(prompts, generation)]
+def run_prompts(run: Path) -> int | None:
+    """How many prompts a proof run's PG wrote."""
+    prompts = run / "pg" / "prompts.txt"
+    return len(prompts.read_text().splitlines()) if prompts.is_file() else None
+
+
+def scale_points(generation: Path, out: Path, scale_runs: Sequence[Path] = ()) -> list[tuple[int, dict, int]]:
+    """(prompts, rm eval metrics, pairs kept) of the scale rows measured so far, of the proof run (all of
+    its prompts) and of the proof runs of other sizes, smallest first."""
+    folders = [(v.num_prompts, out / v.name) for v in VARIANTS if v.num_prompts]
+    folders += [(run_prompts(run), run) for run in (generation, *scale_runs)]
     points = []
     for n, folder in folders:
         metrics_path = folder / "rm_eval" / "metrics.json"
@@ -240,11 +250,7 @@ def scale_points(generation: Path, out: Path) -> list[tuple[int, dict, int]]:
 def scale_plot(points: list[tuple[int, dict, int]], path: Path) -> None:
     """Length-balanced accuracy (95% interval) and plain accuracy on the human pairs against the prompts
     the RM's pairs came from: docs/proof.md's scale figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     x = [n for n, _, _ in points]
     balanced = [m["length_balanced"]["accuracy"] for _, m, _ in points]
     low = [b - m["length_balanced"]["ci95"][0] for b, (_, m, _) in zip(balanced, points)]
@@ -260,10 +266,7 @@ def scale_plot(points: list[tuple[int, dict, int]], path: Path) -> None:
         )
     ax.set(xlabel="PG prompts behind the RM's pairs", ylabel="on held-out human pairs", xticks=x, title="The proof recipe by scale")
     ax.legend(fontsize=8, loc="lower right")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
@@ -272,18 +275,28 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=list(BY_NAME), default=list(BY_NAME))
     parser.add_argument("--data_path", default="hh-harmless-test", help="Human pairs for rm eval (choose options on hh-harmless-dev).")
     parser.add_argument("--output_dir", type=Path, help="Default: GENERATION/ablation (or GENERATION/ablation-dev with hh-harmless-dev).")
+    parser.add_argument(
+        "--scale_runs",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="Proof runs with another pg.num_generation (run through rm eval): more rows and points of the scale figure.",
+    )
     parser.add_argument("--dry_run", action="store_true")
     args = parser.parse_args()
     if not (args.generation / "rg").is_dir():
         parser.exit(2, f"proof_ablation: {args.generation / 'rg'} not found: pass the directory of an `almost demo --proof` run\n")
+    for run in args.scale_runs:
+        if not (run / "rm_eval" / "metrics.json").is_file():
+            parser.exit(2, f"proof_ablation: {run / 'rm_eval' / 'metrics.json'} not found: run that proof run through rm eval first\n")
     out = args.output_dir or args.generation / ("ablation" if args.data_path == "hh-harmless-test" else f"ablation-{args.data_path}")
     for name in args.variants:
         run_variant(BY_NAME[name], args.generation, out / name, args.data_path, args.dry_run)
     if not args.dry_run:
-        text = table(args.generation, out, args.variants)
+        text = table(args.generation, out, args.variants, args.scale_runs)
         write_text_atomic(out / "ablation.md", text + "\n")
         print(text)
-        if len(points := scale_points(args.generation, out)) > 1:
+        if len(points := scale_points(args.generation, out, args.scale_runs)) > 1:
             scale_plot(points, out / "scale.png")
             print(f"scale plot: {out / 'scale.png'}")
 

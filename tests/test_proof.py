@@ -175,16 +175,32 @@ def test_ablation_scale_rows_train_on_the_first_prompts_of_the_same_generation(t
     assert cs_argv[cs_argv.index("--input_dir") + 1] == str(folder / "rg")
 
 
-def test_ablation_scale_plot_reads_the_scale_rows_and_the_proof_run(tmp_path):
+def test_ablation_scale_plot_reads_the_scale_rows_the_proof_run_and_larger_runs(tmp_path):
+    """The scale points: the scale rows (first N prompts of the proof run), the proof run itself, and
+    proof runs of another size passed with --scale_runs, each at the count of prompts its PG wrote."""
     ablation = load_ablation_script()
-    generation, out = tmp_path / "gen", tmp_path / "gen" / "ablation"
-    (generation / "pg").mkdir(parents=True)
-    (generation / "pg" / "prompts.txt").write_text("".join(f"q{i}\n" for i in range(300)))
-    for folder, pairs, balanced in ((generation, 189, 0.526), (out / "scale-100", 60, 0.51)):
+    generation, out, larger = tmp_path / "gen", tmp_path / "gen" / "ablation", tmp_path / "proof-1000"
+    for run, prompts in ((generation, 300), (larger, 1000)):
+        (run / "pg").mkdir(parents=True)
+        (run / "pg" / "prompts.txt").write_text("".join(f"q{i}\n" for i in range(prompts)))
+    for folder, pairs, balanced in ((generation, 189, 0.526), (out / "scale-100", 60, 0.51), (larger, 610, 0.55)):
         metrics = {"accuracy": 0.5, "length_balanced": {"accuracy": balanced, "ci95": [balanced - 0.03, balanced + 0.03]}}
         write_json_atomic(folder / "rm_eval" / "metrics.json", {**metrics, "length_bias": {"length_only_accuracy": 0.435}})
         write_json_atomic(folder / "cs" / "cs_stats.json", {"pairs": pairs})
-    points = ablation.scale_points(generation, out)
-    assert [(n, m["length_balanced"]["accuracy"], pairs) for n, m, pairs in points] == [(100, 0.51, 60), (300, 0.526, 189)]
+    points = ablation.scale_points(generation, out, [larger])
+    assert [(n, m["length_balanced"]["accuracy"], pairs) for n, m, pairs in points] == [
+        (100, 0.51, 60),
+        (300, 0.526, 189),
+        (1000, 0.55, 610),
+    ]
     ablation.scale_plot(points, out / "scale.png")
     assert (out / "scale.png").read_bytes().startswith(b"\x89PNG")
+    for run in (generation, larger):
+        write_json_atomic(run / "rm" / "metrics.json", {"heldout": {"accuracy": 0.6}})
+    rows = {line.split(" | ")[0].strip("| "): line for line in ablation.table(generation, out, [], [larger]).splitlines()}
+    assert "300 prompts" in rows["proof run"] and "| 189 |" in rows["proof run"]
+    assert (
+        "1000 prompts" in rows["proof run (proof-1000)"]
+        and "| 610 |" in rows["proof run (proof-1000)"]
+        and "0.55" in rows["proof run (proof-1000)"]
+    )

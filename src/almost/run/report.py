@@ -97,7 +97,8 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot drawing to files only (no display on CI or a GPU node)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,14 +107,16 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> str:
-    """Write the figure and return the Markdown that shows it (paths relative to report.md)."""
+def save_figure(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    import matplotlib.pyplot as plt
+    pyplot().close(fig)
 
-    plt.close(fig)
+
+def _save(fig, path: Path) -> str:
+    """Write the figure and return the Markdown that shows it (paths relative to report.md)."""
+    save_figure(fig, path)
     return f"![{path.stem}]({FIGURES}/{path.name})"
 
 
@@ -215,7 +218,7 @@ def section_responses(run: Path, figures: Path) -> str:
         table.append(
             [name, len(data), bad, bad / len(data), statistics.fmean(good) if good else None, statistics.median(good) if good else None]
         )
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(lengths)), 4))
     names = list(lengths)
     ax.boxplot([lengths[n] or [0] for n in names], showmeans=True)
@@ -254,7 +257,7 @@ def section_comparisons(run: Path, figures: Path) -> str:
         parts.append("No comparisons were made.")
         return "\n\n".join(parts)
     parts.append(markdown_table(["chosen configuration", "rejected configuration", "pairs kept"], [[c, r, kept[(c, r)]] for c, r in pairs]))
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(pairs)), 4))
     xs = list(range(len(pairs)))
     ax.bar(xs, [kept[p] for p in pairs], width=0.6)
@@ -332,7 +335,7 @@ def section_reward_model(run: Path, figures: Path) -> str:
         "Spearman(reward, length)",
     ]
     parts.append(markdown_table(header, [rm_eval_row(label, m) for label, m in evaluations]))
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     bars = ["accuracy", "length-balanced", "chosen longer", "chosen shorter", "prefer-longer baseline"]
     width = 0.8 / len(evaluations)
@@ -366,7 +369,7 @@ def section_selfplay(run: Path, figures: Path) -> str:
         )
     )
     parts.append(_user_turn_table(summary))
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [t["turn"] for t in turns]
     ax.plot(xs, [t["best"] for t in turns], marker="o", label="best candidate (kept)")
@@ -415,7 +418,7 @@ def section_rl(run: Path, figures: Path) -> str:
             ],
         ),
     ]
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.5), squeeze=False)
     for ax, column in zip(axes[0], curves):
         points = [(r["step"], r[column]) for r in rows if column in r]
@@ -470,7 +473,7 @@ def section_evaluation(run: Path, figures: Path) -> str:
                 split_rows,
             )
         )
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 2 * len(results)), 4))
     width = 0.8 / max(1, len(labels))
     kinds = list(results)
