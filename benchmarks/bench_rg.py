@@ -74,6 +74,7 @@ from almost.engines import Sampling, load_engine
 from almost.feedback import demos
 from almost.feedback.pg import read_prompt_file
 from almost.feedback.rg import Configuration, chunk_seed
+from almost.io import read_jsonl
 from almost.models import resolve_model
 
 CLI_CONFIGURATIONS = [(demos.BETTER_DEMONSTRATIONS, 1), (demos.BETTER_DEMONSTRATIONS, 3), (demos.WORSE_DEMONSTRATIONS, 3)]
@@ -401,7 +402,7 @@ def time_cli(backend: str, num_prompts: int, max_new_tokens: int) -> dict:
                 [*command, "--prompt_file_path", str(path), "--n_shot", str(n_shot)], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
             )
         seconds = time.perf_counter() - started
-        bad = sum(json.loads(line)["bad"] for f in Path(out).glob("*.jsonl") for line in f.read_text().splitlines())
+        bad = sum(row["bad"] for f in Path(out).glob("*.jsonl") for row in read_jsonl(f))
     return {
         "backend": backend,
         "prompts": len(queries),

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from almost.io import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from almost.io import read_json, read_jsonl, read_lines, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from almost.run.report import markdown_table, pyplot, rm_eval_row, save_figure
 
 HARMLESS, FAITHFUL, BASIC = "smollm2-135m-harmless-2shot", "smollm2-135m-faithful-2shot", "smollm2-135m-basic-1shot"
@@ -230,7 +230,7 @@ def table(generation: Path, out: Path, names: list[str], scale_runs: Sequence[Pa
 def run_prompts(run: Path) -> int | None:
     """How many prompts a proof run's PG wrote."""
     prompts = run / "pg" / "prompts.txt"
-    return len(prompts.read_text().splitlines()) if prompts.is_file() else None
+    return len(read_lines(prompts, "prompts")) if prompts.is_file() else None
 
 
 def scale_points(generation: Path, out: Path, scale_runs: Sequence[Path] = ()) -> list[tuple[int, dict, int]]:

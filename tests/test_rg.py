@@ -18,7 +18,7 @@ from almost.engines.hf import HFEngine
 from almost.feedback import demos
 from almost.feedback.merge import MergeArguments, run_merge
 from almost.feedback.rg import RGArguments, _resume_settings, answer_row, configurations, run_rg
-from almost.io import AlmostError
+from almost.io import AlmostError, read_jsonl
 from almost.models import load_tokenizer
 from almost.reward.formats import parse_transcript
 
@@ -34,7 +34,7 @@ def write_prompts(directory: Path, prompts=PROMPTS) -> Path:
 
 
 def rows_of(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return read_jsonl(path)
 
 
 def echo_engine() -> ScriptedEngine:
@@ -182,6 +182,17 @@ def test_rg_writes_one_row_per_prompt_with_seed_sampling(tmp_path):
     again = echo_engine()
     run_rg(RGArguments(output_dir=str(tmp_path), n_shot=[0, 1], chunk_size=2), engine=again)
     assert again.calls == []
+
+
+def test_unicode_line_separators_stay_inside_their_prompt_and_answer(tmp_path):
+    """JSON leaves U+2028, U+2029 and U+0085 raw: a 1,000-prompt run died reading back an answer that
+    held one (its dataset card split the line). Prompts and rows are split at "\\n" only."""
+    prompts = ["Two lines\u2028in one prompt?", "And\x85this one?", *PROMPTS]
+    write_prompts(tmp_path, prompts)
+    summary = run_rg(RGArguments(output_dir=str(tmp_path), n_shot=[1]), engine=ScriptedEngine(lambda p, i: f" {GOOD}\u2029{GOOD}"))
+    rows = read_jsonl(tmp_path / "smollm2-135m-faithful-1shot.jsonl")
+    assert [r["prompt"] for r in rows] == prompts and summary["smollm2-135m-faithful-1shot"]["rows"] == len(prompts)
+    assert all("\u2029" in r["response"] for r in rows)
 
 
 def test_bad_rows_are_kept(tmp_path):

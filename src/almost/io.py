@@ -82,7 +82,8 @@ def _strip_suffix(path: Path) -> str:
 def read_lines(path: str | os.PathLike, what: str = "text file") -> list[str]:
     """The non-empty lines of a UTF-8 text file, stripped; an error when there are none."""
     path = Path(path)
-    lines = [line.strip() for line in read_text(path, what).splitlines()]
+    # split("\n"), not splitlines(): a line as written (PG's prompts) may hold U+2028 and other separators.
+    lines = [line.strip() for line in read_text(path, what).split("\n")]
     lines = [line for line in lines if line]
     if not lines:
         raise AlmostError(f"{what} {path} is empty")

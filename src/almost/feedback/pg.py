@@ -369,7 +369,7 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
     elif output_is_current(paths["prompts"], final_settings):
         if rounds_log.partial_path.exists():
             _finish_interrupted_log(rounds_log)
-        count = len(paths["prompts"].read_text(encoding="utf-8").splitlines())
+        count = len(read_lines(paths["prompts"], "prompts"))
         print(f"almost pg: {paths['prompts']} is complete ({count} prompts); nothing to do (--overwrite starts again)")
         return {"accepted": count, "skipped": True}
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import time
 from collections.abc import Sequence
 from contextlib import closing
@@ -35,7 +34,7 @@ from ..chat import check_chat_template, render_prompt
 from ..config import EngineArguments, parse, parse_shard
 from ..contracts import PG, rg_file
 from ..engines import Engine, Sampling, engine_model, load_engine
-from ..io import AlmostError, ResumableJsonl, digest_model, read_prompts
+from ..io import AlmostError, ResumableJsonl, digest_model, read_jsonl, read_prompts
 from ..models import ResolvedModel, load_tokenizer
 from .demos import ANSWER_STOP, BETTER_DEMONSTRATIONS, Demonstrations, bad_answer_reasons, cut_answer, few_shot_prompt, load_demonstrations
 
@@ -274,7 +273,7 @@ def write_card(config: RGArguments, todo: list[Configuration], shard) -> None:
     for c in todo:
         path = output_path(config.output_dir, c.name)
         if path.exists():
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            rows = read_jsonl(path, "rg output")
             files[c.name] = path.name
             about[c.name] = {
                 "demonstrations": c.demos.name,

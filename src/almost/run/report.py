@@ -45,7 +45,7 @@ from ..contracts import (
     Summary,
     read_summary,
 )
-from ..io import AlmostError, read_json, read_jsonl, write_text_atomic
+from ..io import AlmostError, read_json, read_jsonl, read_lines, write_text_atomic
 
 REPORT = "report.md"
 FIGURES = "report_figures"  # the PNGs, next to report.md
@@ -193,7 +193,7 @@ def section_prompts(run: Path) -> str:
     path = _find(run, "pg", PG.product_file)
     if path is None:
         return f"## 1. Prompts (PG)\n\nNo `{PG.product_file}` in this run yet."
-    prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    prompts = read_lines(path, "prompts")
     lengths = [len(p) for p in prompts]
     text = f"## 1. Prompts (PG)\n\n{len(prompts)} prompts in `{path.relative_to(run)}`"
     if lengths:

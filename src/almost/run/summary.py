@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 
 from ..contracts import CS, RL, RM_TRAIN, SFT
-from ..io import AlmostError, read_jsonl
+from ..io import AlmostError, read_jsonl, read_lines
 from .execute import PipelineResult
 from .plan import Step
 from .report import _load_json, headline, read_rl_log, rmsp_turn_rewards
@@ -51,7 +51,7 @@ def step_figures(stage: str, product: Path) -> str:
 def _step_figures(stage: str, product: Path) -> str:
     folder = product.parent
     if stage == "pg":
-        return f"{sum(1 for line in product.read_text(encoding='utf-8').splitlines() if line.strip())} prompts"
+        return f"{len(read_lines(product, 'prompts'))} prompts"
     if stage == "rg":
         rows = read_jsonl(product)
         good = [len(r.get("response") or "") for r in rows if not r.get("bad")]
