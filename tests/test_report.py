@@ -205,3 +205,12 @@ def test_report_of_a_missing_directory_is_one_line_error(tmp_path: Path, capsys)
     assert cli(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "run directory not found" in err
+
+
+def test_a_run_whose_pg_kept_no_prompt_is_reported_as_zero_prompts(tmp_path: Path):
+    # Regression: the report and the summary counted prompts with the reader that refuses an empty file.
+    (tmp_path / "pg").mkdir()
+    product = tmp_path / "pg" / PG.product_file
+    product.write_text("\n \n")
+    assert "0 prompts in `pg/" in write_report(tmp_path).read_text()
+    assert step_figures("pg", product) == "0 prompts"

@@ -79,13 +79,13 @@ def _strip_suffix(path: Path) -> str:
     return Path(path.stem).suffix if path.suffix in _OPENERS else path.suffix
 
 
-def read_lines(path: str | os.PathLike, what: str = "text file") -> list[str]:
-    """The non-empty lines of a UTF-8 text file, stripped; an error when there are none."""
+def read_lines(path: str | os.PathLike, what: str = "text file", allow_empty: bool = False) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped; an error when there are none unless ``allow_empty``."""
     path = Path(path)
     # split("\n"), not splitlines(): a line as written (PG's prompts) may hold U+2028 and other separators.
     lines = [line.strip() for line in read_text(path, what).split("\n")]
     lines = [line for line in lines if line]
-    if not lines:
+    if not lines and not allow_empty:
         raise AlmostError(f"{what} {path} is empty")
     return lines
 

@@ -193,7 +193,7 @@ def section_prompts(run: Path) -> str:
     path = _find(run, "pg", PG.product_file)
     if path is None:
         return f"## 1. Prompts (PG)\n\nNo `{PG.product_file}` in this run yet."
-    prompts = read_lines(path, "prompts")
+    prompts = read_lines(path, "prompts", allow_empty=True)  # a report describes a run, even one that found nothing
     lengths = [len(p) for p in prompts]
     text = f"## 1. Prompts (PG)\n\n{len(prompts)} prompts in `{path.relative_to(run)}`"
     if lengths:

@@ -51,7 +51,7 @@ def step_figures(stage: str, product: Path) -> str:
 def _step_figures(stage: str, product: Path) -> str:
     folder = product.parent
     if stage == "pg":
-        return f"{len(read_lines(product, 'prompts'))} prompts"
+        return f"{len(read_lines(product, 'prompts', allow_empty=True))} prompts"
     if stage == "rg":
         rows = read_jsonl(product)
         good = [len(r.get("response") or "") for r in rows if not r.get("bad")]
