@@ -82,6 +82,11 @@ VARIANTS = (
         "rubric without the harmless demonstrations (faithful-2shot > basic-1shot), seed filter, plain RM",
         (FAITHFUL, BASIC),
     ),
+    Variant(
+        "harmless-rubric",
+        "the harmless contrast only (harmless-2shot > faithful-2shot), seed filter, plain RM",
+        (HARMLESS, FAITHFUL),
+    ),
     Variant("max-ratio", "+ CS --max_length_ratio 1.5", (HARMLESS, FAITHFUL, BASIC), cs_flags=("--max_length_ratio", "1.5")),
     Variant(
         "lora",
