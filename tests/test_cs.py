@@ -43,6 +43,14 @@ def test_threshold_is_mean_minus_half_population_std():
     assert length_threshold([10]) == 10
 
 
+def test_with_two_answers_the_filter_keeps_only_a_longer_chosen():
+    # The shorter of two lengths x < y is always below mean - std/2 = (x + 3y) / 4: a two-configuration
+    # rubric (or a prompt with two valid answers) yields only pairs whose chosen answer is the longer.
+    for better, worse in [(10, 11), (100, 101), (100, 400), (399, 400), (50, 50), (400, 100)]:
+        pairs, dropped = prompt_pairs(answers(("A", 0, better), ("B", 1, worse)))
+        assert (names(pairs), dropped) == (([("A", "B")], 0) if better >= worse else ([], 1))
+
+
 def test_shorter_chosen_above_threshold_is_kept():
     # A is shorter than B but not below mean - std/2 (mean 100, std 10 → 95): kept.
     pairs, dropped = prompt_pairs(answers(("A", 0, 100), ("B", 1, 110), ("C", 2, 90)))
