@@ -8,8 +8,11 @@ GENERATION is a run of ``almost demo --proof`` (or any run whose ``rg/`` holds t
 configurations a variant's rubric names). Each variant runs ``almost cs`` → ``almost rm train`` →
 ``almost rm eval`` into ``GENERATION/ablation/<variant>/{cs,rm,rm_eval}``, with the proof config's RM
 settings, so the variants differ from the proof run's own RM only in what their row says. The scale
-rows (``scale-100``, ``scale-200``) keep the proof run's recipe and use only the RG rows of its first
-N prompts (copied to ``<variant>/rg/``); the proof run itself is their 300-prompt point. A step
+rows (``scale-100``, ``scale-200``, ``scale-300``) keep the proof run's recipe and use only the RG rows
+of its first N prompts (copied to ``<variant>/rg/``); the proof run itself is the point of all its
+prompts. The RG rows (``more-shots``, ``low-temperature``) answer the same first 300 prompts anew under
+other configurations or sampling (``almost rg`` into ``<variant>/rg/``, the configurations they do not
+change copied), then run the proof run's recipe on them. A step
 whose product exists is skipped, so a rerun after a crash resumes (``rm train`` resumes from its
 last checkpoint by itself). The wall and CPU seconds of each step are kept in ``times.json`` beside
 it. At the end the table (one row per variant, plus the proof run's own RM read from GENERATION)
@@ -29,10 +32,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from almost.feedback.demos import demonstration_name
+from almost.feedback.rg import configuration_name
 from almost.io import read_json, read_jsonl, read_lines, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from almost.run.report import markdown_table, pyplot, rm_eval_row, save_figure
 
 HARMLESS, FAITHFUL, BASIC = "smollm2-135m-harmless-2shot", "smollm2-135m-faithful-2shot", "smollm2-135m-basic-1shot"
+HARMLESS_5, FAITHFUL_5 = "smollm2-135m-harmless-5shot", "smollm2-135m-faithful-5shot"
 # The proof config's RM (src/almost/run/configs/proof.yaml) without its length options: every variant
 # starts from these and adds only its own flags.
 RM_TRAIN = [
@@ -54,6 +60,8 @@ RM_TRAIN = [
     "42",
 ]
 RM_EVAL = ["--batch_size", "8"]
+# The proof config's RG settings; an RG row adds its configurations and its own flags.
+RG = ["--model_name_or_path", "smollm2-135m", "--max_new_tokens", "128", "--trim_to_sentence", "true", "--seed", "42"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +71,15 @@ class Variant:
     rubric: tuple[str, ...]
     cs_flags: tuple[str, ...] = ()
     rm_flags: tuple[str, ...] = ()
-    # Only the first N prompts of the generation (their RG rows), for the scale rows.
+    # Only the first N prompts of the generation (their RG rows), for the scale and RG rows.
     num_prompts: int | None = None
+    # RG rows: (demonstration file, shots) of the configurations answered anew, with these rg flags.
+    rg_configurations: tuple[tuple[str, int], ...] = ()
+    rg_flags: tuple[str, ...] = ()
+
+    @property
+    def regenerated(self) -> list[str]:
+        return [configuration_name("smollm2-135m", demonstration_name(path), n) for path, n in self.rg_configurations]
 
 
 # The proof run's own CS and RM options: the LoRA and scale rows change one thing on top of them.
@@ -95,10 +110,30 @@ VARIANTS = (
         cs_flags=PROOF_CS,
         rm_flags=(*PROOF_RM, "--use_peft", "true"),
     ),
-    # The proof run is the scale rows' 300-prompt point.
+    # The proof run is the scale point of all its prompts (scale_points).
     *(
         Variant(f"scale-{n}", f"the proof run's recipe on its first {n} prompts", (HARMLESS, FAITHFUL, BASIC), PROOF_CS, PROOF_RM, n)
-        for n in (100, 200)
+        for n in (100, 200, 300)
+    ),
+    # RG rows: stronger contrasts the method allows, on the first 300 prompts (compare with scale-300).
+    Variant(
+        "more-shots",
+        "the proof run's recipe with its two better configurations at 5 shots (harmless-5shot > faithful-5shot > basic-1shot)",
+        (HARMLESS_5, FAITHFUL_5, BASIC),
+        PROOF_CS,
+        PROOF_RM,
+        300,
+        rg_configurations=(("harmless_prompt.txt", 5), ("faithful_prompt.txt", 5)),
+    ),
+    Variant(
+        "low-temperature",
+        "the proof run's recipe with its three configurations sampled at temperature 0.7 (proof: 1.0)",
+        (HARMLESS, FAITHFUL, BASIC),
+        PROOF_CS,
+        PROOF_RM,
+        300,
+        rg_configurations=(("harmless_prompt.txt", 2), ("faithful_prompt.txt", 2), ("basic_prompt.txt", 1)),
+        rg_flags=("--temperature", "0.7"),
     ),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
@@ -108,7 +143,13 @@ def steps(variant: Variant, generation: Path, folder: Path, data_path: str) -> l
     """(step, almost argv, product) for one variant."""
     cs, rm, rm_eval = folder / "cs", folder / "rm", folder / "rm_eval"
     answers = folder / "rg" if variant.num_prompts else generation / "rg"
-    return [
+    rg = []
+    if variant.rg_configurations:
+        files, shots = zip(*variant.rg_configurations)
+        argv = [*RG, *variant.rg_flags, "--prompts_path", str(folder / "prompts.txt"), "--output_dir", str(answers)]
+        argv += ["--prompt_file_path", *files, "--n_shot", *map(str, sorted(set(shots))), "--select", *variant.regenerated]
+        rg = [("rg", ["rg", *argv], answers / "README.md")]  # RG writes its dataset card last
+    return rg + [
         (
             "cs",
             ["cs", "--input_dir", str(answers), "--output_dir", str(cs), "--rubric", *variant.rubric, *variant.cs_flags],
@@ -134,8 +175,14 @@ def child_cpu_seconds() -> float:
 
 def write_first_prompts(generation: Path, folder: Path, variant: Variant) -> None:
     """FOLDER/rg/: the rows of the first ``num_prompts`` prompts of each configuration the rubric names
-    (RG rows are in prompt order, ``index`` 0, 1, ...), so CS sees a smaller run of the same generation."""
-    for name in variant.rubric:
+    and the variant does not answer anew (RG rows are in prompt order, ``index`` 0, 1, ...), so CS sees
+    a smaller run of the same generation; for an RG row also FOLDER/prompts.txt, those prompts."""
+    if variant.rg_configurations:
+        prompts = read_lines(generation / "pg" / "prompts.txt", "prompts")
+        if len(prompts) < variant.num_prompts:
+            sys.exit(f"{variant.name}: {generation / 'pg' / 'prompts.txt'} has {len(prompts)} prompts, fewer than {variant.num_prompts}")
+        write_text_atomic(folder / "prompts.txt", "".join(f"{p}\n" for p in prompts[: variant.num_prompts]))
+    for name in [name for name in variant.rubric if name not in variant.regenerated]:
         rows = read_jsonl(generation / "rg" / f"{name}.jsonl", "rg output")
         if len(rows) < variant.num_prompts:
             sys.exit(f"{variant.name}: {generation / 'rg' / name}.jsonl has {len(rows)} prompts, fewer than {variant.num_prompts}")
@@ -146,8 +193,8 @@ def run_variant(variant: Variant, generation: Path, folder: Path, data_path: str
     times_path = folder / "times.json"
     times = read_json(times_path, "times") if times_path.is_file() else {}
     variant_steps = steps(variant, generation, folder, data_path)
-    cs_product = variant_steps[0][2]
-    if variant.num_prompts and not dry_run and not cs_product.exists():
+    first_product = variant_steps[0][2]
+    if variant.num_prompts and not dry_run and not first_product.exists():
         write_first_prompts(generation, folder, variant)
     for name, argv, product in variant_steps:
         command = [sys.executable, "-m", "almost", *argv]
@@ -188,7 +235,7 @@ def row(label: str, what: str, folder: Path, times: dict) -> list | None:
     )
     wall = sum(t.get("seconds") or 0 for t in times.values())
     cpu = sum(t.get("cpu_seconds") or 0 for t in times.values())
-    timing = f"{wall / 60:.1f} min ({cpu / 60:.1f} CPU)" if len(times) == 3 else "–"
+    timing = f"{wall / 60:.1f} min ({cpu / 60:.1f} CPU)" if {"cs", "rm train", "rm eval"} <= set(times) else "–"
     return [
         label,
         what,
@@ -220,7 +267,7 @@ def table(generation: Path, out: Path, names: list[str], scale_runs: Sequence[Pa
         "acc. chosen shorter",
         "'prefer longer'",
         "Spearman(reward, length)",
-        "cs + rm train + rm eval",
+        "time: (rg +) cs + rm train + rm eval",
     ]
     recipe = "full rubric + CS --length_balance + RM --length_head (proof.yaml)"
     rows = [row("proof run", f"{recipe}, {run_prompts(generation)} prompts", generation, proof_run_times(generation))]
@@ -241,15 +288,15 @@ def run_prompts(run: Path) -> int | None:
 def scale_points(generation: Path, out: Path, scale_runs: Sequence[Path] = ()) -> list[tuple[int, dict, int]]:
     """(prompts, rm eval metrics, pairs kept) of the scale rows measured so far, of the proof run (all of
     its prompts) and of the proof runs of other sizes, smallest first."""
-    folders = [(v.num_prompts, out / v.name) for v in VARIANTS if v.num_prompts]
+    folders = [(v.num_prompts, out / v.name) for v in VARIANTS if v.num_prompts and not v.rg_configurations]
     folders += [(run_prompts(run), run) for run in (generation, *scale_runs)]
-    points = []
+    points = {}  # by prompts: a whole run replaces a scale row of its own size
     for n, folder in folders:
         metrics_path = folder / "rm_eval" / "metrics.json"
         if n and metrics_path.is_file():
             pairs = read_json(folder / "cs" / "cs_stats.json", "cs stats").get("pairs")
-            points.append((n, read_json(metrics_path, "rm eval metrics"), pairs))
-    return sorted(points, key=lambda p: p[0])
+            points[n] = (n, read_json(metrics_path, "rm eval metrics"), pairs)
+    return sorted(points.values(), key=lambda p: p[0])
 
 
 def scale_plot(points: list[tuple[int, dict, int]], path: Path) -> None:

@@ -145,7 +145,9 @@ def test_ablation_variants_differ_from_the_proof_run_only_in_their_own_flags(tmp
 
     assert pairs(proof_rm) == {**pairs(ablation.RM_TRAIN), "--length_head": "true"}
     generated = {name.removeprefix("rg/") for name in steps if name.startswith("rg/")}
-    assert all(set(v.rubric) <= generated for v in ablation.VARIANTS)
+    assert all(set(v.rubric) - set(v.regenerated) <= generated for v in ablation.VARIANTS)
+    proof_rg = steps["rg/smollm2-135m-harmless-2shot"].argv
+    assert pairs(proof_rg[: proof_rg.index("--prompt_file_path")]) | pairs(proof_rg[proof_rg.index("--seed") :][:2]) == pairs(ablation.RG)
     assert list(steps["cs"].flags["rubric"]) == list(ablation.VARIANTS[0].rubric)
 
     (tmp_path / "gen" / "rg").mkdir(parents=True)
@@ -204,3 +206,43 @@ def test_ablation_scale_plot_reads_the_scale_rows_the_proof_run_and_larger_runs(
         and "| 610 |" in rows["proof run (proof-1000)"]
         and "0.55" in rows["proof run (proof-1000)"]
     )
+
+
+def test_ablation_rg_rows_answer_the_first_prompts_anew_and_copy_the_rest(tmp_path, monkeypatch, capsys):
+    """An RG row runs `almost rg` on the generation's first 300 prompts for the configurations it
+    changes (with the proof run's RG settings and its own flags), copies the first 300 RG rows of the
+    configurations it keeps, and then the proof run's recipe; it is not a point of the scale figure."""
+    ablation = load_ablation_script()
+    variant = ablation.BY_NAME["more-shots"]
+    assert variant.regenerated == ["smollm2-135m-harmless-5shot", "smollm2-135m-faithful-5shot"]
+    assert variant.rubric == ("smollm2-135m-harmless-5shot", "smollm2-135m-faithful-5shot", "smollm2-135m-basic-1shot")
+    assert variant.cs_flags == ablation.PROOF_CS and variant.rm_flags == ablation.PROOF_RM
+    generation, out = tmp_path / "gen", tmp_path / "gen" / "ablation"
+    (generation / "pg").mkdir(parents=True)
+    (generation / "pg" / "prompts.txt").write_text("".join(f"q{i}\n" for i in range(400)))
+    for name in (ablation.HARMLESS, ablation.FAITHFUL, ablation.BASIC):
+        write_jsonl_atomic(
+            generation / "rg" / f"{name}.jsonl", [{"index": i, "prompt": f"q{i}", "response": "a", "bad": False} for i in range(400)]
+        )
+    ablation.write_first_prompts(generation, out / variant.name, variant)
+    assert (out / variant.name / "prompts.txt").read_text().splitlines() == [f"q{i}" for i in range(300)]
+    assert sorted(p.name for p in (out / variant.name / "rg").iterdir()) == ["smollm2-135m-basic-1shot.jsonl"]
+    assert len(read_jsonl(out / variant.name / "rg" / "smollm2-135m-basic-1shot.jsonl")) == 300
+
+    name, argv, product = ablation.steps(variant, generation, out / variant.name, "hh-harmless-test")[0]
+    assert name == "rg" and product == out / variant.name / "rg" / "README.md"
+    assert argv[: len(ablation.RG) + 1] == ["rg", *ablation.RG]
+    assert argv[argv.index("--prompts_path") + 1] == str(out / variant.name / "prompts.txt")
+    tail = argv[argv.index("--prompt_file_path") :]
+    assert tail == ["--prompt_file_path", "harmless_prompt.txt", "faithful_prompt.txt", "--n_shot", "5", "--select", *variant.regenerated]
+    cold = ablation.steps(ablation.BY_NAME["low-temperature"], generation, out / "low-temperature", "hh-harmless-test")[0][1]
+    assert cold[cold.index("--temperature") + 1] == "0.7" and cold[cold.index("--n_shot") + 1 : cold.index("--select")] == ["1", "2"]
+
+    monkeypatch.setattr(sys, "argv", ["proof_ablation.py", str(generation), "--variants", "low-temperature", "--dry_run"])
+    ablation.main()
+    assert "low-temperature: rg: almost rg --model_name_or_path smollm2-135m" in capsys.readouterr().out
+    write_json_atomic(
+        out / variant.name / "rm_eval" / "metrics.json", {"accuracy": 0.5, "length_balanced": {"accuracy": 0.5, "ci95": [0.4, 0.6]}}
+    )
+    write_json_atomic(out / variant.name / "cs" / "cs_stats.json", {"pairs": 10})
+    assert ablation.scale_points(generation, out) == []
