@@ -24,8 +24,9 @@ start for vllm (which includes its model load).
 **Decode ceiling** (vllm side). Before any engine starts, the benchmark measures this machine with
 the thread count vLLM's CPU workers use (all cores, see engines/vllm.py):
 
-- matmul throughput F (GFLOP/s): best of a few fp32 ``torch.matmul`` of the model's shapes (rows x
-  hidden @ hidden x intermediate and hidden x vocab, rows = the largest decode batch and 512);
+- matmul throughput F (GFLOP/s): best of a few ``torch.matmul`` of the model's shapes (rows x
+  hidden @ hidden x intermediate and hidden x vocab, rows = the largest decode batch and 512), in
+  the dtype vLLM runs in here (``--dtype auto``: fp32, or bf16 on CPUs with native bf16 such as AMX);
 - memory bandwidth W (GB/s): best of a few passes of a tensor copy (bytes read + written) and a sum
   (bytes read) over a 256 MiB fp32 tensor; the higher of the two is used.
 
@@ -71,6 +72,7 @@ from pathlib import Path
 from almost.allocator import reexec_with_tcmalloc, tcmalloc_loaded
 from almost.config import EngineArguments
 from almost.engines import Sampling, load_engine
+from almost.engines.vllm import vllm_dtype
 from almost.feedback import demos
 from almost.feedback.pg import read_prompt_file
 from almost.feedback.rg import Configuration, chunk_seed
@@ -129,8 +131,8 @@ def warm_up(engine) -> None:
     engine.generate(["Human: Hello.\n\nAssistant:"], Sampling(max_new_tokens=1, seed=0))
 
 
-def measure_machine(threads: int, shapes: list[tuple[int, int, int]]) -> dict:
-    """fp32 matmul GFLOP/s (best over ``shapes`` and repeats) and memory GB/s (copy and sum), on ``threads`` threads."""
+def measure_machine(threads: int, shapes: list[tuple[int, int, int]], dtype: str = "float32") -> dict:
+    """Matmul GFLOP/s in ``dtype`` (best over ``shapes`` and repeats) and memory GB/s (copy and sum), on ``threads`` threads."""
     import torch
 
     before = torch.get_num_threads()
@@ -138,7 +140,7 @@ def measure_machine(threads: int, shapes: list[tuple[int, int, int]]) -> dict:
     try:
         matmul = {}
         for m, k, n in shapes:
-            a, b = torch.randn(m, k), torch.randn(k, n)
+            a, b = torch.randn(m, k, dtype=getattr(torch, dtype)), torch.randn(k, n, dtype=getattr(torch, dtype))
             torch.matmul(a, b)  # warm-up: first calls pick kernels and touch the pages
             best = min(_timed(lambda a=a, b=b: torch.matmul(a, b)) for _ in range(MEASURE_REPEATS))
             matmul[f"{m}x{k}x{n}"] = round(2 * m * k * n / best / 1e9, 1)
@@ -153,7 +155,8 @@ def measure_machine(threads: int, shapes: list[tuple[int, int, int]]) -> dict:
     return {
         "threads": threads,
         "allocator": "tcmalloc" if tcmalloc_loaded() else "the C library's malloc",
-        "matmul_gflops_fp32": matmul,
+        "matmul_dtype": dtype,
+        "matmul_gflops_by_shape": matmul,
         "matmul_gflops": max(matmul.values()),
         "copy_gb_s": round(copy, 1),
         "sum_gb_s": round(total, 1),
@@ -283,6 +286,7 @@ def throughput(args) -> dict:
         machine = measure_machine(
             os.cpu_count() or torch.get_num_threads(),
             [(r, shape["hidden"], n) for r in (rows, 512) for n in (shape["intermediate"], shape["vocab"])],
+            vllm_dtype("auto", on_gpu=False),
         )
         result["machine"] = machine
         print("machine", machine, flush=True)
