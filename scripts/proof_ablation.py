@@ -61,7 +61,7 @@ RM_TRAIN = [
 ]
 RM_EVAL = ["--batch_size", "8"]
 # The proof config's RG settings; an RG row adds its configurations and its own flags.
-RG = ["--model_name_or_path", "smollm2-135m", "--max_new_tokens", "128", "--trim_to_sentence", "true", "--seed", "42"]
+RG = ["--model_name_or_path", "smollm2-135m", "--max_new_tokens", "128", "--trim_to_sentence", "true", "--chunk_size", "128", "--seed", "42"]
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,7 @@ def table(generation: Path, out: Path, names: list[str], scale_runs: Sequence[Pa
 def run_prompts(run: Path) -> int | None:
     """How many prompts a proof run's PG wrote."""
     prompts = run / "pg" / "prompts.txt"
-    return len(read_lines(prompts, "prompts")) if prompts.is_file() else None
+    return len(read_lines(prompts, "prompts", allow_empty=True)) if prompts.is_file() else None
 
 
 def scale_points(generation: Path, out: Path, scale_runs: Sequence[Path] = ()) -> list[tuple[int, dict, int]]:
