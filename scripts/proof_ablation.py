@@ -61,7 +61,18 @@ RM_TRAIN = [
 ]
 RM_EVAL = ["--batch_size", "8"]
 # The proof config's RG settings; an RG row adds its configurations and its own flags.
-RG = ["--model_name_or_path", "smollm2-135m", "--max_new_tokens", "128", "--trim_to_sentence", "true", "--chunk_size", "128", "--seed", "42"]
+RG = [
+    "--model_name_or_path",
+    "smollm2-135m",
+    "--max_new_tokens",
+    "128",
+    "--trim_to_sentence",
+    "true",
+    "--chunk_size",
+    "128",
+    "--seed",
+    "42",
+]
 
 
 @dataclass(frozen=True)
