@@ -24,7 +24,8 @@ def test_shared_length_leaves_each_side_a_token_of_its_own():
 @pytest.mark.parametrize("max_length", [1024, 96])
 def test_pair_rewards_equal_scoring_every_text_whole(tiny_reward_model_path, hh_pairs, max_length):
     # 96 tokens: most of these pairs are longer and go through score(), which cuts their beginning.
-    scorer = RewardScorer(tiny_reward_model_path, batch_size=4, max_length=max_length)
+    # fp32: the two paths add in different orders, which bf16 (auto on CPUs with native bf16) shows.
+    scorer = RewardScorer(tiny_reward_model_path, batch_size=4, max_length=max_length, dtype="float32")
     pairs = [*hh_pairs, Pair(context=({"role": "user", "content": "Hi"},), chosen="Hello.", rejected="Hello. How can I help?")]
     chosen, rejected = pair_rewards(scorer, pairs, progress=False)
     whole = scorer.score([p.conversation(a) for p in pairs for a in (p.chosen, p.rejected)])
