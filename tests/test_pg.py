@@ -358,6 +358,21 @@ def test_more_prompts_extend_a_smaller_run(tmp_path):
     assert small == large[:6]
 
 
+def test_a_finished_run_asked_for_more_goes_on_from_its_rounds(tmp_path):
+    uninterrupted = pg_config(tmp_path, "uninterrupted", num_generation=20)
+    run_pg(uninterrupted, ScriptedEngine(scripted_query))
+    small_rounds = run_pg(pg_config(tmp_path, num_generation=6), ScriptedEngine(scripted_query))["rounds"]
+    engine = ScriptedEngine(scripted_query)
+    grown = run_pg(pg_config(tmp_path, num_generation=20), engine)
+    assert read_outputs(str(tmp_path / "out")) == read_outputs(uninterrupted.output_dir)
+    assert len(engine.calls) == grown["rounds"] - small_rounds  # the small run's rounds were not drawn again
+    # Fewer: the first prompts of the logged rounds, with no generation at all.
+    run_pg(pg_config(tmp_path, num_generation=4), CrashingEngine(scripted_query, crash_on=1))
+    assert read_outputs(str(tmp_path / "out"))[0] == read_outputs(uninterrupted.output_dir)[0][:4]
+    with pytest.raises(AlmostError, match="different settings"):
+        run_pg(pg_config(tmp_path, num_generation=30, temperature=0.7), ScriptedEngine(scripted_query))
+
+
 def test_resuming_with_different_settings_is_refused(tmp_path):
     with pytest.raises(Killed):
         run_pg(pg_config(tmp_path), CrashingEngine(scripted_query, crash_on=3))

@@ -401,6 +401,14 @@ class ResumableJsonl:
         self._file = open(self.partial_path, "a", encoding="utf-8")
         return self
 
+    def reopen_finished(self) -> None:
+        """Make a finished file made with these settings the partial one again, so that rows can be
+        added to it (AlmostError when it was made with others)."""
+        if self.partial_path.exists() or not self.complete:
+            return
+        write_json_atomic(self.meta_path, settings_record(self.settings))
+        os.replace(self.final_path, self.partial_path)
+
     def _load_partial(self) -> None:
         good_bytes = 0
         with open(self.partial_path, "rb") as f:

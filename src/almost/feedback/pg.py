@@ -11,7 +11,9 @@ A round sends ``--batch_size`` requests to the engine in one call and then judge
 order, so a prompt accepted earlier in the round counts against later ones. Each round is appended
 (with every candidate and its verdict) to ``pg_rounds.jsonl.partial`` and fsynced; a rerun replays
 those rounds and continues, and because each round's randomness comes from ``--seed`` and the round
-number, a resumed run writes the same ``prompts.txt`` as an uninterrupted one.
+number, a resumed run writes the same ``prompts.txt`` as an uninterrupted one. For the same reason a
+finished run asked for more prompts (a larger ``--num_generation``, nothing else changed) goes on
+from its logged rounds: its ``prompts.txt`` is the one a run asked for that many from the start writes.
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ from ..io import (
     AlmostError,
     ResumableJsonl,
     digest_model,
+    fingerprint,
     output_is_current,
+    read_json,
     read_lines,
     record_settings,
     remove_output,
+    settings_path,
     write_text_atomic,
 )
 from .demos import SEED_PROMPTS, asset_or_path
@@ -366,6 +371,10 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
         rounds_log.reset()
         for path in paths.values():
             remove_output(path)
+    elif _made_with_another_count(paths["prompts"], final_settings):
+        # --num_generation only decides when to stop: a finished run asked for more (or fewer) prompts
+        # goes on from its logged rounds, as a resumed one does, instead of drawing them again.
+        rounds_log.reopen_finished()
     elif output_is_current(paths["prompts"], final_settings):
         if rounds_log.partial_path.exists():
             _finish_interrupted_log(rounds_log)
@@ -427,6 +436,18 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
         f"({progress.requests} requests in {progress.rounds} rounds; rejected: {rejected})"
     )
     return stats
+
+
+def _made_with_another_count(prompts: Path, final_settings: dict) -> bool:
+    """``prompts`` exists and was made with these settings but another --num_generation."""
+    sidecar = settings_path(prompts)
+    if not (prompts.exists() and sidecar.exists()):
+        return False
+    recorded = read_json(sidecar, "settings record")
+    count = recorded.get("settings", {}).get("num_generation") if isinstance(recorded, dict) else None
+    if count is None or count == final_settings["num_generation"]:
+        return False
+    return recorded.get("fingerprint") == fingerprint({**final_settings, "num_generation": count})
 
 
 def _finish_interrupted_log(rounds_log: ResumableJsonl) -> None:
