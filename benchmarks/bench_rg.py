@@ -139,8 +139,9 @@ def measure_machine(threads: int, shapes: list[tuple[int, int, int]], dtype: str
     torch.set_num_threads(threads)
     try:
         matmul = {}
+        torch_dtype = getattr(torch, dtype)
         for m, k, n in shapes:
-            a, b = torch.randn(m, k, dtype=getattr(torch, dtype)), torch.randn(k, n, dtype=getattr(torch, dtype))
+            a, b = torch.randn(m, k, dtype=torch_dtype), torch.randn(k, n, dtype=torch_dtype)
             torch.matmul(a, b)  # warm-up: first calls pick kernels and touch the pages
             best = min(_timed(lambda a=a, b=b: torch.matmul(a, b)) for _ in range(MEASURE_REPEATS))
             matmul[f"{m}x{k}x{n}"] = round(2 * m * k * n / best / 1e9, 1)

@@ -147,7 +147,8 @@ def test_ablation_variants_differ_from_the_proof_run_only_in_their_own_flags(tmp
     generated = {name.removeprefix("rg/") for name in steps if name.startswith("rg/")}
     assert all(set(v.rubric) - set(v.regenerated) <= generated for v in ablation.VARIANTS)
     proof_rg = steps["rg/smollm2-135m-harmless-2shot"].argv
-    assert pairs(proof_rg[: proof_rg.index("--prompt_file_path")]) | pairs(proof_rg[proof_rg.index("--seed") :][:2]) == pairs(ablation.RG)
+    per_configuration = ("--prompt_file_path", "--n_shot", "--prompts_path", "--output_dir")
+    assert {k: v for k, v in pairs(proof_rg).items() if k not in per_configuration} == pairs(ablation.RG)
     assert list(steps["cs"].flags["rubric"]) == list(ablation.VARIANTS[0].rubric)
 
     (tmp_path / "gen" / "rg").mkdir(parents=True)
