@@ -102,3 +102,60 @@ def test_eval_writes_metrics_plot_and_table(tmp_path, tiny_reward_model_path, ca
     assert (out / "reward_eval.png").read_bytes()[:4] == b"\x89PNG"
     assert len((out / "rewards.jsonl").read_text().splitlines()) == 12
     assert "chosen answer longer" in capsys.readouterr().out
+
+
+def test_eval_resumes_after_a_crash_and_reuses_finished_rewards(tmp_path, tiny_reward_model_path, monkeypatch, capsys):
+    from almost.reward import evaluate as evaluate_module
+
+    pairs = [
+        {"prompt": f"q{i}", "chosen": "yes " * (i % 4 + 1), "rejected": "no " * ((i + 2) % 5 + 1), "subset": ["a", "b"][i % 2]}
+        for i in range(12)
+    ]
+    data = write(tmp_path / "pairs.jsonl", pairs)
+
+    def eval_args(out, *extra):
+        return ["rm", "eval", "--model_name_or_path", tiny_reward_model_path, "--data_path", str(data), "--output_dir", str(out), *extra]
+
+    monkeypatch.setattr(evaluate_module, "PAIRS_PER_APPEND", 4)
+    assert almost_main(eval_args(tmp_path / "full", "--plot", "false")) == 0
+    full = (tmp_path / "full" / "rewards.jsonl").read_text().splitlines()
+    full_metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+
+    # Killed while scoring the third chunk: two chunks are on disk, and no metrics pretend to be final.
+    real_score_pairs, calls = scorer_module.RewardScorer.score_pairs, []
+
+    def crashing_score_pairs(self, first, second, progress=False):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return real_score_pairs(self, first, second, progress)
+
+    monkeypatch.setattr(scorer_module.RewardScorer, "score_pairs", crashing_score_pairs)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(RuntimeError, match="killed"):
+        almost_main(eval_args(resumed, "--plot", "false"))
+    assert len((resumed / "rewards.jsonl.partial").read_text().splitlines()) == 8
+    assert not (resumed / "rewards.jsonl").exists() and not (resumed / "metrics.json").exists()
+
+    # The rerun scores only the last chunk (one more call) and ends where the uninterrupted run did.
+    assert almost_main(eval_args(resumed, "--plot", "false")) == 0
+    assert len(calls) == 4
+    rows = [json.loads(line) for line in (resumed / "rewards.jsonl").read_text().splitlines()]
+    assert [r.keys() for r in rows] == [json.loads(line).keys() for line in full]
+    for row, line in zip(rows, full):
+        expected = json.loads(line)
+        assert row["reward_chosen"] == pytest.approx(expected["reward_chosen"], abs=1e-5)
+        assert row["reward_rejected"] == pytest.approx(expected["reward_rejected"], abs=1e-5)
+    metrics = json.loads((resumed / "metrics.json").read_text())
+    assert metrics["n"] == full_metrics["n"] == 12 and metrics["accuracy"] == full_metrics["accuracy"]
+    assert not (resumed / "rewards.jsonl.partial").exists()
+
+    # Finished: a rerun computes the metrics from the rewards on disk without scoring anything.
+    capsys.readouterr()
+    assert almost_main(eval_args(resumed, "--plot", "false")) == 0
+    assert len(calls) == 4 and "is complete; metrics from its rewards" in capsys.readouterr().out
+    # Rewards made otherwise are never mixed with new ones: one line, exit 2, until --overwrite.
+    assert almost_main(eval_args(resumed, "--plot", "false", "--max_length", "512")) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert almost_main(eval_args(resumed, "--plot", "false", "--max_length", "512", "--overwrite")) == 0
+    assert len(calls) == 7

@@ -173,7 +173,7 @@ RM_EVAL = StageOutputs(
     {"metrics": METRICS_FILE, "rewards": "rewards.jsonl", "table": "metrics.txt", "plot": "reward_eval.png"},
     product="metrics",
     summary="metrics",
-    # reward.evaluate.pairwise_metrics (also rm train's "heldout"): length_bias and length_balanced have
+    # stats.reward_pair_metrics (also rm train's "heldout"): length_bias and length_balanced have
     # their keys documented there; subsets only when the pairs name their subset.
     summary_keys=keys(
         "accuracy",

@@ -334,6 +334,13 @@ def changed_settings(recorded: dict, settings: dict) -> str:
     return ", ".join(changes) or "settings"
 
 
+def recorded_settings(output: str | os.PathLike) -> dict:
+    """The settings record beside ``output`` (``settings_record``'s form), or {} when it has none."""
+    sidecar = settings_path(output)
+    recorded = read_json(sidecar, "settings record") if sidecar.exists() else {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
 def output_is_current(output: str | os.PathLike, settings: dict) -> bool:
     """True when ``output`` exists and was made with ``settings``; False when it does not exist.
 
@@ -342,11 +349,10 @@ def output_is_current(output: str | os.PathLike, settings: dict) -> bool:
     output = Path(output)
     if not output.exists():
         return False
-    sidecar = settings_path(output)
-    recorded = read_json(sidecar, "settings record") if sidecar.exists() else {}
-    if isinstance(recorded, dict) and recorded.get("fingerprint") == fingerprint(settings):
+    recorded = recorded_settings(output)
+    if recorded.get("fingerprint") == fingerprint(settings):
         return True
-    why = changed_settings(recorded, settings) if isinstance(recorded, dict) and recorded else "it records no settings"
+    why = changed_settings(recorded, settings) if recorded else "it records no settings"
     raise AlmostError(f"{output} was made with different settings or inputs ({why}); pass --overwrite to make it again")
 
 

@@ -39,11 +39,10 @@ from ..io import (
     digest_model,
     fingerprint,
     output_is_current,
-    read_json,
     read_lines,
     record_settings,
+    recorded_settings,
     remove_output,
-    settings_path,
     write_text_atomic,
 )
 from .demos import SEED_PROMPTS, asset_or_path
@@ -440,11 +439,10 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
 
 def _made_with_another_count(prompts: Path, final_settings: dict) -> bool:
     """``prompts`` exists and was made with these settings but another --num_generation."""
-    sidecar = settings_path(prompts)
-    if not (prompts.exists() and sidecar.exists()):
+    if not prompts.exists():
         return False
-    recorded = read_json(sidecar, "settings record")
-    count = recorded.get("settings", {}).get("num_generation") if isinstance(recorded, dict) else None
+    recorded = recorded_settings(prompts)
+    count = recorded.get("settings", {}).get("num_generation")
     if count is None or count == final_settings["num_generation"]:
         return False
     return recorded.get("fingerprint") == fingerprint({**final_settings, "num_generation": count})

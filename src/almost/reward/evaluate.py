@@ -7,6 +7,10 @@ BIG-bench hhh_alignment), scores both answers of every pair with ``RewardScorer`
 the length-balanced accuracy with a 95% bootstrap interval), ``rewards.jsonl`` (one row per pair)
 and ``reward_eval.png``. A tie counts as wrong: an RM that cannot tell two answers apart has not
 agreed with the label.
+
+The rewards are appended to ``rewards.jsonl.partial`` a chunk of pairs at a time (the shipped test
+set takes ~10 min on a 2-core CPU): a killed run goes on where it stopped, and a rerun on finished
+rewards made by the same model from the same pairs only computes the metrics again.
 """
 
 from __future__ import annotations
@@ -16,12 +20,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ..config import parse, require_option
 from ..contracts import RM_EVAL, write_summary
-from ..io import AlmostError, portable, write_jsonl_atomic, write_text_atomic
+from ..io import AlmostError, fingerprint, portable, read_jsonl, write_text_atomic
 from ..stats import reward_pair_metrics
 from .formats import Pair, load_pairs
-from .model import RewardScorer, RewardScorerSettings, load_scorer, reward_model_path
+from .model import RewardScorer, reward_model_path
+from .score import config_scorer, reward_store
+
+PAIR_KEY = "_almost_pair"  # resume key, left out of the final rewards.jsonl
+PAIRS_PER_APPEND = 32  # one durable append per this many pairs: a crash loses at most a few seconds
 
 
 @dataclass
@@ -49,6 +59,7 @@ class RewardEvalConfig:
     dtype: str = field(default="auto", metadata={"help": "auto, bfloat16 or float32 (auto: bf16 on GPU, and on CPUs where it is faster)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model repositories to run their own code."})
     plot: bool = field(default=True, metadata={"help": "Write reward_eval.png (reward-margin histogram, reward vs length)."})
+    overwrite: bool = field(default=False, metadata={"help": "Score again even if finished or partial rewards exist."})
     update_model_card: bool = field(
         default=True,
         metadata={
@@ -65,17 +76,45 @@ def pair_rewards(scorer: RewardScorer, pairs: Sequence[Pair], progress: bool = T
     return scorer.score_pairs([p.conversation(p.chosen) for p in pairs], [p.conversation(p.rejected) for p in pairs], progress=progress)
 
 
-def evaluate_pairs(scorer: RewardScorer, pairs: Sequence[Pair], progress: bool = True) -> tuple[dict, list[dict]]:
-    """Metrics and per-pair rows for an RM on pairs (shared by ``rm eval`` and ``rm train``'s held-out check)."""
-    chosen, rejected = pair_rewards(scorer, pairs, progress)
-    metrics = reward_pair_metrics(
-        chosen, rejected, [len(p.chosen) for p in pairs], [len(p.rejected) for p in pairs], [p.subset for p in pairs]
-    )
-    rows = [
+def reward_rows(pairs: Sequence[Pair], chosen: Sequence[float], rejected: Sequence[float]) -> list[dict]:
+    """The rows of ``rewards.jsonl``: each pair's rewards and answer lengths, all its metrics need."""
+    return [
         {"subset": p.subset, "reward_chosen": c, "reward_rejected": r, "len_chosen": len(p.chosen), "len_rejected": len(p.rejected)}
         for p, c, r in zip(pairs, chosen, rejected)
     ]
-    return metrics, rows
+
+
+def rows_metrics(rows: Sequence[dict]) -> dict:
+    """``stats.reward_pair_metrics`` of ``reward_rows``."""
+    return reward_pair_metrics(
+        *([r[column] for r in rows] for column in ("reward_chosen", "reward_rejected", "len_chosen", "len_rejected", "subset"))
+    )
+
+
+def evaluate_pairs(scorer: RewardScorer, pairs: Sequence[Pair], progress: bool = True) -> tuple[dict, list[dict]]:
+    """Metrics and per-pair rows for an RM on pairs (``rm train``'s held-out check; ``rm eval`` scores resumably)."""
+    rows = reward_rows(pairs, *pair_rewards(scorer, pairs, progress))
+    return rows_metrics(rows), rows
+
+
+def score_resumably(config: RewardEvalConfig, model_path: str, pairs: Sequence[Pair], final: Path) -> list[dict]:
+    """``reward_rows`` of all pairs, appended to ``<final>.partial`` chunk by chunk; the finished rows
+    of an earlier run by the same model on the same pairs are read back instead of scored again."""
+    pairs_fingerprint = fingerprint({"pairs": [[p.context, p.chosen, p.rejected, p.subset] for p in pairs]})
+    store = reward_store(config, model_path, final, PAIR_KEY, pairs_fingerprint, len(pairs))
+    if store.complete:  # refuses a finished file made with other settings
+        print(f"almost rm eval: {final} is complete; metrics from its rewards (--overwrite scores again)")
+        return read_jsonl(final)
+    scorer = config_scorer(config, model_path)
+    with store:
+        pending = [i for i in range(len(pairs)) if not store.done(i)]
+        with tqdm(total=len(pairs), initial=len(pairs) - len(pending), desc="almost rm eval", unit="pair") as bar:
+            for start in range(0, len(pending), PAIRS_PER_APPEND):
+                chunk = pending[start : start + PAIRS_PER_APPEND]
+                rows = reward_rows([pairs[i] for i in chunk], *pair_rewards(scorer, [pairs[i] for i in chunk], progress=False))
+                store.append({**row, PAIR_KEY: i} for i, row in zip(chunk, rows))
+                bar.update(len(chunk))
+    return store.finalize(order=range(len(pairs)), drop_key=True)
 
 
 def card_evaluation(metrics: dict, name: str, data: str, split: str | None, source: str, agreement: str) -> dict:
@@ -216,13 +255,9 @@ def run_rm_eval(config: RewardEvalConfig) -> dict:
         raise AlmostError("--output_dir is required")
     model_path = reward_model_path(config.model_name_or_path)
     pair_set = load_pairs(eval_data_path(config.data_path))
-    scorer = load_scorer(
-        model_path,
-        RewardScorerSettings(
-            batch_size=config.batch_size, max_length=config.max_length, dtype=config.dtype, trust_remote_code=config.trust_remote_code
-        ),
-    )
-    metrics, rows = evaluate_pairs(scorer, pair_set.pairs)
+    out = Path(config.output_dir)
+    rows = score_resumably(config, model_path, pair_set.pairs, out / RM_EVAL.files["rewards"])
+    metrics = rows_metrics(rows)
     metrics.update(
         model=config.model_name_or_path,
         data=str(config.data_path),
@@ -230,8 +265,6 @@ def run_rm_eval(config: RewardEvalConfig) -> dict:
         skipped_identical=pair_set.identical,
         skipped_unsplittable=pair_set.unsplittable,
     )
-    out = Path(config.output_dir)
-    write_jsonl_atomic(out / RM_EVAL.files["rewards"], rows)
     if config.plot:
         plot_rewards(rows, out / RM_EVAL.files["plot"], f"{Path(config.model_name_or_path).name} on {Path(config.data_path).name}")
     table = metrics_table(metrics)

@@ -15,14 +15,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from ..chat import as_messages
 from ..config import parse, require_option
 from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, read_rows
+from .client import RemoteRewardScorer
 from .formats import context_messages
-from .model import RewardScorerSettings, load_scorer, reward_model_path
+from .model import RewardScorer, RewardScorerSettings, load_scorer, reward_model_path
+
+if TYPE_CHECKING:
+    from .evaluate import RewardEvalConfig
 
 OUTPUT_FILE = "scored.jsonl"
 ROW_KEY = "_almost_row"  # resume key, left out of the final file
@@ -71,6 +76,37 @@ def conversations_to_score(row: dict, where: str) -> dict[str, list[dict]]:
     )
 
 
+def reward_store(
+    config: RewardScoreConfig | RewardEvalConfig, model_path: str, final: Path, key: str, data_fingerprint: str, rows: int
+) -> ResumableJsonl:
+    """The resumable output of ``rm score`` or ``rm eval`` (``config`` is either's), emptied by --overwrite.
+
+    Keyed by the reward model and the rows by content (a model retrained in the same folder must not
+    add its rewards to the old one's); dtype and max_length change the rewards, batch_size only the speed.
+    """
+    settings = {
+        "model": digest_model(model_path),
+        "data": data_fingerprint,
+        "rows": rows,
+        "max_length": config.max_length,
+        "dtype": config.dtype,
+    }
+    store = ResumableJsonl(final, key, settings)
+    if config.overwrite:
+        store.reset()
+    return store
+
+
+def config_scorer(config: RewardScoreConfig | RewardEvalConfig, model_path: str) -> RewardScorer | RemoteRewardScorer:
+    """The reward model as ``rm score``'s or ``rm eval``'s settings ask for it."""
+    return load_scorer(
+        model_path,
+        RewardScorerSettings(
+            batch_size=config.batch_size, max_length=config.max_length, dtype=config.dtype, trust_remote_code=config.trust_remote_code
+        ),
+    )
+
+
 def run_rm_score(config: RewardScoreConfig) -> dict:
     require_option(config.data_path, "data_path", "rows to score")
     if not config.output_dir:
@@ -82,28 +118,12 @@ def run_rm_score(config: RewardScoreConfig) -> dict:
     todo = [conversations_to_score(row, f"{config.data_path} row {i}") for i, row in enumerate(rows, 1)]
 
     final = Path(config.output_dir) / OUTPUT_FILE
-    # The reward model and the rows by content (a model retrained in the same folder must not add
-    # its rewards to the old one's); dtype changes the rewards, batch_size only the speed.
-    settings = {
-        "model": digest_model(model_path),
-        "data": fingerprint({"rows": rows}),
-        "rows": len(rows),
-        "max_length": config.max_length,
-        "dtype": config.dtype,
-    }
-    store = ResumableJsonl(final, ROW_KEY, settings)
-    if config.overwrite:
-        store.reset()
-    elif store.complete:  # refuses a finished file made with other settings
+    store = reward_store(config, model_path, final, ROW_KEY, fingerprint({"rows": rows}), len(rows))
+    if store.complete:  # refuses a finished file made with other settings
         print(f"almost rm score: {final} is already complete (--overwrite to redo)")
         return {"output": str(final), "rows": len(rows), "scored_now": 0}
 
-    scorer = load_scorer(
-        model_path,
-        RewardScorerSettings(
-            batch_size=config.batch_size, max_length=config.max_length, dtype=config.dtype, trust_remote_code=config.trust_remote_code
-        ),
-    )
+    scorer = config_scorer(config, model_path)
     with store:
         pending = [i for i in range(len(rows)) if not store.done(i)]
         # Longest first: rows of similar length share a batch, so little compute goes to padding.
