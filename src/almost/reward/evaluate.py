@@ -111,7 +111,8 @@ def score_resumably(config: RewardEvalConfig, model_path: str, pairs: Sequence[P
         with tqdm(total=len(pairs), initial=len(pairs) - len(pending), desc="almost rm eval", unit="pair") as bar:
             for start in range(0, len(pending), PAIRS_PER_APPEND):
                 chunk = pending[start : start + PAIRS_PER_APPEND]
-                rows = reward_rows([pairs[i] for i in chunk], *pair_rewards(scorer, [pairs[i] for i in chunk], progress=False))
+                chunk_pairs = [pairs[i] for i in chunk]
+                rows = reward_rows(chunk_pairs, *pair_rewards(scorer, chunk_pairs, progress=False))
                 store.append({**row, PAIR_KEY: i} for i, row in zip(chunk, rows))
                 bar.update(len(chunk))
     return store.finalize(order=range(len(pairs)), drop_key=True)
