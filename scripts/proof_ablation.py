@@ -10,7 +10,7 @@ configurations a variant's rubric names). Each variant runs ``almost cs`` → ``
 settings, so the variants differ from the proof run's own RM only in what their row says. The scale
 rows (``scale-100``, ``scale-200``, ``scale-300``) keep the proof run's recipe and use only the RG rows
 of its first N prompts (copied to ``<variant>/rg/``); the proof run itself is the point of all its
-prompts. The RG rows (``more-shots``, ``low-temperature``) answer the same first 300 prompts anew under
+prompts. The RG rows (``more-shots``, ``seed-temperature``) answer the same first 300 prompts anew under
 other configurations or sampling (``almost rg`` into ``<variant>/rg/``, the configurations they do not
 change copied), then run the proof run's recipe on them. A step
 whose product exists is skipped, so a rerun after a crash resumes (``rm train`` resumes from its
@@ -68,6 +68,8 @@ RG = [
     "128",
     "--trim_to_sentence",
     "true",
+    "--temperature",
+    "0.7",
     "--chunk_size",
     "128",
     "--seed",
@@ -137,17 +139,23 @@ VARIANTS = (
         rg_configurations=(("harmless_prompt.txt", 5), ("faithful_prompt.txt", 5)),
     ),
     Variant(
-        "low-temperature",
-        "the proof run's recipe with its three configurations sampled at temperature 0.7 (proof: 1.0)",
+        "seed-temperature",
+        "the proof run's recipe with its three configurations sampled at the seed's temperature 1.0 (proof: 0.7)",
         (HARMLESS, FAITHFUL, BASIC),
         PROOF_CS,
         PROOF_RM,
         300,
         rg_configurations=(("harmless_prompt.txt", 2), ("faithful_prompt.txt", 2), ("basic_prompt.txt", 1)),
-        rg_flags=("--temperature", "0.7"),
+        rg_flags=("--temperature", "1.0"),
     ),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
+
+
+def overridden(flags: list[str], changes: tuple[str, ...]) -> list[str]:
+    """``--flag value`` pairs with the values of ``changes`` in place of their own; new ones appended."""
+    merged = dict(zip(flags[::2], flags[1::2])) | dict(zip(changes[::2], changes[1::2]))
+    return [token for pair in merged.items() for token in pair]
 
 
 def steps(variant: Variant, generation: Path, folder: Path, data_path: str) -> list[tuple[str, list[str], Path]]:
@@ -157,7 +165,7 @@ def steps(variant: Variant, generation: Path, folder: Path, data_path: str) -> l
     rg = []
     if variant.rg_configurations:
         files, shots = zip(*variant.rg_configurations)
-        argv = [*RG, *variant.rg_flags, "--prompts_path", str(folder / "prompts.txt"), "--output_dir", str(answers)]
+        argv = [*overridden(RG, variant.rg_flags), "--prompts_path", str(folder / "prompts.txt"), "--output_dir", str(answers)]
         argv += ["--prompt_file_path", *files, "--n_shot", *map(str, sorted(set(shots))), "--select", *variant.regenerated]
         rg = [("rg", ["rg", *argv], answers / "README.md")]  # RG writes its dataset card last
     return rg + [

@@ -236,12 +236,13 @@ def test_ablation_rg_rows_answer_the_first_prompts_anew_and_copy_the_rest(tmp_pa
     assert argv[argv.index("--prompts_path") + 1] == str(out / variant.name / "prompts.txt")
     tail = argv[argv.index("--prompt_file_path") :]
     assert tail == ["--prompt_file_path", "harmless_prompt.txt", "faithful_prompt.txt", "--n_shot", "5", "--select", *variant.regenerated]
-    cold = ablation.steps(ablation.BY_NAME["low-temperature"], generation, out / "low-temperature", "hh-harmless-test")[0][1]
-    assert cold[cold.index("--temperature") + 1] == "0.7" and cold[cold.index("--n_shot") + 1 : cold.index("--select")] == ["1", "2"]
+    warm = ablation.steps(ablation.BY_NAME["seed-temperature"], generation, out / "seed-temperature", "hh-harmless-test")[0][1]
+    assert warm.count("--temperature") == 1 and warm[warm.index("--temperature") + 1] == "1.0"
+    assert warm[warm.index("--n_shot") + 1 : warm.index("--select")] == ["1", "2"]
 
-    monkeypatch.setattr(sys, "argv", ["proof_ablation.py", str(generation), "--variants", "low-temperature", "--dry_run"])
+    monkeypatch.setattr(sys, "argv", ["proof_ablation.py", str(generation), "--variants", "seed-temperature", "--dry_run"])
     ablation.main()
-    assert "low-temperature: rg: almost rg --model_name_or_path smollm2-135m" in capsys.readouterr().out
+    assert "seed-temperature: rg: almost rg --model_name_or_path smollm2-135m" in capsys.readouterr().out
     write_json_atomic(
         out / variant.name / "rm_eval" / "metrics.json", {"accuracy": 0.5, "length_balanced": {"accuracy": 0.5, "ci95": [0.4, 0.6]}}
     )
