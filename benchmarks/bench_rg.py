@@ -231,6 +231,7 @@ def run_vllm_side(model, configuration: Configuration, queries: list[str], args)
             "requests": sum(map(len, lengths)),
             "steps": sum(chunk_longest),
         }
+    profiled = profile_pass(engine, configuration, queries, args) if args.profile else None
     full, prefill = passes["full"], passes["prefill"]
     model_config = engine.llm.llm_engine.model_config
     decode_seconds = full["seconds"] - prefill["seconds"]
@@ -245,6 +246,8 @@ def run_vllm_side(model, configuration: Configuration, queries: list[str], args)
         "dtype": str(model_config.dtype).removeprefix("torch."),
         "bytes_per_weight": _element_size(model_config.dtype),
     }
+    if profiled:
+        decode["profile"] = profiled
     side = {
         "prompts": len(queries),
         "answers": full["answers"],
@@ -255,6 +258,40 @@ def run_vllm_side(model, configuration: Configuration, queries: list[str], args)
     del engine
     gc.collect()
     return side, decode
+
+
+def profile_pass(engine, configuration: Configuration, queries: list[str], args) -> dict:
+    """Where a full pass's time goes: one more full pass under torch.profiler (CPU ops).
+
+    vLLM's engine core runs in this process (engines/vllm.py), so its model, attention and sampling
+    ops are all seen. An op's share is its self time over the pass's wall time (torch ops run on the
+    calling thread; OpenMP spreads an op's work over the cores inside it); ``outside_ops`` is the
+    share of the wall time the calling thread spent in no op at all (Python: scheduling, input
+    preparation, detokenizing). The profiler's own cost inflates the pass (its ``seconds`` is not
+    the benchmark's figure).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    engine.llm.reset_prefix_cache()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        started = time.perf_counter()
+        rg_generate(engine, configuration, queries, args, args.max_new_tokens)
+        seconds = time.perf_counter() - started
+    events = profiler.key_averages()
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
+    ops = [
+        {
+            "op": e.key,
+            "calls": e.count,
+            "self_seconds": round(e.self_cpu_time_total / 1e6, 2),
+            "share": round(e.self_cpu_time_total / 1e6 / seconds, 3),
+        }
+        for e in ranked[: args.profile]
+    ]
+    in_ops = sum(e.self_cpu_time_total for e in events) / 1e6
+    profiled = {"seconds": round(seconds, 1), "outside_ops": round(1 - in_ops / seconds, 3), "top_ops": ops}
+    print("profile", json.dumps(profiled, indent=1), flush=True)
+    return profiled
 
 
 def _element_size(dtype) -> int:
@@ -435,6 +472,7 @@ def main() -> None:
     p.add_argument("--chunk_size", type=int, default=32, help="Prompts per engine call on the hf and vllm sides (almost rg's default).")
     p.add_argument("--kv_cache_gib", type=float, default=None, help="vLLM's CPU KV cache (default: the engine's own sizing).")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", type=int, default=0, metavar="K", help="vllm side: profile one more full pass, print its K costliest ops.")
     p.add_argument("--cli_backends", nargs="*", default=[], help="Also time `almost rg` for 3 configurations on these backends.")
     p.add_argument("--cli_prompts", type=int, default=20)
     args = p.parse_args()
