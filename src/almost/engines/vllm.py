@@ -16,6 +16,10 @@ Repeatability on CPU: the engine core runs in this process (VLLM_ENABLE_V1_MULTI
 every request of a call is queued before the first step and the batches, and with them the rounding,
 are the same on every run: the same seed gives the same samples, bitwise (tests/test_vllm.py). In its
 own process the core starts stepping while requests still arrive, and the batches follow timing.
+
+Top-p on CPU: vLLM's CPU sampler sorts the whole vocabulary at every step for it (43% of RG's time,
+docs/feedback.md); the engine hands it to ``vllm_top_p.NucleusLogitsProcessor`` instead, which finds
+the same nucleus from the most probable tokens. GPUs keep vLLM's own.
 """
 
 from __future__ import annotations
@@ -102,6 +106,8 @@ class VLLMEngine:
             if not on_gpu:
                 _cpu_environment(cpu_kv_cache_gib(kv_cache_gib))
             from vllm import LLM
+
+            from .vllm_top_p import NucleusLogitsProcessor
         except ImportError as e:
             raise AlmostError(
                 f"the vllm backend is not installed ({e}); pip install 'almost[vllm]' (CPU) or 'almost[vllm-cuda]' (GPU), "
@@ -121,7 +127,10 @@ class VLLMEngine:
             # compilation costs ~60 s there for no speed gain.
             enable_chunked_prefill=None if on_gpu else False,
             enforce_eager=not on_gpu,
+            # CPU: top-p without vLLM's sort of the whole vocabulary per step (vllm_top_p.py).
+            logits_processors=None if on_gpu else [NucleusLogitsProcessor],
         )
+        self.top_p_in_processor = not on_gpu
         self.start_seconds = time.perf_counter() - started
         where = "GPU"
         if not on_gpu:
@@ -135,11 +144,16 @@ class VLLMEngine:
     def generate(self, prompts: Sequence[str], sampling: Sampling, desc: str | None = None) -> list[list[str]]:
         from vllm import SamplingParams
 
+        from .vllm_top_p import TOP_P_ARG
+
+        top_p = sampling.top_p if sampling.temperature > 0 else 1.0
+        in_processor = self.top_p_in_processor and top_p < 1.0
         params = [
             SamplingParams(
                 n=sampling.n,
                 temperature=sampling.temperature,
-                top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+                top_p=1.0 if in_processor else top_p,
+                extra_args={TOP_P_ARG: top_p} if in_processor else None,
                 max_tokens=sampling.max_new_tokens,
                 stop=list(sampling.stop) or None,
                 # One seed per prompt: the same prompt gets the same samples whatever batch it lands in.
