@@ -55,6 +55,7 @@ trustworthy.
     python benchmarks/bench_rg.py --max_new_tokens 768 --seed_prompts 8 --sides seed vllm   # the seed's limit for the faithful file
     python benchmarks/bench_rg.py --num_prompts 4 --max_new_tokens 16 --sides seed hf   # a quick check
     python benchmarks/bench_rg.py --num_prompts 0 --cli_backends hf vllm --cli_prompts 20
+    python benchmarks/bench_rg.py --sides vllm --chunk_size 64 --profile 25   # where vLLM's time goes
 """
 
 from __future__ import annotations
