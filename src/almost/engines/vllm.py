@@ -18,8 +18,8 @@ are the same on every run: the same seed gives the same samples, bitwise (tests/
 own process the core starts stepping while requests still arrive, and the batches follow timing.
 
 Top-p on CPU: vLLM's CPU sampler sorts the whole vocabulary at every step for it (43% of a generation
-pass in bench_rg.py, docs/feedback.md); the engine hands it to ``vllm_top_p.NucleusLogitsProcessor`` instead, which finds
-the same nucleus from the most probable tokens. GPUs keep vLLM's own.
+pass in bench_rg.py, docs/feedback.md); the engine hands it to ``vllm_top_p.NucleusLogitsProcessor``
+instead, which finds the same nucleus from the most probable tokens. GPUs keep vLLM's own.
 """
 
 from __future__ import annotations
