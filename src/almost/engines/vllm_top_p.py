@@ -82,9 +82,4 @@ class NucleusLogitsProcessor(LogitsProcessor):
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         top_p = self.top_p[: logits.shape[0]]
-        rows = (top_p < 1.0).nonzero().squeeze(1)
-        if len(rows) == len(top_p):
-            return nucleus_mask(logits, top_p)
-        if len(rows):
-            logits[rows] = nucleus_mask(logits[rows], top_p[rows])
-        return logits
+        return nucleus_mask(logits, top_p) if bool((top_p < 1.0).any()) else logits
