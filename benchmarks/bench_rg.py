@@ -77,8 +77,8 @@ from almost.engines.vllm import vllm_dtype
 from almost.feedback import demos
 from almost.feedback.pg import read_prompt_file
 from almost.feedback.rg import Configuration, chunk_seed
-from almost.io import read_jsonl
 from almost.models import resolve_model
+from almost.readers import read_jsonl
 
 CLI_CONFIGURATIONS = [(demos.BETTER_DEMONSTRATIONS, 1), (demos.BETTER_DEMONSTRATIONS, 3), (demos.WORSE_DEMONSTRATIONS, 3)]
 SIDES = ("seed", "hf", "vllm")

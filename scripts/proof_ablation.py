@@ -34,8 +34,9 @@ from pathlib import Path
 
 from almost.feedback.demos import demonstration_name
 from almost.feedback.rg import configuration_name
-from almost.io import read_json, read_jsonl, read_lines, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from almost.readers import read_json, read_jsonl, read_lines
 from almost.run.report import markdown_table, pyplot, rm_eval_row, save_figure
+from almost.writes import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 HARMLESS, FAITHFUL, BASIC = "smollm2-135m-harmless-2shot", "smollm2-135m-faithful-2shot", "smollm2-135m-basic-1shot"
 HARMLESS_5, FAITHFUL_5 = "smollm2-135m-harmless-5shot", "smollm2-135m-faithful-5shot"

@@ -14,12 +14,12 @@ import pytest
 from almost.cards import count_rows, read_card_metadata, size_category, write_dataset_card
 from almost.cli import main as cli_main
 from almost.engines import ScriptedEngine
+from almost.errors import AlmostError
 from almost.feedback import demos
 from almost.feedback.cs import CSArguments, run_cs
 from almost.feedback.pg import PGArguments, run_pg
 from almost.feedback.rg import RGArguments, run_rg
 from almost.hub import PushArguments, plan_uploads, run_push
-from almost.io import AlmostError
 from almost.policy.selfplay import RMSPArguments, run_rmsp
 from almost.reward.score import RewardScoreConfig, run_rm_score
 

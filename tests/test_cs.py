@@ -9,8 +9,8 @@ import statistics
 import pytest
 
 from almost import cli
+from almost.errors import AlmostError
 from almost.feedback.cs import Answer, CSArguments, length_threshold, parse_rubric, prompt_pairs, run_cs
-from almost.io import AlmostError
 
 
 def answers(*specs) -> list[Answer]:

@@ -10,6 +10,7 @@ import pytest
 
 from almost.cli import main as cli_main
 from almost.engines import ScriptedEngine
+from almost.errors import AlmostError
 from almost.evaluate import QUESTIONS_SAMPLE
 from almost.evaluate.pairwise import (
     LLMJudge,
@@ -22,7 +23,6 @@ from almost.evaluate.pairwise import (
     read_questions,
     run_pairwise,
 )
-from almost.io import AlmostError
 from almost.stats import win_rate
 
 QUESTIONS = [Question("1", "q1", "math"), Question("2", "q2", "math"), Question("3", "q3", "writing")]

@@ -16,8 +16,10 @@ from test_pg import pg_config, scripted_query
 from test_rg import echo_engine, write_prompts
 
 from almost import cli
+from almost.digests import digest_file, digest_model
 from almost.engines import ScriptedEngine
-from almost.io import AlmostError, digest_file, digest_model, output_is_current, record_settings, settings_path
+from almost.errors import AlmostError
+from almost.resumable import output_is_current, record_settings, settings_path
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
@@ -68,9 +70,9 @@ def test_model_digest_follows_weights_and_tokenizer_not_logs_or_checkpoints(tmp_
 
 
 def test_large_files_are_sampled_and_still_see_the_last_tensors(tmp_path, monkeypatch):
-    import almost.io as io
+    import almost.digests as digests
 
-    monkeypatch.setattr(io, "CONTENT_HASH_LIMIT", 4 * 2**20)
+    monkeypatch.setattr(digests, "CONTENT_HASH_LIMIT", 4 * 2**20)
     path = tmp_path / "model.safetensors"
     data = bytearray(16 * 2**20)
     path.write_bytes(data)

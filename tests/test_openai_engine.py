@@ -10,10 +10,10 @@ import pytest
 
 from almost.engines import Sampling, ScriptedEngine, engine_model, load_engine
 from almost.engines.openai import OpenAIEngine, normalize_base_url, split_base_urls
+from almost.errors import AlmostError
 from almost.feedback import demos
 from almost.feedback.pg import PGArguments, run_pg
 from almost.feedback.rg import RGArguments, run_rg
-from almost.io import AlmostError
 
 pytestmark = pytest.mark.timeout(60)
 

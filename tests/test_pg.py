@@ -11,6 +11,7 @@ import pytest
 
 from almost.cli import main as cli_main
 from almost.engines import ScriptedEngine
+from almost.errors import AlmostError
 from almost.feedback.demos import SEED_PROMPTS
 from almost.feedback.pg import (
     NearDuplicateIndex,
@@ -25,7 +26,6 @@ from almost.feedback.pg import (
     rouge_tokens,
     run_pg,
 )
-from almost.io import AlmostError
 
 # --- tokenization and ROUGE-L ----------------------------------------------------------------------
 
@@ -322,7 +322,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, crash_on):
 
 
 def test_killed_while_finishing_leaves_a_complete_result(tmp_path, monkeypatch):
-    from almost.io import ResumableJsonl
+    from almost.resumable import ResumableJsonl
 
     def killed_while_moving_the_log(self, order=None):
         raise Killed()

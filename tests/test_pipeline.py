@@ -15,8 +15,8 @@ import yaml
 from almost.cli import COMMANDS
 from almost.cli import main as cli
 from almost.contracts import CS
+from almost.errors import AlmostError
 from almost.evaluate import cli as evaluate_cli
-from almost.io import AlmostError
 from almost.reward import cli as reward_cli
 from almost.run.checks import validate
 from almost.run.fingerprints import step_fingerprint

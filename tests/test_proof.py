@@ -13,9 +13,10 @@ import yaml
 from conftest import build_tiny_model
 
 from almost.cli import main as cli
-from almost.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from almost.readers import read_jsonl
 from almost.run import demo
 from almost.run.plan import Planner, load_config
+from almost.writes import write_json_atomic, write_jsonl_atomic
 
 pytestmark = pytest.mark.timeout(600)
 

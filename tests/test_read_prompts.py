@@ -6,7 +6,8 @@ import gzip
 
 import pytest
 
-from almost.io import AlmostError, read_prompts
+from almost.errors import AlmostError
+from almost.readers import read_prompts
 
 
 def test_text_file_gives_stripped_non_empty_lines(tmp_path):

@@ -18,6 +18,7 @@ from almost.contracts import (
     CS,
     EVALUATIONS,
     PG,
+    REPORT_FIGURES,
     RG_ROW_KEYS,
     RL,
     RM_EVAL,
@@ -29,7 +30,7 @@ from almost.contracts import (
     read_summary,
     write_summary,
 )
-from almost.run.report import FIGURES, write_report
+from almost.run.report import write_report
 from almost.run.summary import step_figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -133,9 +134,9 @@ def test_report_of_a_real_run_shows_what_the_stages_wrote(tiny_run: Path):
     assert text.index("| base |") < text.index("| sft |") < text.index("| rl |")
     assert "No " not in text  # every section found its files
     for png in ("rg_answer_lengths", "cs_pairs", "rm_accuracy", "rmsp_rewards", "rl_curves", "eval"):
-        path = tiny_run / FIGURES / f"{png}.png"
+        path = tiny_run / REPORT_FIGURES / f"{png}.png"
         assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5000, png
-        assert f"]({FIGURES}/{png}.png)" in text
+        assert f"]({REPORT_FIGURES}/{png}.png)" in text
 
 
 def test_step_figures_for_the_summary(tiny_run: Path):
@@ -198,7 +199,7 @@ def test_missing_inputs_are_reported_not_fatal(tmp_path: Path):
     run.mkdir()
     text = write_report(run).read_text()
     assert text.count("in this run yet") == 7
-    assert not (run / FIGURES).exists()
+    assert not (run / REPORT_FIGURES).exists()
 
 
 def test_report_of_a_missing_directory_is_one_line_error(tmp_path: Path, capsys):

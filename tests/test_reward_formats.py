@@ -7,7 +7,7 @@ import json
 import pytest
 
 from almost.cli import main as almost_main
-from almost.io import AlmostError
+from almost.errors import AlmostError
 from almost.reward.evaluate import metrics_table
 from almost.reward.formats import load_pairs, pairs_from_rows, parse_transcript, split_shared_prefix
 from almost.reward.train import split_by_prompt

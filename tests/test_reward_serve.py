@@ -14,8 +14,9 @@ import urllib.request
 import pytest
 
 from almost.engines import ScriptedEngine
-from almost.io import AlmostError, read_jsonl
+from almost.errors import AlmostError
 from almost.policy.selfplay import RMSPArguments, run_rmsp
+from almost.readers import read_jsonl
 from almost.reward import model as reward_model
 from almost.reward.client import RemoteRewardScorer, is_url
 from almost.reward.model import RewardScorer, RewardScorerSettings, load_scorer

@@ -15,11 +15,12 @@ from conftest import SMOLLM2_FILES
 from almost import cli
 from almost.engines import Sampling, ScriptedEngine
 from almost.engines.hf import HFEngine
+from almost.errors import AlmostError
 from almost.feedback import demos
 from almost.feedback.merge import MergeArguments, run_merge
 from almost.feedback.rg import RGArguments, _resume_settings, answer_row, configurations, run_rg
-from almost.io import AlmostError, read_jsonl
 from almost.models import load_tokenizer
+from almost.readers import read_jsonl
 from almost.reward.formats import parse_transcript
 
 PROMPTS = ["How do I boil an egg?", "Why is the sea salty?", "Name a prime number.", "What is rain?", "Tell me a joke."]

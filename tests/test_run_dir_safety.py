@@ -17,10 +17,12 @@ import pytest
 import yaml
 
 from almost.cli import main as cli_main
+from almost.contracts import LOCK_NAME
 from almost.engines import ScriptedEngine
+from almost.errors import AlmostError
 from almost.evaluate import QUESTIONS_SAMPLE
 from almost.evaluate.pairwise import PairwiseConfig, build_judge, openai_completer, run_pairwise
-from almost.io import LOCK_NAME, AlmostError, portable, redact_argv
+from almost.redaction import portable, redact_argv
 from almost.run.plan import Planner, load_config
 from almost.training import plain_settings
 
@@ -129,7 +131,7 @@ def test_pipeline_child_dies_with_the_pipeline(tmp_path):
 
 HOLD = """
 import sys, time
-from almost.io import lock_output_dir
+from almost.locks import lock_output_dir
 lock_output_dir(sys.argv[1], "almost cs --output_dir " + sys.argv[1])
 print("locked", flush=True)
 time.sleep(300)

@@ -11,7 +11,6 @@ import pytest
 from almost.cli import main as cli_main
 from almost.engines import Sampling, ScriptedEngine, truncate_at_stop
 from almost.feedback.demos import USER_SIMULATOR_PROMPT, load_demonstrations, trim_to_sentence
-from almost.io import read_jsonl
 from almost.policy.selfplay import (
     RMSPArguments,
     format_summary,
@@ -21,6 +20,7 @@ from almost.policy.selfplay import (
     user_prompt,
     user_turn_verdict,
 )
+from almost.readers import read_jsonl
 
 DEMOS = """The following are conversations between a human and a helpful assistant.
 -----

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from almost.cli import main as cli_main
-from almost.io import AlmostError
+from almost.errors import AlmostError
 from almost.models import load_tokenizer
 from almost.policy.sft import TRANSCRIPT_CHAT_TEMPLATE, encode_dialogue, row_to_dialogue
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from almost.io import AlmostError
+from almost.errors import AlmostError
 from almost.stats import accuracy, grouped_accuracy, length_balanced, reward_pair_metrics, wilson_interval, win_rate
 
 

@@ -24,9 +24,9 @@ import torch
 from safetensors.torch import load_file
 
 from almost.cli import main as cli_main
-from almost.contracts import RL
-from almost.io import AlmostError
-from almost.models import TRAINING_STATUS, resolve_model
+from almost.contracts import RL, TRAINING_STATUS
+from almost.errors import AlmostError
+from almost.models import resolve_model
 from almost.training import STALL_ENV, last_complete_checkpoint, load_merged_adapter
 
 QUIET = ["--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1"]
@@ -238,9 +238,9 @@ def test_a_half_saved_model_is_refused_by_every_reader(tmp_path, tiny_model_path
     may take it for a model until the status file says done."""
     import shutil
 
-    from almost.io import write_json_atomic
     from almost.run.fingerprints import is_done
     from almost.run.plan import Step
+    from almost.writes import write_json_atomic
 
     out = tmp_path / "sft"
     shutil.copytree(tiny_model_path, out)

@@ -28,9 +28,9 @@ from pathlib import Path
 import yaml
 
 from . import __version__
-from .io import portable, redact_url, write_text_atomic
-
-CARD_FILE = "README.md"
+from .contracts import CARD_FILE
+from .redaction import portable, redact_url
+from .writes import write_text_atomic
 
 # Which config `load_dataset(folder)` loads when nothing is named: the folder's main product.
 DEFAULT_ORDER = ("comparisons", "demonstrations", "scored")

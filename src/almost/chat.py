@@ -5,6 +5,8 @@ evaluation, self-play and RL: the tokenizer's chat template when it has one, oth
 
 from __future__ import annotations
 
+from .errors import AlmostError
+
 ROLE_NAMES = {"user": "Human", "assistant": "Assistant"}
 
 
@@ -35,8 +37,6 @@ def check_chat_template(tokenizer, where: str, required_by: str | None = None) -
     """A chat template that does not compile is the user's file's fault: one line naming it, before
     anything is written, instead of a traceback at the first prompt. ``required_by`` (an option's
     name) makes a missing template an error too, for options that have no transcript fallback."""
-    from .io import AlmostError
-
     if not getattr(tokenizer, "chat_template", None):
         if required_by:
             raise AlmostError(f"{required_by} renders prompts with the model's chat template, and {where} has none")

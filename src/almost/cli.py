@@ -10,7 +10,8 @@ import importlib
 import sys
 
 from .allocator import reexec_with_tcmalloc
-from .io import AlmostError, held_output_dirs, release_output_dirs
+from .errors import AlmostError
+from .locks import held_output_dirs, release_output_dirs
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("almost.run.demo", "Run the whole method at small scale on the embedded model."),

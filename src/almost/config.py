@@ -19,8 +19,11 @@ from typing import Any, NoReturn
 
 from trl import TrlParser
 
-from .io import AlmostError, lock_output_dir, read_yaml_mapping, redact_argv
+from .errors import AlmostError
+from .locks import lock_output_dir
 from .models import DEFAULT_MODEL
+from .readers import read_yaml_mapping
+from .redaction import redact_argv
 
 
 class Parser(TrlParser):

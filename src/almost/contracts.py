@@ -16,10 +16,29 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .io import AlmostError, read_json, write_json_atomic
+from .errors import AlmostError
+from .readers import read_json
+from .writes import write_json_atomic
 
 METRICS_FILE = "metrics.json"  # the summary of every training and evaluation stage
+CARD_FILE = "README.md"  # the dataset or model card beside a stage's outputs
 MODEL_CONFIG = "config.json"  # a saved model: what a training stage's folder holds once it has finished
+ADAPTER_CONFIG = "adapter_config.json"  # a saved LoRA adapter
+ADAPTER_DIR = "adapter"  # with LoRA: the adapter lives here, the merged model at the top level
+# Written by `rm train`, `sft` and `rl` into their output folder: "running" before anything else is
+# saved there, "done" after the last file of the final model (``models.unfinished_training``).
+TRAINING_STATUS = "training_status.json"
+TRAINING_ARGS = "training_args.bin"  # Trainer's pickled arguments, saved beside a model
+TRAINER_STATE = "trainer_state.json"  # Trainer's state, written last into a checkpoint folder
+# Beside a finished output X: X.settings.json, the fingerprint of what made it (``almost.resumable``);
+# while X grows: X.partial, its rows so far, and X.partial.json, the fingerprint they were made with.
+SETTINGS_SUFFIX = ".settings.json"
+PARTIAL_SUFFIX = ".partial"
+PARTIAL_SETTINGS_SUFFIX = ".partial.json"
+LOCK_NAME = ".almost.lock"  # held in an output directory while a command writes there (``almost.locks``)
+STEP_MARKER_PREFIX = ".almost-step"  # a pipeline step's marker in its folder (``almost.run.fingerprints``)
+REPORT_FILE = "report.md"  # `almost report`, in the run directory
+REPORT_FIGURES = "report_figures"  # its PNGs, next to it
 
 
 class ContractError(Exception):

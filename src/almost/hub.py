@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .cards import read_card_metadata
 from .config import parse
-from .io import AlmostError
+from .contracts import ADAPTER_CONFIG, CARD_FILE, MODEL_CONFIG
+from .errors import AlmostError
 
 IGNORE_PATTERNS = ["*.partial", "*.partial.*", ".almost-step*", "checkpoint-*", "*.lock", ".*"]
 
@@ -54,9 +55,9 @@ class Upload:
 
 def card_kind(folder: Path) -> str | None:
     """'dataset' for a folder with an almost dataset card, 'model' for a checkpoint with a card, else None."""
-    if not (folder / "README.md").exists():
+    if not (folder / CARD_FILE).exists():
         return None
-    if (folder / "config.json").exists() or (folder / "adapter_config.json").exists():
+    if (folder / MODEL_CONFIG).exists() or (folder / ADAPTER_CONFIG).exists():
         return "model"
     if read_card_metadata(folder).get("almost"):
         return "dataset"

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .io import AlmostError
+from .contracts import ADAPTER_CONFIG, ADAPTER_DIR, MODEL_CONFIG, TRAINING_STATUS
+from .errors import AlmostError
 
 DEFAULT_MODEL = "smollm2-135m"
 EMBEDDED_MODELS = {
@@ -29,17 +30,13 @@ EMBEDDED_MODELS = {
 }
 
 
-# Written by `rm train`, `sft` and `rl` into their output folder: "running" before anything else is
-# saved there, "done" after the last file of the final model. A folder holding it with any other
-# status is a half-finished run (its config.json may sit beside partial weights), so no reader
-# takes it for a model. Folders without it (hub downloads, other tools' checkpoints) are read as is.
-TRAINING_STATUS = "training_status.json"
-ADAPTER_DIR = "adapter"  # with LoRA: the adapter lives here, the merged model at the top level
-
-
 def unfinished_training(path: str | os.PathLike) -> str | None:
     """The stage whose training into ``path`` has not finished (None when it finished or is no
-    training output). An ``adapter`` folder belongs to the run in its parent."""
+    training output). An ``adapter`` folder belongs to the run in its parent.
+
+    A folder whose ``training_status.json`` says anything but "done" is a half-finished run (its
+    config.json may sit beside partial weights), so no reader takes it for a model. Folders without
+    the file (hub downloads, other tools' checkpoints) are read as they are."""
     import json
 
     path = Path(path)
@@ -102,13 +99,13 @@ def _embedded_gguf(name: str) -> Path:
 
 def convert_gguf(gguf_path: Path, target: Path) -> Path:
     """Dequantize a GGUF checkpoint into a safetensors directory (once; concurrent callers wait)."""
-    if (target / "config.json").exists():
+    if (target / MODEL_CONFIG).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     lock_path = target.parent / f".{target.name}.lock"
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "config.json").exists():
+        if (target / MODEL_CONFIG).exists():
             return target
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -134,7 +131,7 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
 def gguf_conversion_dir(gguf_path: Path, root: Path) -> Path:
     """Where a user's GGUF file is converted: keyed by its content, so that another file copied to
     the same path (same size, say another quantization) is converted again, not served stale."""
-    from .io import digest_file
+    from .digests import digest_file
 
     return root / "models" / f"{gguf_path.stem.lower()}-{digest_file(gguf_path)}"
 
@@ -151,7 +148,7 @@ def resolve_model(name_or_path: str | None, cache_dir: str | None = None) -> Res
     if local.is_file() and local.suffix == ".gguf":
         return ResolvedModel(name=name, path=str(convert_gguf(local.resolve(), gguf_conversion_dir(local, root))))
     if local.is_dir():
-        if not (local / "config.json").exists() and not (local / "adapter_config.json").exists():
+        if not (local / MODEL_CONFIG).exists() and not (local / ADAPTER_CONFIG).exists():
             raise AlmostError(f"{local} is not a model checkpoint (no config.json)")
         require_finished_training(local)
         return ResolvedModel(name=name, path=str(local))

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import contracts
 from .contracts import StageOutputs
-from .io import AlmostError
+from .errors import AlmostError
 
 
 @dataclass(frozen=True)

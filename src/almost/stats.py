@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .io import AlmostError
+from .errors import AlmostError
 
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0

@@ -5,7 +5,7 @@ Crash safety, in one place for the three stages:
 
 - Trainer saves ``checkpoint-<step>`` folders inside ``--output_dir`` every ``--save_steps`` steps or
   ``--save_minutes`` minutes, whichever comes first, keeping the last ``--save_total_limit``.
-- ``training_status.json`` (``models.TRAINING_STATUS``) says "running" before anything else is saved
+- ``training_status.json`` (``contracts.TRAINING_STATUS``) says "running" before anything else is saved
   and "done" only after the final model's last file; every reader of a model checks it.
 - A rerun of the same command resumes from the last complete checkpoint (weights, optimizer,
   scheduler, RNG, data position), does nothing when the run has finished, and refuses (one line)
@@ -22,9 +22,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .config import resolve_training_hardware
-from .contracts import StageOutputs, write_summary
-from .io import AlmostError, portable, read_json, redact, write_json_atomic
-from .models import ADAPTER_DIR, TRAINING_STATUS, require_finished_training
+from .contracts import ADAPTER_DIR, CARD_FILE, TRAINER_STATE, TRAINING_ARGS, TRAINING_STATUS, StageOutputs, write_summary
+from .errors import AlmostError
+from .models import require_finished_training
+from .readers import read_json
+from .redaction import portable, redact
+from .writes import write_json_atomic
 
 # Tests only: stall before this optimizer step (a number) so a test can kill the run at a known
 # point after a checkpoint; unset in normal use.
@@ -251,10 +254,10 @@ def finish_checkpoint(config, outputs: StageOutputs, summary: dict) -> None:
     The summary records paths relative to the run directory (the output folder's parent), not this machine's."""
     output_dir = Path(config.output_dir)
     write_summary(outputs, output_dir, portable(summary, output_dir.resolve().parent))
-    (output_dir / "training_args.bin").unlink(missing_ok=True)
+    (output_dir / TRAINING_ARGS).unlink(missing_ok=True)
     if config.use_peft:
-        (output_dir / ADAPTER_DIR / "training_args.bin").unlink(missing_ok=True)
-        (output_dir / ADAPTER_DIR / "README.md").unlink(missing_ok=True)
+        (output_dir / ADAPTER_DIR / TRAINING_ARGS).unlink(missing_ok=True)
+        (output_dir / ADAPTER_DIR / CARD_FILE).unlink(missing_ok=True)
 
 
 def finished_summary(config, outputs: StageOutputs) -> dict:
@@ -282,7 +285,7 @@ def is_complete_checkpoint(path: Path) -> bool:
     import json
 
     try:
-        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(state, dict) and state.get("global_step") == checkpoint_step(path)

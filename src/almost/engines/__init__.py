@@ -6,7 +6,7 @@ import importlib.util
 import sys
 from typing import TYPE_CHECKING
 
-from ..io import AlmostError
+from ..errors import AlmostError
 from ..models import ResolvedModel, resolve_model
 from .base import Engine, Sampling, truncate_at_stop
 from .scripted import ScriptedEngine

@@ -25,7 +25,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from tqdm.auto import tqdm
 
-from ..io import AlmostError
+from ..errors import AlmostError
 from .base import Sampling, truncate_at_stop
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})

@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Sequence
 
-from ..io import AlmostError
+from ..errors import AlmostError
 from .base import Sampling, truncate_at_stop
 
 GIB = 2**30

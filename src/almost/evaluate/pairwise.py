@@ -44,8 +44,13 @@ from tqdm.auto import tqdm
 from ..chat import as_messages, render_prompt
 from ..config import EngineArguments, parse, require_option
 from ..contracts import EVAL_PAIRWISE
+from ..digests import digest_model, fingerprint
 from ..engines import Sampling, engine_model, load_engine
-from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, lock_output_dir, read_jsonl, redact_url
+from ..errors import AlmostError
+from ..locks import lock_output_dir
+from ..readers import read_jsonl
+from ..redaction import redact_url
+from ..resumable import ResumableJsonl
 from ..stats import OUTCOME_POINTS, length_balanced, win_rate
 from .scoring import write_results
 

@@ -16,8 +16,10 @@ from typing import Protocol
 from ..chat import render_prompt
 from ..config import require_option
 from ..contracts import StageOutputs, write_summary
-from ..io import AlmostError, portable, write_jsonl_atomic, write_text_atomic
+from ..errors import AlmostError
 from ..models import inference_precision, length_sorted_batches, load_tokenizer
+from ..redaction import portable
+from ..writes import write_jsonl_atomic, write_text_atomic
 
 
 class OptionScorer(Protocol):

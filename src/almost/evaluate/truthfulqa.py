@@ -21,8 +21,9 @@ from pathlib import Path
 
 from ..config import ModelArguments, parse
 from ..contracts import EVAL_TRUTHFULQA
-from ..io import AlmostError, read_rows
+from ..errors import AlmostError
 from ..models import resolve_model
+from ..readers import read_rows
 from ..stats import accuracy, grouped_accuracy
 from .scoring import LanguageModelOptions, OptionScorer, accuracy_table, chat_prompt, require_paths, write_results
 

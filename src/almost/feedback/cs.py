@@ -35,7 +35,10 @@ from pathlib import Path
 
 from ..config import parse
 from ..contracts import CS, PG, write_summary
-from ..io import AlmostError, output_is_current, read_json, read_jsonl, read_prompts, write_jsonl_atomic
+from ..errors import AlmostError
+from ..readers import read_json, read_jsonl, read_prompts
+from ..resumable import output_is_current
+from ..writes import write_jsonl_atomic
 from .rg import output_path
 
 SEED_BAD = "BAD"

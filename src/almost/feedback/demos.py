@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..chat import transcript
-from ..io import AlmostError, read_text, require_file
+from ..errors import AlmostError
+from ..readers import read_text, require_file
 from ..reward.formats import parse_transcript
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"

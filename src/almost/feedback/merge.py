@@ -15,7 +15,11 @@ from pathlib import Path
 
 from ..config import parse
 from ..contracts import PG, RG_ROW_KEYS, RG_SHARD_FILE
-from ..io import AlmostError, digest_file, output_is_current, read_jsonl, read_prompts, record_settings, require_columns, write_jsonl_atomic
+from ..digests import digest_file
+from ..errors import AlmostError
+from ..readers import read_jsonl, read_prompts, require_columns
+from ..resumable import output_is_current, partial_path, record_settings
+from ..writes import write_jsonl_atomic
 from .rg import output_path
 
 
@@ -52,7 +56,7 @@ def merged_rows(directory: Path, name: str, n: int, files: dict[int, Path], prom
     """The rows of one complete shard set in prompt order; AlmostError if the set is not exactly right."""
     missing = [i for i in range(n) if i not in files]
     if missing:
-        running = [i for i in missing if output_path(directory, name, (i, n)).with_suffix(".jsonl.partial").exists()]
+        running = [i for i in missing if partial_path(output_path(directory, name, (i, n))).exists()]
         detail = f" (shard {running[0]} is unfinished: rerun it)" if running else ""
         raise AlmostError(f"{name}: shard(s) {', '.join(map(str, missing))} of {n} are missing{detail}; nothing merged")
     rows: dict[int, dict] = {}

@@ -32,19 +32,12 @@ from tqdm.auto import tqdm
 
 from ..config import EngineArguments, parse
 from ..contracts import PG, write_summary
+from ..digests import digest_model, fingerprint
 from ..engines import Engine, Sampling, engine_model, load_engine
-from ..io import (
-    AlmostError,
-    ResumableJsonl,
-    digest_model,
-    fingerprint,
-    output_is_current,
-    read_lines,
-    record_settings,
-    recorded_settings,
-    remove_output,
-    write_text_atomic,
-)
+from ..errors import AlmostError
+from ..readers import read_lines
+from ..resumable import ResumableJsonl, output_is_current, record_settings, recorded_settings, remove_output
+from ..writes import write_text_atomic
 from .demos import SEED_PROMPTS, asset_or_path
 
 QUERY_PREFIX = "Query:"
@@ -304,7 +297,7 @@ def _resume_settings(config: PGArguments, prompt_file: PromptFile, model: str) -
     """What decides the rounds' content. --num_generation and --max_rounds only decide when to stop.
 
     --batch_size is here because it is the number of requests per round (what a round samples), not
-    a memory knob; ``model`` is the model's content fingerprint (``io.digest_model``), not its path.
+    a memory knob; ``model`` is the model's content fingerprint (``digests.digest_model``), not its path.
     """
     keys = ("backend", "dtype", *ROUND_SETTINGS)
     settings = {k: v for k, v in asdict(config).items() if k in keys}

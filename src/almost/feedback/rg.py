@@ -33,9 +33,12 @@ from tqdm.auto import tqdm
 from ..chat import check_chat_template, render_prompt
 from ..config import EngineArguments, parse, parse_shard
 from ..contracts import PG, rg_file
+from ..digests import digest_model
 from ..engines import Engine, Sampling, engine_model, load_engine
-from ..io import AlmostError, ResumableJsonl, digest_model, read_jsonl, read_prompts
+from ..errors import AlmostError
 from ..models import ResolvedModel, load_tokenizer
+from ..readers import read_jsonl, read_prompts
+from ..resumable import ResumableJsonl
 from .demos import ANSWER_STOP, BETTER_DEMONSTRATIONS, Demonstrations, bad_answer_reasons, cut_answer, few_shot_prompt, load_demonstrations
 
 
@@ -194,7 +197,7 @@ def answer_row(index: int, prompt: str, generation: str, name: str, trim: bool =
 
 def _resume_settings(config: RGArguments, configuration: Configuration, prompts: Sequence[str], shard, model: str) -> dict:
     """What decides a configuration's rows. ``model`` is the model's content fingerprint
-    (``io.digest_model``); --batch_size counts only on the hf backend, where a batch's padding
+    (``digests.digest_model``); --batch_size counts only on the hf backend, where a batch's padding
     changes the sampled tokens."""
     return {
         "model": model,

@@ -26,8 +26,9 @@ from trl import GRPOConfig, RLOOConfig
 from .. import contracts
 from ..chat import render_prompt
 from ..config import parse, require_option
-from ..io import AlmostError, read_prompts
+from ..errors import AlmostError
 from ..models import resolve_model
+from ..readers import read_prompts
 from ..training import (
     TrainingStageArguments,
     check_output_dir,

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ..chat import transcript
 from ..config import EngineArguments, parse
 from ..contracts import RESAMPLED_REASONS, RMSP, USER_TURNS_KEY, write_summary
+from ..digests import digest_model, fingerprint
 from ..engines import Engine, Sampling, engine_model, load_engine
 from ..feedback.demos import (
     ANSWER_STOP,
@@ -46,15 +47,9 @@ from ..feedback.demos import (
     load_demonstrations,
 )
 from ..feedback.pg import rouge_l_fmeasure, rouge_lcs, rouge_tokens
-from ..io import (
-    ResumableJsonl,
-    digest_model,
-    fingerprint,
-    read_json,
-    read_prompts,
-    read_rows,
-    write_jsonl_atomic,
-)
+from ..readers import read_json, read_prompts, read_rows
+from ..resumable import ResumableJsonl
+from ..writes import write_jsonl_atomic
 
 # The user simulator writes one Human turn: it ends where the model starts the assistant's reply.
 USER_STOP = (SEPARATOR, "\nAssistant:", "\nHuman:")

@@ -25,8 +25,9 @@ from trl import SFTConfig
 from .. import contracts
 from ..chat import as_messages, check_chat_template
 from ..config import parse, require_option
-from ..io import AlmostError, read_rows, read_text
+from ..errors import AlmostError
 from ..models import DEFAULT_MODEL, load_tokenizer, resolve_model
+from ..readers import read_rows, read_text
 from ..training import (
     TrainingStageArguments,
     check_output_dir,

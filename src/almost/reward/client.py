@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-from ..io import AlmostError
+from ..errors import AlmostError
 
 # Where clients look for the bearer token of `almost rm serve --token_env ...` unless told otherwise.
 TOKEN_ENV = "ALMOST_RM_TOKEN"

@@ -23,9 +23,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import parse, require_option
-from ..contracts import RM_EVAL, write_summary
-from ..io import AlmostError, fingerprint, portable, read_jsonl, write_text_atomic
+from ..contracts import ADAPTER_DIR, CARD_FILE, RM_EVAL, write_summary
+from ..digests import fingerprint
+from ..errors import AlmostError
+from ..readers import read_jsonl
+from ..redaction import portable
 from ..stats import reward_pair_metrics
+from ..writes import write_text_atomic
 from .formats import Pair, load_pairs
 from .model import RewardScorer, reward_model_path
 from .score import config_scorer, reward_store
@@ -232,8 +236,7 @@ def eval_data_path(data_path: str) -> Path:
 def add_to_model_card(config: RewardEvalConfig, metrics: dict) -> Path | None:
     """Add the results to the card of a reward model `almost rm train` made; the card of any other
     model (a hub id, another tool's folder) is never touched. Returns the card written, if any."""
-    from ..cards import CARD_FILE, add_model_evaluation, shown_path
-    from ..models import ADAPTER_DIR
+    from ..cards import add_model_evaluation, shown_path
 
     folder = Path(config.model_name_or_path).expanduser()
     if not folder.is_dir():

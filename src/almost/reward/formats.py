@@ -24,7 +24,8 @@ from itertools import combinations
 from pathlib import Path
 
 from ..chat import as_messages
-from ..io import AlmostError, read_json, read_rows
+from ..errors import AlmostError
+from ..readers import read_json, read_rows
 
 SUBSET_COLUMNS = ("subset", "type")
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..chat import render_conversation
-from ..io import AlmostError, read_json
+from ..contracts import ADAPTER_CONFIG, MODEL_CONFIG
+from ..errors import AlmostError
 from ..models import inference_precision, length_sorted_batches, load_tokenizer, resolve_model
+from ..readers import read_json
 from ..training import load_merged_adapter
 from .client import TOKEN_ENV, RemoteRewardScorer, is_url
 
@@ -21,7 +23,7 @@ from .client import TOKEN_ENV, RemoteRewardScorer, is_url
 def is_adapter(path: str) -> bool:
     """A PEFT adapter folder (``almost rm train --lora`` writes one to ``<output_dir>/adapter``)."""
     p = Path(path)
-    return (p / "adapter_config.json").exists() and not (p / "config.json").exists()
+    return (p / ADAPTER_CONFIG).exists() and not (p / MODEL_CONFIG).exists()
 
 
 def reward_model_path(name_or_path: str | None, cache_dir: str | None = None) -> str:
@@ -38,10 +40,10 @@ def check_reward_model(path: str) -> None:
     from transformers import AutoConfig
 
     p = Path(path)
-    if p.is_dir() and not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
+    if p.is_dir() and not (p / MODEL_CONFIG).exists() and not (p / ADAPTER_CONFIG).exists():
         raise AlmostError(f"{path} is not a model checkpoint (no config.json)")
     if is_adapter(path):
-        adapter = read_json(p / "adapter_config.json", "adapter config")
+        adapter = read_json(p / ADAPTER_CONFIG, "adapter config")
         if adapter.get("task_type") != "SEQ_CLS":
             raise AlmostError(f"{path} is a LoRA adapter for {adapter.get('task_type')}, not a reward model (needs SEQ_CLS)")
         return

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from trl import RewardTrainer
 
-from ..io import AlmostError
+from ..errors import AlmostError
 
 LENGTH_HEAD_FILE = "length_head.safetensors"
 

@@ -21,7 +21,10 @@ from tqdm.auto import tqdm
 
 from ..chat import as_messages
 from ..config import parse, require_option
-from ..io import AlmostError, ResumableJsonl, digest_model, fingerprint, read_rows
+from ..digests import digest_model, fingerprint
+from ..errors import AlmostError
+from ..readers import read_rows
+from ..resumable import ResumableJsonl
 from .client import RemoteRewardScorer
 from .formats import context_messages
 from .model import RewardScorer, RewardScorerSettings, load_scorer, reward_model_path

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..config import parse
-from ..io import AlmostError
+from ..errors import AlmostError
 from .score import conversations_to_score
 
 MAX_BODY_BYTES = 32 * 1024 * 1024

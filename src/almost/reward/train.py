@@ -20,7 +20,7 @@ from trl import RewardConfig
 from .. import contracts
 from ..chat import render_conversation
 from ..config import parse, require_option
-from ..io import AlmostError
+from ..errors import AlmostError
 from ..models import DEFAULT_MODEL, load_tokenizer, resolve_model
 from ..training import (
     TrainingStageArguments,

@@ -4,7 +4,7 @@ model findable, the rubric naming real rg configurations, every step's settings 
 from __future__ import annotations
 
 from ..engines import AUTO, resolve_backend
-from ..io import AlmostError
+from ..errors import AlmostError
 from ..models import resolve_model
 from ..stages import stage_command
 from .plan import Planner, Step, is_model_key

@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import settings_to_argv
-from ..io import AlmostError, held_output_dirs, lock_output_dir, redact_argv, release_output_dirs, write_json_atomic
+from ..errors import AlmostError
+from ..locks import held_output_dirs, lock_output_dir, release_output_dirs
+from ..redaction import redact_argv
 from ..stages import stage_command
+from ..writes import write_json_atomic
 from .fingerprints import clear_outputs, is_done, read_marker, step_fingerprint
 from .plan import Step
 

@@ -12,10 +12,12 @@ import shutil
 from pathlib import Path
 
 from ..config import settings_to_argv
-from ..contracts import MODEL_CONFIG
-from ..io import LOCK_NAME, AlmostError, digest_file, digest_model, fingerprint, read_json
+from ..contracts import ADAPTER_CONFIG, LOCK_NAME, MODEL_CONFIG, STEP_MARKER_PREFIX
+from ..digests import digest_file, digest_model, fingerprint
+from ..errors import AlmostError
 from ..models import unfinished_training
-from .plan import MARKER_PREFIX, Step
+from ..readers import read_json
+from .plan import Step
 
 # Flags that do not decide a step's result: left out of its fingerprint. The cache changes by itself
 # (downloads, the embedded model's conversion); a model found through it is fingerprinted by content.
@@ -25,16 +27,16 @@ NOT_RESULT_FLAGS = frozenset({"cache_dir", "answers_dir"})
 
 
 def digest_path(path: Path) -> str:
-    """Content hash of a file (sampled when large, see ``io.digest_file``); a model checkpoint's
-    config, tokenizer and weights by content (``io.digest_model``: its logs, card and intermediate
+    """Content hash of a file (sampled when large, see ``digests.digest_file``); a model checkpoint's
+    config, tokenizer and weights by content (``digests.digest_model``: its logs, card and intermediate
     checkpoints do not count); names, sizes and mtimes of any other folder's files."""
     if path.is_file():
         return digest_file(path)
-    if (path / MODEL_CONFIG).is_file() or (path / "adapter_config.json").is_file():
+    if (path / MODEL_CONFIG).is_file() or (path / ADAPTER_CONFIG).is_file():
         return digest_model(path)
     h = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        if file.name.startswith(MARKER_PREFIX) or file.name == LOCK_NAME:
+        if file.name.startswith(STEP_MARKER_PREFIX) or file.name == LOCK_NAME:
             continue
         stat = file.stat()
         h.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())

@@ -36,7 +36,8 @@ import sys
 from pathlib import Path
 
 from ..config import OneLineArgumentParser
-from ..io import AlmostError, lock_output_dir
+from ..errors import AlmostError
+from ..locks import lock_output_dir
 from .checks import validate
 from .execute import PipelineResult, StepResult, execute
 from .fingerprints import is_done, read_marker, step_fingerprint

@@ -17,15 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from ..config import settings_to_argv
-from ..contracts import CS, EVALUATIONS, PG, RMSP
+from ..contracts import CS, EVALUATIONS, PG, RMSP, STEP_MARKER_PREFIX, rg_file
+from ..errors import AlmostError
 from ..feedback.demos import ASSETS
-from ..io import AlmostError, read_yaml_mapping, redact_argv
 from ..models import DEFAULT_MODEL
+from ..readers import read_yaml_mapping
+from ..redaction import redact_argv
+from ..resumable import output_files
 from ..stages import stage_command
 
 STAGES = ("pg", "rg", "cs", "rm", "rmsp", "sft", "rl", "eval")
 TOP_LEVEL_KEYS = ("output_dir", "shared", "in_process", *STAGES)
-MARKER_PREFIX = ".almost-step"
 # The folder of answers shared by the pairwise steps of several judges, beside their step folders
 # (whose names always contain "-vs-", so they cannot collide with it).
 PAIRWISE_ANSWERS = "answers"
@@ -50,7 +52,7 @@ class Step:
     @property
     def marker(self) -> Path:
         suffix = "" if not self.owned else "-" + self.name.split("/")[-1]
-        return self.output_dir / f"{MARKER_PREFIX}{suffix}.json"
+        return self.output_dir / f"{STEP_MARKER_PREFIX}{suffix}.json"
 
     @property
     def argv(self) -> list[str]:
@@ -222,13 +224,8 @@ class Planner:
             if name in self.configuration_names:
                 raise AlmostError(f"{self.where}: rg configuration {name!r} is listed twice")
             self.configuration_names.append(name)
-            owned = (
-                out / f"{name}.jsonl",
-                out / f"{name}.jsonl.settings.json",
-                out / f"{name}.jsonl.partial",
-                out / f"{name}.jsonl.partial.json",
-            )
-            self.add("rg", f"rg/{name}", ("rg",), user, wired, out, f"{name}.jsonl", owned=owned)
+            product = rg_file(name)
+            self.add("rg", f"rg/{name}", ("rg",), user, wired, out, product, owned=output_files(out / product))
 
     def plan_rm(self) -> str:
         rm = self.section("rm")

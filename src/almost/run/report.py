@@ -34,6 +34,8 @@ from ..contracts import (
     CS,
     EVALUATIONS,
     PG,
+    REPORT_FIGURES,
+    REPORT_FILE,
     RESAMPLED_REASONS,
     RG_ROW_KEYS,
     RL,
@@ -45,10 +47,10 @@ from ..contracts import (
     Summary,
     read_summary,
 )
-from ..io import AlmostError, read_json, read_jsonl, read_lines, write_text_atomic
+from ..errors import AlmostError
+from ..readers import read_json, read_jsonl, read_lines
+from ..writes import write_text_atomic
 
-REPORT = "report.md"
-FIGURES = "report_figures"  # the PNGs, next to report.md
 # The one number of each evaluation in the tables: accuracy, or the win rate for pairwise.
 HEADLINE_KEYS = {"hhh": "accuracy", "truthfulqa": "accuracy", "pairwise": "win_rate"}
 
@@ -117,7 +119,7 @@ def save_figure(fig, path: Path) -> None:
 def _save(fig, path: Path) -> str:
     """Write the figure and return the Markdown that shows it (paths relative to report.md)."""
     save_figure(fig, path)
-    return f"![{path.stem}]({FIGURES}/{path.name})"
+    return f"![{path.stem}]({REPORT_FIGURES}/{path.name})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -497,7 +499,7 @@ def write_report(run_dir: str | Path) -> Path:
     run = Path(run_dir)
     if not run.is_dir():
         raise AlmostError(f"run directory not found: {run}")
-    figures = run / FIGURES
+    figures = run / REPORT_FIGURES
     sections = [
         f"# almost run report: `{run.resolve().name}`",
         "Built by `almost report` from the files the stages wrote; a section whose files are missing says so.",
@@ -509,7 +511,7 @@ def write_report(run_dir: str | Path) -> Path:
         section_rl(run, figures),
         section_evaluation(run, figures),
     ]
-    return write_text_atomic(run / REPORT, "\n\n".join(sections) + "\n")
+    return write_text_atomic(run / REPORT_FILE, "\n\n".join(sections) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import statistics
 from pathlib import Path
 
 from ..contracts import CS, RL, RM_TRAIN, SFT
-from ..io import AlmostError, read_jsonl, read_lines
+from ..errors import AlmostError
+from ..readers import read_jsonl, read_lines
 from .execute import PipelineResult
 from .plan import Step
 from .report import _load_json, headline, read_rl_log, rmsp_turn_rewards
