@@ -18,8 +18,8 @@ import random
 import sys
 import time
 
-from almost.feedback.demos import SEED_PROMPTS
 from almost.feedback.pg import NearDuplicateIndex, read_prompt_file, rouge_l_reference, rouge_tokens
+from almost.shipped import SEED_PROMPTS
 
 THRESHOLD = 0.5
 

@@ -40,10 +40,10 @@ from pathlib import Path
 from almost.allocator import reexec_with_tcmalloc, tcmalloc_loaded
 from almost.config import EngineArguments
 from almost.engines import BACKENDS, Sampling, load_engine
-from almost.feedback.demos import SEED_PROMPTS
 from almost.models import resolve_model
 from almost.policy.selfplay import RMSPArguments, run_rmsp
 from almost.readers import read_prompts
+from almost.shipped import SEED_PROMPTS
 
 
 class SeparateCalls:

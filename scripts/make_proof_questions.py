@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from almost.evaluate import HH_HARMLESS_TEST, SAMPLE_DATA
-from almost.feedback.demos import ASSETS
 from almost.feedback.pg import rouge_l_reference, rouge_tokens
 from almost.reward.formats import parse_transcript, split_shared_prefix
+from almost.shipped import ASSETS, HH_HARMLESS_TEST, SAMPLE_DATA
 
 HELPFUL = SAMPLE_DATA / "helpful_questions.jsonl"
 SEED_PROMPTS = (ASSETS / "seed_prompts.txt", ASSETS / "seed_prompts_harmless.txt")

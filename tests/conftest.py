@@ -73,7 +73,7 @@ TINY_RUN_QUERIES = [
 
 
 def _scripted_queries():
-    from almost.engines import ScriptedEngine
+    from scripted_engine import ScriptedEngine
 
     asked = iter(range(10**6))
     return ScriptedEngine(lambda request, sample: " " + TINY_RUN_QUERIES[next(asked) % len(TINY_RUN_QUERIES)] + "\n")
@@ -82,7 +82,7 @@ def _scripted_queries():
 def _scripted_answers():
     """RG's and RMSP's policy: a longer answer the more demonstrations the prompt shows, so that the
     rubric's first configuration wins CS's length filter; candidates differ in length for the RM."""
-    from almost.engines import ScriptedEngine
+    from scripted_engine import ScriptedEngine
 
     def respond(prompt: str, sample: int) -> str:
         sentences = 1 + prompt.count("\n-----\n") + sample
@@ -92,7 +92,7 @@ def _scripted_answers():
 
 
 def _scripted_user():
-    from almost.engines import ScriptedEngine
+    from scripted_engine import ScriptedEngine
 
     return ScriptedEngine(lambda prompt, sample: f" Could you say more about point {prompt.count('Assistant:')}, please?\n\nAssistant:")
 
@@ -104,10 +104,10 @@ def build_tiny_run(run: Path, policy: str, reward_model: str) -> Path:
     scores and evaluates the tiny random models."""
     from almost.cli import main as cli
     from almost.contracts import CS, PG, RMSP
-    from almost.evaluate import HHH_SAMPLE, QUESTIONS_SAMPLE, TRUTHFULQA_SAMPLE
     from almost.feedback.pg import PGArguments, run_pg
     from almost.feedback.rg import RGArguments, run_rg
     from almost.policy.selfplay import RMSPArguments, run_rmsp
+    from almost.shipped import HHH_SAMPLE, QUESTIONS_SAMPLE, TRUTHFULQA_SAMPLE
 
     prompts = run / "pg" / PG.product_file
     run_pg(

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from almost.cli import main as cli_main
-from almost.evaluate import HHH_SAMPLE, TRUTHFULQA_SAMPLE
-from almost.feedback.demos import ASSETS
+from almost.shipped import ASSETS, HHH_SAMPLE, TRUTHFULQA_SAMPLE
 
 QUESTIONS = ASSETS / "eval" / "questions.jsonl"
 LATIN1 = "caf\xe9 au lait?\n".encode("latin-1")  # not UTF-8

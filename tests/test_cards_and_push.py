@@ -10,10 +10,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from scripted_engine import ScriptedEngine
 
 from almost.cards import count_rows, read_card_metadata, size_category, write_dataset_card
 from almost.cli import main as cli_main
-from almost.engines import ScriptedEngine
 from almost.errors import AlmostError
 from almost.feedback import demos
 from almost.feedback.cs import CSArguments, run_cs

@@ -1,6 +1,7 @@
 import pytest
+from scripted_engine import ScriptedEngine
 
-from almost.engines import Sampling, ScriptedEngine, truncate_at_stop
+from almost.engines import Sampling, truncate_at_stop
 from almost.engines.hf import MIN_SHARED_PREFIX, HFEngine, shared_prefix_length
 from almost.models import resolve_model
 

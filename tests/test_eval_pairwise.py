@@ -7,11 +7,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+from scripted_engine import ScriptedEngine
 
 from almost.cli import main as cli_main
-from almost.engines import ScriptedEngine
 from almost.errors import AlmostError
-from almost.evaluate import QUESTIONS_SAMPLE
 from almost.evaluate.pairwise import (
     LLMJudge,
     PairwiseConfig,
@@ -23,6 +22,7 @@ from almost.evaluate.pairwise import (
     read_questions,
     run_pairwise,
 )
+from almost.shipped import QUESTIONS_SAMPLE
 from almost.stats import win_rate
 
 QUESTIONS = [Question("1", "q1", "math"), Question("2", "q2", "math"), Question("3", "q3", "writing")]

@@ -9,10 +9,10 @@ import pytest
 from almost.cli import main as cli_main
 from almost.config import ModelArguments
 from almost.errors import AlmostError
-from almost.evaluate import HHH_SAMPLE, TRUTHFULQA_SAMPLE
 from almost.evaluate.hhh import HHHConfig, hhh_metrics, hhh_prompt, run_hhh, score_pairs
 from almost.evaluate.truthfulqa import TruthfulQAConfig, parse_questions, run_truthfulqa, score_questions
 from almost.reward.formats import Pair
+from almost.shipped import HHH_SAMPLE, TRUTHFULQA_SAMPLE
 
 
 class ScriptedOptions:

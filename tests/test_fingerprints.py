@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import build_tiny_model
+from scripted_engine import ScriptedEngine
 from test_pg import pg_config, scripted_query
 from test_rg import echo_engine, write_prompts
 
 from almost import cli
 from almost.digests import digest_file, digest_model
-from almost.engines import ScriptedEngine
 from almost.errors import AlmostError
 from almost.resumable import output_is_current, record_settings, settings_path
 

@@ -124,9 +124,9 @@ def test_shipped_human_pairs_are_disjoint_halves_that_the_script_reproduces(tmp_
     import json
     from pathlib import Path
 
-    from almost.evaluate import HH_HARMLESS_DEV, HH_HARMLESS_TEST, SHIPPED_PAIRS
     from almost.reward.evaluate import eval_data_path
     from almost.reward.formats import load_pairs
+    from almost.shipped import HH_HARMLESS_DEV, HH_HARMLESS_TEST, SHIPPED_PAIRS
 
     assert eval_data_path("hh-harmless-dev") == HH_HARMLESS_DEV and eval_data_path("hh-harmless-test") == HH_HARMLESS_TEST
     assert eval_data_path("some/file.jsonl") == Path("some/file.jsonl")
@@ -156,7 +156,7 @@ def test_shipped_human_pairs_are_disjoint_halves_that_the_script_reproduces(tmp_
 @pytest.mark.parametrize("name", ["hh-harmless-test", "HH_PATH"])
 def test_rm_train_refuses_the_shipped_evaluation_pairs(name, tmp_path, capsys):
     from almost.cli import main as almost_main
-    from almost.evaluate import HH_HARMLESS_TEST
+    from almost.shipped import HH_HARMLESS_TEST
 
     data = str(HH_HARMLESS_TEST) if name == "HH_PATH" else name
     assert almost_main(["rm", "train", "--data_path", data, "--output_dir", str(tmp_path / "rm")]) == 2
@@ -189,11 +189,10 @@ def test_proof_questions_are_held_out_and_the_script_reproduces_them(tmp_path):
     import json
     from collections import Counter
 
-    from almost.evaluate import HH_HARMLESS_DEV, HH_HARMLESS_TEST, PROOF_QUESTIONS
     from almost.evaluate.pairwise import question_data_path, read_questions
-    from almost.feedback.demos import ASSETS
     from almost.feedback.pg import rouge_l_reference, rouge_tokens
     from almost.reward.formats import parse_transcript
+    from almost.shipped import ASSETS, HH_HARMLESS_DEV, HH_HARMLESS_TEST, PROOF_QUESTIONS
 
     assert question_data_path("proof-questions") == PROOF_QUESTIONS
     questions = read_questions(question_data_path("proof-questions"))  # refuses a question_id seen twice

@@ -7,8 +7,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from scripted_engine import ScriptedEngine
 
-from almost.engines import Sampling, ScriptedEngine, engine_model, load_engine
+from almost.engines import Sampling, engine_model, load_engine
 from almost.engines.openai import OpenAIEngine, normalize_base_url, split_base_urls
 from almost.errors import AlmostError
 from almost.feedback import demos

@@ -8,11 +8,10 @@ import random
 from pathlib import Path
 
 import pytest
+from scripted_engine import ScriptedEngine
 
 from almost.cli import main as cli_main
-from almost.engines import ScriptedEngine
 from almost.errors import AlmostError
-from almost.feedback.demos import SEED_PROMPTS
 from almost.feedback.pg import (
     NearDuplicateIndex,
     PGArguments,
@@ -26,6 +25,7 @@ from almost.feedback.pg import (
     rouge_tokens,
     run_pg,
 )
+from almost.shipped import SEED_PROMPTS
 
 # --- tokenization and ROUGE-L ----------------------------------------------------------------------
 

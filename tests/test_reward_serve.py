@@ -12,8 +12,8 @@ import urllib.error
 import urllib.request
 
 import pytest
+from scripted_engine import ScriptedEngine
 
-from almost.engines import ScriptedEngine
 from almost.errors import AlmostError
 from almost.policy.selfplay import RMSPArguments, run_rmsp
 from almost.readers import read_jsonl

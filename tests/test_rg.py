@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from conftest import SMOLLM2_FILES
+from scripted_engine import ScriptedEngine
 
 from almost import cli
-from almost.engines import Sampling, ScriptedEngine
+from almost.engines import Sampling
 from almost.engines.hf import HFEngine
 from almost.errors import AlmostError
 from almost.feedback import demos

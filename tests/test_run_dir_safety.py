@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from scripted_engine import ScriptedEngine
 
 from almost.cli import main as cli_main
 from almost.contracts import LOCK_NAME
-from almost.engines import ScriptedEngine
 from almost.errors import AlmostError
-from almost.evaluate import QUESTIONS_SAMPLE
 from almost.evaluate.pairwise import PairwiseConfig, build_judge, openai_completer, run_pairwise
 from almost.redaction import portable, redact_argv
 from almost.run.plan import Planner, load_config
+from almost.shipped import QUESTIONS_SAMPLE
 from almost.training import plain_settings
 
 PROMPTS = ["How do I keep basil alive indoors?", "What is a prime number?", "Give me a tip for learning to juggle.", "Why is the sky blue?"]

@@ -7,10 +7,11 @@ import random
 from collections import Counter
 
 import pytest
+from scripted_engine import ScriptedEngine
 
 from almost.cli import main as cli_main
-from almost.engines import Sampling, ScriptedEngine, truncate_at_stop
-from almost.feedback.demos import USER_SIMULATOR_PROMPT, load_demonstrations, trim_to_sentence
+from almost.engines import Sampling, truncate_at_stop
+from almost.feedback.demos import load_demonstrations, trim_to_sentence
 from almost.policy.selfplay import (
     RMSPArguments,
     format_summary,
@@ -21,6 +22,7 @@ from almost.policy.selfplay import (
     user_turn_verdict,
 )
 from almost.readers import read_jsonl
+from almost.shipped import USER_SIMULATOR_PROMPT
 
 DEMOS = """The following are conversations between a human and a helpful assistant.
 -----

@@ -17,29 +17,37 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NoReturn
 
-from trl import TrlParser
-
+from .engines import resolve_backend
 from .errors import AlmostError
 from .locks import lock_output_dir
-from .models import DEFAULT_MODEL
+from .models import DEFAULT_MODEL, cpu_bf16_is_fast
 from .readers import read_yaml_mapping
 from .redaction import redact_argv
 
 
-class Parser(TrlParser):
-    """TrlParser whose errors are one line (``almost X: error: ...``) with exit status 2."""
+def stage_parser(dataclass_types: Sequence[type], prog: str, description: str | None = None):
+    """TRL's parser for ``dataclass_types`` (``--config`` YAML, then flags), whose errors are one line
+    (``almost X: error: ...``) with exit status 2.
 
-    def parse_known_args(self, args=None, namespace=None):
-        # Checked here, between argparse and the dataclasses: a config's __post_init__ (TRL's
-        # included) may already divide by or index with the value.
-        parsed, rest = super().parse_known_args(args, namespace)
-        check_values(vars(parsed))
-        return parsed, rest
+    TRL is imported here, when a stage parses its options: it loads torch and transformers (seconds),
+    which ``almost --help`` and the pipeline's planning do without.
+    """
+    from trl import TrlParser
 
-    def error(self, message: str) -> NoReturn:
-        # Raised, not sys.exit(2): the CLI prints it as one line and exits 2, and a caller running
-        # the stage in process (the pipeline, the tests) gets the same error as every other one.
-        raise AlmostError(message)
+    class Parser(TrlParser):
+        def parse_known_args(self, args=None, namespace=None):
+            # Checked here, between argparse and the dataclasses: a config's __post_init__ (TRL's
+            # included) may already divide by or index with the value.
+            parsed, rest = super().parse_known_args(args, namespace)
+            check_values(vars(parsed))
+            return parsed, rest
+
+        def error(self, message: str) -> NoReturn:
+            # Raised, not sys.exit(2): the CLI prints it as one line and exits 2, and a caller running
+            # the stage in process (the pipeline, the tests) gets the same error as every other one.
+            raise AlmostError(message)
+
+    return Parser(dataclass_types, prog=prog, description=description)
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -53,7 +61,7 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 def parse(prog: str, dataclass_types: Sequence[type], argv: Sequence[str] | None, description: str | None = None):
     """Parse ``argv`` (with an optional ``--config`` YAML) into instances of ``dataclass_types``, and
     lock the output directory they name for this process."""
-    parser = Parser(dataclass_types, prog=prog, description=description)
+    parser = stage_parser(dataclass_types, prog, description)
     argv = list(argv) if argv is not None else sys.argv[1:]
     check_config_file(argv, dataclass_types)
     parsed = _parse_argv(parser, argv)
@@ -75,10 +83,10 @@ def parse_settings(prog: str, dataclass_types: Sequence[type], settings: Mapping
     unknown = [key for key in settings if key not in option_names(dataclass_types)]
     if unknown:
         raise AlmostError(f"unrecognized option {unknown[0]!r} for `{prog}`")
-    return _parse_argv(Parser(dataclass_types, prog=prog), settings_to_argv(settings))
+    return _parse_argv(stage_parser(dataclass_types, prog), settings_to_argv(settings))
 
 
-def _parse_argv(parser: Parser, argv: list[str]) -> tuple:
+def _parse_argv(parser, argv: list[str]) -> tuple:
     try:
         return tuple(parser.parse_args_and_config(argv))
     except FileNotFoundError as e:
@@ -279,8 +287,6 @@ class EngineArguments(ModelArguments):
     )
 
     def __post_init__(self):
-        from .engines import resolve_backend
-
         # Resolved once here, so that what a run records (fingerprints, stats) names the real engine.
         self.backend = resolve_backend("hf" if self.use_hf else self.backend)
         if self.backend == "openai" and not self.base_url:
@@ -325,8 +331,6 @@ def resolve_training_hardware(args) -> None:
     bf16 pays off on GPUs that support it and on CPUs with native bf16; elsewhere it is slower.
     """
     import torch
-
-    from .models import cpu_bf16_is_fast
 
     if not torch.accelerator.is_available():
         args.use_cpu = True

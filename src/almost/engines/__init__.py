@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from typing import TYPE_CHECKING
 
 from ..errors import AlmostError
 from ..models import ResolvedModel, resolve_model
 from .base import Engine, Sampling, truncate_at_stop
-from .scripted import ScriptedEngine
-
-if TYPE_CHECKING:
-    from ..config import EngineArguments
 
 BACKENDS = ("hf", "vllm", "openai")
 AUTO = "auto"  # vllm wherever it is installed, else hf
@@ -51,9 +46,9 @@ def engine_model(config, name_or_path: str | None) -> ResolvedModel:
     return ResolvedModel(name=name, path=served)
 
 
-def load_engine(config: EngineArguments, model: ResolvedModel) -> Engine:
-    """The engine ``config.backend`` names, loaded with ``model`` (``engine_model``) and the config's
-    engine settings."""
+def load_engine(config, model: ResolvedModel) -> Engine:
+    """The engine ``config.backend`` names, loaded with ``model`` (``engine_model``) and the engine
+    settings of ``config`` (a stage's ``config.EngineArguments``)."""
     backend = resolve_backend(config.backend)
     if backend == "hf":
         from .hf import HFEngine
@@ -90,4 +85,4 @@ def load_engine(config: EngineArguments, model: ResolvedModel) -> Engine:
     )
 
 
-__all__ = ["AUTO", "BACKENDS", "Engine", "Sampling", "ScriptedEngine", "engine_model", "load_engine", "resolve_backend", "truncate_at_stop"]
+__all__ = ["AUTO", "BACKENDS", "Engine", "Sampling", "engine_model", "load_engine", "resolve_backend", "truncate_at_stop"]

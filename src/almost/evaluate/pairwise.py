@@ -51,6 +51,7 @@ from ..locks import lock_output_dir
 from ..readers import read_jsonl
 from ..redaction import redact_url
 from ..resumable import ResumableJsonl
+from ..shipped import SHIPPED_QUESTIONS, shipped_or_path
 from ..stats import OUTCOME_POINTS, length_balanced, win_rate
 from .scoring import write_results
 
@@ -149,8 +150,6 @@ class Judge(Protocol):
 
 def question_data_path(data_path: str) -> Path:
     """A shipped question set's short name (``proof-questions``) → its file; anything else is a path."""
-    from . import SHIPPED_QUESTIONS, shipped_or_path
-
     return shipped_or_path(data_path, SHIPPED_QUESTIONS)
 
 

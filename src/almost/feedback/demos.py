@@ -14,29 +14,7 @@ from ..chat import transcript
 from ..errors import AlmostError
 from ..readers import read_text, require_file
 from ..reward.formats import parse_transcript
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-# The project's own files (users may pass theirs): seed queries for PG, a high-quality and a
-# deliberately weaker demonstration file for RG, and the prompt that makes an LM play the user in RMSP.
-SEED_PROMPTS = ASSETS / "seed_prompts.txt"
-BETTER_DEMONSTRATIONS = ASSETS / "faithful_prompt.txt"
-WORSE_DEMONSTRATIONS = ASSETS / "basic_prompt.txt"
-USER_SIMULATOR_PROMPT = ASSETS / "user_simulator_prompt.txt"
-# Opt-in files for a rubric that can carry harmlessness at all: demonstrations whose better side also
-# declines harmful requests politely, with a reason and an alternative, and PG seed queries that
-# include such requests. The defaults above stay the seed's contrast.
-HARMLESS_DEMONSTRATIONS = ASSETS / "harmless_prompt.txt"
-HARMLESS_SEED_PROMPTS = ASSETS / "seed_prompts_harmless.txt"
-
-
-def asset_or_path(path: str | Path) -> Path:
-    """A file name that is not a local file but a shipped asset (``harmless_prompt.txt``) → the
-    asset; anything else is returned as it is, so an existing local file always wins."""
-    path = Path(path)
-    if not path.exists() and not path.is_absolute() and (ASSETS / path).is_file():
-        return ASSETS / path
-    return path
-
+from ..shipped import asset_or_path
 
 SEPARATOR = "-----"
 # An answer ends where the model starts the next dialogue or the next human turn.

@@ -37,8 +37,8 @@ from ..engines import Engine, Sampling, engine_model, load_engine
 from ..errors import AlmostError
 from ..readers import read_lines
 from ..resumable import ResumableJsonl, output_is_current, record_settings, recorded_settings, remove_output
+from ..shipped import SEED_PROMPTS, asset_or_path
 from ..writes import write_text_atomic
-from .demos import SEED_PROMPTS, asset_or_path
 
 QUERY_PREFIX = "Query:"
 # The candidate is the first line the model writes: it ends at a newline or where the model starts

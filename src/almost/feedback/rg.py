@@ -39,7 +39,8 @@ from ..errors import AlmostError
 from ..models import ResolvedModel, load_tokenizer
 from ..readers import read_jsonl, read_prompts
 from ..resumable import ResumableJsonl
-from .demos import ANSWER_STOP, BETTER_DEMONSTRATIONS, Demonstrations, bad_answer_reasons, cut_answer, few_shot_prompt, load_demonstrations
+from ..shipped import BETTER_DEMONSTRATIONS
+from .demos import ANSWER_STOP, Demonstrations, bad_answer_reasons, cut_answer, few_shot_prompt, load_demonstrations
 
 
 @dataclass

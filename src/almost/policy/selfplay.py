@@ -37,9 +37,7 @@ from ..digests import digest_model, fingerprint
 from ..engines import Engine, Sampling, engine_model, load_engine
 from ..feedback.demos import (
     ANSWER_STOP,
-    BETTER_DEMONSTRATIONS,
     SEPARATOR,
-    USER_SIMULATOR_PROMPT,
     Demonstrations,
     bad_answer_reasons,
     cut_answer,
@@ -49,6 +47,7 @@ from ..feedback.demos import (
 from ..feedback.pg import rouge_l_fmeasure, rouge_lcs, rouge_tokens
 from ..readers import read_json, read_prompts, read_rows
 from ..resumable import ResumableJsonl
+from ..shipped import BETTER_DEMONSTRATIONS, USER_SIMULATOR_PROMPT
 from ..writes import write_jsonl_atomic
 
 # The user simulator writes one Human turn: it ends where the model starts the assistant's reply.

@@ -28,6 +28,7 @@ from ..digests import fingerprint
 from ..errors import AlmostError
 from ..readers import read_jsonl
 from ..redaction import portable
+from ..shipped import SHIPPED_PAIRS, shipped_or_path
 from ..stats import reward_pair_metrics
 from ..writes import write_text_atomic
 from .formats import Pair, load_pairs
@@ -228,8 +229,6 @@ def plot_rewards(rows: Sequence[dict], path: Path, title: str) -> Path:
 
 def eval_data_path(data_path: str) -> Path:
     """A shipped set's short name (``hh-harmless-dev``) → its file; anything else is a path."""
-    from ..evaluate import SHIPPED_PAIRS, shipped_or_path
-
     return shipped_or_path(data_path, SHIPPED_PAIRS)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from tqdm.auto import tqdm
 
@@ -28,9 +28,6 @@ from ..resumable import ResumableJsonl
 from .client import RemoteRewardScorer
 from .formats import context_messages
 from .model import RewardScorer, RewardScorerSettings, load_scorer, reward_model_path
-
-if TYPE_CHECKING:
-    from .evaluate import RewardEvalConfig
 
 OUTPUT_FILE = "scored.jsonl"
 ROW_KEY = "_almost_row"  # resume key, left out of the final file
@@ -79,10 +76,18 @@ def conversations_to_score(row: dict, where: str) -> dict[str, list[dict]]:
     )
 
 
-def reward_store(
-    config: RewardScoreConfig | RewardEvalConfig, model_path: str, final: Path, key: str, data_fingerprint: str, rows: int
-) -> ResumableJsonl:
-    """The resumable output of ``rm score`` or ``rm eval`` (``config`` is either's), emptied by --overwrite.
+class ScoringSettings(Protocol):
+    """What ``rm score`` and ``rm eval`` share: how the reward model is read, and whether to start again."""
+
+    batch_size: int
+    max_length: int
+    dtype: str
+    trust_remote_code: bool
+    overwrite: bool
+
+
+def reward_store(config: ScoringSettings, model_path: str, final: Path, key: str, data_fingerprint: str, rows: int) -> ResumableJsonl:
+    """The resumable output of ``rm score`` or ``rm eval``, emptied by --overwrite.
 
     Keyed by the reward model and the rows by content (a model retrained in the same folder must not
     add its rewards to the old one's); dtype and max_length change the rewards, batch_size only the speed.
@@ -100,7 +105,7 @@ def reward_store(
     return store
 
 
-def config_scorer(config: RewardScoreConfig | RewardEvalConfig, model_path: str) -> RewardScorer | RemoteRewardScorer:
+def config_scorer(config: ScoringSettings, model_path: str) -> RewardScorer | RemoteRewardScorer:
     """The reward model as ``rm score``'s or ``rm eval``'s settings ask for it."""
     return load_scorer(
         model_path,

@@ -22,6 +22,7 @@ from ..chat import render_conversation
 from ..config import parse, require_option
 from ..errors import AlmostError
 from ..models import DEFAULT_MODEL, load_tokenizer, resolve_model
+from ..shipped import SAMPLE_DATA, SHIPPED_PAIRS
 from ..training import (
     TrainingStageArguments,
     check_output_dir,
@@ -149,8 +150,6 @@ def encode_pairs(tokenizer, pairs: list[Pair], max_length: int | None, truncatio
 
 def refuse_evaluation_data(data_path: str) -> None:
     """The human pairs shipped for evaluation measure the method; a model trained on them proves nothing."""
-    from ..evaluate import SAMPLE_DATA, SHIPPED_PAIRS
-
     path = Path(data_path)
     if data_path in SHIPPED_PAIRS or (path.exists() and path.resolve().is_relative_to(SAMPLE_DATA.resolve())):
         raise AlmostError(f"--data_path {data_path} is almost's evaluation data (assets/eval); never train on it")

@@ -19,11 +19,11 @@ from typing import Any
 from ..config import settings_to_argv
 from ..contracts import CS, EVALUATIONS, PG, RMSP, STEP_MARKER_PREFIX, rg_file
 from ..errors import AlmostError
-from ..feedback.demos import ASSETS
 from ..models import DEFAULT_MODEL
 from ..readers import read_yaml_mapping
 from ..redaction import redact_argv
 from ..resumable import output_files
+from ..shipped import asset_or_path
 from ..stages import stage_command
 
 STAGES = ("pg", "rg", "cs", "rm", "rmsp", "sft", "rl", "eval")
@@ -87,8 +87,8 @@ def as_asset(value: Any) -> Any:
     ``eval/hhh_sample.jsonl``) → the asset's path, so configs can use the shipped files anywhere."""
     if isinstance(value, list):
         return [as_asset(v) for v in value]
-    if isinstance(value, str) and value and not Path(value).is_absolute() and not Path(value).exists() and (ASSETS / value).is_file():
-        return str(ASSETS / value)
+    if isinstance(value, str) and value and asset_or_path(value) != Path(value):
+        return str(asset_or_path(value))
     return value
 
 

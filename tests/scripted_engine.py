@@ -1,10 +1,10 @@
-"""A deterministic engine driven by a Python function: for tests and for wiring checks."""
+"""A deterministic engine driven by a Python function: the tests' stand-in for a model."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .base import Sampling, truncate_at_stop
+from almost.engines import Sampling, truncate_at_stop
 
 
 class ScriptedEngine:
