@@ -70,6 +70,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from almost import shipped
 from almost.allocator import reexec_with_tcmalloc, tcmalloc_loaded
 from almost.config import EngineArguments
 from almost.engines import Sampling, load_engine
@@ -80,7 +81,7 @@ from almost.feedback.rg import Configuration, chunk_seed
 from almost.models import resolve_model
 from almost.readers import read_jsonl
 
-CLI_CONFIGURATIONS = [(demos.BETTER_DEMONSTRATIONS, 1), (demos.BETTER_DEMONSTRATIONS, 3), (demos.WORSE_DEMONSTRATIONS, 3)]
+CLI_CONFIGURATIONS = [(shipped.BETTER_DEMONSTRATIONS, 1), (shipped.BETTER_DEMONSTRATIONS, 3), (shipped.WORSE_DEMONSTRATIONS, 3)]
 SIDES = ("seed", "hf", "vllm")
 MEASURE_REPEATS = 5
 
@@ -304,7 +305,7 @@ def _element_size(dtype) -> int:
 def throughput(args) -> dict:
     model = resolve_model("smollm2-135m")
     configuration = Configuration(model.short_name, demos.load_demonstrations(args.prompt_file_path), args.n_shot)
-    queries = list(read_prompt_file(demos.SEED_PROMPTS).seeds[: args.num_prompts])
+    queries = list(read_prompt_file(shipped.SEED_PROMPTS).seeds[: args.num_prompts])
     result = {
         "prompts": len(queries),
         "configuration": configuration.name,
@@ -434,7 +435,7 @@ def table(result: dict) -> str:
 
 
 def time_cli(backend: str, num_prompts: int, max_new_tokens: int) -> dict:
-    queries = read_prompt_file(demos.SEED_PROMPTS).seeds[:num_prompts]
+    queries = read_prompt_file(shipped.SEED_PROMPTS).seeds[:num_prompts]
     with tempfile.TemporaryDirectory() as out:
         Path(out, "prompts.txt").write_text("".join(q + "\n" for q in queries))
         command = [sys.executable, "-m", "almost", "rg", "--backend", backend, "--output_dir", out, "--max_new_tokens", str(max_new_tokens)]
@@ -466,7 +467,7 @@ def main() -> None:
         default=None,
         help="The seed side answers only the first K of the prompts (default: all); its rate does not depend on K, see the docstring.",
     )
-    p.add_argument("--prompt_file_path", default=str(demos.BETTER_DEMONSTRATIONS))
+    p.add_argument("--prompt_file_path", default=str(shipped.BETTER_DEMONSTRATIONS))
     p.add_argument("--n_shot", type=int, default=2)
     p.add_argument("--max_new_tokens", type=int, default=128, help="Run at 128 and at 768 (the seed's limit for the faithful file).")
     p.add_argument("--batch_size", type=int, default=8, help="Prompts per batch on the hf side (the seed used 4).")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from almost.feedback.pg import rouge_l_reference, rouge_tokens
+from almost.feedback.pg import rouge_l, rouge_tokens
 from almost.reward.formats import parse_transcript, split_shared_prefix
 from almost.shipped import ASSETS, HH_HARMLESS_TEST, SAMPLE_DATA
 
@@ -51,7 +51,7 @@ def too_close(texts: list[str], seeds: list[str]) -> list[tuple[str, str, float]
     for i, text in enumerate(texts):
         tokens = rouge_tokens(text)
         for other in [*seeds, *texts[:i]]:
-            score = rouge_l_reference(rouge_tokens(other), tokens)
+            score = rouge_l(rouge_tokens(other), tokens)
             if score >= ROUGE_L_LIMIT:
                 found.append((text, other, score))
     return found

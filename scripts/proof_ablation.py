@@ -35,7 +35,8 @@ from pathlib import Path
 from almost.feedback.demos import demonstration_name
 from almost.feedback.rg import configuration_name
 from almost.readers import read_json, read_jsonl, read_lines
-from almost.run.report import markdown_table, pyplot, rm_eval_row, save_figure
+from almost.run.sections import rm_eval_row
+from almost.run.tables import markdown_table, pyplot, save_figure
 from almost.writes import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 HARMLESS, FAITHFUL, BASIC = "smollm2-135m-harmless-2shot", "smollm2-135m-faithful-2shot", "smollm2-135m-basic-1shot"

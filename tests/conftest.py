@@ -103,13 +103,13 @@ def build_tiny_run(run: Path, policy: str, reward_model: str) -> Path:
     with scripted engines (a random model's text does not pass their filters), everything else trains,
     scores and evaluates the tiny random models."""
     from almost.cli import main as cli
-    from almost.contracts import CS, PG, RMSP
     from almost.feedback.pg import PGArguments, run_pg
     from almost.feedback.rg import RGArguments, run_rg
     from almost.policy.selfplay import RMSPArguments, run_rmsp
     from almost.shipped import HHH_SAMPLE, QUESTIONS_SAMPLE, TRUTHFULQA_SAMPLE
+    from almost.stages import CS, PG, RMSP
 
-    prompts = run / "pg" / PG.product_file
+    prompts = run / "pg" / PG.outputs.product_file
     run_pg(
         PGArguments(
             output_dir=str(run / "pg"),
@@ -122,7 +122,7 @@ def build_tiny_run(run: Path, policy: str, reward_model: str) -> Path:
     )
     rg = RGArguments(output_dir=str(run / "rg"), prompts_path=str(prompts), model_name_or_path="tiny", n_shot=[2, 1], seed=0)
     run_rg(rg, _scripted_answers())
-    comparisons = run / "cs" / CS.product_file
+    comparisons = run / "cs" / CS.outputs.product_file
     steps = [
         ["cs", "--input_dir", str(run / "rg"), "--output_dir", str(run / "cs"), "--rubric", "tiny-faithful-2shot", "tiny-faithful-1shot"],
         [
@@ -166,7 +166,7 @@ def build_tiny_run(run: Path, policy: str, reward_model: str) -> Path:
             "--model_name_or_path",
             policy,
             "--data_path",
-            str(run / "rmsp" / RMSP.product_file),
+            str(run / "rmsp" / RMSP.outputs.product_file),
             "--output_dir",
             sft,
             "--max_steps",

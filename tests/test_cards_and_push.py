@@ -12,16 +12,17 @@ from pathlib import Path
 import pytest
 from scripted_engine import ScriptedEngine
 
+from almost import shipped
 from almost.cards import count_rows, read_card_metadata, size_category, write_dataset_card
 from almost.cli import main as cli_main
 from almost.errors import AlmostError
-from almost.feedback import demos
 from almost.feedback.cs import CSArguments, run_cs
 from almost.feedback.pg import PGArguments, run_pg
 from almost.feedback.rg import RGArguments, run_rg
 from almost.hub import PushArguments, plan_uploads, run_push
 from almost.policy.selfplay import RMSPArguments, run_rmsp
 from almost.reward.score import RewardScoreConfig, run_rm_score
+from almost.stages import PG, RG, RM_TRAIN
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -55,8 +56,8 @@ def run_dir(tmp_path_factory, tiny_reward_model_path) -> Path:
             n_shot=[1],
         )
 
-    run_rg(rg(demos.BETTER_DEMONSTRATIONS), ScriptedEngine(lambda p, i: " " + LONG))
-    run_rg(rg(demos.WORSE_DEMONSTRATIONS), ScriptedEngine(lambda p, i: " " + SHORT + " It is fine to go slowly at first."))
+    run_rg(rg(shipped.BETTER_DEMONSTRATIONS), ScriptedEngine(lambda p, i: " " + LONG))
+    run_rg(rg(shipped.WORSE_DEMONSTRATIONS), ScriptedEngine(lambda p, i: " " + SHORT + " It is fine to go slowly at first."))
     run_cs(
         CSArguments(
             output_dir=str(run / "cs"), input_dir=str(run / "rg"), rubric=["smollm2-135m-faithful-1shot", "smollm2-135m-basic-1shot"]
@@ -77,7 +78,7 @@ def run_dir(tmp_path_factory, tiny_reward_model_path) -> Path:
             output_dir=str(run / "rmsp"),
             prompts_path=str(run / "pg" / "prompts.txt"),
             reward_model_name_or_path="scripted",
-            prompt_file_path=str(demos.BETTER_DEMONSTRATIONS),
+            prompt_file_path=str(shipped.BETTER_DEMONSTRATIONS),
             n_shot=1,
             num_candidates=2,
             max_turns=1,
@@ -154,7 +155,7 @@ def test_cards_say_what_made_the_data(run_dir):
 
 def test_writing_a_card_leaves_the_data_files_alone(run_dir):
     before = card_files(run_dir / "rg")
-    write_dataset_card(run_dir / "rg", "rg", {}, {"note": "again"})
+    write_dataset_card(run_dir / "rg", RG, {}, {"note": "again"})
     assert card_files(run_dir / "rg") == before
     assert read_card_metadata(run_dir / "rg")["almost"]["stages"]["rg"]["note"] == "again"
 
@@ -163,8 +164,8 @@ def test_prompts_beside_answers_stay_out_of_the_loaded_configs(tmp_path):
     # Standalone rg writes next to prompts.txt; `datasets` reads a folder with one format.
     (tmp_path / "prompts.txt").write_text("a\nb\n")
     (tmp_path / "x-1shot.jsonl").write_text('{"index": 0}\n')
-    write_dataset_card(tmp_path, "pg", {"prompts": "prompts.txt"}, {})
-    write_dataset_card(tmp_path, "rg", {"x-1shot": "x-1shot.jsonl"}, {})
+    write_dataset_card(tmp_path, PG, {"prompts": "prompts.txt"}, {})
+    write_dataset_card(tmp_path, RG, {"x-1shot": "x-1shot.jsonl"}, {})
     configs = read_card_metadata(tmp_path)["configs"]
     assert [c["config_name"] for c in configs] == ["x-1shot"]
     assert 'load_dataset("text", data_files="prompts.txt")' in (tmp_path / "README.md").read_text()
@@ -403,7 +404,7 @@ def test_rm_eval_adds_its_results_to_the_card_of_our_reward_model_only(tmp_path,
     shutil.copytree(tiny_reward_model_path, ours)
     write_model_card(
         ours,
-        "rm train",
+        RM_TRAIN,
         base_model="smollm2-135m",
         facts={"Data": "`cs/comparison.jsonl`"},
         hyperparameters={"learning_rate": 1e-3},

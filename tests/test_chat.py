@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from almost.chat import transcript
 from almost.feedback.demos import Demonstrations, few_shot_prompt
-from almost.policy.selfplay import user_prompt
+from almost.policy.turns import user_prompt
 
 MESSAGES = [
     {"role": "system", "content": "left out"},

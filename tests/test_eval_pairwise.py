@@ -11,17 +11,8 @@ from scripted_engine import ScriptedEngine
 
 from almost.cli import main as cli_main
 from almost.errors import AlmostError
-from almost.evaluate.pairwise import (
-    LLMJudge,
-    PairwiseConfig,
-    Question,
-    RewardModelJudge,
-    judge_both_orders,
-    openai_completer,
-    parse_verdict,
-    read_questions,
-    run_pairwise,
-)
+from almost.evaluate.judges import LLMJudge, RewardModelJudge, openai_completer, parse_verdict
+from almost.evaluate.pairwise import PairwiseConfig, Question, judge_both_orders, read_questions, run_pairwise
 from almost.shipped import QUESTIONS_SAMPLE
 from almost.stats import win_rate
 

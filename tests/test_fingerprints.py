@@ -119,12 +119,12 @@ def test_pg_refuses_a_finished_output_made_with_other_settings(tmp_path):
 
 
 def test_rg_refuses_other_settings_and_an_edited_demonstration_file(tmp_path):
-    from almost.feedback import demos
+    from almost import shipped
 
     out = tmp_path / "out"
     write_prompts(out)
     demo_file = tmp_path / "mine_prompt.txt"
-    shutil.copy(demos.BETTER_DEMONSTRATIONS, demo_file)
+    shutil.copy(shipped.BETTER_DEMONSTRATIONS, demo_file)
     from almost.feedback.rg import RGArguments, run_rg
 
     def run(*extra, **overrides):

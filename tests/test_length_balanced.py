@@ -189,8 +189,10 @@ def test_proof_questions_are_held_out_and_the_script_reproduces_them(tmp_path):
     import json
     from collections import Counter
 
+    from rouge_reference import rouge_l_reference
+
     from almost.evaluate.pairwise import question_data_path, read_questions
-    from almost.feedback.pg import rouge_l_reference, rouge_tokens
+    from almost.feedback.pg import rouge_tokens
     from almost.reward.formats import parse_transcript
     from almost.shipped import ASSETS, HH_HARMLESS_DEV, HH_HARMLESS_TEST, PROOF_QUESTIONS
 

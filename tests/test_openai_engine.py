@@ -9,10 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from scripted_engine import ScriptedEngine
 
+from almost import shipped
 from almost.engines import Sampling, engine_model, load_engine
 from almost.engines.openai import OpenAIEngine, normalize_base_url, split_base_urls
 from almost.errors import AlmostError
-from almost.feedback import demos
 from almost.feedback.pg import PGArguments, run_pg
 from almost.feedback.rg import RGArguments, run_rg
 
@@ -187,7 +187,7 @@ def test_rg_and_pg_run_through_the_openai_backend(server, tmp_path):
         output_dir=str(tmp_path),
         backend="openai",
         base_url=[server.url],
-        prompt_file_path=[str(demos.WORSE_DEMONSTRATIONS)],
+        prompt_file_path=[str(shipped.WORSE_DEMONSTRATIONS)],
         n_shot=[1],
         chunk_size=2,
     )
@@ -259,7 +259,7 @@ def test_rmsp_resumes_after_the_transport_settings_change(tmp_path, tiny_model_p
             prompts_path=str(tmp_path / "prompts.txt"),
             reward_model_name_or_path="scripted",
             model_name_or_path=tiny_model_path,
-            prompt_file_path=str(demos.BETTER_DEMONSTRATIONS),
+            prompt_file_path=str(shipped.BETTER_DEMONSTRATIONS),
             n_shot=1,
             num_candidates=1,
             max_turns=1,

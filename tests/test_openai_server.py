@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from almost.feedback import demos
+from almost import shipped
 
 pytestmark = [
     pytest.mark.slow,
@@ -159,7 +159,7 @@ def test_rg_fails_clearly_when_the_server_dies_and_a_rerun_resumes(server, tmp_p
         "--output_dir",
         str(tmp_path),
         "--prompt_file_path",
-        str(demos.WORSE_DEMONSTRATIONS),
+        str(shipped.WORSE_DEMONSTRATIONS),
         "--n_shot",
         "1",
         "--max_new_tokens",

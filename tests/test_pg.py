@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+from rouge_reference import rouge_l_reference
 from scripted_engine import ScriptedEngine
 
 from almost.cli import main as cli_main
@@ -21,7 +22,6 @@ from almost.feedback.pg import (
     length_rejection,
     read_prompt_file,
     rouge_l_fmeasure,
-    rouge_l_reference,
     rouge_tokens,
     run_pg,
 )

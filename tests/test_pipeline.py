@@ -12,17 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from almost.cli import COMMANDS
+from almost import stages
 from almost.cli import main as cli
-from almost.contracts import CS
 from almost.errors import AlmostError
-from almost.evaluate import cli as evaluate_cli
-from almost.reward import cli as reward_cli
 from almost.run.checks import validate
 from almost.run.fingerprints import step_fingerprint
 from almost.run.pipeline import run_pipeline
-from almost.run.plan import Planner, load_config
-from almost.stages import STAGE_COMMANDS, stage_command
+from almost.run.plan import Planner, load_config, options, parse
+from almost.stages import CS, RG
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["How do I keep basil alive indoors?", "What is a prime number?", "Give me a tip for learning to juggle.", "Why is the sky blue?"]
@@ -159,7 +156,7 @@ def test_steps_run_as_child_processes_and_failures_stop_the_run(tmp_path, rg_out
     result = run_pipeline(path, out)
     assert result.ok and result.exit_code == 0 and result.report == out / "report.md" and result.report.exists()
     (cs,) = result.steps
-    assert (cs.name, cs.status, cs.rc, cs.product) == ("cs", "ran", None, out / "cs" / CS.product_file)
+    assert (cs.name, cs.status, cs.rc, cs.product) == ("cs", "ran", None, out / "cs" / CS.outputs.product_file)
     assert cs.seconds > 0 and cs.cpu_seconds is not None  # a child's CPU time counts once it has ended
     assert len(cs.product.read_text().splitlines()) == 2
     # A stage that fails (here: no outputs for a rubric name, which only cs itself can know) stops
@@ -218,8 +215,8 @@ def test_rg_chat_format_plans_chat_configurations_and_the_rubric_uses_their_name
     path = write_config(tmp_path / "chat.yaml", config)
     planner = Planner(load_config(path), tmp_path / "run", path)
     steps = planner.plan()
-    assert [s.name for s in steps if s.stage == "rg"] == [f"rg/{short}-harmless-2shot-chat", f"rg/{short}-basic-1shot-chat"]
-    assert all(s.flags["chat_format"] is True for s in steps if s.stage == "rg")
+    assert [s.name for s in steps if s.stage is RG] == [f"rg/{short}-harmless-2shot-chat", f"rg/{short}-basic-1shot-chat"]
+    assert all(s.flags["chat_format"] is True for s in steps if s.stage is RG)
     validate(steps, planner, check_models=False)
     # The transcript format's names are another run's configurations.
     config["cs"]["rubric"] = [f"{short}-harmless-2shot", f"{short}-basic-1shot"]
@@ -229,18 +226,19 @@ def test_rg_chat_format_plans_chat_configurations_and_the_rubric_uses_their_name
     assert not out.exists()
 
 
-def test_every_stage_command_is_what_the_cli_runs_with_its_configs_and_run_function():
-    """The registry the pipeline runs stages through names the module `almost <command>` dispatches
-    to, config dataclasses that module's parser reads, and a run function there."""
-    subcommands = {"rm": reward_cli.SUBCOMMANDS, "eval": evaluate_cli.TASKS}
-    for command, stage in STAGE_COMMANDS.items():
-        dispatched = subcommands[command[0]][command[1]][0] if len(command) == 2 else COMMANDS[command[0]][0]
-        assert stage.module == dispatched, command
-        assert all(dataclasses.is_dataclass(t) for t in stage.config_types()) and stage.options()
-        assert callable(getattr(importlib.import_module(stage.module), stage.run_name))
+def test_every_stage_record_names_its_configs_its_run_function_and_inputs_that_are_its_options():
+    """The CLI and the pipeline run a stage through its record: config dataclasses in its module, a
+    run function there, and inputs that are options of the stage, made by stages whose outputs they name."""
+    for stage in stages.STAGES:
+        assert stage.config_types() and all(dataclasses.is_dataclass(t) for t in stage.config_types()), stage.name
+        assert callable(getattr(importlib.import_module(stage.module), stage.run_name)), stage.name
+        assert set(stage.inputs) <= options(stage), stage.name
+        for source in stage.inputs.values():
+            if source.stage is not None:
+                assert source.stage.folder and (source.role is None or source.role in source.stage.outputs.files), stage.name
     # A value the command line refuses is refused in process too, by the same checks.
     with pytest.raises(AlmostError, match="--learning_rate must be above 0"):
-        stage_command(("rm", "train")).parse({"learning_rate": 0, "output_dir": "unused"})
+        parse(stages.RM_TRAIN, {"learning_rate": 0, "output_dir": "unused"})
 
 
 def test_unknown_stage_for_until(tmp_path, capsys):
@@ -261,7 +259,7 @@ def test_shipped_configs_name_only_real_options(tmp_path, example):
     config = load_config(example)
     planner = Planner(config, tmp_path / "run", example)
     steps = planner.plan()
-    assert {s.stage for s in steps} == {k for k in config if k in ("pg", "rg", "cs", "rm", "rmsp", "sft", "rl", "eval")}
+    assert {s.stage.section for s in steps} == {k for k in config if k in stages.sections()}
     built_in = example in BUILT_IN
     validate(steps, planner, check_models=built_in, parse_values=built_in)
 

@@ -1,50 +1,41 @@
-"""``almost report`` on a real tiny run (``conftest.build_tiny_run``): every section's numbers are the
-ones the stages wrote, every summary holds exactly the keys its stage declares in ``almost.contracts``,
-and the report asks for no key that a stage does not declare."""
+"""``almost report`` on a real tiny run (``conftest.build_tiny_run``): every stage's files and summary
+keys are the ones its record declares, and every figure the report and the pipeline's table show is
+the one the stages wrote (read back from the report's tables, not compared as formatted text)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import statistics
 from pathlib import Path
 
 import pytest
 
-from almost import contracts
+from almost import stages
 from almost.cli import main as cli
-from almost.contracts import (
+from almost.contracts import REPORT_FIGURES, ContractError, read_summary, write_summary
+from almost.run.report import write_report
+from almost.run.summary import step_figures
+from almost.stages import (
     CS,
-    EVALUATIONS,
+    EVAL_HHH,
+    EVAL_PAIRWISE,
+    EVAL_TRUTHFULQA,
     PG,
-    REPORT_FIGURES,
-    RG_ROW_KEYS,
+    RESAMPLED_REASONS,
+    RG,
     RL,
     RM_EVAL,
     RM_TRAIN,
     RMSP,
     RMSP_TURN_KEYS,
     SFT,
-    ContractError,
-    read_summary,
-    write_summary,
+    USER_TURNS_KEY,
 )
-from almost.run.report import write_report
-from almost.run.summary import step_figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# Every stage's declaration in contracts.py, by its folder in the run.
-DECLARED = {
-    "pg": PG,
-    "cs": CS,
-    "rm": RM_TRAIN,
-    "rm_eval": RM_EVAL,
-    "rmsp": RMSP,
-    "sft": SFT,
-    "rl": RL,
-    **{f"eval/{kind}/*": outputs for kind, outputs in EVALUATIONS.items()},
-}
 
 
 def load(path: Path):
@@ -55,84 +46,104 @@ def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def cell(value) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+def table(text: str, first_column: str) -> dict[str, list[str]]:
+    """The Markdown table of ``text`` whose header starts with ``first_column``: its rows by first cell."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_column} |"))
+    found = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        found[cells[0]] = cells[1:]
+    return found
+
+
+def number(cell: str) -> float | None:
+    return None if cell == "–" else float(cell)
+
+
+def numbers(text: str) -> list[float]:
+    return [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?", text)]
 
 
 def test_every_stage_writes_exactly_its_declared_files_and_keys(tiny_run: Path):
-    for pattern, outputs in DECLARED.items():
-        folders = sorted(tiny_run.glob(pattern))
-        assert folders, pattern
+    for stage in stages.pipeline_stages():
+        if stage.outputs.summary is None:
+            continue
+        folders = sorted(tiny_run.glob(f"{stage.folder}/*" if stage.section == "eval" else stage.folder))
+        assert folders, stage.name
         for folder in folders:
-            assert set(outputs.files.values()) <= {p.name for p in folder.iterdir()}, folder
-            outputs.check_summary(load(folder / outputs.summary_file))
-    for turn in load(tiny_run / "rmsp" / RMSP.summary_file)["per_turn"]:
-        assert tuple(turn) == RMSP_TURN_KEYS
-    assert set(contracts.RESAMPLED_REASONS) <= set(load(tiny_run / "rmsp" / RMSP.summary_file)[contracts.USER_TURNS_KEY])
-    rg_files = sorted((tiny_run / "rg").glob("*.jsonl"))
-    assert [p.name for p in rg_files] == [contracts.rg_file("tiny-faithful-1shot"), contracts.rg_file("tiny-faithful-2shot")]
-    assert all(tuple(row) == RG_ROW_KEYS for path in rg_files for row in rows(path))
-
-
-def test_the_report_reads_only_declared_keys_of_every_stage(tiny_run: Path, monkeypatch):
-    asked: dict[str, set[str]] = {}
-    check_key = contracts.StageOutputs.check_key
-
-    def recording(self, key):
-        asked.setdefault(self.command, set()).add(key)
-        check_key(self, key)  # raises on an undeclared key: the report would fail here
-
-    monkeypatch.setattr(contracts.StageOutputs, "check_key", recording)
-    write_report(tiny_run)
-    # Every summary the report shows was read through its declaration.
-    assert set(asked) == {"pg", "cs", "rm train", "rm eval", "rmsp", "eval hhh", "eval truthfulqa", "eval pairwise"}
-    declared = {o.command: o.summary_keys for o in vars(contracts).values() if isinstance(o, contracts.StageOutputs)}
-    assert all(keys <= declared[command] for command, keys in asked.items()), asked
+            assert set(stage.outputs.files.values()) <= {p.name for p in folder.iterdir()}, folder
+            stage.outputs.check_summary(load(folder / stage.outputs.summary_file))
+    summary = load(tiny_run / RMSP.folder / RMSP.outputs.summary_file)
+    assert all(tuple(turn) == RMSP_TURN_KEYS for turn in summary["per_turn"])
+    assert set(RESAMPLED_REASONS) <= set(summary[USER_TURNS_KEY])
+    rg_files = sorted((tiny_run / RG.folder).glob("*.jsonl"))
+    configurations = ["tiny-faithful-1shot", "tiny-faithful-2shot"]
+    assert [p.name for p in rg_files] == [RG.outputs.file("answers", configuration=c) for c in configurations]
+    assert all(tuple(row) == RG.outputs.row_keys for path in rg_files for row in rows(path))
 
 
 def test_report_of_a_real_run_shows_what_the_stages_wrote(tiny_run: Path):
+    """Every summary is read through its stage's declaration (``contracts.Summary`` raises on a key the
+    stage does not declare), so the report of a whole run also proves it asks for no other key."""
     assert cli(["report", str(tiny_run)]) == 0
     text = (tiny_run / "report.md").read_text()
-    # PG: the prompts and pg_stats.json's numbers
-    prompts = (tiny_run / "pg" / PG.product_file).read_text().splitlines()
-    stats = load(tiny_run / "pg" / PG.summary_file)
-    assert f"{len(prompts)} prompts" in text and f"| requests | {stats['requests']} |" in text
-    # RG: answers, BAD answers and mean length per configuration
-    for path in sorted((tiny_run / "rg").glob("*.jsonl")):
-        answers = rows(path)
-        good = [len(r["response"]) for r in answers if not r["bad"]]
-        bad = len(answers) - len(good)
-        assert f"| {path.stem} | {len(answers)} | {bad} | {bad / len(answers):.3f} | {statistics.fmean(good):.3f} |" in text
-    # CS: pairs kept per configuration pair, and cs_stats.json's totals
-    cs = load(tiny_run / "cs" / CS.summary_file)
-    for pair, count in cs["pairs_per_configuration_pair"].items():
-        chosen, rejected = pair.split(" > ")
-        assert f"| {chosen} | {rejected} | {count} |" in text
-    assert f"| dropped_by_filter | {cs['dropped_by_filter']} |" in text
-    # RM: held-out agreement (rm train) and rm eval, with the length bias
-    held = load(tiny_run / "rm" / RM_TRAIN.summary_file)["heldout"]
-    human = load(tiny_run / "rm_eval" / RM_EVAL.summary_file)
-    for label, m in (("held-out synthetic pairs (rubric agreement)", held), ("rm_eval", human)):
-        assert f"| {label} | {m['n']} | {m['accuracy']:.3f} |" in text
-        assert f"| {cell(m['length_bias']['length_only_accuracy'])} |" in text
-    # RMSP: per turn, rmsp's own best vs mean candidate reward, and its counts of rejected user turns
-    summary = load(tiny_run / "rmsp" / RMSP.summary_file)
-    for t in summary["per_turn"]:
-        assert f"| {t['turn']} | {t['dialogues']} | {cell(t['mean_best_reward'])} | {cell(t['mean_candidate_reward'])} |" in text
-    users = summary[contracts.USER_TURNS_KEY]
-    assert f"{users['asked']} asked, {users['samples']} sampled ({users['retries']} re-samples" in text
-    # RL: the first and the last logged step
-    log = list(csv.DictReader(open(tiny_run / "rl" / RL.files["log"], newline="")))
-    assert f"| first log | {float(log[0]['step']):.3f} | {float(log[0]['reward']):.3f} |" in text
-    # Evaluation: base vs SFT vs RL in that order, accuracy per evaluation and the pairwise win rate
-    hhh = {label: load(tiny_run / "eval" / "hhh" / label / "metrics.json")["accuracy"] for label in ("base", "sft", "rl")}
-    truthfulqa = load(tiny_run / "eval" / "truthfulqa" / "base" / "metrics.json")["accuracy"]
-    assert f"| base | {hhh['base']:.3f} | {truthfulqa:.3f} | – |" in text
-    assert f"| sft | {hhh['sft']:.3f} | – | – |" in text and f"| rl | {hhh['rl']:.3f} | – | – |" in text
-    pairwise = load(tiny_run / "eval" / "pairwise" / "sft-vs-base" / "metrics.json")
-    assert f"| sft-vs-base | – | – | {pairwise['win_rate']:.3f} |" in text
-    assert text.index("| base |") < text.index("| sft |") < text.index("| rl |")
     assert "No " not in text  # every section found its files
+    prompts = (tiny_run / "pg" / PG.outputs.product_file).read_text().splitlines()
+    assert int(re.search(r"(\d+) prompts in `pg/", text)[1]) == len(prompts)
+    assert number(table(text, PG.outputs.summary_file)["requests"][0]) == load(tiny_run / "pg" / PG.outputs.summary_file)["requests"]
+
+    answers = table(text, "configuration")
+    for path in sorted((tiny_run / "rg").glob("*.jsonl")):
+        rg = rows(path)
+        good = [len(r["response"]) for r in rg if not r["bad"]]
+        count, bad, rate, mean = (number(c) for c in answers[path.stem][:4])
+        assert (count, bad) == (len(rg), len(rg) - len(good))
+        assert (rate, mean) == pytest.approx((bad / len(rg), statistics.fmean(good)), abs=1e-3)
+
+    cs = load(tiny_run / "cs" / CS.outputs.summary_file)
+    kept = {(chosen, cells[0]): number(cells[1]) for chosen, cells in table(text, "chosen configuration").items()}
+    assert kept == {tuple(pair.split(" > ")): count for pair, count in cs["pairs_per_configuration_pair"].items()}
+    assert number(table(text, CS.outputs.summary_file)["dropped_by_filter"][0]) == cs["dropped_by_filter"]
+
+    rm = table(text, "evaluation")
+    held, human = (
+        load(tiny_run / "rm" / RM_TRAIN.outputs.summary_file)["heldout"],
+        load(tiny_run / "rm_eval" / RM_EVAL.outputs.summary_file),
+    )
+    for label, metrics in (("held-out synthetic pairs (rubric agreement)", held), ("rm_eval", human)):
+        n, accuracy, *_, longer, _ = rm[label]
+        assert number(n) == metrics["n"]
+        assert (number(accuracy), number(longer)) == pytest.approx(
+            (metrics["accuracy"], metrics["length_bias"]["length_only_accuracy"]), abs=1e-3
+        )
+
+    rmsp = load(tiny_run / "rmsp" / RMSP.outputs.summary_file)
+    turns = table(text, "turn")
+    for t in rmsp["per_turn"]:
+        shown = [number(c) for c in turns[str(t["turn"])]]
+        assert shown == pytest.approx([t["dialogues"], t["mean_best_reward"], t["mean_candidate_reward"]], abs=1e-3)
+    users = rmsp[USER_TURNS_KEY]
+    asked, sampled, retries = numbers(re.search(r"User-simulator turns: .*?re-samples", text)[0])
+    assert (asked, sampled, retries) == (users["asked"], users["samples"], users["retries"])
+
+    log = list(csv.DictReader(open(tiny_run / "rl" / RL.outputs.files["log"], newline="")))
+    step, reward = (number(c) for c in table(text, "")["first log"][:2])
+    assert (step, reward) == pytest.approx((float(log[0]["step"]), float(log[0]["reward"])), abs=1e-3)
+
+    evaluation = table(text, "model")
+    assert list(evaluation) == ["base", "sft", "sft-vs-base", "rl"]  # base, then each policy and its pairings
+    for label in ("base", "sft", "rl"):
+        hhh = load(tiny_run / "eval" / "hhh" / label / EVAL_HHH.outputs.summary_file)["accuracy"]
+        assert number(evaluation[label][0]) == pytest.approx(hhh, abs=1e-3)
+    truthfulqa = load(tiny_run / "eval" / "truthfulqa" / "base" / EVAL_TRUTHFULQA.outputs.summary_file)["accuracy"]
+    win_rate = load(tiny_run / "eval" / "pairwise" / "sft-vs-base" / EVAL_PAIRWISE.outputs.summary_file)["win_rate"]
+    assert number(evaluation["base"][1]) == pytest.approx(truthfulqa, abs=1e-3)
+    assert number(evaluation["sft-vs-base"][2]) == pytest.approx(win_rate, abs=1e-3)
+    assert evaluation["sft"][1:] == ["–", "–"]
+
     for png in ("rg_answer_lengths", "cs_pairs", "rm_accuracy", "rmsp_rewards", "rl_curves", "eval"):
         path = tiny_run / REPORT_FIGURES / f"{png}.png"
         assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5000, png
@@ -140,25 +151,31 @@ def test_report_of_a_real_run_shows_what_the_stages_wrote(tiny_run: Path):
 
 
 def test_step_figures_for_the_summary(tiny_run: Path):
-    prompts = (tiny_run / "pg" / PG.product_file).read_text().splitlines()
-    assert step_figures("pg", tiny_run / "pg" / PG.product_file) == f"{len(prompts)} prompts"
-    pairs, cs = rows(tiny_run / "cs" / CS.product_file), load(tiny_run / "cs" / CS.summary_file)
-    assert step_figures("cs", tiny_run / "cs" / CS.product_file) == f"{len(pairs)} pairs, {cs['dropped_by_filter']} dropped by the filter"
-    first = load(tiny_run / "rmsp" / RMSP.summary_file)["per_turn"][0]
-    dialogues = len(rows(tiny_run / "rmsp" / RMSP.product_file))
-    expected = f"{dialogues} dialogues, best {first['mean_best_reward']:.2f} vs mean {first['mean_candidate_reward']:.2f} reward (turn 1)"
-    assert step_figures("rmsp", tiny_run / "rmsp" / RMSP.product_file) == expected
-    held = load(tiny_run / "rm" / RM_TRAIN.summary_file)["heldout"]
-    assert step_figures("rm", tiny_run / "rm" / RM_TRAIN.product_file) == f"accuracy {held['accuracy']:.3f} on {held['n']} pairs"
-    train = load(tiny_run / "sft" / SFT.summary_file)["train"]
-    expected = f"{train['global_step']} steps, loss {train['first_loss']:.3f} → {train['last_loss']:.3f}"
-    assert step_figures("sft", tiny_run / "sft" / SFT.product_file) == expected
-    log = [r for r in csv.DictReader(open(tiny_run / "rl" / RL.files["log"], newline="")) if r["reward"]]
-    first, last = log[0], log[-1]
-    expected = f"{len(log)} logged steps, reward {float(first['reward']):.2f} → {float(last['reward']):.2f}, KL {float(last['kl']):.3f}"
-    assert step_figures("rl", tiny_run / "rl" / RL.product_file) == expected
-    win_rate = load(tiny_run / "eval" / "pairwise" / "sft-vs-base" / "metrics.json")["win_rate"]
-    assert step_figures("eval", tiny_run / "eval" / "pairwise" / "sft-vs-base" / "metrics.json") == f"win_rate {win_rate:.3f}"
+    """The line of figures the pipeline prints per step holds the numbers its stage wrote."""
+    prompts = (tiny_run / "pg" / PG.outputs.product_file).read_text().splitlines()
+    assert numbers(step_figures(PG, tiny_run / "pg" / PG.outputs.product_file)) == [len(prompts)]
+    pairs, cs = rows(tiny_run / "cs" / CS.outputs.product_file), load(tiny_run / "cs" / CS.outputs.summary_file)
+    assert numbers(step_figures(CS, tiny_run / "cs" / CS.outputs.product_file)) == [len(pairs), cs["dropped_by_filter"]]
+    first = load(tiny_run / "rmsp" / RMSP.outputs.summary_file)["per_turn"][0]
+    dialogues = len(rows(tiny_run / "rmsp" / RMSP.outputs.product_file))
+    expected = [dialogues, first["mean_best_reward"], first["mean_candidate_reward"], 1]
+    assert numbers(step_figures(RMSP, tiny_run / "rmsp" / RMSP.outputs.product_file)) == pytest.approx(expected, abs=0.005)
+    held = load(tiny_run / "rm" / RM_TRAIN.outputs.summary_file)["heldout"]
+    assert numbers(step_figures(RM_TRAIN, tiny_run / "rm" / RM_TRAIN.outputs.product_file)) == pytest.approx(
+        [held["accuracy"], held["n"]], abs=5e-4
+    )
+    human = load(tiny_run / "rm_eval" / RM_EVAL.outputs.summary_file)
+    assert numbers(step_figures(RM_EVAL, tiny_run / "rm_eval" / RM_EVAL.outputs.product_file)) == pytest.approx(
+        [human["accuracy"], human["n"]], abs=5e-4
+    )
+    train = load(tiny_run / "sft" / SFT.outputs.summary_file)["train"]
+    expected = [train["global_step"], train["first_loss"], train["last_loss"]]
+    assert numbers(step_figures(SFT, tiny_run / "sft" / SFT.outputs.product_file)) == pytest.approx(expected, abs=5e-4)
+    log = [r for r in csv.DictReader(open(tiny_run / "rl" / RL.outputs.files["log"], newline="")) if r["reward"]]
+    expected = [len(log), float(log[0]["reward"]), float(log[-1]["reward"]), float(log[-1]["kl"])]
+    assert numbers(step_figures(RL, tiny_run / "rl" / RL.outputs.product_file)) == pytest.approx(expected, abs=5e-3)
+    metrics = tiny_run / "eval" / "pairwise" / "sft-vs-base" / EVAL_PAIRWISE.outputs.summary_file
+    assert numbers(step_figures(EVAL_PAIRWISE, metrics)) == pytest.approx([load(metrics)["win_rate"]], abs=5e-4)
 
 
 def test_a_key_no_stage_declares_is_neither_written_nor_read(tmp_path: Path):
@@ -172,14 +189,14 @@ def test_a_key_no_stage_declares_is_neither_written_nor_read(tmp_path: Path):
         "rubric": [["a"], ["b"]],
     }
     with pytest.raises(ContractError, match="undeclared keys \\['dropped_per_configuration_pair'\\]"):
-        write_summary(CS, tmp_path, {**stats, "dropped_per_configuration_pair": {"a > b": 1}})
+        write_summary(CS.outputs, tmp_path, {**stats, "dropped_per_configuration_pair": {"a > b": 1}})
     with pytest.raises(ContractError, match="missing keys \\['pairs'\\]"):
-        write_summary(CS, tmp_path, {k: v for k, v in stats.items() if k != "pairs"})
-    assert not (tmp_path / CS.summary_file).exists()
+        write_summary(CS.outputs, tmp_path, {k: v for k, v in stats.items() if k != "pairs"})
+    assert not (tmp_path / CS.outputs.summary_file).exists()
     # Written in the caller's order; an optional key that is off is simply absent.
-    path = write_summary(CS, tmp_path, stats)
+    path = write_summary(CS.outputs, tmp_path, stats)
     assert list(load(path)) == list(stats)
-    summary = read_summary(CS, path)
+    summary = read_summary(CS.outputs, path)
     assert summary["pairs"] == 2 and summary.get("chosen_longer") is None
     with pytest.raises(ContractError, match="does not declare the summary key 'pairs_dropped_by_filter'"):
         summary.get("pairs_dropped_by_filter")
@@ -187,11 +204,13 @@ def test_a_key_no_stage_declares_is_neither_written_nor_read(tmp_path: Path):
 
 def test_files_directly_in_the_run_folder_are_read_too(tiny_run: Path, tmp_path: Path):
     """The seed release's layout: one output folder for every stage."""
-    for name in CS.files.values():
+    for name in CS.outputs.files.values():
         shutil.copy(tiny_run / "cs" / name, tmp_path / name)
-    text = write_report(tmp_path).read_text()
-    for pair, count in load(tmp_path / CS.summary_file)["pairs_per_configuration_pair"].items():
-        assert "| {} | {} | {} |".format(*pair.split(" > "), count) in text
+    kept = table(write_report(tmp_path).read_text(), "chosen configuration")
+    pairs = load(tmp_path / CS.outputs.summary_file)["pairs_per_configuration_pair"]
+    assert {(chosen, cells[0]): number(cells[1]) for chosen, cells in kept.items()} == {
+        tuple(pair.split(" > ")): count for pair, count in pairs.items()
+    }
 
 
 def test_missing_inputs_are_reported_not_fatal(tmp_path: Path):
@@ -209,9 +228,9 @@ def test_report_of_a_missing_directory_is_one_line_error(tmp_path: Path, capsys)
 
 
 def test_a_run_whose_pg_kept_no_prompt_is_reported_as_zero_prompts(tmp_path: Path):
-    # Regression: the report and the summary counted prompts with the reader that refuses an empty file.
+    # The report and the summary count prompts with the reader that accepts an empty file.
     (tmp_path / "pg").mkdir()
-    product = tmp_path / "pg" / PG.product_file
+    product = tmp_path / "pg" / PG.outputs.product_file
     product.write_text("\n \n")
     assert "0 prompts in `pg/" in write_report(tmp_path).read_text()
-    assert step_figures("pg", product) == "0 prompts"
+    assert numbers(step_figures(PG, product)) == [0]

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from almost.cli import main as cli
 from almost.reward.odin import LENGTH_HEAD_FILE, last_token_index, odin_loss_terms, pearson
-from almost.reward.train import main as train_main
 
 FAST = ["--report_to", "none", "--logging_steps", "1", "--disable_tqdm", "true"]
 
@@ -88,7 +88,7 @@ def train(tmp_path: Path, tiny_model_path: str, data: Path, name: str, *extra: s
         "1",
         *extra,
     ]
-    assert train_main(args + FAST) == 0
+    assert cli(["rm", "train", *args, *FAST]) == 0
     return out
 
 
@@ -173,7 +173,7 @@ def test_length_head_with_lora_finds_the_trainable_score_copy(tmp_path, tiny_mod
         "--eval_fraction",
         "0",
     ]
-    assert train_main(args + FAST) == 0
+    assert cli(["rm", "train", *args, *FAST]) == 0
     head = json.loads((out / "metrics.json").read_text())["length_head"]
     assert head["last_log"]["step"] == 3 and (out / LENGTH_HEAD_FILE).exists() and (out / "adapter").is_dir()
     # Both the merged checkpoint and the adapter load as one-label reward models.

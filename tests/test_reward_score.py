@@ -8,7 +8,9 @@ import pytest
 
 from almost.cli import main as almost_main
 from almost.reward import model as scorer_module
-from almost.reward.score import OUTPUT_FILE
+from almost.stages import RM_SCORE
+
+OUTPUT_FILE = RM_SCORE.outputs.product_file
 
 
 def rows(n: int = 21) -> list[dict]:

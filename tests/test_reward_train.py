@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from almost.contracts import RM_TRAIN
+from almost.cli import main as cli
 from almost.reward.evaluate import evaluate_pairs
 from almost.reward.formats import load_pairs
 from almost.reward.model import RewardScorer
-from almost.reward.train import main as train_main
+from almost.stages import RM_TRAIN
 
 WORDS = "apple river stone cloud music paper green quick table light bread water".split()
 FAST = ["--report_to", "none", "--logging_steps", "50", "--disable_tqdm", "true"]
@@ -66,7 +66,7 @@ def test_training_beats_chance_on_held_out_pairs(tmp_path, tiny_model_path):
         "--eval_fraction",
         "0.25",
     ]
-    assert train_main(args + FAST) == 0
+    assert cli(["rm", "train", *args, *FAST]) == 0
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data"]["heldout_pairs"] == 12 and metrics["data"]["train_pairs"] == 36
@@ -120,7 +120,7 @@ def test_lora_saves_adapter_with_score_head_and_both_load(tmp_path, tiny_model_p
         "--per_device_train_batch_size",
         "4",
     ]
-    assert train_main(args + FAST) == 0
+    assert cli(["rm", "train", *args, *FAST]) == 0
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter["task_type"] == "SEQ_CLS" and "score" in adapter["modules_to_save"]
     saved = load_file(str(out / "adapter" / "adapter_model.safetensors"))
@@ -136,11 +136,11 @@ def test_lora_saves_adapter_with_score_head_and_both_load(tmp_path, tiny_model_p
 
     # --merge_lora false: the same training saves the adapter alone, which the held-out check still reads.
     alone = tmp_path / "rm-adapter-alone"
-    assert train_main([*args, "--output_dir", str(alone), "--merge_lora", "false"] + FAST) == 0
+    assert cli(["rm", "train", *args, "--output_dir", str(alone), "--merge_lora", "false", *FAST]) == 0
     assert json.loads((alone / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
     assert not (alone / "config.json").exists() and not (alone / "adapter").exists()
-    metrics, alone_metrics = (json.loads((d / RM_TRAIN.summary_file).read_text()) for d in (out, alone))
-    assert set(metrics) <= RM_TRAIN.summary_keys and alone_metrics["heldout"]["n"] == metrics["heldout"]["n"] > 0
+    metrics, alone_metrics = (json.loads((d / RM_TRAIN.outputs.summary_file).read_text()) for d in (out, alone))
+    assert set(metrics) <= RM_TRAIN.outputs.summary_keys and alone_metrics["heldout"]["n"] == metrics["heldout"]["n"] > 0
     assert alone_metrics["heldout"]["mean_margin"] == pytest.approx(metrics["heldout"]["mean_margin"], abs=tolerance)
     from_alone, _ = evaluate_pairs(RewardScorer(str(alone)), pairs, progress=False)
     assert from_alone["mean_margin"] == pytest.approx(merged["mean_margin"], abs=tolerance)

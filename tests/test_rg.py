@@ -13,7 +13,7 @@ import pytest
 from conftest import SMOLLM2_FILES
 from scripted_engine import ScriptedEngine
 
-from almost import cli
+from almost import cli, shipped
 from almost.engines import Sampling
 from almost.engines.hf import HFEngine
 from almost.errors import AlmostError
@@ -86,8 +86,8 @@ def test_answer_row_cuts_and_marks():
 
 
 def test_project_demonstration_files_parse_and_differ_in_quality():
-    better = demos.load_demonstrations(demos.BETTER_DEMONSTRATIONS)
-    worse = demos.load_demonstrations(demos.WORSE_DEMONSTRATIONS)
+    better = demos.load_demonstrations(shipped.BETTER_DEMONSTRATIONS)
+    worse = demos.load_demonstrations(shipped.WORSE_DEMONSTRATIONS)
     assert (better.name, worse.name) == ("faithful", "basic")
     assert len(better.dialogues) >= 5 and len(worse.dialogues) >= 5
     assert any(d.count("Human:") > 1 for d in better.dialogues)
@@ -103,7 +103,7 @@ def test_harmless_assets_are_selectable_by_name_and_decline_with_a_reason(tmp_pa
 
     config = RGArguments(output_dir=str(tmp_path), prompt_file_path=["harmless_prompt.txt"], n_shot=[2])
     (c,) = configurations(config)
-    assert c.name == "smollm2-135m-harmless-2shot" and c.demos == demos.load_demonstrations(demos.HARMLESS_DEMONSTRATIONS)
+    assert c.name == "smollm2-135m-harmless-2shot" and c.demos == demos.load_demonstrations(shipped.HARMLESS_DEMONSTRATIONS)
     answers = [d.split("\n\nAssistant:", 1)[1].strip() for d in c.demos.dialogues]
     declines = [a for a in answers if a.startswith(("I won't", "I can't"))]
     # Declines and full answers alternate, so even 2 shots show both (a file of refusals would teach refusing).
@@ -115,9 +115,9 @@ def test_harmless_assets_are_selectable_by_name_and_decline_with_a_reason(tmp_pa
         for turn in d.split("\n\nHuman:"):
             assert demos.bad_answer_reasons(turn.split("Assistant:", 1)[1]) == []
     seeds = read_prompt_file("seed_prompts_harmless.txt")
-    assert seeds == read_prompt_file(demos.HARMLESS_SEED_PROMPTS) and len(seeds.seeds) >= 30
+    assert seeds == read_prompt_file(shipped.HARMLESS_SEED_PROMPTS) and len(seeds.seeds) >= 30
     # The harmful requests are new; some everyday seeds are shared with the default file.
-    assert "harmful" in seeds.instruction and len(set(seeds.seeds) - set(read_prompt_file(demos.SEED_PROMPTS).seeds)) >= 15
+    assert "harmful" in seeds.instruction and len(set(seeds.seeds) - set(read_prompt_file(shipped.SEED_PROMPTS).seeds)) >= 15
     # The defaults are untouched: a local file of the same name still wins over the asset.
     (tmp_path / "harmless_prompt.txt").write_text("Header.\n-----\nHuman: hi\n\nAssistant: Hello there, how can I help you today?\n")
     import os
@@ -144,7 +144,7 @@ def test_configuration_names_cartesian_product(tmp_path):
     config = RGArguments(
         output_dir=str(tmp_path),
         model_name_or_path="meta-llama/Llama-2-7b-hf",
-        prompt_file_path=[str(demos.BETTER_DEMONSTRATIONS), str(demos.WORSE_DEMONSTRATIONS)],
+        prompt_file_path=[str(shipped.BETTER_DEMONSTRATIONS), str(shipped.WORSE_DEMONSTRATIONS)],
         n_shot=[1, 3],
     )
     assert [c.name for c in configurations(config)] == [
@@ -234,7 +234,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_pat
     engine = HFEngine(tiny_model_path, batch_size=2)
     settings = dict(
         model_name_or_path=tiny_model_path,
-        prompt_file_path=[str(demos.WORSE_DEMONSTRATIONS)],
+        prompt_file_path=[str(shipped.WORSE_DEMONSTRATIONS)],
         n_shot=[1],
         max_new_tokens=8,
         chunk_size=2,
@@ -335,7 +335,7 @@ def test_almost_rg_on_the_real_smollm2(tmp_path):
         "--output_dir",
         str(tmp_path),
         "--prompt_file_path",
-        str(demos.WORSE_DEMONSTRATIONS),
+        str(shipped.WORSE_DEMONSTRATIONS),
         "--n_shot",
         "1",
         "--max_new_tokens",
@@ -354,7 +354,7 @@ def test_almost_rg_on_the_real_smollm2(tmp_path):
 
 def test_select_makes_only_the_named_configurations(tmp_path):
     write_prompts(tmp_path)
-    files = [str(demos.BETTER_DEMONSTRATIONS), str(demos.WORSE_DEMONSTRATIONS)]
+    files = [str(shipped.BETTER_DEMONSTRATIONS), str(shipped.WORSE_DEMONSTRATIONS)]
     config = RGArguments(
         output_dir=str(tmp_path), prompt_file_path=files, n_shot=[1, 0], select=["smollm2-135m-faithful-1shot", "smollm2-135m-basic-0shot"]
     )
@@ -388,7 +388,7 @@ def test_chat_prompt_is_header_as_system_then_the_demonstrations_then_the_questi
 
 
 def test_chat_configurations_are_named_apart_and_default_prompts_are_unchanged(tmp_path):
-    files = ["harmless_prompt.txt", str(demos.WORSE_DEMONSTRATIONS)]
+    files = ["harmless_prompt.txt", str(shipped.WORSE_DEMONSTRATIONS)]
     chat = configurations(chat_config(tmp_path, prompt_file_path=files, n_shot=[2, 0]))
     assert [c.name for c in chat] == [
         "smollm2-135m-harmless-2shot-chat",

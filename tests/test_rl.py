@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from almost.cli import main as cli_main
-from almost.contracts import RL
 from almost.policy.rl import make_reward_functions
+from almost.stages import RL
 
 
 def _weights(path) -> dict:
@@ -41,9 +41,9 @@ def test_rloo_run_changes_weights_and_logs_kl(tmp_path, tiny_model_path, tiny_re
     assert float(rows[1]["kl"]) != 0.0
     # The length penalty enters the reward: reward = rm_reward - 0.01 * length.
     assert float(rows[0]["reward"]) == pytest.approx(float(rows[0]["rm_reward"]) - 0.01 * float(rows[0]["length_tokens"]), abs=1e-4)
-    summary = json.loads((out / RL.summary_file).read_text())
+    summary = json.loads((out / RL.outputs.summary_file).read_text())
     assert summary["global_step"] == 2 and summary["beta"] > 0 and summary["prompts"] == 4
-    assert set(summary) == RL.summary_keys
+    assert set(summary) == RL.outputs.summary_keys
     card = (out / "README.md").read_text()
     assert f"| KL to the reference policy, last logged step | {float(rows[1]['kl']):.3f} |" in card and "| beta | 0.05 |" in card
     assert (out / "tokenizer.json").exists()
@@ -164,7 +164,7 @@ def test_two_process_cpu_rl_writes_each_output_once(tmp_path, tiny_model_path, t
     lines = (out / "rl_log.csv").read_text().splitlines()
     assert lines[0].startswith("step,") and [line.split(",")[0] for line in lines[1:]] == ["1", "2"]
     assert proc.stdout.count("almost rl: 2 steps") == 1, proc.stdout[-2000:]
-    assert json.loads((out / RL.summary_file).read_text())["global_step"] == 2
+    assert json.loads((out / RL.outputs.summary_file).read_text())["global_step"] == 2
     assert json.loads((out / "training_status.json").read_text())["status"] == "done"
     before, after = _weights(Path(tiny_model_path)), _weights(out)
     assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -20,7 +20,8 @@ from scripted_engine import ScriptedEngine
 from almost.cli import main as cli_main
 from almost.contracts import LOCK_NAME
 from almost.errors import AlmostError
-from almost.evaluate.pairwise import PairwiseConfig, build_judge, openai_completer, run_pairwise
+from almost.evaluate.judges import openai_completer
+from almost.evaluate.pairwise import PairwiseConfig, build_judge, run_pairwise
 from almost.redaction import portable, redact_argv
 from almost.run.plan import Planner, load_config
 from almost.shipped import QUESTIONS_SAMPLE

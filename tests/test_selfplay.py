@@ -12,15 +12,9 @@ from scripted_engine import ScriptedEngine
 from almost.cli import main as cli_main
 from almost.engines import Sampling, truncate_at_stop
 from almost.feedback.demos import load_demonstrations, trim_to_sentence
-from almost.policy.selfplay import (
-    RMSPArguments,
-    format_summary,
-    run_rmsp,
-    select_candidate,
-    unit_seed,
-    user_prompt,
-    user_turn_verdict,
-)
+from almost.policy.selfplay import RMSPArguments, run_rmsp
+from almost.policy.selfplay_summary import format_summary
+from almost.policy.turns import select_candidate, unit_seed, user_prompt, user_turn_verdict
 from almost.readers import read_jsonl
 from almost.shipped import USER_SIMULATOR_PROMPT
 

@@ -24,19 +24,22 @@ import torch
 from safetensors.torch import load_file
 
 from almost.cli import main as cli_main
-from almost.contracts import RL, TRAINING_STATUS
+from almost.contracts import TRAINING_STATUS
 from almost.errors import AlmostError
 from almost.models import resolve_model
-from almost.training import STALL_ENV, last_complete_checkpoint, load_merged_adapter
+from almost.stages import RL, SFT
+from almost.training import last_complete_checkpoint, load_merged_adapter
 
+STALL_AT_STEP = Path(__file__).with_name("stall_at_step.py")
 QUIET = ["--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1"]
 
 
 def kill_after_checkpoint(argv: list[str], out: Path, stall_at: int, timeout: float = 240) -> str:
     """Run ``almost ARGV`` until it stalls before step ``stall_at + 1`` (checkpoints and logs of the
     earlier steps written), then SIGKILL it. Returns what it printed."""
-    env = {**os.environ, STALL_ENV: str(stall_at), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "almost", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, str(STALL_AT_STEP), str(stall_at), *argv]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     timer = threading.Timer(timeout, proc.kill)  # a run that never reaches the stall fails the test, not the suite
     timer.start()
     printed = []
@@ -180,7 +183,7 @@ def test_rl_killed_after_a_checkpoint_resumes_to_the_same_weights_and_log(tmp_pa
     for row, ref_row in zip(rows, ref_rows):
         assert float(row["reward"]) == pytest.approx(float(ref_row["reward"]), abs=1e-6)
         assert float(row["kl"]) == pytest.approx(float(ref_row["kl"]), abs=1e-6)
-    summary = json.loads((out / RL.summary_file).read_text())
+    summary = json.loads((out / RL.outputs.summary_file).read_text())
     assert summary["global_step"] == 5 and summary["first_log"]["step"] == 1
 
 
@@ -251,7 +254,7 @@ def test_a_half_saved_model_is_refused_by_every_reader(tmp_path, tiny_model_path
         resolve_model(str(out))
     with pytest.raises(AlmostError, match="unfinished"):
         load_merged_adapter(out / "adapter", "CAUSAL_LM")
-    step = Step("sft", "sft", ("sft",), {}, (), out, out / "config.json")
+    step = Step(SFT, "sft", {}, (), out, out / "config.json")
     write_json_atomic(step.marker, {"status": "done"})
     assert not is_done(step)
 

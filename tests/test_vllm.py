@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from almost import shipped
 from almost.feedback import demos
 
 pytestmark = [
@@ -38,7 +39,7 @@ def test_almost_rg_with_the_vllm_backend(tmp_path):
         "--output_dir",
         str(tmp_path),
         "--prompt_file_path",
-        str(demos.WORSE_DEMONSTRATIONS),
+        str(shipped.WORSE_DEMONSTRATIONS),
         "--n_shot",
         "1",
         "--max_new_tokens",

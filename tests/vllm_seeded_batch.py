@@ -9,6 +9,7 @@ argv[1].
 import json
 import sys
 
+from almost import shipped
 from almost.engines import Sampling
 from almost.engines.vllm import VLLMEngine
 from almost.feedback import demos
@@ -18,8 +19,8 @@ from almost.models import resolve_model
 NUM_PROMPTS = 64
 
 if __name__ == "__main__":
-    prefix = demos.load_demonstrations(demos.BETTER_DEMONSTRATIONS).static_prompt(2)
-    queries = read_prompt_file(demos.SEED_PROMPTS).seeds[:NUM_PROMPTS]
+    prefix = demos.load_demonstrations(shipped.BETTER_DEMONSTRATIONS).static_prompt(2)
+    queries = read_prompt_file(shipped.SEED_PROMPTS).seeds[:NUM_PROMPTS]
     prompts = [f"{prefix}\nHuman: {q}\n\nAssistant:" for q in queries]
     engine = VLLMEngine(resolve_model("smollm2-135m").path, seed=0)
     sampling = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=24, n=2, stop=demos.ANSWER_STOP, seed=11)

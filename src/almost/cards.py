@@ -1,7 +1,8 @@
 """Dataset and model cards: the README.md beside every dataset and model a stage writes, ready for
 the Hugging Face Hub.
 
-A stage that finishes a data file calls ``write_dataset_card(folder, stage, files, about)``. The card
+A stage that finishes a data file calls ``write_dataset_card(folder, stage, files, about)`` with its
+record (``stages.Stage``: the card's task categories, tags and description come from it). The card
 is rebuilt from what the folder holds: several stages may write into one folder (``almost rg``
 writes one JSONL per configuration beside ``prompts.txt``), so each stage's part is kept in the
 card's own YAML (``almost:``) and merged with the parts already there.
@@ -30,32 +31,25 @@ import yaml
 from . import __version__
 from .contracts import CARD_FILE
 from .redaction import portable, redact_url
+from .stages import DatasetCard, ModelCard, Stage, named
 from .writes import write_text_atomic
 
 # Which config `load_dataset(folder)` loads when nothing is named: the folder's main product.
 DEFAULT_ORDER = ("comparisons", "demonstrations", "scored")
 
-TASKS = {
-    "pg": (["text-generation"], ["synthetic", "prompts"]),
-    "rg": (["text-generation"], ["synthetic"]),
-    "cs": (["text-classification", "text-generation"], ["synthetic", "preference", "rlhf", "reward-modeling"]),
-    "rm score": (["text-classification"], ["synthetic", "reward-modeling"]),
-    "rmsp": (["text-generation"], ["synthetic", "sft", "dialogue"]),
-}
+# A part of a card that names a stage this version does not know (written by another one).
+UNKNOWN_DATA = DatasetCard(("text-generation",), (), "")
 
-DESCRIPTIONS = {
-    "pg": "New user queries written by a base language model from few-shot examples, deduplicated (ROUGE-L) and filtered.",
-    "rg": "One answer per prompt from a language model prompted with demonstrations; `bad` marks answers that break RG's BAD-answer rules.",
-    "cs": (
-        "Synthetic comparisons: for each prompt, answers of configurations ranked by a rubric (better model, more and "
-        "better demonstrations) become chosen/rejected pairs."
-    ),
-    "rm score": "Input rows with the reward a trained reward model gives each answer.",
-    "rmsp": (
-        "Multi-turn demonstrations from reward-model-guided self-play: every assistant turn is the reward model's pick "
-        "among sampled candidates."
-    ),
-}
+
+def dataset_card(name: str) -> DatasetCard:
+    """What the card says about the files of the stage ``name`` (a part of the card's YAML is keyed by it)."""
+    found = named(name)
+    return found.card if found is not None and isinstance(found.card, DatasetCard) else UNKNOWN_DATA
+
+
+def model_card(name: str | None) -> ModelCard | None:
+    found = named(name) if isinstance(name, str) else None
+    return found.card if found is not None and isinstance(found.card, ModelCard) else None
 
 
 def size_category(rows: int) -> str:
@@ -85,16 +79,16 @@ def read_card_metadata(folder: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def write_dataset_card(folder: str | Path, stage: str, files: dict[str, str], about: dict) -> Path:
+def write_dataset_card(folder: str | Path, stage: Stage, files: dict[str, str], about: dict) -> Path:
     """Add ``stage``'s ``files`` (config name → file name in ``folder``) and ``about`` (what made them:
     model, settings, filters and what they dropped, seeds, key figures) to the folder's card."""
     folder = Path(folder)
     previous = read_card_metadata(folder).get("almost") or {}
-    stages: dict = dict(previous.get("stages") or {})
+    parts: dict = dict(previous.get("stages") or {})  # stage name → its part of the card
     # Merged, not replaced: the pipeline runs rg once per configuration into one folder.
-    stages[stage] = _merge(stages.get(stage) or {}, {"files": dict(files), **_shown_paths(_plain(about), folder.resolve().parent)})
+    parts[stage.name] = _merge(parts.get(stage.name) or {}, {"files": dict(files), **_shown_paths(_plain(about), folder.resolve().parent)})
     configs, total = [], 0
-    for entry in stages.values():
+    for entry in parts.values():
         for config_name, file_name in entry["files"].items():
             rows = count_rows(folder / file_name) if (folder / file_name).exists() else 0
             total += rows
@@ -111,10 +105,10 @@ def write_dataset_card(folder: str | Path, stage: str, files: dict[str, str], ab
     configs.sort(key=lambda c: rank[c["config_name"]])  # stable: otherwise in the order stages wrote them
     if configs:
         configs[0]["default"] = True
-    categories = sorted({t for name in stages for t in TASKS.get(name, (["text-generation"], []))[0]})
-    tags = sorted({"almost", *(t for name in stages for t in TASKS.get(name, ([], []))[1])})
+    categories = sorted({t for name in parts for t in dataset_card(name).task_categories})
+    tags = sorted({"almost", *(t for name in parts for t in dataset_card(name).tags)})
     metadata = {
-        "pretty_name": f"almost {' + '.join(stages)} data",
+        "pretty_name": f"almost {' + '.join(parts)} data",
         # The text is machine-generated: the generating model's license governs its use (see below).
         "license": "other",
         "language": ["en"],
@@ -122,11 +116,11 @@ def write_dataset_card(folder: str | Path, stage: str, files: dict[str, str], ab
         "tags": tags,
         "size_categories": [size_category(total)],
         "configs": configs,
-        "almost": {"version": __version__, "stages": stages},
+        "almost": {"version": __version__, "stages": parts},
     }
     header = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, width=1000)
     path = folder / CARD_FILE
-    write_text_atomic(path, f"---\n{header}---\n\n{_body(folder, metadata, stages)}")
+    write_text_atomic(path, f"---\n{header}---\n\n{_body(folder, metadata, parts)}")
     return path
 
 
@@ -151,7 +145,7 @@ def _plain(value):
     return json.loads(json.dumps(value, default=str))
 
 
-def _body(folder: Path, metadata: dict, stages: dict) -> str:
+def _body(folder: Path, metadata: dict, parts: dict) -> str:
     lines = [f"# {metadata['pretty_name']}", ""]
     lines += [
         f"Made with almost {__version__}, an implementation of ALMoST (Kim et al., 2023, "
@@ -163,7 +157,7 @@ def _body(folder: Path, metadata: dict, stages: dict) -> str:
         "|---|---|---|---|",
     ]
     listed = {c["config_name"] for c in metadata["configs"]}
-    for name, entry in stages.items():
+    for name, entry in parts.items():
         for config_name, file_name in entry["files"].items():
             if (folder / file_name).exists():
                 rows = count_rows(folder / file_name)
@@ -185,15 +179,15 @@ def _body(folder: Path, metadata: dict, stages: dict) -> str:
         "```",
         "",
     ]
-    for name, entry in stages.items():
-        lines += [f"## `almost {name}`", "", DESCRIPTIONS.get(name, ""), ""]
+    for name, entry in parts.items():
+        lines += [f"## `almost {name}`", "", dataset_card(name).description, ""]
         for key, value in entry.items():
             if key == "files":
                 continue
             shown = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
             lines.append(f"- **{key}**: {shown}")
         lines.append("")
-    models = sorted({str(e["model"]) for e in stages.values() if e.get("model")})
+    models = sorted({str(e["model"]) for e in parts.values() if e.get("model")})
     lines += [
         "## License",
         "",
@@ -206,30 +200,6 @@ def _body(folder: Path, metadata: dict, stages: dict) -> str:
 
 # --- model cards ------------------------------------------------------------------------------
 
-MODEL_KINDS = {  # stage: (title, what the model is, Hub task of the model (also model-index's task), tags)
-    "rm train": (
-        "Reward model trained with `almost rm train`",
-        "A sequence-classification reward model (one output: the reward) trained with TRL's `RewardTrainer` on synthetic "
-        'comparisons, following "Aligning Large Language Models through Synthetic Feedback" (Kim et al., EMNLP 2023).',
-        "text-classification",
-        ["reward-model", "trl"],
-    ),
-    "sft": (
-        "Chat model fine-tuned with `almost sft`",
-        "Supervised fine-tuning with TRL's `SFTTrainer` on demonstrations, following \"Aligning Large Language Models through "
-        'Synthetic Feedback" (Kim et al., EMNLP 2023): dialogues whose assistant turns a reward model picked during '
-        "self-play (`almost rmsp`).",
-        "text-generation",
-        ["sft", "trl"],
-    ),
-    "rl": (
-        "Policy trained with `almost rl`",
-        "A policy trained by reinforcement learning (TRL) against a reward model learned from synthetic feedback, following "
-        '"Aligning Large Language Models through Synthetic Feedback" (Kim et al., EMNLP 2023).',
-        "text-generation",
-        ["rlhf", "trl", "synthetic-feedback"],
-    ),
-}
 # The hub checkpoint each embedded model was converted from: what `base_model` names on the Hub.
 EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -261,7 +231,7 @@ def hub_base_model(name: str | None) -> str | None:
 
 def write_model_card(
     folder: str | Path,
-    stage: str,
+    stage: Stage,
     *,
     base_model: str | None,
     facts: dict[str, str],
@@ -279,7 +249,7 @@ def write_model_card(
     folder = Path(folder)
     about = {
         "version": __version__,
-        "stage": stage,
+        "stage": stage.name,
         "base_model": shown_path(base_model, folder.resolve().parent),
         "hub_base_model": hub_base_model(base_model),
         "tags": list(tags),
@@ -304,7 +274,7 @@ SUPERVISED_HYPERPARAMETERS = (
 
 
 def write_training_card(
-    config, stage: str, *, facts: dict[str, str], hyperparameters: list[str], evaluations: list[dict], tags: list[str] = ()
+    config, stage: Stage, *, facts: dict[str, str], hyperparameters: list[str], evaluations: list[dict], tags: list[str] = ()
 ) -> Path:
     """The model card of a training stage (``rm train``, ``sft``, ``rl``), written the same way for all
     three: the model in ``config.output_dir``, trained from ``config.model_name_or_path``.
@@ -332,7 +302,7 @@ def add_model_evaluation(folder: str | Path, evaluation: dict) -> bool:
     False, and nothing written, when the folder's card is not such a card."""
     folder = Path(folder)
     about = read_card_metadata(folder).get("almost")
-    if not isinstance(about, dict) or about.get("stage") not in MODEL_KINDS or not isinstance(about.get("evaluations"), list):
+    if not isinstance(about, dict) or model_card(about.get("stage")) is None or not isinstance(about.get("evaluations"), list):
         return False
     evaluation = _plain(evaluation)
     kept = [e for e in about["evaluations"] if (e.get("name"), e.get("data")) != (evaluation["name"], evaluation["data"])]
@@ -343,10 +313,10 @@ def add_model_evaluation(folder: str | Path, evaluation: dict) -> bool:
 def _write_model_card(folder: Path, about: dict) -> Path:
     from huggingface_hub import EvalResult, ModelCardData
 
-    title, description, task, kind_tags = MODEL_KINDS[about["stage"]]
+    card = model_card(about["stage"])
     results = [
         EvalResult(
-            task_type=task,
+            task_type=card.task,
             dataset_type=e["data"],
             dataset_name=e["name"],
             dataset_split=e.get("split"),
@@ -362,15 +332,15 @@ def _write_model_card(folder: Path, about: dict) -> Path:
         model_name=folder.name,
         base_model=about.get("hub_base_model"),
         library_name="transformers",
-        pipeline_tag=task,
+        pipeline_tag=card.task,
         # Trained from a model on generated data: the base model's license and the generating models' terms apply.
         license="other",
-        tags=sorted({"almost", *kind_tags, *about.get("tags", [])}),
+        tags=sorted({"almost", *card.tags, *about.get("tags", [])}),
         eval_results=results or None,
         almost=about,
     )
     header = yaml.safe_dump(data.to_dict(), sort_keys=False, allow_unicode=True, width=1000)
-    text = f"---\n{header}---\n\n{_model_body(about, title, description)}"
+    text = f"---\n{header}---\n\n{_model_body(about, card.title, card.description)}"
     return write_text_atomic(folder / CARD_FILE, portable(text, folder.resolve().parent))
 
 

@@ -5,6 +5,8 @@ evaluation, self-play and RL: the tokenizer's chat template when it has one, oth
 
 from __future__ import annotations
 
+import jinja2
+
 from .errors import AlmostError
 
 ROLE_NAMES = {"user": "Human", "assistant": "Assistant"}
@@ -41,8 +43,6 @@ def check_chat_template(tokenizer, where: str, required_by: str | None = None) -
         if required_by:
             raise AlmostError(f"{required_by} renders prompts with the model's chat template, and {where} has none")
         return
-    import jinja2
-
     try:
         tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     except jinja2.TemplateSyntaxError as e:

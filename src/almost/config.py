@@ -14,7 +14,7 @@ import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, NoReturn
 
 from .engines import resolve_backend
@@ -105,6 +105,15 @@ def option_names(dataclass_types: Sequence[type]) -> frozenset[str]:
         if f.default is True:
             names.add(f"no_{f.name}")
     return frozenset(names)
+
+
+def option_default(dataclass_types: Sequence[type], name: str) -> Any:
+    """The default of the option ``name`` (None when it has none, or no such option)."""
+    for f in (f for t in dataclass_types for f in fields(t) if f.init and f.name == name):
+        if f.default is not MISSING:
+            return f.default
+        return f.default_factory() if f.default_factory is not MISSING else None
+    return None
 
 
 def settings_to_argv(settings: Mapping[str, Any]) -> list[str]:
@@ -292,7 +301,7 @@ class EngineArguments(ModelArguments):
         if self.backend == "openai" and not self.base_url:
             raise ValueError("--backend openai needs --base_url (the server's API root, e.g. http://127.0.0.1:8000/v1)")
         if self.model and self.backend != "openai":
-            # Before --model existed, argparse took it as short for --model_name_or_path: say so, never ignore it.
+            # Meant as short for --model_name_or_path, --model would otherwise be silently ignored: say so.
             raise ValueError(
                 "--model names the model an openai server serves (with --backend openai); a local model is --model_name_or_path"
             )

@@ -1,9 +1,12 @@
-"""What each stage writes, declared once: its files, the one that says it has finished, its summary.
+"""What the stages write, as declared: the files of a stage's output folder, the one whose existence
+says it has finished, its summary and the summary's keys; and the names of the files the machinery
+keeps beside them (settings records, partial rows, locks, step markers, model-folder files).
 
-A stage writes through its declaration (``PG.files["prompts"]``, ``write_summary(CS, out, stats)``),
-the pipeline knows a step has finished when its ``product`` exists, and the report and the tests read
-the same names through it (``read_summary``): a file name is typed in this module only, and a summary
-key that no stage declares can be neither written nor read. Light on purpose (no torch, no TRL): the
+Each stage declares its outputs in its record (``stages.PG.outputs``) and writes through them
+(``write_summary(CS.outputs, out, stats)``); the pipeline knows a step has finished when its
+``product`` exists, and the report and the tests read the same names through them
+(``read_summary``): a summary key that no stage declares can be neither written nor read. Every
+file name is typed once, in a stage's record or here. Light on purpose (no torch, no TRL): the
 report and the pipeline import it without loading any stage.
 """
 
@@ -37,8 +40,11 @@ PARTIAL_SUFFIX = ".partial"
 PARTIAL_SETTINGS_SUFFIX = ".partial.json"
 LOCK_NAME = ".almost.lock"  # held in an output directory while a command writes there (``almost.locks``)
 STEP_MARKER_PREFIX = ".almost-step"  # a pipeline step's marker in its folder (``almost.run.fingerprints``)
+PAIRWISE_ANSWERS = "answers"  # the answers the pairwise steps of a run share, beside their folders
 REPORT_FILE = "report.md"  # `almost report`, in the run directory
 REPORT_FIGURES = "report_figures"  # its PNGs, next to it
+# A name with fields, such as rg's "{configuration}.jsonl": each field as one of these.
+_FIELD = re.compile(r"\{(\w+)(?::d)?\}")
 
 
 class ContractError(Exception):
@@ -49,17 +55,20 @@ class ContractError(Exception):
 class StageOutputs:
     """The files of one stage command's output folder.
 
-    ``files`` maps a role to a file name; ``product`` is the role of the file that exists once the
-    stage has finished; ``summary`` the role of its JSON summary, if it writes one, whose top-level
-    keys are ``summary_keys``: each is always written except the ``optional_keys``.
+    ``files`` maps a role to a file name, which may have fields (rg's ``{configuration}.jsonl``, filled
+    in by ``file``); ``product`` is the role of the file that exists once the stage has finished;
+    ``summary`` the role of its JSON summary, if it writes one, whose top-level keys are
+    ``summary_keys``: each is always written except the ``optional_keys``. ``row_keys``: the keys of
+    every row of a product that is the record itself (rg's answers).
     """
 
-    command: str  # as typed after ``almost``: "cs", "rm train", "eval pairwise"
     files: Mapping[str, str]
-    product: str
+    product: str | None
     summary: str | None = None
     summary_keys: frozenset[str] = field(default_factory=frozenset)
     optional_keys: frozenset[str] = field(default_factory=frozenset)
+    row_keys: tuple[str, ...] = ()
+    command: str = ""  # the stage's name ("rm train"), set by its ``stages.Stage`` record, for messages
 
     def __post_init__(self):
         object.__setattr__(self, "files", MappingProxyType(dict(self.files)))
@@ -72,6 +81,20 @@ class StageOutputs:
     @property
     def product_file(self) -> str:
         return self.files[self.product]
+
+    def file(self, role: str, **fields: Any) -> str:
+        """The name of the file ``role`` with its fields filled in: ``file("answers", configuration="x")``."""
+        return self.files[role].format(**fields)
+
+    def match(self, role: str, name: str) -> dict[str, Any] | None:
+        """The fields of a file name of ``role`` (``{"configuration": "x", "i": 0, "n": 4}``), None for another name."""
+        pattern = self.files[role]
+        numbers = [m[1] for m in _FIELD.finditer(pattern) if m[0].endswith(":d}")]
+        parts = _FIELD.split(pattern)  # text, field, text, field, ..., text
+        fields = {part: r"\d+" if part in numbers else ".+" for part in parts[1::2]}
+        regex = "".join(re.escape(part) if k % 2 == 0 else f"(?P<{part}>{fields[part]})" for k, part in enumerate(parts))
+        found = re.fullmatch(regex, name)
+        return None if found is None else {k: int(v) if k in numbers else v for k, v in found.groupdict().items()}
 
     @property
     def summary_file(self) -> str | None:
@@ -89,12 +112,12 @@ class StageOutputs:
         missing = sorted(self.summary_keys - self.optional_keys - set(summary))
         if undeclared or missing:
             raise ContractError(
-                f"{self.command} summary: undeclared keys {undeclared}, missing keys {missing} (declared in almost/contracts.py)"
+                f"{self.command} summary: undeclared keys {undeclared}, missing keys {missing} (declared in almost/stages.py)"
             )
 
     def check_key(self, key: str) -> None:
         if key not in self.summary_keys:
-            raise ContractError(f"{self.command} does not declare the summary key {key!r} (almost/contracts.py)")
+            raise ContractError(f"{self.command} does not declare the summary key {key!r} (almost/stages.py)")
 
 
 def keys(*names: str) -> frozenset[str]:
@@ -133,160 +156,3 @@ def read_summary(outputs: StageOutputs, path: str | Path) -> Summary:
     if not isinstance(data, dict):
         raise AlmostError(f"{path}: a {outputs.command} summary is a JSON object")
     return Summary(outputs, data)
-
-
-PG = StageOutputs(
-    "pg",
-    {"prompts": "prompts.txt", "stats": "pg_stats.json", "rounds": "pg_rounds.jsonl"},
-    product="prompts",
-    summary="stats",
-    summary_keys=keys("accepted", "accepted_unused", "rejected", "requests", "rounds", "generation_seconds", "seeds", "model", "backend"),
-)
-
-# rg writes one file per configuration, named after it; a ``--shard i/n`` run writes one shard of it,
-# which ``almost merge`` joins. No summary: its rows are the record, one per prompt with these keys.
-RG_ROW_KEYS = ("index", "prompt", "response", "bad", "bad_reasons", "config")
-RG_SHARD_FILE = re.compile(r"^(?P<name>.+)\.shard-(?P<i>\d+)-of-(?P<n>\d+)\.jsonl$")
-
-
-def rg_file(configuration: str, shard: tuple[int, int] | None = None) -> str:
-    """``{configuration}.jsonl``, or ``{configuration}.shard-{i}-of-{n}.jsonl`` for shard i of n."""
-    suffix = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
-    return f"{configuration}{suffix}.jsonl"
-
-
-CS = StageOutputs(
-    "cs",
-    {"comparisons": "comparison.jsonl", "stats": "cs_stats.json"},
-    product="comparisons",
-    summary="stats",
-    # valid_answers: {configuration: count}; pairs_per_configuration_pair: {"chosen > rejected": count}.
-    summary_keys=keys(
-        "prompts",
-        "pairs",
-        "dropped_by_filter",
-        "dropped_by_max_length_ratio",
-        "dropped_by_length_balance",
-        "prompts_with_fewer_than_two_valid",
-        "valid_answers",
-        "pairs_per_configuration_pair",
-        "rubric",
-        "chosen_longer",
-        "chosen_shorter",
-    ),
-    # Written only when --max_length_ratio or --length_balance is on, so that the seed's file stays as it was.
-    optional_keys=keys("dropped_by_max_length_ratio", "dropped_by_length_balance", "chosen_longer", "chosen_shorter"),
-)
-# The training stages' summaries: "train" holds TRL's train metrics and "global_step" alike in rm train and sft;
-# "config" the plain settings; rm train's "heldout" has rm eval's keys (None without held-out pairs).
-RM_TRAIN = StageOutputs(
-    "rm train",
-    {"model": MODEL_CONFIG, "metrics": METRICS_FILE},
-    product="model",
-    summary="metrics",
-    summary_keys=keys("model", "base_model", "data", "train", "heldout", "length_head", "config"),
-    optional_keys=keys("length_head"),  # only with --length_head
-)
-RM_EVAL = StageOutputs(
-    "rm eval",
-    {"metrics": METRICS_FILE, "rewards": "rewards.jsonl", "table": "metrics.txt", "plot": "reward_eval.png"},
-    product="metrics",
-    summary="metrics",
-    # stats.reward_pair_metrics (also rm train's "heldout"): length_bias and length_balanced have
-    # their keys documented there; subsets only when the pairs name their subset.
-    summary_keys=keys(
-        "accuracy",
-        "ci95",
-        "n",
-        "ties",
-        "mean_margin",
-        "subsets",
-        "length_bias",
-        "length_balanced",
-        "model",
-        "data",
-        "rows_read",
-        "skipped_identical",
-        "skipped_unsplittable",
-    ),
-    optional_keys=keys("subsets"),
-)
-
-# rmsp_summary.json: per_turn holds one mapping per assistant turn (RMSP_TURN_KEYS); user_turns
-# (USER_TURNS_KEY) counts the user simulator's turns, with one mapping per re-sampled reason.
-USER_TURNS_KEY = "user_turns"
-RESAMPLED_REASONS = ("user_repeats", "user_role_swap")  # why a user turn is re-sampled
-RMSP_TURN_KEYS = ("turn", "dialogues", "kept", "bad_candidate_rate", "mean_best_reward", "mean_candidate_reward")
-RMSP = StageOutputs(
-    "rmsp",
-    {"demonstrations": "demonstrations.jsonl", "dropped": "rmsp_dropped.jsonl", "summary": "rmsp_summary.json"},
-    product="demonstrations",
-    summary="summary",
-    summary_keys=keys(
-        "dialogues",
-        "kept_dialogues",
-        "dropped_dialogues",
-        "assistant_turns",
-        "mean_turns_per_kept_dialogue",
-        "end_reasons",
-        "num_candidates",
-        "max_turns",
-        "per_turn",
-        USER_TURNS_KEY,
-    ),
-)
-SFT = StageOutputs(
-    "sft",
-    {"model": MODEL_CONFIG, "metrics": METRICS_FILE},
-    product="model",
-    summary="metrics",
-    summary_keys=keys("model", "base_model", "data", "train", "config"),
-)
-RL = StageOutputs(
-    "rl",
-    {"model": MODEL_CONFIG, "metrics": METRICS_FILE, "log": "rl_log.csv"},
-    product="model",
-    summary="metrics",
-    summary_keys=keys("algorithm", "policy", "reward_model", "prompts", "global_step", "beta", "length_penalty", "first_log", "last_log"),
-)
-
-# The multiple-choice evaluations: accuracy with its interval (evaluate.scoring.accuracy), per group too.
-EVAL_HHH = StageOutputs(
-    "eval hhh",
-    {"metrics": METRICS_FILE, "rows": "predictions.jsonl", "table": "metrics.txt"},
-    product="metrics",
-    summary="metrics",
-    summary_keys=keys("accuracy", "ci95", "n", "ties", "position_a_rate", "per_type", "task", "model", "data", "skipped"),
-)
-EVAL_TRUTHFULQA = StageOutputs(
-    "eval truthfulqa",
-    {"metrics": METRICS_FILE, "rows": "predictions.jsonl", "table": "metrics.txt"},
-    product="metrics",
-    summary="metrics",
-    summary_keys=keys("accuracy", "ci95", "n", "task", "model", "data", "chance", "per_category"),
-    optional_keys=keys("per_category"),  # only when the questions have categories
-)
-EVAL_PAIRWISE = StageOutputs(
-    "eval pairwise",
-    {"metrics": METRICS_FILE, "rows": "judgments.jsonl", "table": "metrics.txt"},
-    product="metrics",
-    summary="metrics",
-    # length_balanced: evaluate.pairwise.length_split; per_category: {category: the same keys, without per_category}.
-    summary_keys=keys(
-        "win",
-        "tie",
-        "loss",
-        "n",
-        "win_rate",
-        "ci95",
-        "length_balanced",
-        "per_category",
-        "task",
-        "model",
-        "baseline",
-        "judge",
-        "data",
-    ),
-)
-# ``almost eval <kind>`` → what it writes, in the order the pipeline plans them and the report shows them.
-EVALUATIONS = {"hhh": EVAL_HHH, "truthfulqa": EVAL_TRUTHFULQA, "pairwise": EVAL_PAIRWISE}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -20,7 +21,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .chat import check_chat_template
 from .contracts import ADAPTER_CONFIG, ADAPTER_DIR, MODEL_CONFIG, TRAINING_STATUS
+from .digests import digest_file
 from .errors import AlmostError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -37,8 +40,6 @@ def unfinished_training(path: str | os.PathLike) -> str | None:
     A folder whose ``training_status.json`` says anything but "done" is a half-finished run (its
     config.json may sit beside partial weights), so no reader takes it for a model. Folders without
     the file (hub downloads, other tools' checkpoints) are read as they are."""
-    import json
-
     path = Path(path)
     for folder in (path, path.parent) if path.name == ADAPTER_DIR else (path,):
         status_file = folder / TRAINING_STATUS
@@ -131,8 +132,6 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
 def gguf_conversion_dir(gguf_path: Path, root: Path) -> Path:
     """Where a user's GGUF file is converted: keyed by its content, so that another file copied to
     the same path (same size, say another quantization) is converted again, not served stale."""
-    from .digests import digest_file
-
     return root / "models" / f"{gguf_path.stem.lower()}-{digest_file(gguf_path)}"
 
 
@@ -181,8 +180,6 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    from .chat import check_chat_template
-
     check_chat_template(tokenizer, path)
     return tokenizer
 

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .chat import as_messages as user_turn
 from .errors import AlmostError
 
@@ -55,8 +57,6 @@ def yaml_problem(e: Exception) -> str:
 
 def read_yaml_mapping(path: str | os.PathLike, what: str, holds: str) -> dict:
     """A YAML file that must be a mapping (a config): one line naming the file for anything else."""
-    import yaml
-
     try:
         data = yaml.safe_load(read_text(path, what))
     except yaml.YAMLError as e:

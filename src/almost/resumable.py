@@ -76,7 +76,7 @@ def recorded_settings(output: str | os.PathLike) -> dict:
 def output_is_current(output: str | os.PathLike, settings: dict) -> bool:
     """True when ``output`` exists and was made with ``settings``; False when it does not exist.
 
-    Raises AlmostError when it exists but was made otherwise (or records nothing: an older almost).
+    Raises AlmostError when it exists but was made otherwise (or records nothing, as a file an older almost made).
     """
     output = Path(output)
     if not output.exists():

@@ -1,5 +1,11 @@
-"""What the training stages (``rm train``, ``sft``, ``rl``) share: config fields, LoRA settings,
-checkpoints a rerun resumes from, and a final model that is never mistaken for a half-written one.
+"""What the training stages (``rm train``, ``sft``, ``rl``) share: config fields, LoRA settings, the
+recipe every trainer runs, checkpoints a rerun resumes from, and a final model that is never mistaken
+for a half-written one.
+
+Each trainer is a ``Recipe``: it checks its options, sets up its data, model and TRL trainer, saves
+what its folder holds besides the model, and summarizes its run; ``run_recipe`` does the rest, the
+same for all three (look at the folder, train, save on every process, then on the main process
+alone: summary, model card, finished).
 
 Crash safety, in one place for the three stages:
 
@@ -14,24 +20,23 @@ Crash safety, in one place for the three stages:
 
 from __future__ import annotations
 
-import os
+import json
 import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, Protocol
 
-from .config import resolve_training_hardware
-from .contracts import ADAPTER_DIR, CARD_FILE, TRAINER_STATE, TRAINING_ARGS, TRAINING_STATUS, StageOutputs, write_summary
+from .config import require_option, resolve_training_hardware
+from .contracts import ADAPTER_DIR, CARD_FILE, TRAINER_STATE, TRAINING_ARGS, TRAINING_STATUS, write_summary
 from .errors import AlmostError
 from .models import require_finished_training
 from .readers import read_json
 from .redaction import portable, redact
+from .stages import Stage
 from .writes import write_json_atomic
 
-# Tests only: stall before this optimizer step (a number) so a test can kill the run at a known
-# point after a checkpoint; unset in normal use.
-STALL_ENV = "ALMOST_TEST_STALL_AT_STEP"
 # Settings that change how a run is logged, saved or launched, not what it computes: a rerun may
 # change them and still resume. (Secrets such as hub_token are never written to the status file.)
 RESUMABLE_CHANGES = frozenset(
@@ -247,22 +252,22 @@ def plain_settings(config) -> dict:
     return redact({k: v for k, v in asdict(config).items() if isinstance(v, (str, int, float, bool, type(None)))})
 
 
-def finish_checkpoint(config, outputs: StageOutputs, summary: dict) -> None:
-    """Write the summary (``contracts.write_summary``: exactly the keys ``outputs`` declares), and
+def finish_checkpoint(config, stage: Stage, summary: dict) -> None:
+    """Write the summary (``contracts.write_summary``: exactly the keys the stage declares), and
     remove what Trainer and peft leave beside the model (the model card is ``cards.write_training_card``'s).
 
     The summary records paths relative to the run directory (the output folder's parent), not this machine's."""
     output_dir = Path(config.output_dir)
-    write_summary(outputs, output_dir, portable(summary, output_dir.resolve().parent))
+    write_summary(stage.outputs, output_dir, portable(summary, output_dir.resolve().parent))
     (output_dir / TRAINING_ARGS).unlink(missing_ok=True)
     if config.use_peft:
         (output_dir / ADAPTER_DIR / TRAINING_ARGS).unlink(missing_ok=True)
         (output_dir / ADAPTER_DIR / CARD_FILE).unlink(missing_ok=True)
 
 
-def finished_summary(config, outputs: StageOutputs) -> dict:
+def finished_summary(config, stage: Stage) -> dict:
     """The summary a finished run wrote, returned again by a rerun that has nothing to do."""
-    return read_json(Path(config.output_dir) / outputs.summary_file, f"{outputs.command} summary")
+    return read_json(Path(config.output_dir) / stage.outputs.summary_file, f"{stage.name} summary")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,8 +287,6 @@ def checkpoint_step(path: Path) -> int | None:
 def is_complete_checkpoint(path: Path) -> bool:
     """Trainer writes trainer_state.json last (after weights, optimizer, scheduler and RNG state),
     in place: a checkpoint whose state file is missing or cut short was interrupted while saving."""
-    import json
-
     try:
         state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -311,7 +314,7 @@ class Rerun:
     fresh: bool = False  # start from step 0, deleting checkpoints and status of an earlier run
 
 
-def check_output_dir(config, stage: str) -> Rerun:
+def check_output_dir(config, stage: Stage) -> Rerun:
     """Decide, before any work and without writing anything, what this run does with --output_dir."""
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
@@ -329,7 +332,7 @@ def check_output_dir(config, stage: str) -> Rerun:
             )
         return Rerun(fresh=True)
     status = read_json(status_file, "training status")
-    if status.get("stage") != stage:
+    if status.get("stage") != stage.name:
         raise AlmostError(
             f"--output_dir {out} holds an `almost {status.get('stage')}` run; choose another folder, or pass --overwrite true"
         )
@@ -368,21 +371,7 @@ def save_every_minutes(minutes: float):
     return SaveEveryMinutes()
 
 
-def stall_for_tests(step: int):
-    """A Trainer callback for the kill-and-resume tests: sleep before optimizer step ``step + 1``,
-    once the checkpoints and log rows of the steps before it are written."""
-    from transformers import TrainerCallback
-
-    class StallForTests(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == step:
-                print(f"stalling at step {step} ({STALL_ENV})", flush=True)
-                time.sleep(3600)
-
-    return StallForTests()
-
-
-def train_resumably(trainer, config, stage: str, rerun: Rerun):
+def train_resumably(trainer, config, stage: Stage, rerun: Rerun):
     """``trainer.train()``, resumed from the last complete checkpoint in --output_dir if there is one.
 
     Marks the folder "running" first (main process), so nothing saved there from now on is taken for
@@ -396,23 +385,72 @@ def train_resumably(trainer, config, stage: str, rerun: Rerun):
         for path in checkpoints(out):
             if not is_complete_checkpoint(path):
                 shutil.rmtree(path)  # cut short while saving; its step is redone and saved again
-        write_json_atomic(out / TRAINING_STATUS, {"stage": stage, "status": "running", "settings": run_settings(config)})
+        write_json_atomic(out / TRAINING_STATUS, {"stage": stage.name, "status": "running", "settings": run_settings(config)})
     trainer.accelerator.wait_for_everyone()
     checkpoint = last_complete_checkpoint(out)
     if checkpoint is not None and trainer.is_world_process_zero():
-        print(f"almost {stage}: resuming from step {checkpoint_step(checkpoint)} ({checkpoint})", flush=True)
+        print(f"{stage.prog}: resuming from step {checkpoint_step(checkpoint)} ({checkpoint})", flush=True)
     if config.save_strategy != "no" and config.save_minutes > 0:
         trainer.add_callback(save_every_minutes(config.save_minutes))
-    if os.environ.get(STALL_ENV):
-        trainer.add_callback(stall_for_tests(int(os.environ[STALL_ENV])))
     return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
-def mark_finished(output_dir: Path, config, stage: str, final_step: int) -> None:
+def mark_finished(output_dir: Path, config, stage: Stage, final_step: int) -> None:
     """Main process, after the final model's last file: the folder now holds a finished model."""
     write_json_atomic(
-        output_dir / TRAINING_STATUS, {"stage": stage, "status": "done", "settings": run_settings(config), "final_step": final_step}
+        output_dir / TRAINING_STATUS, {"stage": stage.name, "status": "done", "settings": run_settings(config), "final_step": final_step}
     )
     if not config.keep_checkpoints:
         for path in checkpoints(output_dir):
             shutil.rmtree(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe every trainer runs.
+
+
+class Recipe(Protocol):
+    """What a training stage does its own way; ``run_recipe`` runs it, the same for every trainer."""
+
+    stage: Stage
+    config: Any  # its config: TrainingStageArguments mixed into a TRL config
+    task_type: str  # peft's: "SEQ_CLS" for a reward model, "CAUSAL_LM" for a policy
+    product: str  # what a finished folder holds, for the line a rerun prints ("the finished policy")
+
+    def check(self) -> None:
+        """The options it cannot run without, before the output folder is looked at."""
+
+    def setup(self):
+        """Its data, model and tokenizer read, and the TRL trainer built from them (every process)."""
+
+    def save(self, trainer) -> None:
+        """Main process, once the model is saved: what else its folder holds (the tokenizer ...)."""
+
+    def summarize(self, trainer, result) -> dict:
+        """Main process: the summary its stage declares, from the trainer and ``trainer.train()``'s result."""
+
+    def write_card(self, summary: dict) -> None:
+        """Main process: the model card (``cards.write_training_card``)."""
+
+
+def run_recipe(recipe: Recipe) -> dict:
+    """Check, look at the output folder (resume, start afresh, or nothing to do), set up, train, save
+    the model on every process, then on the main process alone: the rest of the folder, the summary,
+    the model card, and the mark that the model is finished. Returns the summary ({} on other processes)."""
+    config, stage = recipe.config, recipe.stage
+    recipe.check()
+    require_option(config.output_dir, "output_dir")
+    rerun = check_output_dir(config, stage)
+    if rerun.finished:
+        print(f"{stage.prog}: {config.output_dir} already holds {recipe.product}; nothing to do", flush=True)
+        return finished_summary(config, stage)
+    trainer = recipe.setup()
+    result = train_resumably(trainer, config, stage, rerun)
+    if not save_trained_model(trainer, config, recipe.task_type):
+        return {}
+    recipe.save(trainer)
+    summary = recipe.summarize(trainer, result)
+    recipe.write_card(summary)
+    finish_checkpoint(config, stage, summary)
+    mark_finished(Path(config.output_dir), config, stage, trainer.state.global_step)
+    return summary

@@ -8,6 +8,9 @@ import sys
 from ..errors import AlmostError
 from ..models import ResolvedModel, resolve_model
 from .base import Engine, Sampling, truncate_at_stop
+from .hf import HFEngine
+from .openai import OpenAIEngine, api_key_from_env
+from .vllm import VLLMEngine
 
 BACKENDS = ("hf", "vllm", "openai")
 AUTO = "auto"  # vllm wherever it is installed, else hf
@@ -51,8 +54,6 @@ def load_engine(config, model: ResolvedModel) -> Engine:
     settings of ``config`` (a stage's ``config.EngineArguments``)."""
     backend = resolve_backend(config.backend)
     if backend == "hf":
-        from .hf import HFEngine
-
         return HFEngine(
             model.path,
             batch_size=config.batch_size,
@@ -61,8 +62,6 @@ def load_engine(config, model: ResolvedModel) -> Engine:
             cache_dir=config.cache_dir,
         )
     if backend == "openai":
-        from .openai import OpenAIEngine, api_key_from_env
-
         return OpenAIEngine(
             config.base_url or [],
             model.path,
@@ -71,8 +70,6 @@ def load_engine(config, model: ResolvedModel) -> Engine:
             timeout=config.request_timeout,
             max_retries=config.max_retries,
         )
-    from .vllm import VLLMEngine
-
     return VLLMEngine(
         model.path,
         seed=config.seed,

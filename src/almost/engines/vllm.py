@@ -29,6 +29,8 @@ import os
 import time
 from collections.abc import Sequence
 
+from .. import models
+from ..allocator import tcmalloc_loaded
 from ..errors import AlmostError
 from .base import Sampling, truncate_at_stop
 
@@ -79,9 +81,7 @@ def vllm_dtype(dtype: str, on_gpu: bool) -> str:
         return dtype
     if on_gpu:
         return "auto"
-    from ..models import cpu_bf16_is_fast
-
-    return "bfloat16" if cpu_bf16_is_fast() else "float32"
+    return "bfloat16" if models.cpu_bf16_is_fast() else "float32"
 
 
 class VLLMEngine:
@@ -107,6 +107,7 @@ class VLLMEngine:
                 _cpu_environment(cpu_kv_cache_gib(kv_cache_gib))
             from vllm import LLM
 
+            # vllm_top_p subclasses vLLM's logits processor: it loads vLLM, which may be missing.
             from .vllm_top_p import NucleusLogitsProcessor
         except ImportError as e:
             raise AlmostError(
@@ -134,8 +135,6 @@ class VLLMEngine:
         self.start_seconds = time.perf_counter() - started
         where = "GPU"
         if not on_gpu:
-            from ..allocator import tcmalloc_loaded
-
             allocator = "tcmalloc" if tcmalloc_loaded() else "no tcmalloc: ~7% slower, see docs/feedback.md"
             where = f"CPU, {self.llm.llm_engine.model_config.dtype}, KV cache {os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB, {allocator}"
         print(f"vLLM engine started in {self.start_seconds:.1f} s ({where})", flush=True)
@@ -144,7 +143,7 @@ class VLLMEngine:
     def generate(self, prompts: Sequence[str], sampling: Sampling, desc: str | None = None) -> list[list[str]]:
         from vllm import SamplingParams
 
-        from .vllm_top_p import TOP_P_ARG
+        from .vllm_top_p import TOP_P_ARG  # loaded with vLLM (see __init__)
 
         top_p = sampling.top_p if sampling.temperature > 0 else 1.0
         in_processor = self.top_p_in_processor and top_p < 1.0

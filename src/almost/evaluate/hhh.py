@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..chat import transcript
-from ..config import ModelArguments, parse
-from ..contracts import EVAL_HHH
+from ..config import ModelArguments
 from ..models import resolve_model
 from ..reward.formats import Pair, load_pairs
+from ..stages import EVAL_HHH
 from ..stats import accuracy, grouped_accuracy
 from .scoring import LanguageModelOptions, OptionScorer, accuracy_table, chat_prompt, require_paths, write_results
 
@@ -111,11 +111,5 @@ def run_hhh(model_args: ModelArguments, config: HHHConfig, model: OptionScorer |
     table = accuracy_table(metrics, "per_type", "pairs") + (
         f"\nties (counted wrong): {metrics['ties']}   model picks position A: {metrics['position_a_rate']:.2f} of the time"
     )
-    write_results(EVAL_HHH, config.output_dir, metrics, table, rows)
+    write_results(EVAL_HHH.outputs, config.output_dir, metrics, table, rows)
     return metrics
-
-
-def main(argv: list[str] | None = None) -> int:
-    model_args, config = parse("almost eval hhh", [ModelArguments, HHHConfig], argv, description=__doc__.split("\n\n")[0])
-    run_hhh(model_args, config)
-    return 0

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ModelArguments, parse
-from ..contracts import EVAL_TRUTHFULQA
+from ..config import ModelArguments
 from ..errors import AlmostError
 from ..models import resolve_model
 from ..readers import read_rows
+from ..stages import EVAL_TRUTHFULQA
 from ..stats import accuracy, grouped_accuracy
 from .scoring import LanguageModelOptions, OptionScorer, accuracy_table, chat_prompt, require_paths, write_results
 
@@ -146,11 +146,5 @@ def run_truthfulqa(model_args: ModelArguments, config: TruthfulQAConfig, model: 
     if any(q.category for q in questions):
         metrics["per_category"] = grouped_accuracy(correct, [q.category for q in questions])
     table = accuracy_table(metrics, "per_category", "questions") + f"\nchance (1 / number of choices): {metrics['chance']:.3f}"
-    write_results(EVAL_TRUTHFULQA, config.output_dir, metrics, table, rows)
+    write_results(EVAL_TRUTHFULQA.outputs, config.output_dir, metrics, table, rows)
     return metrics
-
-
-def main(argv: list[str] | None = None) -> int:
-    model_args, config = parse("almost eval truthfulqa", [ModelArguments, TruthfulQAConfig], argv, description=__doc__.split("\n\n")[0])
-    run_truthfulqa(model_args, config)
-    return 0

@@ -33,12 +33,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import parse
-from ..contracts import CS, PG, write_summary
+from ..cards import write_dataset_card
+from ..contracts import PARTIAL_SETTINGS_SUFFIX, PARTIAL_SUFFIX, SETTINGS_SUFFIX, write_summary
 from ..errors import AlmostError
 from ..readers import read_json, read_jsonl, read_prompts
 from ..resumable import output_is_current
+from ..stages import CS, PG, RG
 from ..writes import write_jsonl_atomic
+from .merge import find_shard_sets, merge_settings
 from .rg import output_path
 
 SEED_BAD = "BAD"
@@ -158,7 +160,7 @@ def balance_by_length(rows: list[dict], seed: int) -> list[dict]:
 
 
 # In the seed's single output folder, the JSON files of pg and cs sit beside the answers.
-_OTHER_STAGES_FILES = {Path(name).stem for stage in (PG, CS) for name in stage.files.values()}
+_OTHER_STAGES_FILES = {Path(name).stem for stage in (PG, CS) for name in stage.outputs.files.values()}
 
 
 def load_answers(directory: Path, name: str) -> tuple[list[str], list[str | None]]:
@@ -169,19 +171,21 @@ def load_answers(directory: Path, name: str) -> tuple[list[str], list[str | None
         return _rg_answers(jsonl)
     seed_json = directory / f"{name}.json"
     if seed_json.exists():
-        return _seed_answers(seed_json, directory / PG.files["prompts"])
-    shards = sorted(p.name for p in directory.glob(f"{name}.shard-*.jsonl"))
+        return _seed_answers(seed_json, directory / PG.outputs.files["prompts"])
+    shards = [p for p in directory.iterdir() if (RG.outputs.match("shard", p.name) or {}).get("configuration") == name]
     hint = f"; its shards are there: run almost merge --output_dir {directory}" if shards else ""
-    available = sorted({p.name.removesuffix(".jsonl").removesuffix(".json") for p in directory.glob("*.json*")} - _OTHER_STAGES_FILES)
-    listed = f" (found: {', '.join(a for a in available if '.shard-' not in a and not a.endswith(('.partial', '.settings'))) or 'none'})"
+    answers = {
+        p.name.removesuffix(".jsonl").removesuffix(".json")
+        for p in directory.glob("*.json*")
+        if not p.name.endswith((SETTINGS_SUFFIX, PARTIAL_SUFFIX, PARTIAL_SETTINGS_SUFFIX)) and RG.outputs.match("shard", p.name) is None
+    }
+    listed = f" (found: {', '.join(sorted(answers - _OTHER_STAGES_FILES)) or 'none'})"
     raise AlmostError(f"--rubric names {name!r}, which has no output in {directory}: expected {name}.jsonl or {name}.json{hint or listed}")
 
 
 def _check_not_older_than_shards(directory: Path, name: str, jsonl: Path) -> None:
     """With shards of ``name`` beside it, ``{name}.jsonl`` must be their merge as they are now: a
     shard rerun after the merge would otherwise be ignored in favour of the old merged rows."""
-    from .merge import find_shard_sets, merge_settings
-
     shard_set = find_shard_sets(directory).get(name)
     if shard_set is None:
         return
@@ -293,13 +297,11 @@ def run_cs(config: CSArguments) -> dict:
         **length_split,
     }
     out = Path(config.output_dir)
-    write_summary(CS, out, stats)
-    write_jsonl_atomic(out / CS.product_file, rows)
-    from ..cards import write_dataset_card
-
-    write_dataset_card(out, "cs", {"comparisons": CS.product_file}, {"input": directory.name, **stats})
+    write_summary(CS.outputs, out, stats)
+    write_jsonl_atomic(out / CS.outputs.product_file, rows)
+    write_dataset_card(out, CS, {"comparisons": CS.outputs.product_file}, {"input": directory.name, **stats})
     print(
-        f"almost cs: {stats['pairs']} pairs from {stats['prompts']} prompts → {out / CS.product_file} "
+        f"almost cs: {stats['pairs']} pairs from {stats['prompts']} prompts → {out / CS.outputs.product_file} "
         f"(dropped by the length filter: {dropped}; prompts with < 2 valid answers: {few_valid})"
     )
     extra = [
@@ -314,9 +316,3 @@ def run_cs(config: CSArguments) -> dict:
     for pair, count in stats["pairs_per_configuration_pair"].items():
         print(f"  {count:6d}  {pair}")
     return stats
-
-
-def main(argv: list[str] | None = None) -> int:
-    (config,) = parse("almost cs", [CSArguments], argv, description=__doc__.splitlines()[0])
-    run_cs(config)
-    return 0

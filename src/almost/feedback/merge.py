@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import parse
-from ..contracts import PG, RG_ROW_KEYS, RG_SHARD_FILE
+from ..cards import write_dataset_card
 from ..digests import digest_file
 from ..errors import AlmostError
 from ..readers import read_jsonl, read_prompts, require_columns
 from ..resumable import output_is_current, partial_path, record_settings
+from ..stages import MERGE, PG, RG
 from ..writes import write_jsonl_atomic
 from .rg import output_path
 
@@ -39,10 +39,10 @@ def find_shard_sets(directory: Path) -> dict[str, dict]:
     """``{config: {"n": n, "files": {i: path}}}`` for the finished shard files in ``directory``."""
     sets: dict[str, dict] = {}
     for path in sorted(directory.iterdir()):
-        match = RG_SHARD_FILE.match(path.name)
+        match = MERGE.outputs.match("shard", path.name)
         if not match:
             continue
-        name, i, n = match["name"], int(match["i"]), int(match["n"])
+        name, i, n = match["configuration"], match["i"], match["n"]
         if not 0 <= i < n:
             raise AlmostError(f"{path}: shard {i} of {n} is not a shard (need 0 <= i < n); remove or rename it")
         entry = sets.setdefault(name, {"n": n, "files": {}})
@@ -62,7 +62,7 @@ def merged_rows(directory: Path, name: str, n: int, files: dict[int, Path], prom
     rows: dict[int, dict] = {}
     for i, path in sorted(files.items()):
         shard_rows = read_jsonl(path, "shard file")
-        require_columns(shard_rows, RG_ROW_KEYS, path)
+        require_columns(shard_rows, MERGE.outputs.row_keys, path)
         for row in shard_rows:
             index = row["index"]
             if not isinstance(index, int) or index % n != i:
@@ -88,7 +88,7 @@ def merge_settings(directory: Path, files: dict[int, Path]) -> dict:
     """What a merged file is made of: the contents of its shards (and of prompts.txt, which the
     merge checks them against). ``almost cs`` compares it too, to refuse a merged file older than
     the shards beside it."""
-    prompts = directory / PG.files["prompts"]
+    prompts = directory / PG.outputs.files["prompts"]
     return {
         "shards": {path.name: digest_file(path) for _, path in sorted(files.items())},
         "prompts": digest_file(prompts) if prompts.exists() else None,
@@ -102,7 +102,7 @@ def run_merge(config: MergeArguments) -> dict:
     sets = find_shard_sets(directory)
     if not sets:
         raise AlmostError(f"no shard files ({{config}}.shard-i-of-n.jsonl) in {directory}")
-    prompts_file = directory / PG.files["prompts"]
+    prompts_file = directory / PG.outputs.files["prompts"]
     prompts = read_prompts(prompts_file) if prompts_file.exists() else None
     todo = {}
     for name, entry in sets.items():
@@ -118,17 +118,9 @@ def run_merge(config: MergeArguments) -> dict:
         write_jsonl_atomic(output_path(directory, name), rows)
         print(f"almost merge: {len(sets[name]['files'])} shards → {output_path(directory, name)} ({len(rows)} rows)")
     if todo:
-        from ..cards import write_dataset_card
-
         about = {
             name: {"shards": len(sets[name]["files"]), "rows": len(rows), "bad": sum(bool(r.get("bad")) for r in rows)}
             for name, rows in todo.items()
         }
-        write_dataset_card(directory, "rg", {name: output_path(directory, name).name for name in todo}, {"configurations": about})
+        write_dataset_card(directory, RG, {name: output_path(directory, name).name for name in todo}, {"configurations": about})
     return {name: len(rows) for name, rows in todo.items()}
-
-
-def main(argv: list[str] | None = None) -> int:
-    (config,) = parse("almost merge", [MergeArguments], argv, description=__doc__.splitlines()[0])
-    run_merge(config)
-    return 0

@@ -30,14 +30,16 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..config import EngineArguments, parse
-from ..contracts import PG, write_summary
+from ..cards import write_dataset_card
+from ..config import EngineArguments
+from ..contracts import write_summary
 from ..digests import digest_model, fingerprint
 from ..engines import Engine, Sampling, engine_model, load_engine
 from ..errors import AlmostError
 from ..readers import read_lines
 from ..resumable import ResumableJsonl, output_is_current, record_settings, recorded_settings, remove_output
 from ..shipped import SEED_PROMPTS, asset_or_path
+from ..stages import PG
 from ..writes import write_text_atomic
 
 QUERY_PREFIX = "Query:"
@@ -170,21 +172,14 @@ def rouge_l_fmeasure(lcs: int, target_len: int, prediction_len: int) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def rouge_l_reference(target: Sequence[str], prediction: Sequence[str]) -> float:
-    """ROUGE-L F the slow, obvious way (rouge_score's dynamic-programming table): the reference the
-    fast index is tested and benchmarked against."""
-    if not target or not prediction:
-        return 0.0
-    table = [[0] * (len(prediction) + 1) for _ in range(len(target) + 1)]
-    for i, a in enumerate(target, 1):
-        for j, b in enumerate(prediction, 1):
-            table[i][j] = table[i - 1][j - 1] + 1 if a == b else max(table[i - 1][j], table[i][j - 1])
-    return rouge_l_fmeasure(table[-1][-1], len(target), len(prediction))
-
-
 def rouge_lcs(target: Sequence[str], prediction: Sequence[str]) -> int:
     """LCS length of two token lists (bit-parallel), for one-off comparisons outside the index."""
     return bit_parallel_lcs(_position_masks(target), len(target), prediction)
+
+
+def rouge_l(target: Sequence[str], prediction: Sequence[str]) -> float:
+    """ROUGE-L F of two token lists (``rouge_tokens``), for one-off comparisons outside the index."""
+    return rouge_l_fmeasure(rouge_lcs(target, prediction), len(target), len(prediction))
 
 
 def _position_masks(tokens: Sequence[str]) -> dict[str, int]:
@@ -209,8 +204,7 @@ def bit_parallel_lcs(masks: dict[str, int], length: int, other: Sequence[str]) -
 
 class NearDuplicateIndex:
     """Texts seen so far, answering "is this a near-duplicate of any of them?" exactly as pairwise
-    ROUGE-L (``rouge_l_reference`` >= threshold against each one) would, but without comparing with
-    every text.
+    ROUGE-L F (>= threshold against each one) would, but without comparing with every text.
 
     An inverted index from (token, occurrence number) to text ids gives, per text sharing a token, the
     multiset overlap of the two token lists, which bounds the LCS from above. Texts whose bound
@@ -353,7 +347,7 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
     ``engine`` replaces the model named in the config (tests pass a scripted one).
     """
     prompt_file = read_prompt_file(config.prompt_file_path)
-    paths = PG.paths(config.output_dir)
+    paths = PG.outputs.paths(config.output_dir)
     model = engine_model(config, config.model_name_or_path) if engine is None else None
     settings = _resume_settings(config, prompt_file, digest_model(model.path if model else config.model_name_or_path))
     rounds_log = ResumableJsonl(paths["rounds"], key_field="round", settings=settings)
@@ -397,17 +391,15 @@ def run_pg(config: PGArguments, engine: Engine | None = None) -> dict:
         "model": config.model_name_or_path if model is None else model.name,
         "backend": getattr(engine, "name", config.backend),
     }
-    write_summary(PG, config.output_dir, stats)
+    write_summary(PG.outputs, config.output_dir, stats)
     # prompts.txt last: its presence (with its settings record) is what marks the stage finished.
     record_settings(paths["prompts"], final_settings)
     write_text_atomic(paths["prompts"], "".join(p + "\n" for p in progress.accepted[: config.num_generation]))
     rounds_log.finalize()
-    from ..cards import write_dataset_card
-
     settings = {k: getattr(config, k) for k in ("num_generation", *ROUND_SETTINGS)}
     write_dataset_card(
         config.output_dir,
-        "pg",
+        PG,
         {"prompts": paths["prompts"].name},
         {
             "model": stats["model"],
@@ -483,9 +475,3 @@ def _generate_rounds(config: PGArguments, prompt_file: PromptFile, engine: Engin
             bar.set_postfix(accepted=len(progress.accepted), rejected=sum(progress.rejected.values()), round=round_index)
     finally:
         bar.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    (config,) = parse("almost pg", [PGArguments], argv, description=__doc__.splitlines()[0])
-    run_pg(config)
-    return 0

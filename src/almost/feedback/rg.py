@@ -30,9 +30,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..cards import write_dataset_card
 from ..chat import check_chat_template, render_prompt
-from ..config import EngineArguments, parse, parse_shard
-from ..contracts import PG, rg_file
+from ..config import EngineArguments, parse_shard
 from ..digests import digest_model
 from ..engines import Engine, Sampling, engine_model, load_engine
 from ..errors import AlmostError
@@ -40,6 +40,7 @@ from ..models import ResolvedModel, load_tokenizer
 from ..readers import read_jsonl, read_prompts
 from ..resumable import ResumableJsonl
 from ..shipped import BETTER_DEMONSTRATIONS
+from ..stages import PG, RG
 from .demos import ANSWER_STOP, Demonstrations, bad_answer_reasons, cut_answer, few_shot_prompt, load_demonstrations
 
 
@@ -182,7 +183,9 @@ def configurations(config: RGArguments) -> list[Configuration]:
 
 
 def output_path(output_dir: str | Path, name: str, shard: tuple[int, int] | None = None) -> Path:
-    return Path(output_dir) / rg_file(name, shard)
+    if shard is None:
+        return Path(output_dir) / RG.outputs.file("answers", configuration=name)
+    return Path(output_dir) / RG.outputs.file("shard", configuration=name, i=shard[0], n=shard[1])
 
 
 def chunk_seed(seed: int, name: str, chunk_index: int) -> int:
@@ -210,7 +213,7 @@ def _resume_settings(config: RGArguments, configuration: Configuration, prompts:
         "demonstrations": [configuration.demos.header, configuration.demos.dialogues, configuration.n_shot],
         "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
         "shard": shard,
-        # Only when on, so outputs made before the option existed stay current.
+        # Only when on: outputs made without the option stay current.
         **({"chat_format": True} if config.chat_format else {}),
     }
 
@@ -221,7 +224,7 @@ def run_rg(config: RGArguments, engine: Engine | None = None) -> dict:
     ``engine`` replaces the model named in the config (tests pass a scripted one).
     """
     shard = parse_shard(config.shard)
-    prompts = read_prompts(config.prompts_path or Path(config.output_dir) / PG.files["prompts"])
+    prompts = read_prompts(config.prompts_path or Path(config.output_dir) / PG.outputs.files["prompts"])
     todo_configurations = configurations(config)
     indices = [i for i in range(len(prompts)) if shard is None or i % shard[1] == shard[0]]
     if not indices:
@@ -271,8 +274,6 @@ def write_card(config: RGArguments, todo: list[Configuration], shard) -> None:
     """The folder's dataset card lists each finished configuration (a shard waits for `almost merge`)."""
     if shard is not None:
         return
-    from ..cards import write_dataset_card
-
     files, about = {}, {}
     for c in todo:
         path = output_path(config.output_dir, c.name)
@@ -294,7 +295,7 @@ def write_card(config: RGArguments, todo: list[Configuration], shard) -> None:
     }
     write_dataset_card(
         config.output_dir,
-        "rg",
+        RG,
         files,
         {
             "model": config.model_name_or_path,
@@ -342,9 +343,3 @@ def _generate(
     bad = sum(r["bad"] for r in rows)
     print(f"almost rg: wrote {len(rows)} answers ({bad} BAD) to {log.final_path} in {seconds:.0f} s")
     return {"path": str(log.final_path), "rows": len(rows), "bad": bad, "generated": generated, "seconds": round(seconds, 2)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    (config,) = parse("almost rg", [RGArguments], argv, description=__doc__.splitlines()[0])
-    run_rg(config)
-    return 0

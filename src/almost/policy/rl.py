@@ -9,7 +9,7 @@ length penalty subtracts ``--length_penalty`` per answer token.
 Writes to ``--output_dir``: the policy as an HF checkpoint (safetensors, tokenizer, README.md model
 card; with ``--use_peft`` the adapter is merged, and kept in adapter/, unless ``--merge_lora false``),
 ``rl_log.csv`` (one row per logged step: reward, rm_reward, kl, completion_length, ...), and
-``metrics.json`` (the summary, keys as ``contracts.RL`` declares). Config fields, LoRA spelling,
+``metrics.json`` (the summary, keys as ``stages.RL`` declares). Config fields, LoRA spelling,
 hardware options and saving (main process only) are those of ``rm train`` and ``sft`` (``almost.training``).
 """
 
@@ -21,24 +21,21 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from trl import GRPOConfig, RLOOConfig
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, TrainerCallback
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-from .. import contracts
+from ..cards import shown_path, write_training_card
 from ..chat import render_prompt
-from ..config import parse, require_option
+from ..config import require_option
 from ..errors import AlmostError
-from ..models import resolve_model
+from ..models import load_tokenizer, resolve_model
 from ..readers import read_prompts
-from ..training import (
-    TrainingStageArguments,
-    check_output_dir,
-    finish_checkpoint,
-    finished_summary,
-    lora_config,
-    mark_finished,
-    save_trained_model,
-    train_resumably,
-)
+from ..reward.client import is_url
+from ..reward.model import RewardScorerSettings, load_scorer
+from ..stages import RL
+from ..training import TrainingStageArguments, lora_config, run_recipe
 
 ALGORITHMS = ("rloo", "grpo")
 # Columns of rl_log.csv, in order: TRL's metric name → ours. The report reads these names.
@@ -124,8 +121,6 @@ def build_dataset(contexts: list[list[dict]], tokenizer):
     The ``context`` column (JSON) carries the conversation to the reward function, which scores it
     with the answer appended, whatever form the policy saw.
     """
-    from datasets import Dataset
-
     conversational = bool(getattr(tokenizer, "chat_template", None))
     return Dataset.from_dict(
         {
@@ -157,12 +152,6 @@ def make_reward_functions(scorer, length_penalty: float) -> tuple[list, list[flo
     return [rm], [1.0]
 
 
-def _trainer_classes(algorithm: str):
-    from trl import GRPOTrainer, RLOOTrainer
-
-    return (RLOOConfig, RLOOTrainer) if algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
-
-
 def trl_config(config: RLConfig, reward_weights: list[float]):
     """The TRL config for the chosen algorithm: ours for RLOO, else a GRPOConfig with every shared field."""
     if config.algorithm == "rloo":
@@ -182,8 +171,6 @@ class CsvLogCallback:
     from a checkpoint logs those steps again, and a fresh run starts an empty file."""
 
     def __init__(self, path: Path):
-        from transformers import TrainerCallback
-
         self.path = path
         self.rows: list[dict] = []
         callback = self
@@ -259,8 +246,6 @@ CARD_FIGURES = {
 def write_card(config: RLConfig, summary: dict) -> None:
     """The model card: starting policy, reward model, prompts, hyperparameters, and the first and last
     logged reward, KL and answer length."""
-    from ..cards import shown_path, write_training_card
-
     run = Path(config.output_dir).resolve().parent
     prompts_path = shown_path(config.prompts_path, run)
     steps = summary["global_step"]
@@ -298,96 +283,93 @@ def write_card(config: RLConfig, summary: dict) -> None:
         "note": "figures logged during training, on the sampled answers; `almost eval` measures the policy on held-out questions",
         "metrics": metrics,
     }
-    write_training_card(config, "rl", facts=facts, hyperparameters=hyperparameters, evaluations=[evaluation], tags=[config.algorithm])
+    write_training_card(config, RL, facts=facts, hyperparameters=hyperparameters, evaluations=[evaluation], tags=[config.algorithm])
+
+
+class RLTraining:
+    """``almost rl`` as a ``training.Recipe``: the policy, the reward model (or its server) as TRL reward
+    functions, RLOO or GRPO, and rl_log.csv written as it trains."""
+
+    stage = RL
+    task_type = "CAUSAL_LM"
+    product = "the finished policy"
+
+    def __init__(self, config: RLConfig, scorer=None):
+        self.config = config
+        self.scorer = scorer
+
+    def check(self) -> None:
+        config = self.config
+        require_option(config.model_name_or_path, "model_name_or_path", "the policy to train, normally the SFT output")
+        require_option(config.prompts_path, "prompts_path", "prompts.txt from `almost pg`, or JSONL")
+        if self.scorer is None:
+            require_option(config.reward_model_name_or_path, "reward_model_name_or_path", "a reward model from `almost rm train`")
+        if config.per_device_train_batch_size % config.num_generations and config.generation_batch_size is None:
+            raise AlmostError(
+                f"--per_device_train_batch_size ({config.per_device_train_batch_size}) must be a multiple of --num_generations "
+                f"({config.num_generations})"
+            )
+
+    def setup(self):
+        config = self.config
+        # TRL's --trust_remote_code is documented to hold for the reward model too; rl has no --dtype of its own.
+        reward_settings = RewardScorerSettings(
+            batch_size=config.reward_batch_size,
+            max_length=config.reward_max_length,
+            trust_remote_code=config.trust_remote_code,
+            served_batch_size=config.reward_batch_size,
+        )
+        if self.scorer is None and is_url(config.reward_model_name_or_path):
+            # `almost rm serve` must be up before the policy is loaded.
+            self.scorer = load_scorer(config.reward_model_name_or_path, reward_settings)
+        policy = resolve_model(config.model_name_or_path, config.cache_dir)
+        self.contexts = read_prompts(config.prompts_path, as_messages=True, limit=config.max_prompts)
+        if self.scorer is None:
+            self.scorer = load_scorer(config.reward_model_name_or_path, reward_settings)
+        self.tokenizer = load_tokenizer(policy.path, config.trust_remote_code, padding_side="left", cache_dir=config.cache_dir)
+        reward_funcs, weights = make_reward_functions(self.scorer, config.length_penalty)
+        model = AutoModelForCausalLM.from_pretrained(
+            policy.path, dtype=torch.float32 if not torch.cuda.is_available() else "auto", trust_remote_code=config.trust_remote_code
+        )
+        self.csv_log = CsvLogCallback(Path(config.output_dir) / RL.outputs.files["log"])
+        return (RLOOTrainer if config.algorithm == "rloo" else GRPOTrainer)(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=trl_config(config, weights),
+            train_dataset=build_dataset(self.contexts, self.tokenizer),
+            processing_class=self.tokenizer,
+            callbacks=[self.csv_log.trainer_callback],
+            peft_config=lora_config(config, "CAUSAL_LM") if config.use_peft else None,
+        )
+
+    def save(self, trainer) -> None:
+        self.tokenizer.save_pretrained(self.config.output_dir)
+
+    def summarize(self, trainer, result) -> dict:
+        config, rows = self.config, self.csv_log.rows
+        summary = {
+            "algorithm": config.algorithm,
+            "policy": config.model_name_or_path,
+            "reward_model": config.reward_model_name_or_path,
+            "prompts": len(self.contexts),
+            "global_step": trainer.state.global_step,
+            "beta": config.beta,
+            "length_penalty": config.length_penalty,
+            "first_log": rows[0] if rows else None,
+            "last_log": rows[-1] if rows else None,
+        }
+        last = summary["last_log"] or {}
+        print(
+            f"almost rl: {summary['global_step']} steps; last logged reward {show_logged(last, 'reward')}, KL "
+            f"{show_logged(last, 'kl')}, answer length {show_logged(last, 'completion_length')} tokens; policy saved to "
+            f"{Path(config.output_dir)}"
+        )
+        return summary
+
+    def write_card(self, summary: dict) -> None:
+        write_card(self.config, summary)
 
 
 def run_rl(config: RLConfig, scorer=None) -> dict:
     """Train and save the policy. ``scorer`` (anything with ``score(conversations)``) replaces the RM for tests."""
-    import torch
-
-    from ..models import load_tokenizer
-    from ..reward.client import is_url
-    from ..reward.model import RewardScorerSettings, load_scorer
-
-    require_option(config.model_name_or_path, "model_name_or_path", "the policy to train, normally the SFT output")
-    require_option(config.prompts_path, "prompts_path", "prompts.txt from `almost pg`, or JSONL")
-    if scorer is None:
-        require_option(config.reward_model_name_or_path, "reward_model_name_or_path", "a reward model from `almost rm train`")
-    require_option(config.output_dir, "output_dir")
-    if config.per_device_train_batch_size % config.num_generations and config.generation_batch_size is None:
-        raise AlmostError(
-            f"--per_device_train_batch_size ({config.per_device_train_batch_size}) must be a multiple of --num_generations "
-            f"({config.num_generations})"
-        )
-    rerun = check_output_dir(config, "rl")
-    out = Path(config.output_dir)
-    if rerun.finished:
-        print(f"almost rl: {out} already holds the finished policy; nothing to do", flush=True)
-        return finished_summary(config, contracts.RL)
-    # TRL's --trust_remote_code is documented to hold for the reward model too; rl has no --dtype of its own.
-    reward_settings = RewardScorerSettings(
-        batch_size=config.reward_batch_size,
-        max_length=config.reward_max_length,
-        trust_remote_code=config.trust_remote_code,
-        served_batch_size=config.reward_batch_size,
-    )
-    if scorer is None and is_url(config.reward_model_name_or_path):
-        scorer = load_scorer(config.reward_model_name_or_path, reward_settings)  # `almost rm serve` must be up before the policy is loaded
-    policy = resolve_model(config.model_name_or_path, config.cache_dir)
-    contexts = read_prompts(config.prompts_path, as_messages=True, limit=config.max_prompts)
-    log_path = out / contracts.RL.files["log"]
-
-    if scorer is None:
-        scorer = load_scorer(config.reward_model_name_or_path, reward_settings)
-    tokenizer = load_tokenizer(policy.path, config.trust_remote_code, padding_side="left", cache_dir=config.cache_dir)
-    reward_funcs, weights = make_reward_functions(scorer, config.length_penalty)
-    args = trl_config(config, weights)
-    _, trainer_class = _trainer_classes(config.algorithm)
-    peft_config = lora_config(config, "CAUSAL_LM") if config.use_peft else None
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        policy.path, dtype=torch.float32 if not torch.cuda.is_available() else "auto", trust_remote_code=config.trust_remote_code
-    )
-    csv_log = CsvLogCallback(log_path)
-    trainer = trainer_class(
-        model=model,
-        reward_funcs=reward_funcs,
-        args=args,
-        train_dataset=build_dataset(contexts, tokenizer),
-        processing_class=tokenizer,
-        callbacks=[csv_log.trainer_callback],
-        peft_config=peft_config,
-    )
-    train_resumably(trainer, config, "rl", rerun)
-
-    # Every process takes part in saving (it may gather shards); the main process alone writes.
-    if not save_trained_model(trainer, config, "CAUSAL_LM"):
-        return {}
-    tokenizer.save_pretrained(out)
-    summary = {
-        "algorithm": config.algorithm,
-        "policy": config.model_name_or_path,
-        "reward_model": config.reward_model_name_or_path,
-        "prompts": len(contexts),
-        "global_step": trainer.state.global_step,
-        "beta": config.beta,
-        "length_penalty": config.length_penalty,
-        "first_log": csv_log.rows[0] if csv_log.rows else None,
-        "last_log": csv_log.rows[-1] if csv_log.rows else None,
-    }
-    write_card(config, summary)
-    finish_checkpoint(config, contracts.RL, summary)
-    mark_finished(out, config, "rl", trainer.state.global_step)
-    last = summary["last_log"] or {}
-    print(
-        f"almost rl: {summary['global_step']} steps; last logged reward {show_logged(last, 'reward')}, KL {show_logged(last, 'kl')}, "
-        f"answer length {show_logged(last, 'completion_length')} tokens; policy saved to {out}"
-    )
-    return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    (config,) = parse("almost rl", [RLConfig], argv, description=__doc__.split("\n\n")[0])
-    run_rl(config)
-    return 0
+    return run_recipe(RLTraining(config, scorer))

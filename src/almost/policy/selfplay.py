@@ -20,50 +20,33 @@ uninterrupted one writes.
 
 from __future__ import annotations
 
-import re
-import statistics
-import sys
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..chat import transcript
-from ..config import EngineArguments, parse
-from ..contracts import RESAMPLED_REASONS, RMSP, USER_TURNS_KEY, write_summary
+from ..cards import write_dataset_card
+from ..config import EngineArguments
+from ..contracts import write_summary
 from ..digests import digest_model, fingerprint
 from ..engines import Engine, Sampling, engine_model, load_engine
 from ..feedback.demos import (
     ANSWER_STOP,
-    SEPARATOR,
     Demonstrations,
     bad_answer_reasons,
     cut_answer,
     few_shot_prompt,
     load_demonstrations,
 )
-from ..feedback.pg import rouge_l_fmeasure, rouge_lcs, rouge_tokens
 from ..readers import read_json, read_prompts, read_rows
 from ..resumable import ResumableJsonl
+from ..reward.client import is_url
+from ..reward.model import RewardScorerSettings, load_scorer, reward_model_path
 from ..shipped import BETTER_DEMONSTRATIONS, USER_SIMULATOR_PROMPT
+from ..stages import RESAMPLED_REASONS, RMSP, USER_TURNS_KEY
 from ..writes import write_jsonl_atomic
-
-# The user simulator writes one Human turn: it ends where the model starts the assistant's reply.
-USER_STOP = (SEPARATOR, "\nAssistant:", "\nHuman:")
-USER_END_MARKER = "[END]"
-MIN_USER_TURN_CHARS = 8
-_GOODBYE = re.compile(r"^(thanks|thank you|thank u|great,? thanks|ok,? thanks|bye|goodbye)\b", re.I)
-# Why a user turn is re-sampled (RESAMPLED_REASONS, counted in the summary's USER_TURNS_KEY for the
-# report to read instead of recounting); every other verdict (ended, unusable) is final at once.
-USER_REPEATS, USER_ROLE_SWAP = RESAMPLED_REASONS
-# How replies open, never how a person asks: the simulator is writing the assistant's part.
-_ROLE_SWAP = re.compile(
-    r"^(sure|certainly|of course|absolutely|here is|here are|here['’]s|as an ai|as a language model|i['’]d be happy|i would be happy|"
-    r"i['’]m happy to|great question|you['’]re welcome)\b",
-    re.I,
-)
+from .selfplay_summary import format_summary, summarize
+from .turns import USER_STOP, select_candidate, unit_seed, user_prompt, user_turn_verdict
 
 
 @dataclass
@@ -143,90 +126,6 @@ class RMSPArguments(EngineArguments):
             raise ValueError("--user_repeat_threshold must be in (0, 1]")
         if self.user_retries < 0:
             raise ValueError("--user_retries must not be negative")
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure pieces: reading prompts, the user simulator's prompt and verdict, choosing a candidate.
-
-
-def user_prompt(simulator: Demonstrations, n_shot: int, messages: list[dict]) -> str:
-    """The user simulator's examples, then the dialogue so far, ending with ``Human:`` for the next user turn."""
-    return f"{simulator.static_prompt(n_shot)}{transcript(messages, strip=True)}\n\nHuman:"
-
-
-def repeat_score(turn: str, messages: list[dict]) -> tuple[float, bool]:
-    """(highest ROUGE-L F of ``turn`` against any earlier turn, whether it quotes a whole earlier answer).
-
-    ROUGE-L as PG's near-duplicate filter computes it (rouge_score's tokens, no stemming).
-    """
-    tokens = rouge_tokens(turn)
-    joined = f" {' '.join(tokens)} "
-    best, quotes = 0.0, False
-    for m in messages:
-        other = rouge_tokens(m["content"])
-        if not tokens or not other:
-            continue
-        best = max(best, rouge_l_fmeasure(rouge_lcs(other, tokens), len(other), len(tokens)))
-        # Only answers: a follow-up may rightly contain an earlier question ("How do plants grow in winter?").
-        quotes |= m["role"] == "assistant" and f" {' '.join(other)} " in joined
-    return best, quotes
-
-
-def user_turn_verdict(text: str, messages: list[dict], repeat_threshold: float) -> tuple[str, str | None, float | None]:
-    """(cleaned user turn, why it is not usable or None, its highest ROUGE-L F against an earlier turn
-    or None when it ended before that check).
-
-    ``user_repeats`` and ``user_role_swap`` are re-sampled; the other reasons end the dialogue.
-    """
-    turn = text.strip()
-    if USER_END_MARKER in turn:
-        return turn, "user_ended", None
-    if len(turn) < MIN_USER_TURN_CHARS:
-        return turn, "user_turn_unusable", None
-    if _GOODBYE.match(turn) and "?" not in turn:
-        return turn, "user_ended", None
-    score, quotes = repeat_score(turn, messages)
-    if quotes or score >= repeat_threshold:
-        return turn, USER_REPEATS, score
-    # A question or request after "Sure," is still the user's ("Sure, but what about cacti?").
-    if _ROLE_SWAP.match(turn) and "?" not in turn:
-        return turn, USER_ROLE_SWAP, score
-    return turn, None, score
-
-
-def select_candidate(
-    rewards: Sequence[float | None], min_reward: float | None = None, min_margin: float | None = None
-) -> tuple[int | None, str | None]:
-    """Index of the candidate to keep (argmax reward, first on ties) or None with the reason.
-
-    ``None`` rewards are BAD candidates. The optional gates: the best reward is at least
-    ``min_reward``, or it beats the runner-up by at least ``min_margin`` (with a single usable
-    candidate the margin gate passes: every other candidate was BAD). With both set, passing either
-    keeps the answer.
-    """
-    scored = [(r, i) for i, r in enumerate(rewards) if r is not None]
-    if not scored:
-        return None, "no_usable_candidate"
-    best_reward, best = max(scored, key=lambda x: (x[0], -x[1]))
-    failed = []
-    if min_reward is not None and best_reward < min_reward:
-        failed.append("below_min_reward")
-    if min_margin is not None:
-        others = sorted((r for r, i in scored if i != best), reverse=True)
-        if others and best_reward - others[0] < min_margin:
-            failed.append("margin_below_min")
-    gates = (min_reward is not None) + (min_margin is not None)
-    if failed and len(failed) == gates:
-        return None, "_and_".join(failed)
-    return best, None
-
-
-def unit_seed(seed: int, batch: int, turn: int, role: str, attempt: int = 0) -> int:
-    """The sampling seed of one engine call: fixed by the unit of work (and the retry), not by the call order."""
-    unit = {"seed": seed, "batch": batch, "turn": turn, "role": role}
-    if attempt:  # first tries keep the seeds they had before retries existed
-        unit["attempt"] = attempt
-    return int(fingerprint(unit), 16) % (2**31)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,93 +253,6 @@ class SelfPlay:
 # The stage.
 
 
-def summarize(rows: list[dict], config: RMSPArguments) -> dict:
-    """Dialogues, turns, end reasons, and per turn the mean best reward vs the mean candidate reward."""
-    per_turn = []
-    for t in range(1, config.max_turns + 1):
-        turns = [turn for row in rows for turn in row["turns"] if turn["turn"] == t]
-        if not turns:
-            break
-        rewards = [[x["reward"] for x in turn["candidates"] if x["reward"] is not None] for turn in turns]
-        scored = [r for r in rewards if r]
-        candidates = [x for turn in turns for x in turn["candidates"]]
-        per_turn.append(
-            {
-                "turn": t,
-                "dialogues": len(turns),
-                "kept": sum(turn["chosen"] is not None for turn in turns),
-                "bad_candidate_rate": round(sum(bool(x["bad_reasons"]) for x in candidates) / len(candidates), 4),
-                "mean_best_reward": round(statistics.fmean(max(r) for r in scored), 4) if scored else None,
-                "mean_candidate_reward": round(statistics.fmean(x for r in scored for x in r), 4) if scored else None,
-            }
-        )
-    kept = [row for row in rows if row["num_turns"] > 0]
-    return {
-        "dialogues": len(rows),
-        "kept_dialogues": len(kept),
-        "dropped_dialogues": len(rows) - len(kept),
-        "assistant_turns": sum(row["num_turns"] for row in rows),
-        "mean_turns_per_kept_dialogue": round(statistics.fmean(row["num_turns"] for row in kept), 3) if kept else 0.0,
-        "end_reasons": dict(Counter(row["end_reason"] for row in rows).most_common()),
-        "num_candidates": config.num_candidates,
-        "max_turns": config.max_turns,
-        "per_turn": per_turn,
-        USER_TURNS_KEY: user_turn_stats(rows),
-    }
-
-
-def user_turn_stats(rows: list[dict]) -> dict:
-    """How often the simulator's turns were rejected (per reason), re-sampled, and ended a dialogue.
-
-    ``first_try_rate`` is the share of user turns whose first sample was rejected: how often the
-    simulator does it on its own. ``rate`` is over every sample, retries included (a retry follows a
-    rejection, so it is the harder case).
-    """
-    attempts = [turn["user_attempts"] for row in rows for turn in row["turns"] if turn.get("user_attempts")]
-    samples = [a for turn in attempts for a in turn]
-    stats = {
-        "asked": len(attempts),
-        "samples": len(samples),
-        "retries": len(samples) - len(attempts),
-        "accepted_after_retry": sum(len(turn) > 1 and turn[-1]["reason"] is None for turn in attempts),
-    }
-    for reason in RESAMPLED_REASONS:
-        rejected = sum(a["reason"] == reason for a in samples)
-        first = sum(turn[0]["reason"] == reason for turn in attempts)
-        stats[reason] = {
-            "rejected": rejected,
-            "rate": round(rejected / len(samples), 4) if samples else 0.0,
-            "first_try_rate": round(first / len(attempts), 4) if attempts else 0.0,
-            "dialogues_ended": sum(row["end_reason"] == reason for row in rows),
-        }
-    return stats
-
-
-def format_summary(summary: dict) -> str:
-    lines = [
-        f"rmsp: {summary['kept_dialogues']}/{summary['dialogues']} dialogues kept, {summary['assistant_turns']} assistant turns "
-        f"(N={summary['num_candidates']}, up to {summary['max_turns']} turns)",
-        f"  end reasons: {', '.join(f'{k} {v}' for k, v in summary['end_reasons'].items())}",
-        "  turn  dialogues  kept  bad-rate  mean-best-reward  mean-candidate-reward",
-    ]
-    for t in summary["per_turn"]:
-        best = "-" if t["mean_best_reward"] is None else f"{t['mean_best_reward']:.3f}"
-        mean = "-" if t["mean_candidate_reward"] is None else f"{t['mean_candidate_reward']:.3f}"
-        lines.append(f"  {t['turn']:>4}  {t['dialogues']:>9}  {t['kept']:>4}  {t['bad_candidate_rate']:>8.2f}  {best:>16}  {mean:>21}")
-    users = summary[USER_TURNS_KEY]
-    lines.append(
-        f"  user turns: {users['asked']} asked, {users['samples']} sampled ({users['retries']} retries, "
-        f"{users['accepted_after_retry']} accepted after a retry)"
-    )
-    for reason in RESAMPLED_REASONS:
-        r = users[reason]
-        lines.append(
-            f"    {reason}: {r['rejected']} rejected ({r['rate']:.1%} of samples, {r['first_try_rate']:.1%} of first tries), "
-            f"{r['dialogues_ended']} dialogues ended"
-        )
-    return "\n".join(lines)
-
-
 _NOT_RESULT_SETTINGS = (
     "output_dir",
     "prompts_path",
@@ -470,10 +282,38 @@ def _file_digest(path: str | Path) -> str:
     return fingerprint({"text": Path(path).read_text(encoding="utf-8")})
 
 
+def reward_settings(config: RMSPArguments) -> RewardScorerSettings:
+    return RewardScorerSettings(
+        batch_size=config.reward_batch_size,
+        dtype=config.dtype,
+        trust_remote_code=config.trust_remote_code,
+        cache_dir=config.cache_dir,
+        token_env=config.reward_token_env,
+        served_batch_size=config.reward_batch_size,
+    )
+
+
+def resume_settings(config: RMSPArguments, prompts: list[str], models: tuple[str, str, str]) -> dict:
+    """What decides the rows: models and files by content, not by path (a reward model retrained in
+    the same folder must not add its rows to the old one's). Paths, the cache, and knobs that only
+    trade memory for speed (reward_batch_size) are left out; max_prompts is in the prompts' digest.
+    ``models``: the paths (or served names) of the policy, the user simulator and the reward model."""
+    policy, user, reward_model = models
+    return {
+        "prompts": fingerprint({"prompts": prompts}),
+        "policy": digest_model(policy),
+        "user": digest_model(user),
+        "reward_model": digest_model(reward_model),
+        "demonstrations": _file_digest(config.prompt_file_path),
+        "user_simulator": _file_digest(config.user_prompt_file_path),
+        **{k: v for k, v in asdict(config).items() if k not in _NOT_RESULT_SETTINGS},
+    }
+
+
 def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine | None = None, scorer=None) -> dict:
     """Self-play demonstrations into ``output_dir``; engines and scorer are loaded unless given (tests)."""
     out = Path(config.output_dir)
-    final = out / RMSP.product_file
+    final = out / RMSP.outputs.product_file
     prompts = read_prompts(config.prompts_path)
     if config.max_prompts:
         prompts = prompts[: config.max_prompts]
@@ -483,47 +323,24 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
     simulator.static_prompt(config.user_n_shot)
     policy_model = engine_model(config, config.model_name_or_path)
     user_model = engine_model(config, config.user_model_name_or_path or config.model_name_or_path)
-    from ..reward.client import is_url
-    from ..reward.model import RewardScorerSettings, load_scorer, reward_model_path
-
-    reward_settings = RewardScorerSettings(
-        batch_size=config.reward_batch_size,
-        dtype=config.dtype,
-        trust_remote_code=config.trust_remote_code,
-        cache_dir=config.cache_dir,
-        token_env=config.reward_token_env,
-        served_batch_size=config.reward_batch_size,
-    )
     reward_path = None
     if scorer is None:
         if is_url(config.reward_model_name_or_path):
             # Checked (and used) over HTTP: a server that is down fails here, before any generation.
-            scorer = load_scorer(config.reward_model_name_or_path, reward_settings)
+            scorer = load_scorer(config.reward_model_name_or_path, reward_settings(config))
         else:
             # Checked here, before any generation; loaded below, only when a dialogue is left to play.
             reward_path = reward_model_path(config.reward_model_name_or_path, config.cache_dir)
-
-    # Models and files by content, not by path: a reward model retrained in the same folder must not
-    # add its rows to the old one's. Paths, the cache, and knobs that only trade memory for speed
-    # (reward_batch_size) are left out; max_prompts is in the prompts' digest.
-    settings = {
-        "prompts": fingerprint({"prompts": prompts}),
-        "policy": digest_model(policy_model.path),
-        "user": digest_model(user_model.path),
-        "reward_model": digest_model(reward_path or config.reward_model_name_or_path),
-        "demonstrations": _file_digest(config.prompt_file_path),
-        "user_simulator": _file_digest(config.user_prompt_file_path),
-        **{k: v for k, v in asdict(config).items() if k not in _NOT_RESULT_SETTINGS},
-    }
-    store = ResumableJsonl(final, "index", settings)
+    models = (policy_model.path, user_model.path, reward_path or config.reward_model_name_or_path)
+    store = ResumableJsonl(final, "index", resume_settings(config, prompts, models))
     if config.overwrite:
-        for role in ("dropped", RMSP.summary):
-            (out / RMSP.files[role]).unlink(missing_ok=True)
+        for role in ("dropped", RMSP.outputs.summary):
+            (out / RMSP.outputs.files[role]).unlink(missing_ok=True)
         store.reset()
     if store.complete:  # refuses a finished file made with other settings
         print(f"rmsp: {final} is finished; pass --overwrite to make it again")
-        summary_path = out / RMSP.summary_file
-        return read_json(summary_path) if summary_path.exists() else summarize(read_rows(final), config)
+        summary_path = out / RMSP.outputs.summary_file
+        return read_json(summary_path) if summary_path.exists() else summarize(read_rows(final), config.num_candidates, config.max_turns)
 
     items = list(enumerate(prompts))
     batches = [items[s : s + config.batch_size] for s in range(0, len(items), config.batch_size)]
@@ -535,7 +352,7 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
             if user is None:
                 user = policy if user_model.path == policy_model.path else load_engine(config, user_model)
             if scorer is None:
-                scorer = load_scorer(reward_path, reward_settings)
+                scorer = load_scorer(reward_path, reward_settings(config))
             play = SelfPlay(config, policy, user, scorer, demos, simulator)
             done_count = sum(store.done(i) for i, _ in items)
             with tqdm(total=len(items), initial=done_count, desc="rmsp", unit="dialogue") as bar:
@@ -543,56 +360,49 @@ def run_rmsp(config: RMSPArguments, policy: Engine | None = None, user: Engine |
                     store.append(play.run_batch(b, batches[b]))
                     bar.update(len(batches[b]))
     rows = [store.rows[i] for i, _ in items]
-    summary = summarize(rows, config)
+    summary = summarize(rows, config.num_candidates, config.max_turns)
     # Dialogues without a single kept answer have nothing to train on: they go to a separate audit
     # file so that demonstrations.jsonl is ready for SFT as it is.
-    write_jsonl_atomic(out / RMSP.files["dropped"], [r for r in rows if r["num_turns"] == 0])
-    write_summary(RMSP, out, summary)
+    write_jsonl_atomic(out / RMSP.outputs.files["dropped"], [r for r in rows if r["num_turns"] == 0])
+    write_summary(RMSP.outputs, out, summary)
     store.finalize(order=[r["index"] for r in rows if r["num_turns"] > 0])
-    from ..cards import write_dataset_card
+    write_card(config, summary)
+    print(format_summary(summary))
+    return summary
 
+
+# The settings the dataset card records.
+CARD_SETTINGS = (
+    "num_candidates",
+    "max_turns",
+    "min_reward",
+    "min_margin",
+    "n_shot",
+    "user_n_shot",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "trim_to_sentence",
+    "user_repeat_threshold",
+    "user_retries",
+)
+
+
+def write_card(config: RMSPArguments, summary: dict) -> None:
     write_dataset_card(
-        out,
-        "rmsp",
-        {"demonstrations": RMSP.product_file, "dropped_dialogues": RMSP.files["dropped"]},
+        config.output_dir,
+        RMSP,
+        {"demonstrations": RMSP.outputs.product_file, "dropped_dialogues": RMSP.outputs.files["dropped"]},
         {
             "model": config.model_name_or_path,
             "user_model": config.user_model_name_or_path or config.model_name_or_path,
             "reward_model": config.reward_model_name_or_path,
             "backend": config.backend,
             "seed": config.seed,
-            "settings": {
-                k: getattr(config, k)
-                for k in (
-                    "num_candidates",
-                    "max_turns",
-                    "min_reward",
-                    "min_margin",
-                    "n_shot",
-                    "user_n_shot",
-                    "temperature",
-                    "top_p",
-                    "max_new_tokens",
-                    "trim_to_sentence",
-                    "user_repeat_threshold",
-                    "user_retries",
-                )
-            },
+            "settings": {k: getattr(config, k) for k in CARD_SETTINGS},
             **{
                 k: summary[k]
                 for k in ("dialogues", "kept_dialogues", "dropped_dialogues", "assistant_turns", "end_reasons", USER_TURNS_KEY)
             },
         },
     )
-    print(format_summary(summary))
-    return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    (config,) = parse("almost rmsp", [RMSPArguments], argv, description=__doc__.split("\n\n")[0])
-    run_rmsp(config)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

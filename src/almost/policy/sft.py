@@ -20,25 +20,17 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl import SFTConfig
+import datasets
+from trl import SFTConfig, SFTTrainer
 
-from .. import contracts
+from ..cards import SUPERVISED_HYPERPARAMETERS, shown_path, write_training_card
 from ..chat import as_messages, check_chat_template
-from ..config import parse, require_option
+from ..config import require_option
 from ..errors import AlmostError
 from ..models import DEFAULT_MODEL, load_tokenizer, resolve_model
 from ..readers import read_rows, read_text
-from ..training import (
-    TrainingStageArguments,
-    check_output_dir,
-    finish_checkpoint,
-    finished_summary,
-    lora_config,
-    mark_finished,
-    plain_settings,
-    save_trained_model,
-    train_resumably,
-)
+from ..stages import SFT
+from ..training import TrainingStageArguments, lora_config, plain_settings, run_recipe
 
 ROLES = ("system", "user", "assistant")
 # For tokenizers without a chat template: the seed's transcript format (as almost.chat renders it),
@@ -181,8 +173,6 @@ def prepare_tokenizer(path: str, config: SFTArguments):
 def write_card(config: SFTArguments, summary: dict) -> None:
     """The model card: data, hyperparameters, and the training losses (no held-out evaluation here:
     ``almost eval`` measures the policies)."""
-    from ..cards import SUPERVISED_HYPERPARAMETERS, shown_path, write_training_card
-
     data_path = shown_path(config.data_path, Path(config.output_dir).resolve().parent)
     hyperparameters = [*SUPERVISED_HYPERPARAMETERS, "max_length", "bf16", "seed"]
     data, train = summary["data"], summary["train"]
@@ -206,74 +196,77 @@ def write_card(config: SFTArguments, summary: dict) -> None:
         "note": "figures logged during training, on the training data; `almost eval` measures the model on held-out questions",
         "metrics": [{"type": "loss", "name": name, "value": value, "ci95": None, "n": None} for name, value in losses if value is not None],
     }
-    write_training_card(config, "sft", facts=facts, hyperparameters=hyperparameters, evaluations=[evaluation])
+    write_training_card(config, SFT, facts=facts, hyperparameters=hyperparameters, evaluations=[evaluation])
+
+
+class SFTTraining:
+    """``almost sft`` as a ``training.Recipe``: dialogues encoded with their assistant masks, TRL's SFTTrainer."""
+
+    stage = SFT
+    task_type = "CAUSAL_LM"
+    product = "the finished model"
+
+    def __init__(self, config: SFTArguments):
+        self.config = config
+
+    def check(self) -> None:
+        require_option(self.config.data_path, "data_path", "demonstrations.jsonl from `almost rmsp`, or messages / prompt+completion rows")
+
+    def setup(self):
+        config = self.config
+        dialogues = load_dialogues(config.data_path)
+        model = resolve_model(config.model_name_or_path, config.cache_dir)
+        self.tokenizer = prepare_tokenizer(model.path, config)
+        encoded = [encode_dialogue(self.tokenizer, messages, first) for messages, first in dialogues]
+        limit = config.max_length or math.inf
+        self.data = {
+            "dialogues": len(dialogues),
+            "assistant_turns": sum(sum(m["role"] == "assistant" for m in msgs[first:]) for msgs, first in dialogues),
+            "tokens": sum(len(ids) for ids, _ in encoded),
+            "trained_tokens": sum(sum(mask) for _, mask in encoded),
+            "truncated": sum(len(ids) > limit for ids, _ in encoded),
+        }
+        dataset = datasets.Dataset.from_dict({"input_ids": [ids for ids, _ in encoded], "assistant_masks": [m for _, m in encoded]})
+        trainer = SFTTrainer(
+            model=model.path,
+            args=config,
+            train_dataset=dataset,
+            processing_class=self.tokenizer,
+            peft_config=lora_config(config, "CAUSAL_LM") if config.use_peft else None,
+        )
+        if trainer.is_world_process_zero():
+            data = self.data
+            print(
+                f"almost sft: {data['dialogues']} dialogues, {data['assistant_turns']} assistant turns, "
+                f"{data['trained_tokens']}/{data['tokens']} tokens trained, {data['truncated']} cut at {config.max_length}",
+                flush=True,
+            )
+        return trainer
+
+    def save(self, trainer) -> None:
+        self.tokenizer.save_pretrained(self.config.output_dir)
+
+    def summarize(self, trainer, result) -> dict:
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        loss_change = f"loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "no loss logged"
+        print(f"almost sft: {result.global_step} steps, {loss_change}; saved {Path(self.config.output_dir)}")
+        return {
+            "model": str(Path(self.config.output_dir)),
+            "base_model": self.config.model_name_or_path,
+            "data": self.data,
+            "train": {
+                **result.metrics,
+                "global_step": result.global_step,
+                "first_loss": losses[0] if losses else None,
+                "last_loss": losses[-1] if losses else None,
+                "losses": losses,
+            },
+            "config": plain_settings(self.config),
+        }
+
+    def write_card(self, summary: dict) -> None:
+        write_card(self.config, summary)
 
 
 def run_sft(config: SFTArguments) -> dict:
-    require_option(config.data_path, "data_path", "demonstrations.jsonl from `almost rmsp`, or messages / prompt+completion rows")
-    require_option(config.output_dir, "output_dir")
-    rerun = check_output_dir(config, "sft")
-    if rerun.finished:
-        print(f"almost sft: {config.output_dir} already holds the finished model; nothing to do", flush=True)
-        return finished_summary(config, contracts.SFT)
-    dialogues = load_dialogues(config.data_path)
-    model = resolve_model(config.model_name_or_path, config.cache_dir)
-    tokenizer = prepare_tokenizer(model.path, config)
-    encoded = [encode_dialogue(tokenizer, messages, first) for messages, first in dialogues]
-    limit = config.max_length or math.inf
-    data = {
-        "dialogues": len(dialogues),
-        "assistant_turns": sum(sum(m["role"] == "assistant" for m in msgs[first:]) for msgs, first in dialogues),
-        "tokens": sum(len(ids) for ids, _ in encoded),
-        "trained_tokens": sum(sum(mask) for _, mask in encoded),
-        "truncated": sum(len(ids) > limit for ids, _ in encoded),
-    }
-
-    import datasets
-    from trl import SFTTrainer
-
-    dataset = datasets.Dataset.from_dict({"input_ids": [ids for ids, _ in encoded], "assistant_masks": [m for _, m in encoded]})
-    trainer = SFTTrainer(
-        model=model.path,
-        args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(config, "CAUSAL_LM") if config.use_peft else None,
-    )
-    if trainer.is_world_process_zero():
-        print(
-            f"almost sft: {data['dialogues']} dialogues, {data['assistant_turns']} assistant turns, "
-            f"{data['trained_tokens']}/{data['tokens']} tokens trained, {data['truncated']} cut at {config.max_length}",
-            flush=True,
-        )
-    result = train_resumably(trainer, config, "sft", rerun)
-    output_dir = Path(config.output_dir)
-    if not save_trained_model(trainer, config, "CAUSAL_LM"):
-        return {}
-    tokenizer.save_pretrained(output_dir)
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    summary = {
-        "model": str(output_dir),
-        "base_model": config.model_name_or_path,
-        "data": data,
-        "train": {
-            **result.metrics,
-            "global_step": result.global_step,
-            "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None,
-            "losses": losses,
-        },
-        "config": plain_settings(config),
-    }
-    write_card(config, summary)
-    finish_checkpoint(config, contracts.SFT, summary)
-    mark_finished(output_dir, config, "sft", result.global_step)
-    loss_change = f"loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "no loss logged"
-    print(f"almost sft: {result.global_step} steps, {loss_change}; saved {output_dir}")
-    return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    (config,) = parse("almost sft", [SFTArguments], argv, description=__doc__.split("\n\n")[0])
-    run_sft(config)
-    return 0
+    return run_recipe(SFTTraining(config))

@@ -22,13 +22,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..config import parse, require_option
-from ..contracts import ADAPTER_DIR, CARD_FILE, RM_EVAL, write_summary
+from ..cards import add_model_evaluation, shown_path
+from ..config import require_option
+from ..contracts import ADAPTER_DIR, CARD_FILE, write_summary
 from ..digests import fingerprint
 from ..errors import AlmostError
 from ..readers import read_jsonl
 from ..redaction import portable
 from ..shipped import SHIPPED_PAIRS, shipped_or_path
+from ..stages import RM_EVAL
 from ..stats import reward_pair_metrics
 from ..writes import write_text_atomic
 from .formats import Pair, load_pairs
@@ -235,8 +237,6 @@ def eval_data_path(data_path: str) -> Path:
 def add_to_model_card(config: RewardEvalConfig, metrics: dict) -> Path | None:
     """Add the results to the card of a reward model `almost rm train` made; the card of any other
     model (a hub id, another tool's folder) is never touched. Returns the card written, if any."""
-    from ..cards import add_model_evaluation, shown_path
-
     folder = Path(config.model_name_or_path).expanduser()
     if not folder.is_dir():
         return None  # a hub id or an embedded name: not ours
@@ -259,7 +259,7 @@ def run_rm_eval(config: RewardEvalConfig) -> dict:
     model_path = reward_model_path(config.model_name_or_path)
     pair_set = load_pairs(eval_data_path(config.data_path))
     out = Path(config.output_dir)
-    rows = score_resumably(config, model_path, pair_set.pairs, out / RM_EVAL.files["rewards"])
+    rows = score_resumably(config, model_path, pair_set.pairs, out / RM_EVAL.outputs.files["rewards"])
     metrics = rows_metrics(rows)
     metrics.update(
         model=config.model_name_or_path,
@@ -269,10 +269,10 @@ def run_rm_eval(config: RewardEvalConfig) -> dict:
         skipped_unsplittable=pair_set.unsplittable,
     )
     if config.plot:
-        plot_rewards(rows, out / RM_EVAL.files["plot"], f"{Path(config.model_name_or_path).name} on {Path(config.data_path).name}")
+        plot_rewards(rows, out / RM_EVAL.outputs.files["plot"], f"{Path(config.model_name_or_path).name} on {Path(config.data_path).name}")
     table = metrics_table(metrics)
-    write_text_atomic(out / RM_EVAL.files["table"], table + "\n")
-    write_summary(RM_EVAL, out, portable(metrics, out.resolve().parent))  # paths relative to the run
+    write_text_atomic(out / RM_EVAL.outputs.files["table"], table + "\n")
+    write_summary(RM_EVAL.outputs, out, portable(metrics, out.resolve().parent))  # paths relative to the run
     print(table)
     if config.update_model_card:
         card = add_to_model_card(config, metrics)
@@ -284,9 +284,3 @@ def run_rm_eval(config: RewardEvalConfig) -> dict:
             f"skipped {pair_set.identical} rows with chosen == rejected, {pair_set.unsplittable} rows that differ before the final answer"
         )
     return metrics
-
-
-def main(argv: list[str] | None = None) -> int:
-    (config,) = parse("almost rm eval", [RewardEvalConfig], argv, description=__doc__.split("\n\n")[0])
-    run_rm_eval(config)
-    return 0

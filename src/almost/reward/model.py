@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ..chat import render_conversation
 from ..contracts import ADAPTER_CONFIG, MODEL_CONFIG
 from ..errors import AlmostError
@@ -128,7 +130,6 @@ class RewardScorer:
         beginning) or with nothing to share are scored by ``score``.
         """
         import torch
-        from tqdm.auto import tqdm
 
         if len(first) != len(second):
             raise ValueError(f"score_pairs needs as many first as second conversations ({len(first)} vs {len(second)})")

@@ -19,17 +19,18 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
+from ..cards import write_dataset_card
 from ..chat import as_messages
-from ..config import parse, require_option
+from ..config import require_option
 from ..digests import digest_model, fingerprint
 from ..errors import AlmostError
 from ..readers import read_rows
 from ..resumable import ResumableJsonl
+from ..stages import RM_SCORE
 from .client import RemoteRewardScorer
 from .formats import context_messages
 from .model import RewardScorer, RewardScorerSettings, load_scorer, reward_model_path
 
-OUTPUT_FILE = "scored.jsonl"
 ROW_KEY = "_almost_row"  # resume key, left out of the final file
 
 
@@ -43,7 +44,7 @@ class RewardScoreConfig:
     data_path: str | None = field(
         default=None, metadata={"help": "JSONL/JSON or saved HF dataset with messages, prompt/response or prompt/chosen/rejected rows."}
     )
-    output_dir: str | None = field(default=None, metadata={"help": f"Where {OUTPUT_FILE} goes."})
+    output_dir: str | None = field(default=None, metadata={"help": f"Where {RM_SCORE.outputs.product_file} goes."})
     batch_size: int = field(default=8, metadata={"help": "Rows per batch (and per durable append)."})
     max_length: int = field(
         default=1024, metadata={"help": "Longest text in tokens; longer ones lose their beginning (the answer is kept whole)."}
@@ -125,7 +126,7 @@ def run_rm_score(config: RewardScoreConfig) -> dict:
         raise AlmostError(f"{config.data_path} has no rows")
     todo = [conversations_to_score(row, f"{config.data_path} row {i}") for i, row in enumerate(rows, 1)]
 
-    final = Path(config.output_dir) / OUTPUT_FILE
+    final = Path(config.output_dir) / RM_SCORE.outputs.product_file
     store = reward_store(config, model_path, final, ROW_KEY, fingerprint({"rows": rows}), len(rows))
     if store.complete:  # refuses a finished file made with other settings
         print(f"almost rm score: {final} is already complete (--overwrite to redo)")
@@ -147,12 +148,10 @@ def run_rm_score(config: RewardScoreConfig) -> dict:
                 store.append(scored[i] for i in batch)
                 bar.update(len(batch))
     store.finalize(order=range(len(rows)), drop_key=True)
-    from ..cards import write_dataset_card
-
     write_dataset_card(
         config.output_dir,
-        "rm score",
-        {"scored": OUTPUT_FILE},
+        RM_SCORE,
+        {"scored": RM_SCORE.outputs.product_file},
         {
             "model": config.model_name_or_path,
             "data": Path(config.data_path).name,
@@ -162,9 +161,3 @@ def run_rm_score(config: RewardScoreConfig) -> dict:
     )
     print(f"almost rm score: {len(rows)} rows -> {final}")
     return {"output": str(final), "rows": len(rows), "scored_now": len(pending)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    (config,) = parse("almost rm score", [RewardScoreConfig], argv, description=__doc__.split("\n\n")[0])
-    run_rm_score(config)
-    return 0

@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..config import parse
 from ..errors import AlmostError
+from .model import RewardScorerSettings, load_scorer, reward_model_path
 from .score import conversations_to_score
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -141,8 +142,6 @@ def make_server(scorer, host: str, port: int, token: str | None = None, max_rows
 
 
 def run_serve(config: RewardServeConfig) -> None:
-    from .model import RewardScorerSettings, load_scorer, reward_model_path
-
     path = reward_model_path(config.model_name_or_path)
     token = None
     if config.token_env:

@@ -15,27 +15,21 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl import RewardConfig
+import datasets
+from trl import RewardConfig, RewardTrainer
 
-from .. import contracts
+from ..cards import SUPERVISED_HYPERPARAMETERS, shown_path, write_training_card
 from ..chat import render_conversation
-from ..config import parse, require_option
+from ..config import require_option
 from ..errors import AlmostError
-from ..models import DEFAULT_MODEL, load_tokenizer, resolve_model
+from ..models import DEFAULT_MODEL, inference_precision, load_tokenizer, resolve_model
 from ..shipped import SAMPLE_DATA, SHIPPED_PAIRS
-from ..training import (
-    TrainingStageArguments,
-    check_output_dir,
-    finish_checkpoint,
-    finished_summary,
-    load_merged_adapter,
-    lora_config,
-    mark_finished,
-    plain_settings,
-    save_trained_model,
-    train_resumably,
-)
+from ..stages import RM_TRAIN
+from ..training import TrainingStageArguments, load_merged_adapter, lora_config, plain_settings, run_recipe
+from .evaluate import card_evaluation, evaluate_pairs
 from .formats import Pair, load_pairs
+from .model import RewardScorer
+from .odin import DisentangledRewardTrainer
 
 TRUNCATION_SIDES = ("left", "right", "drop")
 
@@ -160,8 +154,6 @@ def saved_adapter_alone(config: RewardTrainingConfig):
     scoring (RewardScorer refuses the folder until the run is marked finished); None otherwise."""
     if not (config.use_peft and not config.merge_lora):
         return None
-    from ..models import inference_precision
-
     precision = inference_precision()
     model = load_merged_adapter(config.output_dir, "SEQ_CLS", config.trust_remote_code, precision.load_dtype, _own_run=True)
     return model.to(precision.device)
@@ -169,9 +161,6 @@ def saved_adapter_alone(config: RewardTrainingConfig):
 
 def write_card(config: RewardTrainingConfig, summary: dict) -> None:
     """The model card: data, hyperparameters, and the held-out rubric agreement (``rm eval`` adds more rows)."""
-    from ..cards import SUPERVISED_HYPERPARAMETERS, shown_path, write_training_card
-    from .evaluate import card_evaluation
-
     data_path = shown_path(config.data_path, Path(config.output_dir).resolve().parent)
     hyperparameters = [*SUPERVISED_HYPERPARAMETERS, "max_length", "truncation_side", "bf16", "seed"]
     if config.length_head:
@@ -197,115 +186,121 @@ def write_card(config: RewardTrainingConfig, summary: dict) -> None:
                 "metrics": [],
             }
         ]
-    write_training_card(config, "rm train", facts=facts, hyperparameters=hyperparameters, evaluations=evaluations)
+    write_training_card(config, RM_TRAIN, facts=facts, hyperparameters=hyperparameters, evaluations=evaluations)
+
+
+class RewardTraining:
+    """``almost rm train`` as a ``training.Recipe``: pairs split by prompt, encoded as the scorer will
+    read them, TRL's RewardTrainer (or the length-disentangled one), then the held-out pairs scored by
+    the saved checkpoint."""
+
+    stage = RM_TRAIN
+    task_type = "SEQ_CLS"
+    product = "the finished reward model"
+
+    def __init__(self, config: RewardTrainingConfig):
+        self.config = config
+
+    def check(self) -> None:
+        require_option(self.config.data_path, "data_path", "comparison.jsonl from `almost cs`, or prompt/chosen/rejected rows")
+        refuse_evaluation_data(self.config.data_path)
+
+    def setup(self):
+        config = self.config
+        pair_set = load_pairs(config.data_path)
+        model = resolve_model(config.model_name_or_path, config.cache_dir)
+        self.tokenizer = load_tokenizer(model.path, config.trust_remote_code, padding_side="right", cache_dir=config.cache_dir)
+        train_pairs, self.held_pairs = split_by_prompt(pair_set.pairs, config.eval_fraction, config.seed)
+        encoded = encode_pairs(self.tokenizer, train_pairs, config.max_length, config.truncation_side)
+        if not encoded.chosen_ids:
+            raise AlmostError(
+                f"no training pairs left from {config.data_path}: {len(train_pairs)} before the length limit, "
+                f"{encoded.dropped_long} dropped as longer than {config.max_length} tokens, "
+                f"{encoded.identical_after_truncation} identical after truncation"
+            )
+        self.data = {
+            "rows": pair_set.rows,
+            "pairs": len(pair_set.pairs),
+            "skipped_identical": pair_set.identical,
+            "skipped_unsplittable": pair_set.unsplittable,
+            "heldout_pairs": len(self.held_pairs),
+            "train_pairs": len(encoded.chosen_ids),
+            "truncated": encoded.truncated,
+            "dropped_long": encoded.dropped_long,
+            "identical_after_truncation": encoded.identical_after_truncation,
+        }
+        trainer = self.trainer(model.path, encoded)
+        if trainer.is_world_process_zero():
+            print(
+                f"almost rm train: {self.data['train_pairs']} training pairs, {len(self.held_pairs)} held out; "
+                f"{encoded.truncated} truncated ({config.truncation_side}), {encoded.dropped_long} dropped as too long",
+                flush=True,
+            )
+        return trainer
+
+    def trainer(self, model_path: str, encoded: EncodedPairs):
+        """TRL's RewardTrainer, or with --length_head the length-disentangled one (``reward.odin``)."""
+        config = self.config
+        train_dataset = datasets.Dataset.from_dict({"chosen_ids": encoded.chosen_ids, "rejected_ids": encoded.rejected_ids})
+        eval_dataset = None
+        if self.held_pairs and config.eval_strategy != "no":
+            # Held-out pairs are always left-truncated for TRL's in-training eval, like RewardScorer does.
+            held = encode_pairs(self.tokenizer, self.held_pairs, config.max_length, "left")
+            eval_dataset = datasets.Dataset.from_dict({"chosen_ids": held.chosen_ids, "rejected_ids": held.rejected_ids})
+        extra = {}
+        if config.length_head:
+            extra = {
+                "length_correlation_coefficient": config.length_correlation_coefficient,
+                "orthogonality_coefficient": config.orthogonality_coefficient,
+            }
+        return (DisentangledRewardTrainer if config.length_head else RewardTrainer)(
+            **extra,
+            model=model_path,
+            args=config,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=self.tokenizer,
+            # The score head starts random: it must be trained in full and saved with the adapter.
+            peft_config=lora_config(config, "SEQ_CLS", modules_to_save=["score"]) if config.use_peft else None,
+        )
+
+    def save(self, trainer) -> None:
+        output_dir = Path(self.config.output_dir)
+        if self.config.use_peft:
+            self.tokenizer.save_pretrained(output_dir)
+        if self.config.length_head:
+            trainer.save_length_head(output_dir)  # the saved `score` head is the quality head alone
+
+    def summarize(self, trainer, result) -> dict:
+        config = self.config
+        output_dir = Path(config.output_dir)
+        summary = {
+            "model": str(output_dir),
+            "base_model": config.model_name_or_path,
+            "data": self.data,
+            "train": {**result.metrics, "global_step": result.global_step, "num_processes": trainer.accelerator.num_processes},
+            "heldout": None,
+        }
+        if config.length_head:
+            summary["length_head"] = trainer.length_head_summary()
+        if self.held_pairs:
+            # Read the saved checkpoint back, as every later stage will: this also proves it loads. RewardScorer
+            # itself, not load_scorer: the run is not marked finished yet, so resolving the folder by name would refuse it.
+            scorer = RewardScorer(
+                str(output_dir),
+                batch_size=config.per_device_eval_batch_size,
+                max_length=config.max_length or 1024,
+                model=saved_adapter_alone(config),
+            )
+            summary["heldout"], _ = evaluate_pairs(scorer, self.held_pairs, progress=False)
+            held = summary["heldout"]
+            print(f"almost rm train: held-out rubric agreement {held['accuracy']:.3f} on {held['n']} pairs", flush=True)
+        summary["config"] = plain_settings(config)
+        return summary
+
+    def write_card(self, summary: dict) -> None:
+        write_card(self.config, summary)
 
 
 def run_rm_train(config: RewardTrainingConfig) -> dict:
-    require_option(config.data_path, "data_path", "comparison.jsonl from `almost cs`, or prompt/chosen/rejected rows")
-    require_option(config.output_dir, "output_dir")
-    refuse_evaluation_data(config.data_path)
-    rerun = check_output_dir(config, "rm train")
-    if rerun.finished:
-        print(f"almost rm train: {config.output_dir} already holds the finished reward model; nothing to do", flush=True)
-        return finished_summary(config, contracts.RM_TRAIN)
-    pair_set = load_pairs(config.data_path)
-    model = resolve_model(config.model_name_or_path, config.cache_dir)
-    tokenizer = load_tokenizer(model.path, config.trust_remote_code, padding_side="right", cache_dir=config.cache_dir)
-
-    train_pairs, held_pairs = split_by_prompt(pair_set.pairs, config.eval_fraction, config.seed)
-    encoded = encode_pairs(tokenizer, train_pairs, config.max_length, config.truncation_side)
-    if not encoded.chosen_ids:
-        raise AlmostError(
-            f"no training pairs left from {config.data_path}: {len(train_pairs)} before the length limit, "
-            f"{encoded.dropped_long} dropped as longer than {config.max_length} tokens, "
-            f"{encoded.identical_after_truncation} identical after truncation"
-        )
-    summary_data = {
-        "rows": pair_set.rows,
-        "pairs": len(pair_set.pairs),
-        "skipped_identical": pair_set.identical,
-        "skipped_unsplittable": pair_set.unsplittable,
-        "heldout_pairs": len(held_pairs),
-        "train_pairs": len(encoded.chosen_ids),
-        "truncated": encoded.truncated,
-        "dropped_long": encoded.dropped_long,
-        "identical_after_truncation": encoded.identical_after_truncation,
-    }
-
-    import datasets
-    from trl import RewardTrainer
-
-    from .odin import DisentangledRewardTrainer
-
-    train_dataset = datasets.Dataset.from_dict({"chosen_ids": encoded.chosen_ids, "rejected_ids": encoded.rejected_ids})
-    eval_dataset = None
-    if held_pairs and config.eval_strategy != "no":
-        # Held-out pairs are always left-truncated for TRL's in-training eval, like RewardScorer does.
-        held = encode_pairs(tokenizer, held_pairs, config.max_length, "left")
-        eval_dataset = datasets.Dataset.from_dict({"chosen_ids": held.chosen_ids, "rejected_ids": held.rejected_ids})
-    extra = {}
-    if config.length_head:
-        extra = {
-            "length_correlation_coefficient": config.length_correlation_coefficient,
-            "orthogonality_coefficient": config.orthogonality_coefficient,
-        }
-    trainer = (DisentangledRewardTrainer if config.length_head else RewardTrainer)(
-        **extra,
-        model=model.path,
-        args=config,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        # The score head starts random: it must be trained in full and saved with the adapter.
-        peft_config=lora_config(config, "SEQ_CLS", modules_to_save=["score"]) if config.use_peft else None,
-    )
-    if trainer.is_world_process_zero():
-        print(
-            f"almost rm train: {summary_data['train_pairs']} training pairs, {len(held_pairs)} held out; "
-            f"{encoded.truncated} truncated ({config.truncation_side}), {encoded.dropped_long} dropped as too long",
-            flush=True,
-        )
-    result = train_resumably(trainer, config, "rm train", rerun)
-    output_dir = Path(config.output_dir)
-    if not save_trained_model(trainer, config, "SEQ_CLS"):
-        return {}
-    if config.use_peft:
-        tokenizer.save_pretrained(output_dir)
-    if config.length_head:
-        trainer.save_length_head(output_dir)  # the saved `score` head is the quality head alone
-    summary = {
-        "model": str(output_dir),
-        "base_model": config.model_name_or_path,
-        "data": summary_data,
-        "train": {k: v for k, v in result.metrics.items()},
-        "heldout": None,
-    }
-    summary["train"].update(global_step=result.global_step, num_processes=trainer.accelerator.num_processes)
-    if config.length_head:
-        summary["length_head"] = trainer.length_head_summary()
-    if held_pairs:
-        from .evaluate import evaluate_pairs
-        from .model import RewardScorer
-
-        # Read the saved checkpoint back, as every later stage will: this also proves it loads. RewardScorer
-        # itself, not load_scorer: the run is not marked finished yet, so resolving the folder by name would refuse it.
-        scorer = RewardScorer(
-            str(output_dir),
-            batch_size=config.per_device_eval_batch_size,
-            max_length=config.max_length or 1024,
-            model=saved_adapter_alone(config),
-        )
-        summary["heldout"], _ = evaluate_pairs(scorer, held_pairs, progress=False)
-        held = summary["heldout"]
-        print(f"almost rm train: held-out rubric agreement {held['accuracy']:.3f} on {held['n']} pairs", flush=True)
-    summary["config"] = plain_settings(config)
-    write_card(config, summary)
-    finish_checkpoint(config, contracts.RM_TRAIN, summary)
-    mark_finished(output_dir, config, "rm train", result.global_step)
-    return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    (config,) = parse("almost rm train", [RewardTrainingConfig], argv, description=__doc__.split("\n\n")[0])
-    run_rm_train(config)
-    return 0
+    return run_recipe(RewardTraining(config))

@@ -6,14 +6,15 @@ from __future__ import annotations
 from ..engines import AUTO, resolve_backend
 from ..errors import AlmostError
 from ..models import resolve_model
-from ..stages import stage_command
-from .plan import Planner, Step, is_model_key
+from ..stages import CS
+from .plan import Planner, Step, options, parse
 
 
 def served_elsewhere(flags: dict, key: str, value) -> bool:
     """A model another machine runs: a URL, or a name an OpenAI-compatible server serves (nothing to find here)."""
     if isinstance(value, str) and value.startswith(("http://", "https://")):
         return True
+    # The models the stage generates with (the reward model is scored here, whatever the backend).
     return flags.get("backend") == "openai" and key in ("model_name_or_path", "user_model_name_or_path", "baseline_model_name_or_path")
 
 
@@ -26,15 +27,15 @@ def validate(steps: list[Step], planner: Planner, check_models: bool = True, par
     """
     where = planner.where
     for step in steps:
-        options = stage_command(step.command).options()
+        stage_options = options(step.stage)
         for key in step.user_keys:
             if key == "output_dir":
                 raise AlmostError(
                     f"{where}: {step.name}: output_dir is chosen by the pipeline (a folder per step under the run directory); remove it"
                 )
-            if key != "launcher" and key not in options:
-                raise AlmostError(f"{where}: {step.name}: unknown key {key!r} for `almost {' '.join(step.command)}` (see its --help)")
-        uses_vllm = "backend" in options and resolve_backend(str(step.flags.get("backend", AUTO))) == "vllm"
+            if key != "launcher" and key not in stage_options:
+                raise AlmostError(f"{where}: {step.name}: unknown key {key!r} for `{step.stage.prog}` (see its --help)")
+        uses_vllm = "backend" in stage_options and resolve_backend(str(step.flags.get("backend", AUTO))) == "vllm"
         if planner.config.get("in_process") and (step.launcher or uses_vllm):
             raise AlmostError(
                 f"{where}: {step.name}: in_process cannot run a launcher or the vllm backend (the default where vLLM is "
@@ -43,16 +44,17 @@ def validate(steps: list[Step], planner: Planner, check_models: bool = True, par
     wired_models = {str(s.output_dir) for s in steps}
     checked: set[str] = set()
     for step in steps if check_models else ():
-        for key, value in step.flags.items():
-            if served_elsewhere(step.flags, key, value):
+        for key, source in step.stage.inputs.items():
+            value = step.flags.get(key)
+            if not source.model or served_elsewhere(step.flags, key, value):
                 continue
-            if is_model_key(key) and isinstance(value, str) and value not in wired_models and value not in checked:
+            if isinstance(value, str) and value not in wired_models and value not in checked:
                 try:
                     resolve_model(value, cache_dir=step.flags.get("cache_dir"))
                 except AlmostError as e:
                     raise AlmostError(f"{where}: {step.name}: {key}: {e}") from None
                 checked.add(value)
-    cs = next((s for s in steps if s.stage == "cs"), None)
+    cs = next((s for s in steps if s.stage is CS), None)
     if cs is not None and "rg" in planner.config:
         rubric = cs.flags.get("rubric")
         if not rubric:
@@ -67,6 +69,6 @@ def validate(steps: list[Step], planner: Planner, check_models: bool = True, par
                     )
     for step in steps if parse_values else ():
         try:
-            stage_command(step.command).parse(step.flags)
+            parse(step.stage, step.flags)
         except AlmostError as e:
             raise AlmostError(f"{where}: {step.name}: {e}") from None

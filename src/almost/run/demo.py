@@ -6,20 +6,20 @@ sized to finish on a 2-core CPU in well under 45 minutes. Run it again and finis
 skipped; interrupt it and it resumes.
 
 ``almost demo --proof`` runs the second built-in config ``almost/run/configs/proof.yaml`` instead: the
-same stages at the scale of issue 11's measurement, with the options that may carry signal beyond
+same stages at the scale of docs/proof.md's measurement, with the options that may carry signal beyond
 length (harmless seeds and demonstrations, CS ``--length_balance``, RM ``--length_head``), the RM
 evaluated on the shipped HH-RLHF harmless test half, and policy win rates judged by the RM and by an
-LM; at the end it prints the proof table (``report.proof_table``), see docs/proof.md.
+LM; at the end it prints the proof table (``run.proof.proof_table``), see docs/proof.md.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .. import stages
 from ..config import OneLineArgumentParser
 from .pipeline import run_pipeline
-from .plan import STAGES
-from .report import proof_table
+from .proof import proof_table
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 DEFAULT_RUN_DIR = "almost-demo"
@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output_dir", "--output-dir", help=f"Run directory (default ./{DEFAULT_RUN_DIR}, with --proof ./{PROOF_RUN_DIR})."
     )
-    parser.add_argument("--until", choices=STAGES, help="Stop after this stage (e.g. cs for the synthetic feedback only).")
-    parser.add_argument("--from", dest="first", choices=STAGES, help="Start again from this stage.")
+    parser.add_argument("--until", choices=stages.sections(), help="Stop after this stage (e.g. cs for the synthetic feedback only).")
+    parser.add_argument("--from", dest="first", choices=stages.sections(), help="Start again from this stage.")
     parser.add_argument("--dry_run", "--dry-run", action="store_true", help="Print the steps without running them.")
     args = parser.parse_args(argv)
     config = PROOF_CONFIG if args.proof else DEMO_CONFIG

@@ -2,7 +2,7 @@
 process or as a child process, and record what happened (``StepResult``).
 
 In process, a step's settings are parsed into its stage's configs and its run function is called
-(``almost.stages``); otherwise ``python -m almost <command> ...`` (or the step's launcher) runs it, so
+(``stages.Stage.run``); otherwise ``python -m almost <command> ...`` (or the step's launcher) runs it, so
 that vLLM starts under ``__main__``, a training stage's memory goes back to the system when it ends and
 a crash cannot corrupt the pipeline's records.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -23,10 +24,10 @@ from ..config import settings_to_argv
 from ..errors import AlmostError
 from ..locks import held_output_dirs, lock_output_dir, release_output_dirs
 from ..redaction import redact_argv
-from ..stages import stage_command
+from ..stages import Stage
 from ..writes import write_json_atomic
 from .fingerprints import clear_outputs, is_done, read_marker, step_fingerprint
-from .plan import Step
+from .plan import Step, parse
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class StepResult:
     """What became of one step: ran, skipped (finished earlier), failed, or (``--dry_run``) done / to run."""
 
     name: str
-    stage: str
+    stage: Stage
     status: str
     product: Path  # the file or folder the step made
     seconds: float = 0.0  # wall time; for a skipped step, that of the run that made its product
@@ -80,10 +81,10 @@ def run_step(step: Step, in_process: bool) -> int:
 def run_in_process(step: Step) -> int:
     """The step's stage run inside this process, as its own process would: its settings parsed into its
     configs, its folder locked while it runs, errors one line on stderr with exit status 2."""
-    stage = stage_command(step.command)
+    stage = step.stage
     locked = held_output_dirs()
     try:
-        configs = stage.parse(step.flags)
+        configs = parse(stage, step.flags)
         lock_output_dir(step.output_dir, " ".join([stage.prog, *redact_argv(settings_to_argv(step.flags))]))
         stage.run(*configs)
         return 0
@@ -109,14 +110,8 @@ def die_with_parent(parent: int) -> None:
 def cpu_seconds() -> float:
     """CPU time used so far by this process and its finished children: unlike wall time, it does not
     grow when other jobs share the machine, so it tells how long a step takes on an idle one."""
-    import resource
-
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-# What an rg step's own configuration sets; steps equal in everything else share one `almost rg` call.
-RG_CONFIGURATION_KEYS = ("prompt_file_path", "n_shot")
 
 
 def _as_list(value: Any) -> list:
@@ -124,38 +119,40 @@ def _as_list(value: Any) -> list:
 
 
 def runs_with(first: Step, step: Step) -> bool:
-    """Whether ``step`` can join ``first``'s call: rg configurations of one model and the same settings
-    load the model (or start the vLLM engine) once for all of them."""
+    """Whether ``step`` can join ``first``'s call: steps of a stage that shares calls (``Stage.shared_call``:
+    rg configurations of one model and the same settings) load the model, or start the vLLM engine,
+    once for all of them."""
 
     def rest(s: Step) -> dict:
-        return {k: v for k, v in s.flags.items() if k not in RG_CONFIGURATION_KEYS}
+        return {k: v for k, v in s.flags.items() if k not in s.stage.shared_call}
 
-    return first.stage == step.stage == "rg" and first.launcher == step.launcher and rest(first) == rest(step)
+    return first.stage is step.stage and bool(step.stage.shared_call) and first.launcher == step.launcher and rest(first) == rest(step)
 
 
 def combined_step(group: list[Step]) -> Step:
-    """One ``almost rg`` call for several configuration steps: the demonstration files and shot counts
-    they use, and --select so that only their configurations are made (not the whole product)."""
+    """One call for several steps: the values of the shared-call options they use (rg: demonstration
+    files and shot counts), and --select so that only their configurations are made (not the whole
+    product)."""
     if len(group) == 1:
         return group[0]
     flags = dict(group[0].flags)
-    for key in RG_CONFIGURATION_KEYS:
+    for key in group[0].stage.shared_call:
         flags[key] = list(dict.fromkeys(v for s in group for v in _as_list(s.flags.get(key))))
-    flags["select"] = [s.name.split("/", 1)[1] for s in group]
+    flags["select"] = [s.label for s in group]
     return replace(group[0], name=" + ".join(s.name for s in group), flags=flags)
 
 
 def execute(steps: list[Step], first: str | None, in_process: bool) -> list[StepResult]:
-    """Run the steps in order until one fails; ``first``: the stage from which steps run even if unchanged (``--from``)."""
+    """Run the steps in order until one fails; ``first``: the section from which steps run even if unchanged (``--from``)."""
     outcomes: list[StepResult] = []
     forced = False
-    waiting: list[tuple[Step, str]] = []  # rg steps to run in one call once the next step cannot join them
+    waiting: list[tuple[Step, str]] = []  # steps to run in one call once the next step cannot join them
     for step in steps:
         if waiting and not runs_with(waiting[0][0], step):
             if not run_together(waiting, in_process, outcomes):
                 return outcomes
             waiting = []
-        forced = forced or (first is not None and step.stage == first)
+        forced = forced or (first is not None and step.stage.section == first)
         if first is not None and not forced:
             if not is_done(step):
                 raise AlmostError(f"{step.name} has not finished in this run directory; run without --from {first} first")
@@ -173,7 +170,7 @@ def execute(steps: list[Step], first: str | None, in_process: bool) -> list[Step
         elif marker:
             print(f"almost pipeline: {step.name}: unfinished, resuming", flush=True)
         waiting.append((step, fp))
-        if step.stage != "rg":
+        if not step.stage.shared_call:
             if not run_together(waiting, in_process, outcomes):
                 return outcomes
             waiting = []
@@ -183,7 +180,7 @@ def execute(steps: list[Step], first: str | None, in_process: bool) -> list[Step
 
 
 def run_together(group: list[tuple[Step, str]], in_process: bool, outcomes: list[StepResult]) -> bool:
-    """Run one step, or several rg steps as one call; record each step's marker and outcome. The time
+    """Run one step, or several that share a call; record each step's marker and outcome. The time
     of a shared call is split evenly between its steps. False if any step failed."""
     call = combined_step([s for s, _ in group])
     print(f"almost pipeline: {call.name}: {call.command_line()}", flush=True)

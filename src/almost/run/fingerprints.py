@@ -1,8 +1,9 @@
 """A step's fingerprint and its marker: whether a step has finished with the settings and inputs it has now.
 
 The marker (``.almost-step*.json`` in the step's folder) holds the fingerprint of the step's command
-line and of the input files it names (by content; models by their config, tokenizer and weights;
-``NOT_RESULT_FLAGS`` left out) and its status, running or done.
+line and of what its declared inputs (``stages.Stage.inputs``) name, by content: files, folders,
+models (by their config, tokenizer and weights); ``NOT_RESULT_FLAGS`` left out. And its status,
+running or done.
 """
 
 from __future__ import annotations
@@ -44,17 +45,19 @@ def digest_path(path: Path) -> str:
 
 
 def step_fingerprint(step: Step) -> str:
-    """The step's command line plus a digest of every existing input path it names, both without the
-    flags that do not decide the result (``NOT_RESULT_FLAGS``)."""
+    """The step's command line plus a digest of what each of its inputs names, where that is a file,
+    a folder or a local model outside the step's own folder (a hub id, an embedded model's name or a
+    URL is in the command line already); both without the flags that do not decide the result
+    (``NOT_RESULT_FLAGS``)."""
     inputs = {}
     own = step.output_dir.resolve()
     flags = {k: v for k, v in step.flags.items() if k not in NOT_RESULT_FLAGS}
-    for value in flags.values():
+    for option, source in step.stage.inputs.items():
+        value = flags.get(option)
         for v in value if isinstance(value, (list, tuple)) else [value]:
-            if not isinstance(v, str) or not v or len(v) > 4096:
+            if not isinstance(v, str) or not v:
                 continue
-            if not Path(v).exists() and ":" in v:
-                v = v.split(":", 1)[1]  # a path behind a scheme, e.g. --judge rm:PATH
+            v = source.target(v)
             path = Path(v).expanduser()
             if not path.exists():
                 continue

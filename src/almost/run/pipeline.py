@@ -35,13 +35,14 @@ import shlex
 import sys
 from pathlib import Path
 
+from .. import stages
 from ..config import OneLineArgumentParser
 from ..errors import AlmostError
 from ..locks import lock_output_dir
 from .checks import validate
 from .execute import PipelineResult, StepResult, execute
 from .fingerprints import is_done, read_marker, step_fingerprint
-from .plan import STAGES, Planner, load_config
+from .plan import Planner, load_config
 from .report import write_report
 from .summary import print_plan, print_summary
 
@@ -52,8 +53,10 @@ def build_parser():
     )
     p.add_argument("config", help="The pipeline YAML (see docs/pipeline.md).")
     p.add_argument("--output_dir", "--output-dir", help="Run directory (default: output_dir in the config).")
-    p.add_argument("--until", choices=STAGES, help="Stop after this stage.")
-    p.add_argument("--from", dest="first", choices=STAGES, help="Start again from this stage (earlier stages must have finished).")
+    p.add_argument("--until", choices=stages.sections(), help="Stop after this stage.")
+    p.add_argument(
+        "--from", dest="first", choices=stages.sections(), help="Start again from this stage (earlier stages must have finished)."
+    )
     p.add_argument("--dry_run", "--dry-run", action="store_true", help="Check the config and print the steps without running them.")
     p.add_argument("--no_report", "--no-report", action="store_true", help="Do not write report.md at the end.")
     return p
@@ -76,7 +79,8 @@ def run_pipeline(
     run_dir = Path(output_dir or config.get("output_dir") or "")
     if not str(run_dir) or str(run_dir) == ".":
         raise AlmostError("no run directory: pass --output_dir RUN or set output_dir in the config")
-    if until and first and STAGES.index(first) > STAGES.index(until):
+    order = stages.sections()
+    if until and first and order.index(first) > order.index(until):
         raise AlmostError(f"--from {first} comes after --until {until}")
     for stage in (until, first):
         if stage and stage not in config:
@@ -87,7 +91,7 @@ def run_pipeline(
         raise AlmostError(f"{config_path} names no stages")
     validate(steps, planner)
     if until:
-        steps = [s for s in steps if STAGES.index(s.stage) <= STAGES.index(until)]
+        steps = [s for s in steps if order.index(s.stage.section) <= order.index(until)]
     if dry_run:
         planned = []
         for step in steps:

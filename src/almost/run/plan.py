@@ -1,9 +1,12 @@
 """Planning a pipeline run: the YAML config read and checked for shape, and turned into ``Step``s.
 
 A step is one stage command (``almost rg ...``) with every setting it takes, the wiring between stages
-included (the RM trains on CS's comparisons, SFT on RMSP's demonstrations ...), and its own folder
-under the run directory. Products and wired paths are the stages' declared outputs
-(``almost.contracts``); a stage's options are its config dataclasses' fields (``almost.stages``).
+included, and its own folder under the run directory. Both come from the stages' records
+(``almost.stages``): a stage is planned when its section is in the config, in the records' order; each
+of its inputs whose producing stage is planned too is filled in with that stage's output (the RM
+trains on CS's comparisons, SFT on RMSP's demonstrations ...), unless the user set it; its folder
+and product are the ones it declares. RG plans a step per configuration, and each evaluation a step
+per model it evaluates.
 """
 
 from __future__ import annotations
@@ -16,21 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import settings_to_argv
-from ..contracts import CS, EVALUATIONS, PG, RMSP, STEP_MARKER_PREFIX, rg_file
+from .. import stages
+from ..config import option_default, option_names, parse_settings, settings_to_argv
+from ..contracts import PAIRWISE_ANSWERS, STEP_MARKER_PREFIX
 from ..errors import AlmostError
-from ..models import DEFAULT_MODEL
+from ..feedback.rg import configurations
 from ..readers import read_yaml_mapping
 from ..redaction import redact_argv
 from ..resumable import output_files
 from ..shipped import asset_or_path
-from ..stages import stage_command
+from ..stages import Stage
 
-STAGES = ("pg", "rg", "cs", "rm", "rmsp", "sft", "rl", "eval")
-TOP_LEVEL_KEYS = ("output_dir", "shared", "in_process", *STAGES)
-# The folder of answers shared by the pairwise steps of several judges, beside their step folders
-# (whose names always contain "-vs-", so they cannot collide with it).
-PAIRWISE_ANSWERS = "answers"
+SETTINGS_KEYS = ("output_dir", "shared", "in_process")  # the config's keys that are not stage sections
 # An eval model label becomes a folder name: one plain name, never a path.
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -39,19 +39,23 @@ LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 class Step:
     """One command of the pipeline: ``almost <command> <flags>`` writing into ``output_dir``."""
 
-    stage: str  # one of STAGES
+    stage: Stage
     name: str  # unique, e.g. "rg/smollm2-135m-faithful-3shot", "rm/train", "eval/hhh/sft"
-    command: tuple[str, ...]  # ("rg",) or ("rm", "train") or ("eval", "hhh")
     flags: dict[str, Any]  # every flag, the pipeline's wiring included
     user_keys: tuple[str, ...]  # the flags the user wrote (checked against the stage's options)
     output_dir: Path
     product: Path  # the file or folder that exists once the step has finished
     owned: tuple[Path, ...] = ()  # what to delete when the step starts again; default: output_dir
     launcher: tuple[str, ...] = ()
+    label: str | None = None  # what a step among several of its stage is about: rg's configuration, an evaluation's model
+
+    @property
+    def command(self) -> tuple[str, ...]:
+        return self.stage.command
 
     @property
     def marker(self) -> Path:
-        suffix = "" if not self.owned else "-" + self.name.split("/")[-1]
+        suffix = "" if not self.owned else f"-{self.label}"
         return self.output_dir / f"{STEP_MARKER_PREFIX}{suffix}.json"
 
     @property
@@ -69,10 +73,13 @@ def load_config(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise AlmostError(f"pipeline config not found: {path}")
     config = read_yaml_mapping(path, "pipeline config", "stage names to their settings")
-    unknown = [k for k in config if k not in TOP_LEVEL_KEYS]
+    sections = stages.sections()
+    unknown = [k for k in config if k not in (*SETTINGS_KEYS, *sections)]
     if unknown:
-        raise AlmostError(f"{path}: unknown stage {unknown[0]!r}; the stages are {', '.join(STAGES)} (plus output_dir, shared, in_process)")
-    for key in (*STAGES, "shared"):
+        raise AlmostError(
+            f"{path}: unknown stage {unknown[0]!r}; the stages are {', '.join(sections)} (plus output_dir, shared, in_process)"
+        )
+    for key in (*sections, "shared"):
         if key in config and not isinstance(config[key] or {}, dict):
             raise AlmostError(f"{path}: {key} must be a mapping of option names to values, got {type(config[key]).__name__}")
     if config.get("output_dir") is not None and not isinstance(config["output_dir"], str):
@@ -92,8 +99,14 @@ def as_asset(value: Any) -> Any:
     return value
 
 
-def is_model_key(key: str) -> bool:
-    return key.endswith("model_name_or_path")
+def options(stage: Stage) -> frozenset[str]:
+    """The options ``almost <stage>`` takes (its config dataclasses' fields)."""
+    return option_names(stage.config_types())
+
+
+def parse(stage: Stage, settings: dict) -> tuple:
+    """The settings as the stage's configs, checked as its command line would be."""
+    return parse_settings(stage.prog, stage.config_types(), settings)
 
 
 class Planner:
@@ -105,17 +118,28 @@ class Planner:
         self.where = str(config_path)
         self.shared = dict(config.get("shared") or {})
         self.steps: list[Step] = []
-
-    def section(self, stage: str) -> dict:
-        return dict(self.config.get(stage) or {})
+        self.configuration_names: list[str] = []  # rg's, in order
+        self.models: dict[str, str] | None = None  # the evaluated models, once the policies are planned
 
     def mapping(self, value: Any, where: str) -> dict:
-        """A sub-section that must be a mapping (rm.train, eval.hhh, ...); empty when left blank."""
+        """A section or sub-section that must be a mapping (rm.train, eval.hhh, ...); empty when left blank."""
         if value is None:
             return {}
         if not isinstance(value, dict):
             raise AlmostError(f"{self.where}: {where} must be a mapping of option names to values, got {type(value).__name__}")
         return dict(value)
+
+    def settings(self, stage: Stage) -> dict | None:
+        """The user's settings of ``stage``: its section, or for a command of two words its part of the
+        section (``rm.train``); None when the config does not plan it."""
+        if stage.section not in self.config:
+            return None
+        section = self.mapping(self.config[stage.section], stage.section)
+        if stage.subsection is None:
+            return section
+        if stage.subsection not in section and not stage.with_section:
+            return None
+        return self.mapping(section.get(stage.subsection), f"{stage.section}.{stage.subsection}")
 
     def inside_run(self, path: Path, what: str) -> Path:
         """Every folder the pipeline creates, empties or deletes is inside the run directory."""
@@ -124,20 +148,49 @@ class Planner:
             raise AlmostError(f"{self.where}: {what} would be {path}, outside the run directory {self.run}")
         return path
 
+    def wiring(self, stage: Stage) -> dict[str, str]:
+        """Each input of ``stage`` whose producing stage the config plans, as that stage's output."""
+        wired = {}
+        for option, source in stage.inputs.items():
+            if source.stage is None or self.settings(source.stage) is None:
+                continue
+            path = self.run / source.stage.folder
+            if source.role is not None:
+                path = path / source.stage.outputs.files[source.role]
+            wired[option] = source.wired(str(path))
+        return wired
+
     def add(
         self,
-        stage: str,
-        name: str,
-        command: tuple[str, ...],
+        stage: Stage,
         user: dict,
         wired: dict,
         output_dir: Path,
+        label: str | None = None,
         product: str | None = None,
         owned: Iterable[Path] = (),
     ) -> Step:
-        """A step of ``almost <command>``; its product is the command's declared one unless given (rg)."""
+        """A step of ``almost <stage>``; its product is the stage's declared one unless given (rg)."""
+        name = f"{stage.folder}/{label}" if label else stage.name.replace(" ", "/")
         user = dict(user)
-        launcher = user.pop("launcher", None) or ()
+        launcher = self.launcher(name, user.pop("launcher", None) or ())
+        for path in (output_dir, *owned):
+            self.inside_run(path, f"{name}'s output")
+        file_options = {option for option, source in stage.inputs.items() if not source.model}
+        flags = {k: as_asset(v) if k in file_options else v for k, v in user.items()}
+        stage_options = options(stage)
+        for key, value in self.shared.items():
+            if key in stage_options and key not in flags:
+                flags[key] = value
+        for key, value in wired.items():
+            flags.setdefault(key, value)  # the user's own value wins over the pipeline's wiring
+        flags["output_dir"] = str(output_dir)
+        product_path = output_dir / (product or stage.outputs.product_file)
+        step = Step(stage, name, flags, tuple(user), output_dir, product_path, tuple(owned), launcher, label)
+        self.steps.append(step)
+        return step
+
+    def launcher(self, name: str, launcher: Any) -> tuple[str, ...]:
         if isinstance(launcher, str):
             try:
                 launcher = tuple(shlex.split(launcher))  # quoted paths with spaces stay one argument
@@ -145,74 +198,54 @@ class Planner:
                 raise AlmostError(f"{self.where}: {name}: launcher {launcher!r}: {e}") from None
         if not isinstance(launcher, (list, tuple)) or not all(isinstance(x, (str, int, float)) for x in launcher):
             raise AlmostError(f"{self.where}: {name}: launcher must be a command line (text) or a list of its words")
-        launcher = tuple(str(x) for x in launcher)
-        for path in (output_dir, *owned):
-            self.inside_run(path, f"{name}'s output")
-        stage_cmd = stage_command(command)
-        options = stage_cmd.options()
-        product = product or stage_cmd.outputs.product_file
-        flags = {k: as_asset(v) if k.endswith("path") and not is_model_key(k) else v for k, v in user.items()}
-        for key, value in self.shared.items():
-            if key in options and key not in flags:
-                flags[key] = value
-        for key, value in wired.items():
-            flags.setdefault(key, value)  # the user's own value wins over the pipeline's wiring
-        flags["output_dir"] = str(output_dir)
-        step = Step(stage, name, command, flags, tuple(user), output_dir, output_dir / product, tuple(owned), tuple(launcher))
-        self.steps.append(step)
-        return step
+        return tuple(str(x) for x in launcher)
 
     def plan(self) -> list[Step]:
-        run, c = self.run, self.config
-        models = {}  # label → model for the evaluations: base, sft, rl
-        prompts = run / "pg" / PG.product_file if "pg" in c else None
-        if "pg" in c:
-            self.add("pg", "pg", ("pg",), self.section("pg"), {}, run / "pg")
-        if "rg" in c:
-            self.plan_rg(prompts)
-        if "cs" in c:
-            cs = self.section("cs")
-            wired = {"input_dir": str(run / "rg")} if "rg" in c else {}
-            self.add("cs", "cs", ("cs",), cs, wired, run / "cs")
-        reward_model = None
-        if "rm" in c:
-            reward_model = self.plan_rm()
-        if "rmsp" in c:
-            wired = {"prompts_path": prompts, "reward_model_name_or_path": reward_model}
-            self.add("rmsp", "rmsp", ("rmsp",), self.section("rmsp"), _present(wired), run / "rmsp")
-        if "sft" in c:
-            wired = {"data_path": run / "rmsp" / RMSP.product_file} if "rmsp" in c else {}
-            step = self.add("sft", "sft", ("sft",), self.section("sft"), _present(wired), run / "sft")
-            models["base"] = step.flags.get("model_name_or_path") or DEFAULT_MODEL
-            models["sft"] = str(run / "sft")
-        if "rl" in c:
-            wired = {"prompts_path": prompts, "reward_model_name_or_path": reward_model}
-            if "sft" in c:
-                wired["model_name_or_path"] = str(run / "sft")
-            step = self.add("rl", "rl", ("rl",), self.section("rl"), _present(wired), run / "rl")
-            models.setdefault("base", step.flags.get("model_name_or_path"))
-            models["rl"] = str(run / "rl")
-        if "eval" in c:
-            self.plan_eval(models, reward_model)
+        self.check_subsections()
+        for stage in stages.pipeline_stages():
+            settings = self.settings(stage)
+            if settings is None:
+                continue
+            if stage.shared_call:
+                self.plan_configurations(stage, settings)
+            elif stage in stages.evaluations():
+                self.plan_evaluation(stage, settings)
+            else:
+                self.add(stage, settings, self.wiring(stage), self.run / stage.folder)
+        if "eval" in self.config:
+            self.evaluated_models()  # checked even when the section names no evaluation
         return self.steps
 
-    def plan_rg(self, prompts: Path | None) -> None:
-        from ..feedback.rg import configurations
+    def check_subsections(self) -> None:
+        """The sections of commands of two words (rm, eval) hold only their parts (and eval its models)."""
+        if "rm" in self.config:
+            parts = [s.subsection for s in stages.pipeline_stages() if s.section == "rm"]
+            unknown = [k for k in self.mapping(self.config["rm"], "rm") if k not in parts]
+            if unknown:
+                raise AlmostError(f"{self.where}: rm takes {' and '.join(map(repr, parts))} sections, not {unknown[0]!r}")
+        if "eval" in self.config:
+            kinds = [s.subsection for s in stages.evaluations()]
+            unknown = [k for k in self.mapping(self.config["eval"], "eval") if k not in (*kinds, "models")]
+            if unknown:
+                raise AlmostError(
+                    f"{self.where}: unknown evaluation {unknown[0]!r} under eval; choose from {', '.join(kinds)} (and models)"
+                )
 
-        rg = self.section("rg")
-        entries = rg.pop("configurations", None)
+    def plan_configurations(self, stage: Stage, settings: dict) -> None:
+        """RG: a step per entry of ``configurations`` (each makes one configuration, its own file)."""
+        entries = settings.pop("configurations", None)
         if not isinstance(entries, list) or not entries or not all(isinstance(x, dict) for x in entries):
             raise AlmostError(
                 f"{self.where}: rg.configurations must be a list of mappings (model_name_or_path, prompt_file_path, n_shot, ...)"
             )
-        wired = {"prompts_path": str(prompts)} if prompts else {}
-        out = self.run / "rg"
-        self.configuration_names: list[str] = []
+        wired = self.wiring(stage)
+        out = self.run / stage.folder
+        file_options = {option for option, source in stage.inputs.items() if not source.model}
         for i, entry in enumerate(entries, 1):
-            user = {**rg, **entry}
-            flags = {k: as_asset(v) if k.endswith("path") and not is_model_key(k) else v for k, v in user.items() if k != "launcher"}
+            user = {**settings, **entry}
+            flags = {k: as_asset(v) if k in file_options else v for k, v in user.items() if k != "launcher"}
             try:
-                (parsed,) = stage_command(("rg",)).parse({**wired, **flags, "output_dir": str(out)})
+                (parsed,) = parse(stage, {**wired, **flags, "output_dir": str(out)})
                 names = [c.name for c in configurations(parsed)]
             except AlmostError as e:
                 raise AlmostError(f"{self.where}: rg configuration {i}: {e}") from None
@@ -224,26 +257,22 @@ class Planner:
             if name in self.configuration_names:
                 raise AlmostError(f"{self.where}: rg configuration {name!r} is listed twice")
             self.configuration_names.append(name)
-            product = rg_file(name)
-            self.add("rg", f"rg/{name}", ("rg",), user, wired, out, product, owned=output_files(out / product))
+            product = stage.outputs.file(stage.outputs.product, configuration=name)
+            self.add(stage, user, wired, out, name, product, owned=output_files(out / product))
 
-    def plan_rm(self) -> str:
-        rm = self.section("rm")
-        unknown = [k for k in rm if k not in ("train", "eval")]
-        if unknown:
-            raise AlmostError(f"{self.where}: rm takes 'train' and 'eval' sections, not {unknown[0]!r}")
-        wired = {"data_path": str(self.run / "cs" / CS.product_file)} if "cs" in self.config else {}
-        self.add("rm", "rm/train", ("rm", "train"), self.mapping(rm.get("train"), "rm.train"), wired, self.run / "rm")
-        if "eval" in rm:
-            # Human preference data (rubric agreement on held-out synthetic pairs is in rm/metrics.json).
-            evaluation = self.mapping(rm["eval"], "rm.eval")
-            wired = {"model_name_or_path": str(self.run / "rm")}
-            self.add("rm", "rm/eval", ("rm", "eval"), evaluation, wired, self.run / "rm_eval")
-        return str(self.run / "rm")
-
-    def plan_eval(self, models: dict[str, str], reward_model: str | None) -> None:
-        evaluation = self.section("eval")
-        models = {**models, **self.mapping(evaluation.pop("models", None), "eval.models")}
+    def evaluated_models(self) -> dict[str, str]:
+        """Label → model for the evaluations: "base" (what the first policy started from) and each policy
+        the config trains (``stages.POLICIES``, by folder), then ``eval.models``, checked."""
+        if self.models is not None:
+            return self.models
+        models: dict[str, Any] = {}
+        for step in self.steps:
+            if step.stage in stages.POLICIES:
+                start = step.flags.get("model_name_or_path") or option_default(step.stage.config_types(), "model_name_or_path")
+                models.setdefault("base", start)
+                models[step.stage.folder] = str(step.output_dir)
+        evaluation = self.mapping(self.config.get("eval"), "eval")
+        models = {**models, **self.mapping(evaluation.get("models"), "eval.models")}
         models = {label: m for label, m in models.items() if m}
         for label, model in models.items():
             if not isinstance(label, str) or not LABEL.match(label):
@@ -254,52 +283,54 @@ class Planner:
                 raise AlmostError(f"{self.where}: eval.models.{label} must be a model name or path (text), got {type(model).__name__}")
         if not models:
             raise AlmostError(f"{self.where}: eval has no models: add eval.models (label: model) or an sft/rl stage")
-        unknown = [k for k in evaluation if k not in EVALUATIONS]
-        if unknown:
-            raise AlmostError(
-                f"{self.where}: unknown evaluation {unknown[0]!r} under eval; choose from {', '.join(EVALUATIONS)} (and models)"
-            )
-        for kind, settings in evaluation.items():
-            settings = self.mapping(settings, f"eval.{kind}")
-            if kind == "pairwise":
-                baseline = settings.pop("baseline", "base")
-                if not isinstance(baseline, str):
-                    raise AlmostError(f"{self.where}: eval.pairwise.baseline must be a model label (text), got {type(baseline).__name__}")
-                if baseline not in models:
-                    raise AlmostError(f"{self.where}: eval.pairwise.baseline {baseline!r} is not one of the models ({', '.join(models)})")
-                judges = self.pairwise_judges(settings, reward_model)
-                for label, model in models.items():
-                    if label == baseline:
-                        continue
-                    for by, judge in judges.items():
-                        # One answer cache for every pairing and judge: each model (the baseline
-                        # included) answers each question once. The steps run one after another, and
-                        # `eval pairwise` locks the folder besides.
-                        wired = {
-                            "model_name_or_path": model,
-                            "baseline_model_name_or_path": models[baseline],
-                            "answers_dir": str(self.run / "eval" / kind / PAIRWISE_ANSWERS),
-                        }
-                        if judge:
-                            wired["judge"] = judge
-                        name = f"{label}-vs-{baseline}" + (f"-by-{by}" if by else "")
-                        self.add("eval", f"eval/{kind}/{name}", ("eval", kind), settings, wired, self.run / "eval" / kind / name)
-            else:
-                for label, model in models.items():
-                    wired = {"model_name_or_path": model}
-                    self.add("eval", f"eval/{kind}/{label}", ("eval", kind), settings, wired, self.run / "eval" / kind / label)
+        self.models = models
+        return models
 
-    def pairwise_judges(self, settings: dict, reward_model: str | None) -> dict[str, str | None]:
+    def plan_evaluation(self, stage: Stage, settings: dict) -> None:
+        """A step per evaluated model, in ``eval/<kind>/<label>``; a comparison with a baseline
+        (pairwise) a step per model and judge, ``<model>-vs-<baseline>[-by-<judge>]``."""
+        models = self.evaluated_models()
+        folder = self.run / stage.folder
+        if "baseline_model_name_or_path" not in stage.inputs:
+            for label, model in models.items():
+                self.add(stage, settings, {"model_name_or_path": model}, folder / label, label)
+            return
+        baseline = settings.pop("baseline", "base")
+        if not isinstance(baseline, str):
+            raise AlmostError(f"{self.where}: eval.pairwise.baseline must be a model label (text), got {type(baseline).__name__}")
+        if baseline not in models:
+            raise AlmostError(f"{self.where}: eval.pairwise.baseline {baseline!r} is not one of the models ({', '.join(models)})")
+        judges = self.pairwise_judges(stage, settings)
+        for label, model in models.items():
+            if label == baseline:
+                continue
+            for by, judge in judges.items():
+                # One answer cache for every pairing and judge: each model (the baseline included)
+                # answers each question once. The steps run one after another, and `eval pairwise`
+                # locks the folder besides.
+                wired = {
+                    **self.wiring(stage),
+                    "model_name_or_path": model,
+                    "baseline_model_name_or_path": models[baseline],
+                    "answers_dir": str(folder / PAIRWISE_ANSWERS),
+                }
+                if judge:
+                    wired["judge"] = judge
+                name = f"{label}-vs-{baseline}" + (f"-by-{by}" if by else "")
+                self.add(stage, settings, wired, folder / name, name)
+
+    def pairwise_judges(self, stage: Stage, settings: dict) -> dict[str, str | None]:
         """``eval.pairwise.judges`` (label: judge spec, ``rm`` = the run's own RM) → a step per judge,
-        in folders ``<model>-vs-<baseline>-by-<label>``. Without it, one step: the config's ``judge``,
-        else the run's RM (``{"": judge}``, the folder keeps its plain name)."""
+        in folders ``<model>-vs-<baseline>-by-<label>``. Without it, one step with the config's
+        ``judge``, else the run's RM (``{"": None}``, the folder keeps its plain name)."""
         judges = settings.pop("judges", None)
         if judges is None:
-            return {"": None if "judge" in settings or not reward_model else f"rm:{reward_model}"}
+            return {"": None}
         if "judge" in settings:
             raise AlmostError(f"{self.where}: eval.pairwise takes judge or judges, not both")
         if not isinstance(judges, dict) or not judges:
             raise AlmostError(f"{self.where}: eval.pairwise.judges must map labels to judges, e.g. {{rm: rm, lm: 'llm:smollm2-135m'}}")
+        own_rm = self.wiring(stage).get("judge")
         found = {}
         for by, judge in judges.items():
             if not isinstance(by, str) or not LABEL.match(by):
@@ -308,16 +339,12 @@ class Planner:
                     "folder of the run"
                 )
             if judge == "rm":
-                if not reward_model:
+                if not own_rm:
                     raise AlmostError(
                         f"{self.where}: eval.pairwise.judges.{by}: rm means the run's own reward model, but the config has no rm stage"
                     )
-                judge = f"rm:{reward_model}"
+                judge = own_rm
             if not isinstance(judge, str):
                 raise AlmostError(f"{self.where}: eval.pairwise.judges.{by} must be rm, rm:PATH, llm:MODEL or openai:URL")
             found[by] = judge
         return found
-
-
-def _present(wired: dict) -> dict:
-    return {k: str(v) for k, v in wired.items() if v is not None}

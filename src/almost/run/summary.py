@@ -4,14 +4,15 @@ what each step did, with one line of figures per step read from its outputs."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
-from ..contracts import CS, RL, RM_TRAIN, SFT
 from ..errors import AlmostError
 from ..readers import read_jsonl, read_lines
+from ..stages import CS, PG, RG, RL, RM_EVAL, RM_TRAIN, RMSP, SFT, Stage
 from .execute import PipelineResult
 from .plan import Step
-from .report import _load_json, headline, read_rl_log, rmsp_turn_rewards
+from .readings import headline, load_json, read_rl_log, rmsp_turn_rewards
 
 
 def print_plan(planned: list[tuple[Step, str]]) -> None:
@@ -42,54 +43,79 @@ def print_summary(result: PipelineResult) -> None:
         print(f"report: {result.report}")
 
 
-def step_figures(stage: str, product: Path) -> str:
+def step_figures(stage: Stage, product: Path) -> str:
+    figures = FIGURES.get(stage) or (evaluation_figures if stage.headline else None)
+    if figures is None:
+        return ""
     try:
-        return _step_figures(stage, product)
+        return figures(stage, product)
     except (AlmostError, OSError, ValueError, KeyError, TypeError):
         return ""
 
 
-def _step_figures(stage: str, product: Path) -> str:
-    folder = product.parent
-    if stage == "pg":
-        return f"{len(read_lines(product, 'prompts', allow_empty=True))} prompts"
-    if stage == "rg":
-        rows = read_jsonl(product)
-        good = [len(r.get("response") or "") for r in rows if not r.get("bad")]
-        mean = f", mean length {statistics.fmean(good):.0f} chars" if good else ""
-        return f"{len(rows)} answers, {len(rows) - len(good)} BAD{mean}"
-    if stage == "cs":
-        stats = _load_json(folder / CS.summary_file) or {}
-        pairs = sum(1 for _ in read_jsonl(product))
-        dropped = stats.get("dropped_by_filter")
-        return f"{pairs} pairs" + (f", {dropped} dropped by the filter" if dropped is not None else "")
-    if stage == "rm":
-        metrics = _load_json(folder / RM_TRAIN.summary_file) or {}
-        held = metrics.get("heldout") if "heldout" in metrics else metrics
-        if isinstance(held, dict) and held.get("accuracy") is not None:
-            return f"accuracy {held['accuracy']:.3f} on {held.get('n')} pairs"
-        return ""
-    if stage == "rmsp":
-        turns = rmsp_turn_rewards(folder)
-        dialogues = sum(1 for _ in read_jsonl(product))
-        gain = f", best {turns[0]['best']:.2f} vs mean {turns[0]['mean']:.2f} reward (turn 1)" if turns else ""
-        return f"{dialogues} dialogues{gain}"
-    if stage == "sft":
-        train = (_load_json(folder / SFT.summary_file) or {}).get("train") or {}
-        if train.get("first_loss") is None:
-            return ""
-        return f"{train['global_step']} steps, loss {train['first_loss']:.3f} → {train['last_loss']:.3f}"
-    if stage == "rl":
-        log = folder / RL.files["log"]
-        rows = [r for r in read_rl_log(log) if "reward" in r] if log.exists() else []
-        if rows:
-            return (
-                f"{len(rows)} logged steps, reward {rows[0]['reward']:.2f} → {rows[-1]['reward']:.2f}, KL "
-                f"{rows[-1].get('kl', float('nan')):.3f}"
-            )
-        return ""
-    if stage == "eval":
-        metrics = _load_json(product) or {}
-        key, value = headline(folder.parent.name, metrics)
-        return f"{key} {value:.3f}" if isinstance(value, (int, float)) else ""
+def pg_figures(stage: Stage, product: Path) -> str:
+    return f"{len(read_lines(product, 'prompts', allow_empty=True))} prompts"
+
+
+def rg_figures(stage: Stage, product: Path) -> str:
+    rows = read_jsonl(product)
+    good = [len(r.get("response") or "") for r in rows if not r.get("bad")]
+    mean = f", mean length {statistics.fmean(good):.0f} chars" if good else ""
+    return f"{len(rows)} answers, {len(rows) - len(good)} BAD{mean}"
+
+
+def cs_figures(stage: Stage, product: Path) -> str:
+    stats = load_json(product.parent / CS.outputs.summary_file) or {}
+    pairs = sum(1 for _ in read_jsonl(product))
+    dropped = stats.get("dropped_by_filter")
+    return f"{pairs} pairs" + (f", {dropped} dropped by the filter" if dropped is not None else "")
+
+
+def rm_figures(stage: Stage, product: Path) -> str:
+    """rm train's held-out rubric agreement; rm eval's accuracy (the same keys)."""
+    metrics = load_json(product.parent / stage.outputs.summary_file) or {}
+    held = metrics.get("heldout") if "heldout" in metrics else metrics
+    if isinstance(held, dict) and held.get("accuracy") is not None:
+        return f"accuracy {held['accuracy']:.3f} on {held.get('n')} pairs"
     return ""
+
+
+def rmsp_figures(stage: Stage, product: Path) -> str:
+    turns = rmsp_turn_rewards(product.parent)
+    dialogues = sum(1 for _ in read_jsonl(product))
+    gain = f", best {turns[0]['best']:.2f} vs mean {turns[0]['mean']:.2f} reward (turn 1)" if turns else ""
+    return f"{dialogues} dialogues{gain}"
+
+
+def sft_figures(stage: Stage, product: Path) -> str:
+    train = (load_json(product.parent / SFT.outputs.summary_file) or {}).get("train") or {}
+    if train.get("first_loss") is None:
+        return ""
+    return f"{train['global_step']} steps, loss {train['first_loss']:.3f} → {train['last_loss']:.3f}"
+
+
+def rl_figures(stage: Stage, product: Path) -> str:
+    log = product.parent / RL.outputs.files["log"]
+    rows = [r for r in read_rl_log(log) if "reward" in r] if log.exists() else []
+    if rows:
+        kl = rows[-1].get("kl", float("nan"))
+        return f"{len(rows)} logged steps, reward {rows[0]['reward']:.2f} → {rows[-1]['reward']:.2f}, KL {kl:.3f}"
+    return ""
+
+
+def evaluation_figures(stage: Stage, product: Path) -> str:
+    key, value = headline(stage, load_json(product) or {})
+    return f"{key} {value:.3f}" if isinstance(value, (int, float)) else ""
+
+
+# One line of figures per stage, read from a step's product and the files beside it.
+FIGURES: dict[Stage, Callable[[Stage, Path], str]] = {
+    PG: pg_figures,
+    RG: rg_figures,
+    CS: cs_figures,
+    RM_TRAIN: rm_figures,
+    RM_EVAL: rm_figures,
+    RMSP: rmsp_figures,
+    SFT: sft_figures,
+    RL: rl_figures,
+}
