@@ -29,6 +29,7 @@ import yaml
 
 from . import __version__
 from .io import portable, redact_url, write_text_atomic
+from .models import EMBEDDED_MODELS
 
 CARD_FILE = "README.md"
 
@@ -231,7 +232,7 @@ MODEL_KINDS = {  # stage: (title, what the model is, Hub task of the model (also
     ),
 }
 # The hub checkpoint each embedded model was converted from: what `base_model` names on the Hub.
-EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+EMBEDDED_HUB_IDS = {name: model.hub_id for name, model in EMBEDDED_MODELS.items()}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
