@@ -273,6 +273,7 @@ def resolve_model(name_or_path: str | None, cache_dir: str | None = None) -> Res
         if not (local / "config.json").exists() and not (local / "adapter_config.json").exists():
             raise AlmostError(f"{local} is not a model checkpoint (no config.json)")
         require_finished_training(local)
+        check_model_config(local)
         return ResolvedModel(name=name, path=str(local))
     if local.exists():
         raise AlmostError(f"unknown model {name!r}: a file that is not .gguf")
@@ -293,13 +294,35 @@ def resolve_model(name_or_path: str | None, cache_dir: str | None = None) -> Res
     return ResolvedModel(name=name, path=name)
 
 
+def check_model_config(folder: str | os.PathLike) -> None:
+    """A local checkpoint's config.json, where it has one, names its architecture (``model_type``).
+
+    Without it transformers guesses the architecture from the folder's name, and failing that fails
+    deep inside loading the tokenizer or the model, with a traceback about tokenizer conversion."""
+    from .io import read_json
+
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return  # an adapter folder: its base model is checked where it is loaded
+    config = read_json(path, "model config")
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str) or not config["model_type"]:
+        raise AlmostError(f"{path} holds no model (no model_type); a checkpoint's config.json is written by transformers' save_pretrained")
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str = "left", cache_dir: str | None = None):
     from transformers import AutoTokenizer
+
+    if Path(path).is_dir():
+        check_model_config(path)  # also for a path that did not come through resolve_model
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
     except OSError as e:
         raise AlmostError(f"cannot load a tokenizer from {path}: {str(e).splitlines()[0]}") from None
+    except ValueError as e:
+        # The folder's tokenizer files are missing or name a tokenizer that cannot be built here (no
+        # tokenizer.json and no converter installed); transformers explains which over several lines.
+        raise AlmostError(f"cannot load a tokenizer from {path}: {' '.join(str(e).split())}") from None
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -182,18 +182,73 @@ class TrainingStageArguments(LoraArguments, HardwareArguments, CheckpointArgumen
         super().__post_init__()
 
 
-def lora_config(config, task_type: str, modules_to_save: list[str] | None = None):
-    """peft's LoraConfig from a stage config's ``lora_*`` fields."""
+def lora_config(config, task_type: str, model_path: str, modules_to_save: list[str] | None = None):
+    """peft's LoraConfig from a stage config's ``lora_*`` fields, its target modules checked against
+    the model at ``model_path`` (``task_type`` is peft's: "SEQ_CLS" or "CAUSAL_LM")."""
     from peft import LoraConfig
 
+    targets = config.lora_target_modules
+    targets = [targets] if isinstance(targets, str) else list(targets or [])
+    if targets in ([], ["all-linear"]):
+        targets = "all-linear"  # peft's name for every linear layer, which TRL lets `--lora_target_modules all-linear` ask for
+    else:
+        check_lora_targets(targets, config, task_type, model_path, modules_to_save or [])
     return LoraConfig(
         task_type=task_type,
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules or "all-linear",
+        target_modules=targets,
         modules_to_save=modules_to_save,
     )
+
+
+def check_lora_targets(targets: list[str], config, task_type: str, model_path: str, modules_to_save: list[str]) -> None:
+    """Each ``--lora_target_modules`` name must name modules of the model that LoRA can adapt.
+
+    peft matches a name against the end of each module's dotted path, refuses a list that matches
+    nothing (and any match of a type it cannot adapt) only inside the trainer, with a traceback, and
+    silently drops a name that matches nothing while another one matches. The model is built on the
+    meta device: its module tree without memory for the weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.pytorch_utils import Conv1D
+
+    folder = Path(model_path)
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        return  # an adapter alone: its base model is only known once loaded; peft checks the targets then
+    model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.trust_remote_code, cache_dir=config.cache_dir)
+    if task_type == "SEQ_CLS":
+        model_config.num_labels = 1
+    auto = AutoModelForSequenceClassification if task_type == "SEQ_CLS" else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = auto.from_config(model_config, trust_remote_code=config.trust_remote_code)
+    # The types peft's LoRA adapts (peft.tuners.lora.layer.dispatch_default).
+    adaptable = (
+        torch.nn.Linear,
+        torch.nn.Embedding,
+        torch.nn.Conv1d,
+        torch.nn.Conv2d,
+        torch.nn.Conv3d,
+        torch.nn.MultiheadAttention,
+        Conv1D,
+    )
+    # Modules trained in full (the reward model's score head) get no adapter: peft skips them, as here.
+    in_full = re.compile(rf"(^|.*\.)({'|'.join(map(re.escape, modules_to_save)) or '(?!)'})($|\..*)")
+    modules = {name: m for name, m in model.named_modules() if name and not in_full.match(name)}
+    layers = ", ".join(sorted({name.rsplit(".", 1)[-1] for name, m in modules.items() if isinstance(m, adaptable)}))
+    for target in targets:
+        matched = [m for name, m in modules.items() if name == target or name.endswith(f".{target}")]
+        if not matched:
+            raise AlmostError(
+                f"--lora_target_modules {target!r} names no module of {model_path} that takes an adapter; its layers: {layers}"
+            )
+        refused = sorted({type(m).__name__ for m in matched if not isinstance(m, adaptable)})
+        if refused:
+            raise AlmostError(
+                f"--lora_target_modules {target!r} names {', '.join(refused)} modules of {model_path}, which LoRA cannot adapt; "
+                f"name layers such as: {layers}"
+            )
 
 
 def load_merged_adapter(adapter_dir: str | Path, task_type: str, trust_remote_code: bool = False, dtype=None, _own_run: bool = False):

@@ -333,6 +333,7 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
     if scorer is None and is_url(config.reward_model_name_or_path):
         scorer = load_scorer(config.reward_model_name_or_path, reward_settings)  # `almost rm serve` must be up before the policy is loaded
     policy = resolve_model(config.model_name_or_path, config.cache_dir)
+    peft_config = lora_config(config, "CAUSAL_LM", policy.path) if config.use_peft else None
     contexts = read_prompts(config.prompts_path, as_messages=True, limit=config.max_prompts)
     log_path = out / contracts.RL.files["log"]
 
@@ -342,7 +343,6 @@ def run_rl(config: RLConfig, scorer=None) -> dict:
     reward_funcs, weights = make_reward_functions(scorer, config.length_penalty)
     args = trl_config(config, weights)
     _, trainer_class = _trainer_classes(config.algorithm)
-    peft_config = lora_config(config, "CAUSAL_LM") if config.use_peft else None
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(

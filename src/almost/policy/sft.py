@@ -237,7 +237,7 @@ def run_sft(config: SFTArguments) -> dict:
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(config, "CAUSAL_LM") if config.use_peft else None,
+        peft_config=lora_config(config, "CAUSAL_LM", model.path) if config.use_peft else None,
     )
     if trainer.is_world_process_zero():
         print(

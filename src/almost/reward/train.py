@@ -258,7 +258,7 @@ def run_rm_train(config: RewardTrainingConfig) -> dict:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         # The score head starts random: it must be trained in full and saved with the adapter.
-        peft_config=lora_config(config, "SEQ_CLS", modules_to_save=["score"]) if config.use_peft else None,
+        peft_config=lora_config(config, "SEQ_CLS", model.path, modules_to_save=["score"]) if config.use_peft else None,
     )
     if trainer.is_world_process_zero():
         print(

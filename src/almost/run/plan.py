@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import settings_to_argv
+from ..config import check_value_types, settings_to_argv
 from ..contracts import CS, EVALUATIONS, PG, RMSP
 from ..feedback.demos import ASSETS
 from ..io import AlmostError, read_yaml_mapping, redact_argv
@@ -156,6 +156,9 @@ class Planner:
         for key, value in wired.items():
             flags.setdefault(key, value)  # the user's own value wins over the pipeline's wiring
         flags["output_dir"] = str(output_dir)
+        # Before any check reads them (the rubric's names, the models): a number or a mapping where
+        # the stage takes a list would otherwise be iterated, or turned into a name by str().
+        check_value_types(flags, stage_cmd.config_types(), f"{self.where}: {name}: ")
         step = Step(stage, name, command, flags, tuple(user), output_dir, output_dir / product, tuple(owned), tuple(launcher))
         self.steps.append(step)
         return step
