@@ -390,11 +390,24 @@ def length_sorted_batches(
             bar.update(len(batch))
 
 
-def cpu_bf16_is_fast() -> bool:
-    """bf16 autocast pays off on CPUs with native bf16 (AVX512-BF16 / AMX), and costs elsewhere."""
-    import torch
+# CPU flags (as /proc/cpuinfo spells them) of native bf16 arithmetic: AMX tiles (Intel Xeon since
+# Sapphire Rapids) or AVX512-BF16 (those Xeons and AMD Zen 4). Without either (AVX2-only machines,
+# older AVX-512 ones) torch and vLLM emulate bf16, which measured 3.5x slower than fp32 (docs/feedback.md).
+NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags (empty where there is no ``cpuinfo``: the CPU then counts as one
+    without native bf16)."""
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+        with open(cpuinfo, encoding="utf-8") as f:
+            return next((frozenset(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), frozenset())
+    except OSError:
+        return frozenset()
+
+
+def cpu_bf16_is_fast(flags: frozenset[str] | None = None) -> bool:
+    """Whether bf16 pays off on this CPU: where it is native (``NATIVE_BF16_FLAGS``). Every automatic
+    dtype choice on CPU goes through here (vLLM's ``--dtype auto``, inference autocast, training
+    ``--bf16``), so the three kinds of machine are covered by one test of the flags."""
+    return bool(NATIVE_BF16_FLAGS & (cpu_flags() if flags is None else flags))
