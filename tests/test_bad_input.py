@@ -49,6 +49,21 @@ def broken_template_model(src: str, tmp: Path) -> str:
     return str(target)
 
 
+def model_folder(tmp: Path, config: dict, tokenizer_of: str | None = None) -> str:
+    """A folder that looks like a checkpoint: this config.json, no weights, and the tokenizer files of
+    the model at ``tokenizer_of`` if given."""
+    target = tmp / "model"
+    if tokenizer_of:
+        shutil.copytree(tokenizer_of, target, ignore=shutil.ignore_patterns("*.safetensors", "config.json", "generation_config.json"))
+    write(target / "config.json", json.dumps(config))
+    return str(target)
+
+
+def sft_data(tmp: Path) -> str:
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    return str(write(tmp / "d.jsonl", json.dumps(row) + "\n"))
+
+
 def prompts(tmp: Path) -> str:
     return str(write(tmp / "prompts.txt", "What is a prime number?\nWhy is the sky blue?\n"))
 
@@ -91,6 +106,13 @@ CASES = {
         "pg",
         "--config",
         str(write(t / "c.yaml", b"top_p: 0.5 # " + LATIN1)),
+        "--output_dir",
+        str(t / "out"),
+    ],
+    "--config mapping where a list belongs": lambda t, m: [
+        "rg",
+        "--config",
+        str(write(t / "c.yaml", "n_shot: {a: 1}\n")),
         "--output_dir",
         str(t / "out"),
     ],
@@ -368,6 +390,72 @@ CASES = {
         "--report_to",
         "none",
     ],
+    "model folder whose config.json has no model_type": lambda t, m: [
+        "rg",
+        "--output_dir",
+        str(t / "out"),
+        "--prompts_path",
+        prompts(t),
+        "--model_name_or_path",
+        model_folder(t, {"hidden_size": 64}, tokenizer_of=m["lm"]),
+    ],
+    "model folder whose config.json is {} (no tokenizer files)": lambda t, m: [
+        "sft",
+        "--model_name_or_path",
+        model_folder(t, {}),
+        "--data_path",
+        sft_data(t),
+        "--output_dir",
+        str(t / "out"),
+        "--max_steps",
+        "1",
+        "--report_to",
+        "none",
+    ],
+    "model folder without tokenizer files": lambda t, m: [
+        "eval",
+        "hhh",
+        "--model_name_or_path",
+        model_folder(t, {"model_type": "llama"}),
+        "--data_path",
+        str(HHH_SAMPLE),
+        "--output_dir",
+        str(t / "out"),
+    ],
+    "LoRA target that names no module": lambda t, m: [
+        "sft",
+        "--model_name_or_path",
+        m["lm"],
+        "--data_path",
+        sft_data(t),
+        "--use_peft",
+        "--lora_target_modules",
+        "q_proj",
+        "qkv_proj",
+        "--output_dir",
+        str(t / "out"),
+        "--max_steps",
+        "1",
+        "--report_to",
+        "none",
+    ],
+    "LoRA target of a module LoRA cannot adapt": lambda t, m: [
+        "rm",
+        "train",
+        "--model_name_or_path",
+        m["lm"],
+        "--data_path",
+        str(write(t / "pairs.jsonl", json.dumps({"prompt": "hi", "chosen": "hello there", "rejected": "go away"}) + "\n")),
+        "--use_peft",
+        "--lora_target_modules",
+        "self_attn",
+        "--output_dir",
+        str(t / "out"),
+        "--max_steps",
+        "1",
+        "--report_to",
+        "none",
+    ],
     # --- the pipeline YAML ---------------------------------------------------------------------
     "pipeline bad YAML": lambda t, m: pipeline_yaml(t, "cs: {rubric: [a\n"),
     "pipeline not UTF-8": lambda t, m: ["pipeline", str(write(t / "p.yaml", b"cs: {} # " + LATIN1)), "--output_dir", str(t / "out")],
@@ -386,6 +474,15 @@ CASES = {
     ),
     "pipeline launcher with an open quote": lambda t, m: pipeline_yaml(
         t, f'cs: {{input_dir: {rg_file(t, "a").parent}, rubric: [a, a2], launcher: "accelerate launch --config_file \'my config.yaml"}}\n'
+    ),
+    "pipeline rubric given a number": lambda t, m: pipeline_yaml(
+        t, f"rg: {{configurations: [{{model_name_or_path: {m['lm']}}}]}}\ncs: {{rubric: 3}}\n"
+    ),
+    "pipeline list option given a number": lambda t, m: pipeline_yaml(
+        t, f"rg: {{configurations: [{{model_name_or_path: {m['lm']}, prompt_file_path: 5}}]}}\n"
+    ),
+    "pipeline shared list option given a mapping": lambda t, m: pipeline_yaml(
+        t, f"shared: {{lora_target_modules: {{q_proj: 1}}}}\nsft: {{model_name_or_path: {m['lm']}, data_path: {sft_data(t)}}}\n"
     ),
     "pipeline unknown stage": lambda t, m: pipeline_yaml(t, "frobnicate: {}\n"),
     "pipeline unknown stage key": lambda t, m: pipeline_yaml(t, f"cs: {{input_dir: {t}, rubric: [a, b], no_such_key: 1}}\n"),

@@ -1,4 +1,3 @@
-import pytest
 from scripted_engine import ScriptedEngine
 
 from almost.engines import Sampling, truncate_at_stop
@@ -74,20 +73,3 @@ def test_hf_engine_shared_prefix_gives_what_each_prompt_gets_alone(tiny_model_pa
             )
         expected = engine.tokenizer.decode(alone[0, len(ids) :], skip_special_tokens=True)
         assert samples == [expected, expected], prompt
-
-
-@pytest.mark.parametrize(
-    ("native_bf16", "on_gpu", "asked", "expected"),
-    [
-        (False, False, "auto", "float32"),  # vLLM emulates bf16 on such CPUs: 3.5x slower (docs/feedback.md)
-        (True, False, "auto", "bfloat16"),
-        (False, True, "auto", "auto"),  # the checkpoint's own dtype
-        (False, False, "bfloat16", "bfloat16"),  # asked for is what runs
-    ],
-)
-def test_vllm_runs_fp32_on_cpus_without_native_bf16(monkeypatch, native_bf16, on_gpu, asked, expected):
-    from almost import models
-    from almost.engines.vllm import vllm_dtype
-
-    monkeypatch.setattr(models, "cpu_bf16_is_fast", lambda: native_bf16)
-    assert vllm_dtype(asked, on_gpu) == expected

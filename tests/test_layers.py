@@ -18,6 +18,7 @@ LAYERS = {
     "records on files, and the stages' records": ["almost.digests", "almost.resumable", "almost.locks", "almost.stages"],
     "models, engines, config, cards": ["almost.models", "almost.engines", "almost.engines.*", "almost.config", "almost.cards"],
     "what stages share": [
+        "almost.lora",
         "almost.training",
         "almost.feedback.demos",
         "almost.reward.formats",

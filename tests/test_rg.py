@@ -14,6 +14,7 @@ from conftest import SMOLLM2_FILES
 from scripted_engine import ScriptedEngine
 
 from almost import cli, shipped
+from almost.config import stage_parser
 from almost.engines import Sampling
 from almost.engines.hf import HFEngine
 from almost.errors import AlmostError
@@ -154,6 +155,17 @@ def test_configuration_names_cartesian_product(tmp_path):
         "llama-2-7b-hf-basic-3shot",
     ]
     assert configurations(RGArguments(output_dir="d"))[0].name == "smollm2-135m-faithful-3shot"
+
+
+def test_a_config_file_value_for_a_list_option_is_one_entry(tmp_path):
+    """As on the command line (``--n_shot 3``): not a number to iterate over, nor a path's letters."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"n_shot: 1\nprompt_file_path: {shipped.WORSE_DEMONSTRATIONS}\n")
+    (parsed,) = stage_parser([RGArguments], "almost rg").parse_args_and_config(
+        ["--config", str(config), "--output_dir", str(tmp_path / "out")]
+    )
+    assert parsed.n_shot == [1] and parsed.prompt_file_path == [str(shipped.WORSE_DEMONSTRATIONS)]
+    assert [c.name for c in configurations(parsed)] == ["smollm2-135m-basic-1shot"]
 
 
 def test_too_many_shots_and_duplicate_configurations_are_errors(tmp_path):

@@ -175,7 +175,8 @@ def test_rm_train_sft_and_rl_show_the_same_lora_and_hardware_options(monkeypatch
     """One spelling of LoRA (TRL's --use_peft --lora_r ...) and the same hardware switches in all three trainers."""
     from dataclasses import fields
 
-    from almost.training import HardwareArguments, LoraArguments
+    from almost.lora import LoraArguments
+    from almost.training import HardwareArguments
 
     monkeypatch.setenv("COLUMNS", "200")
     shared = [f"--{f.name}" for kind in (LoraArguments, HardwareArguments) for f in fields(kind)] + ["--use_cpu", "--fp16", "--tf32"]

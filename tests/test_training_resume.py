@@ -26,9 +26,10 @@ from safetensors.torch import load_file
 from almost.cli import main as cli_main
 from almost.contracts import TRAINING_STATUS
 from almost.errors import AlmostError
+from almost.lora import load_merged_adapter
 from almost.models import resolve_model
 from almost.stages import RL, SFT
-from almost.training import last_complete_checkpoint, load_merged_adapter
+from almost.training import last_complete_checkpoint
 
 STALL_AT_STEP = Path(__file__).with_name("stall_at_step.py")
 QUIET = ["--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1"]

@@ -30,6 +30,7 @@ import yaml
 
 from . import __version__
 from .contracts import CARD_FILE
+from .models import EMBEDDED_MODELS
 from .redaction import portable, redact_url
 from .stages import DatasetCard, ModelCard, Stage, named
 from .writes import write_text_atomic
@@ -201,7 +202,7 @@ def _body(folder: Path, metadata: dict, parts: dict) -> str:
 # --- model cards ------------------------------------------------------------------------------
 
 # The hub checkpoint each embedded model was converted from: what `base_model` names on the Hub.
-EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+EMBEDDED_HUB_IDS = {name: model.hub_id for name, model in EMBEDDED_MODELS.items()}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -42,6 +42,16 @@ def stage_parser(dataclass_types: Sequence[type], prog: str, description: str | 
             check_values(vars(parsed))
             return parsed, rest
 
+        def set_defaults_with_config(self, **kwargs) -> list[str]:
+            # A --config value alone for an option that takes only a list is one entry, as on the command
+            # line: argparse keeps a default as given, and the stage would iterate over a path's letters
+            # or fail on a number.
+            accepted = {f.name: _simple_types(f.type) for t in self.dataclass_types for f in fields(t)}
+            only_lists = {k for k, a in accepted.items() if a is not None and a.is_list and not a.scalars}
+            return super().set_defaults_with_config(
+                **{k: [v] if k in only_lists and v is not None and not isinstance(v, list) else v for k, v in kwargs.items()}
+            )
+
         def error(self, message: str) -> NoReturn:
             # Raised, not sys.exit(2): the CLI prints it as one line and exits 2, and a caller running
             # the stage in process (the pipeline, the tests) gets the same error as every other one.
@@ -83,6 +93,7 @@ def parse_settings(prog: str, dataclass_types: Sequence[type], settings: Mapping
     unknown = [key for key in settings if key not in option_names(dataclass_types)]
     if unknown:
         raise AlmostError(f"unrecognized option {unknown[0]!r} for `{prog}`")
+    check_value_types(settings, dataclass_types)
     return _parse_argv(stage_parser(dataclass_types, prog), settings_to_argv(settings))
 
 
@@ -135,11 +146,7 @@ def settings_to_argv(settings: Mapping[str, Any]) -> list[str]:
 
 
 def check_config_file(argv: list[str], dataclass_types: Sequence[type]) -> None:
-    """``--config FILE``: present, UTF-8, valid YAML, a mapping whose values have the fields' types.
-
-    TrlParser hands YAML values to the dataclasses unconverted, so a list where a number belongs
-    would only fail (with a traceback) deep inside a stage; here it is one line naming the key.
-    """
+    """``--config FILE``: present, UTF-8, valid YAML, a mapping whose values have the fields' types."""
     if "--config" not in argv:
         return
     i = argv.index("--config")
@@ -147,57 +154,93 @@ def check_config_file(argv: list[str], dataclass_types: Sequence[type]) -> None:
         raise AlmostError("--config needs a YAML file: --config FILE.yaml")
     path = argv[i + 1]
     config = read_yaml_mapping(path, "config file", "option names to values")
-    types = {f.name: f.type for t in dataclass_types for f in fields(t)}
-    for key, value in config.items():
-        if key == "env" or key not in types or value is None:
-            continue  # TRL's env block; unknown keys are reported by the parser itself
-        expected = _simple_types(types[key])
-        if expected is not None and not _has_type(value, expected):
-            names = " or ".join(sorted({t.__name__ if t is not list else "list" for t in expected}))
-            raise AlmostError(f"{path}: {key} must be {names}, got {type(value).__name__} {value!r}")
+    check_value_types({k: v for k, v in config.items() if k != "env"}, dataclass_types, f"{path}: ")  # env: TRL's own block
 
 
-def _simple_types(annotation: Any) -> set[type] | None:
-    """The plain types a field accepts (str, int, float, bool, list), or None when it is anything
-    else (the check is skipped). Handles string annotations (``"int | None"``) and typing objects."""
-    names = {"str": str, "int": int, "float": float, "bool": bool}
+def check_value_types(settings: Mapping[str, Any], dataclass_types: Sequence[type], where: str = "") -> None:
+    """Values from YAML (``--config``, a pipeline section) have the types of the fields they set.
+
+    TrlParser hands ``--config`` values to the dataclasses unconverted, and the pipeline turns its values
+    into flags with ``str()``: a list where a number belongs, or a number or mapping where a list of
+    names belongs, would otherwise fail with a traceback deep inside a stage, or be taken for a name.
+    Unknown keys and fields of other types are left to the parser.
+    """
+    annotations = {f.name: f.type for t in dataclass_types for f in fields(t)}
+    for key, value in settings.items():
+        if key not in annotations or value is None:
+            continue
+        accepted = _simple_types(annotations[key])
+        if accepted is not None and not _has_type(value, accepted):
+            raise AlmostError(f"{where}{key} must be {_type_names(accepted)}, got {type(value).__name__} {value!r}")
+
+
+# A field's type as the check above reads it: the scalar types it takes, and for a list field the type
+# of its items. A list field also takes one item alone, as the command line does.
+_SCALARS = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    scalars: frozenset[type]
+    items: frozenset[type] = frozenset()
+    is_list: bool = False
+
+
+def _simple_types(annotation: Any) -> _Accepted | None:
+    """The plain types a field accepts (str, int, float, bool, lists of them), or None when it is
+    anything else (the check is skipped). Handles string annotations (``"int | None"``) and typing objects."""
     if isinstance(annotation, str):
         parts = [p.strip() for p in annotation.replace("Optional[", "").rstrip("]").split("|")]
-        accepted = set()
-        for part in parts:
-            if part == "None":
-                continue
-            if part in names:
-                accepted.add(names[part])
-            elif part.startswith(("list[", "List[")):
-                accepted.add(list)
-            else:
-                return None
-        return accepted or None
-    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
-    accepted = set()
-    for arg in args:
-        if arg is type(None):
+    else:
+        parts = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    scalars, items, is_list = set(), frozenset(), False
+    for part in parts:
+        if part in ("None", type(None)):
             continue
-        if arg in (str, int, float, bool):
-            accepted.add(arg)
-        elif typing.get_origin(arg) is list or arg is list:
-            accepted.add(list)
+        if part in _SCALARS or part in _SCALARS.values():
+            scalars.add(_SCALARS.get(part, part))
+        elif isinstance(part, str) and part.startswith(("list[", "List[")):
+            item = _SCALARS.get(part[5:].rstrip("]").strip())
+            if item is None:
+                return None  # a list of mappings or other objects: left to the parser
+            is_list, items = True, frozenset({item})
+        elif not isinstance(part, str) and typing.get_origin(part) is list:
+            args = typing.get_args(part)
+            if len(args) != 1 or args[0] not in _SCALARS.values():
+                return None
+            is_list, items = True, frozenset(args)
         else:
             return None
-    return accepted or None
+    if not scalars and not is_list:
+        return None
+    return _Accepted(frozenset(scalars), items, is_list)
 
 
-def _has_type(value: Any, expected: set[type]) -> bool:
+def _is_scalar_of(value: Any, expected: frozenset[type]) -> bool:
     if isinstance(value, bool):
         return bool in expected
-    if isinstance(value, int) and (int in expected or float in expected):
+    if isinstance(value, int):
+        return int in expected or float in expected
+    if isinstance(value, float):
+        return float in expected
+    return isinstance(value, str) and str in expected
+
+
+def _has_type(value: Any, accepted: _Accepted) -> bool:
+    if _is_scalar_of(value, accepted.scalars):
         return True
-    if isinstance(value, float) and float in expected:
-        return True
-    if isinstance(value, str) and (str in expected or list in expected):
-        return True  # a single string for a list field is one entry, as on the command line
-    return isinstance(value, list) and list in expected and all(isinstance(v, (str, int, float)) for v in value)
+    if not accepted.is_list:
+        return False
+    if isinstance(value, list):
+        return all(_is_scalar_of(v, accepted.items) for v in value)
+    return _is_scalar_of(value, accepted.items)
+
+
+def _type_names(accepted: _Accepted) -> str:
+    names = sorted(t.__name__ for t in accepted.scalars | accepted.items)
+    if accepted.is_list:
+        names.append("list of " + " or ".join(sorted(t.__name__ for t in accepted.items)))
+    return " or ".join(names)
 
 
 # Values every stage would otherwise accept and then fail on (a traceback deep in generation or

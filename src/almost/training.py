@@ -1,5 +1,5 @@
-"""What the training stages (``rm train``, ``sft``, ``rl``) share: config fields, LoRA settings, the
-recipe every trainer runs, checkpoints a rerun resumes from, and a final model that is never mistaken
+"""What the training stages (``rm train``, ``sft``, ``rl``) share: config fields (LoRA's from
+``almost.lora``), the recipe every trainer runs, checkpoints a rerun resumes from, and a final model that is never mistaken
 for a half-written one.
 
 Each trainer is a ``Recipe``: it checks its options, sets up its data, model and TRL trainer, saves
@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from .config import require_option, resolve_training_hardware
 from .contracts import ADAPTER_DIR, CARD_FILE, TRAINER_STATE, TRAINING_ARGS, TRAINING_STATUS, write_summary
 from .errors import AlmostError
-from .models import require_finished_training
+from .lora import LoraArguments, load_merged_adapter
 from .readers import read_json
 from .redaction import portable, redact
 from .stages import Stage
@@ -118,34 +118,6 @@ class CheckpointArguments:
 
 
 @dataclass
-class LoraArguments:
-    """LoRA, spelled as TRL's ``ModelConfig`` spells it (``--use_peft --lora_r ...``), alike for the
-    three training stages; mixed into a TRL config."""
-
-    use_peft: bool = field(
-        default=False,
-        metadata={"help": "Train LoRA adapters instead of every weight (a reward model also trains its score head in full)."},
-    )
-    lora: bool = field(default=False, metadata={"help": "Older spelling of --use_peft (the seed release's)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling (alpha)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
-    lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Modules that get adapters (default: every linear layer)."}
-    )
-    merge_lora: bool = field(
-        default=True,
-        metadata={"help": "With --use_peft: save the merged model and the adapter beside it in adapter/ (false: the adapter alone)."},
-    )
-
-    def __post_init__(self):
-        # A field rather than an argparse alias, so that a YAML config may spell it `lora:` too; both
-        # spellings end as the same settings, so a rerun may switch spellings and still resume.
-        self.use_peft = self.lora = self.use_peft or self.lora
-        super().__post_init__()
-
-
-@dataclass
 class HardwareArguments:
     """Precision and memory switches whose right value depends on the machine (None = decide by
     hardware in ``resolve_training_hardware``): on where they pay (GPU), off on CPU where they only cost."""
@@ -188,43 +160,6 @@ class TrainingStageArguments(LoraArguments, HardwareArguments, CheckpointArgumen
         # (e.g. generation_batch_size): `almost rl --algorithm grpo` builds its GRPOConfig from these.
         self.given_values = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         super().__post_init__()
-
-
-def lora_config(config, task_type: str, modules_to_save: list[str] | None = None):
-    """peft's LoraConfig from a stage config's ``lora_*`` fields."""
-    from peft import LoraConfig
-
-    return LoraConfig(
-        task_type=task_type,
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules or "all-linear",
-        modules_to_save=modules_to_save,
-    )
-
-
-def load_merged_adapter(adapter_dir: str | Path, task_type: str, trust_remote_code: bool = False, dtype=None, _own_run: bool = False):
-    """A saved LoRA adapter merged into its base model: a plain model, as fast as a full checkpoint.
-
-    ``task_type`` is peft's: "SEQ_CLS" for a reward model (whose adapter also holds the trained
-    score head), "CAUSAL_LM" for a policy. An adapter of an unfinished run is refused, except by
-    that run itself (``_own_run``) while it saves its final model.
-    """
-    if not _own_run:
-        require_finished_training(adapter_dir)
-    kwargs = {"trust_remote_code": trust_remote_code, **({"dtype": dtype} if dtype is not None else {})}
-    if task_type == "SEQ_CLS":
-        from peft import AutoPeftModelForSequenceClassification
-        from trl.trainer.reward_trainer import suppress_seqcls_warning
-
-        with suppress_seqcls_warning():  # the base lacks the score head the adapter brings
-            model = AutoPeftModelForSequenceClassification.from_pretrained(str(adapter_dir), num_labels=1, **kwargs)
-    else:
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir), **kwargs)
-    return model.merge_and_unload()
 
 
 def save_trained_model(trainer, config, task_type: str) -> bool:

@@ -30,12 +30,13 @@ from ..cards import shown_path, write_training_card
 from ..chat import render_prompt
 from ..config import require_option
 from ..errors import AlmostError
+from ..lora import lora_config
 from ..models import load_tokenizer, resolve_model
 from ..readers import read_prompts
 from ..reward.client import is_url
 from ..reward.model import RewardScorerSettings, load_scorer
 from ..stages import RL
-from ..training import TrainingStageArguments, lora_config, run_recipe
+from ..training import TrainingStageArguments, run_recipe
 
 ALGORITHMS = ("rloo", "grpo")
 # Columns of rl_log.csv, in order: TRL's metric name → ours. The report reads these names.
@@ -323,6 +324,7 @@ class RLTraining:
             # `almost rm serve` must be up before the policy is loaded.
             self.scorer = load_scorer(config.reward_model_name_or_path, reward_settings)
         policy = resolve_model(config.model_name_or_path, config.cache_dir)
+        peft_config = lora_config(config, "CAUSAL_LM", policy.path) if config.use_peft else None
         self.contexts = read_prompts(config.prompts_path, as_messages=True, limit=config.max_prompts)
         if self.scorer is None:
             self.scorer = load_scorer(config.reward_model_name_or_path, reward_settings)
@@ -339,7 +341,7 @@ class RLTraining:
             train_dataset=build_dataset(self.contexts, self.tokenizer),
             processing_class=self.tokenizer,
             callbacks=[self.csv_log.trainer_callback],
-            peft_config=lora_config(config, "CAUSAL_LM") if config.use_peft else None,
+            peft_config=peft_config,
         )
 
     def save(self, trainer) -> None:

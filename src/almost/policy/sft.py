@@ -27,10 +27,11 @@ from ..cards import SUPERVISED_HYPERPARAMETERS, shown_path, write_training_card
 from ..chat import as_messages, check_chat_template
 from ..config import require_option
 from ..errors import AlmostError
+from ..lora import lora_config
 from ..models import DEFAULT_MODEL, load_tokenizer, resolve_model
 from ..readers import read_rows, read_text
 from ..stages import SFT
-from ..training import TrainingStageArguments, lora_config, plain_settings, run_recipe
+from ..training import TrainingStageArguments, plain_settings, run_recipe
 
 ROLES = ("system", "user", "assistant")
 # For tokenizers without a chat template: the seed's transcript format (as almost.chat renders it),
@@ -232,7 +233,7 @@ class SFTTraining:
             args=config,
             train_dataset=dataset,
             processing_class=self.tokenizer,
-            peft_config=lora_config(config, "CAUSAL_LM") if config.use_peft else None,
+            peft_config=lora_config(config, "CAUSAL_LM", model.path) if config.use_peft else None,
         )
         if trainer.is_world_process_zero():
             data = self.data

@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 from ..chat import render_conversation
 from ..contracts import ADAPTER_CONFIG, MODEL_CONFIG
 from ..errors import AlmostError
+from ..lora import load_merged_adapter
 from ..models import inference_precision, length_sorted_batches, load_tokenizer, resolve_model
 from ..readers import read_json
-from ..training import load_merged_adapter
 from .client import TOKEN_ENV, RemoteRewardScorer, is_url
 
 

@@ -22,10 +22,11 @@ from ..cards import SUPERVISED_HYPERPARAMETERS, shown_path, write_training_card
 from ..chat import render_conversation
 from ..config import require_option
 from ..errors import AlmostError
+from ..lora import load_merged_adapter, lora_config
 from ..models import DEFAULT_MODEL, inference_precision, load_tokenizer, resolve_model
 from ..shipped import SAMPLE_DATA, SHIPPED_PAIRS
 from ..stages import RM_TRAIN
-from ..training import TrainingStageArguments, load_merged_adapter, lora_config, plain_settings, run_recipe
+from ..training import TrainingStageArguments, plain_settings, run_recipe
 from .evaluate import card_evaluation, evaluate_pairs
 from .formats import Pair, load_pairs
 from .model import RewardScorer
@@ -261,7 +262,7 @@ class RewardTraining:
             eval_dataset=eval_dataset,
             processing_class=self.tokenizer,
             # The score head starts random: it must be trained in full and saved with the adapter.
-            peft_config=lora_config(config, "SEQ_CLS", modules_to_save=["score"]) if config.use_peft else None,
+            peft_config=lora_config(config, "SEQ_CLS", model_path, modules_to_save=["score"]) if config.use_peft else None,
         )
 
     def save(self, trainer) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import stages
-from ..config import option_default, option_names, parse_settings, settings_to_argv
+from ..config import check_value_types, option_default, option_names, parse_settings, settings_to_argv
 from ..contracts import PAIRWISE_ANSWERS, STEP_MARKER_PREFIX
 from ..errors import AlmostError
 from ..feedback.rg import configurations
@@ -185,6 +185,9 @@ class Planner:
         for key, value in wired.items():
             flags.setdefault(key, value)  # the user's own value wins over the pipeline's wiring
         flags["output_dir"] = str(output_dir)
+        # Before any check reads them (the rubric's names, the models): a number or a mapping where
+        # the stage takes a list would otherwise be iterated, or turned into a name by str().
+        check_value_types(flags, stage.config_types(), f"{self.where}: {name}: ")
         product_path = output_dir / (product or stage.outputs.product_file)
         step = Step(stage, name, flags, tuple(user), output_dir, product_path, tuple(owned), launcher, label)
         self.steps.append(step)
