@@ -1,5 +1,4 @@
-"""Nothing escapes the run directory, one writer per output directory, no secrets on disk
-(issue 9, section 4): each test here failed before the fix it covers."""
+"""Nothing escapes the run directory, one writer per output directory, no secrets on disk."""
 
 from __future__ import annotations
 
