@@ -317,10 +317,10 @@ RMSP = Stage(
         ),
     ),
     {
+        "prompts_path": Input(PG, "prompts"),
+        "reward_model_name_or_path": Input(RM_TRAIN, model=True),
         "model_name_or_path": Input(model=True),
         "user_model_name_or_path": Input(model=True),
-        "reward_model_name_or_path": Input(RM_TRAIN, model=True),
-        "prompts_path": Input(PG, "prompts"),
         "prompt_file_path": Input(),
         "user_prompt_file_path": Input(),
     },
@@ -370,9 +370,9 @@ RL = Stage(
         ),
     ),
     {
-        "model_name_or_path": Input(SFT, model=True),
-        "reward_model_name_or_path": Input(RM_TRAIN, model=True),
         "prompts_path": Input(PG, "prompts"),
+        "reward_model_name_or_path": Input(RM_TRAIN, model=True),
+        "model_name_or_path": Input(SFT, model=True),
         **TRAINER_FILES,
     },
     folder="rl",
@@ -447,7 +447,9 @@ EVAL_PAIRWISE = Stage(
     headline="win_rate",
 )
 
-# In the order the pipeline plans them, the report shows them and ``almost --help`` lists them.
+# In the order the pipeline plans them, the report shows them and ``almost --help`` lists them. A
+# stage's inputs are wired in the order they are declared: that order is part of a step's command
+# line, so of its fingerprint.
 STAGES: tuple[Stage, ...] = (PG, RG, MERGE, CS, RM_TRAIN, RM_SCORE, RM_EVAL, RMSP, SFT, RL, EVAL_HHH, EVAL_TRUTHFULQA, EVAL_PAIRWISE)
 
 

@@ -312,10 +312,10 @@ class Planner:
                 # answers each question once. The steps run one after another, and `eval pairwise`
                 # locks the folder besides.
                 wired = {
-                    **self.wiring(stage),
                     "model_name_or_path": model,
                     "baseline_model_name_or_path": models[baseline],
                     "answers_dir": str(folder / PAIRWISE_ANSWERS),
+                    **self.wiring(stage),
                 }
                 if judge:
                     wired["judge"] = judge
