@@ -49,7 +49,7 @@ def rows(path: Path) -> list[dict]:
 def table(text: str, first_column: str) -> dict[str, list[str]]:
     """The Markdown table of ``text`` whose header starts with ``first_column``: its rows by first cell."""
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_column} |"))
+    start = next(i for i, line in enumerate(lines[:-1]) if line.startswith(f"| {first_column} |") and lines[i + 1].startswith("|---"))
     found = {}
     for line in lines[start + 2 :]:
         if not line.startswith("|"):

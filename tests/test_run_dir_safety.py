@@ -24,6 +24,7 @@ from almost.evaluate.pairwise import PairwiseConfig, build_judge, run_pairwise
 from almost.redaction import portable, redact_argv
 from almost.run.plan import Planner, load_config
 from almost.shipped import QUESTIONS_SAMPLE
+from almost.stages import CS
 from almost.training import plain_settings
 
 PROMPTS = ["How do I keep basil alive indoors?", "What is a prime number?", "Give me a tip for learning to juggle.", "Why is the sky blue?"]
@@ -72,7 +73,7 @@ def test_planner_refuses_any_step_folder_outside_the_run(tmp_path):
     path = write_yaml(tmp_path / "p.yaml", {"cs": {"rubric": ["a", "b"]}})
     planner = Planner(load_config(path), (tmp_path / "run").resolve(), path)
     with pytest.raises(AlmostError, match="outside the run directory"):
-        planner.add("cs", "cs", ("cs",), {}, {}, tmp_path / "run" / ".." / "elsewhere", "comparison.jsonl")
+        planner.add(CS, {}, {}, tmp_path / "run" / ".." / "elsewhere")
 
 
 # --- launcher strings: shlex, and children die with the pipeline -----------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..stages import CS, EVAL_PAIRWISE, RM_EVAL, RM_TRAIN
 from .readings import eval_results, rm_evaluations, stage_summary
-from .sections import rm_eval_row
+from .sections import interval, rm_eval_row
 from .tables import markdown_table
 
 
@@ -22,8 +22,8 @@ def proof_table(run_dir: str | Path) -> str:
     held = train.get("heldout") if isinstance(train.get("heldout"), dict) else {}
     rm_rows = []
     for label, metrics in rm_evaluations(run):
-        _, n, accuracy, balanced, interval, _, _, longer, rho = rm_eval_row(label, metrics)
-        rm_rows.append([label, stats.get("pairs"), held.get("accuracy"), n, accuracy, balanced, interval, longer, rho])
+        _, n, accuracy, balanced, balanced_ci, _, _, longer, rho = rm_eval_row(label, metrics)
+        rm_rows.append([label, stats.get("pairs"), held.get("accuracy"), n, accuracy, balanced, balanced_ci, longer, rho])
     header = [
         "RM evaluated on",
         "pairs kept (CS)",
