@@ -63,7 +63,7 @@ class StageOutputs:
     """
 
     files: Mapping[str, str]
-    product: str | None
+    product: str
     summary: str | None = None
     summary_keys: frozenset[str] = field(default_factory=frozenset)
     optional_keys: frozenset[str] = field(default_factory=frozenset)

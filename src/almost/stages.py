@@ -94,9 +94,9 @@ class ModelCard:
 class Stage(Command):
     """``almost <command>``: ``run(*configs)`` does what the command line does, less the lock."""
 
-    config_names: tuple[str, ...] = ()  # the config dataclasses in ``module``, in the order ``run`` takes them
-    run_name: str = ""
-    outputs: StageOutputs = field(default_factory=lambda: StageOutputs({}, product=None))
+    config_names: tuple[str, ...]  # the config dataclasses in ``module``, in the order ``run`` takes them
+    run_name: str
+    outputs: StageOutputs
     inputs: Mapping[str, Input] = field(default_factory=dict)
     # Its folder in a run directory (``almost pipeline``, ``almost report``); None: not a pipeline stage.
     # An evaluation's steps get one folder each below it, named after the model they evaluate.
