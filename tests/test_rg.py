@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -119,7 +117,6 @@ def test_harmless_assets_are_selectable_by_name_and_decline_with_a_reason(tmp_pa
     assert "harmful" in seeds.instruction and len(set(seeds.seeds) - set(read_prompt_file(demos.SEED_PROMPTS).seeds)) >= 15
     # The defaults are untouched: a local file of the same name still wins over the asset.
     (tmp_path / "harmless_prompt.txt").write_text("Header.\n-----\nHuman: hi\n\nAssistant: Hello there, how can I help you today?\n")
-    import os
 
     cwd = os.getcwd()
     os.chdir(tmp_path)
@@ -327,37 +324,6 @@ def test_merge_refuses_incomplete_overlapping_or_foreign_shards(tmp_path, capsys
     write_prompts(tmp_path, [*PROMPTS[:3], "A different question?", PROMPTS[4]])
     assert "prompt 3 differs from prompts.txt" in merge_error(capsys, tmp_path)
     assert not (tmp_path / f"{name}.jsonl").exists()
-
-
-# --- the real model --------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_almost_rg_on_the_real_smollm2(tmp_path):
-    write_prompts(tmp_path, PROMPTS[:2])
-    command = [
-        sys.executable,
-        "-m",
-        "almost",
-        "rg",
-        "--output_dir",
-        str(tmp_path),
-        "--prompt_file_path",
-        str(demos.WORSE_DEMONSTRATIONS),
-        "--n_shot",
-        "1",
-        "--max_new_tokens",
-        "24",
-        "--seed",
-        "1",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = rows_of(tmp_path / "smollm2-135m-basic-1shot.jsonl")
-    assert [r["prompt"] for r in rows] == PROMPTS[:2]
-    for r in rows:
-        assert r["response"] and "Human:" not in r["response"] and "-----" not in r["response"]
-        assert r["bad"] == bool(r["bad_reasons"]) and r["bad_reasons"] == demos.bad_answer_reasons(r["response"])
 
 
 def test_select_makes_only_the_named_configurations(tmp_path):
