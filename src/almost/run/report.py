@@ -516,19 +516,64 @@ def write_report(run_dir: str | Path) -> Path:
 # The proof table (issue 11): the figures that say whether the synthetic feedback carries signal
 
 
+# Human-supervised references (docs/proof.md): an RM trained with a run's RM settings on as many human
+# pairs from hh-harmless-dev as the run's CS kept, made by scripts/proof_ablation.py in
+# RUN/ablation/supervised-<base>/ (its human pairs, rm/ and rm_eval/). A reference, never a default.
+SUPERVISED_FOLDERS = "supervised-*"
+
+
+def supervised_references(folder: Path) -> dict[tuple[Any, Any], tuple[Path, Summary, Summary]]:
+    """``{(base model, human pairs evaluated on): (folder, rm train summary, rm eval metrics)}`` of the
+    finished supervised references in ``folder`` (a run's ``ablation/``)."""
+    found = {}
+    for path in sorted(folder.glob(f"{SUPERVISED_FOLDERS}/rm_eval/{RM_EVAL.summary_file}")):
+        reference = path.parent.parent
+        train, metrics = _stage_summary(reference, "rm", RM_TRAIN), _summary(RM_EVAL, path)
+        if train is not None and metrics is not None:
+            found[(train.get("base_model"), metrics.get("data"))] = (reference, train, metrics)
+    return found
+
+
+def margin_share(synthetic: Mapping[str, Any], supervised: Mapping[str, Any]) -> float | None:
+    """(synthetic - 0.5) / (supervised - 0.5) of two RMs' length-balanced accuracies on the same human
+    pairs: how much of the supervised RM's margin over chance the synthetic one recovers. None when
+    either is missing or the supervised RM is not above chance."""
+    a = (synthetic.get("length_balanced") or {}).get("accuracy")
+    b = (supervised.get("length_balanced") or {}).get("accuracy")
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or b <= 0.5:
+        return None
+    return (a - 0.5) / (b - 0.5)
+
+
+def share_cell(share: float | None) -> str | None:
+    return None if share is None else f"{share:.0%}"
+
+
 def proof_table(run_dir: str | Path) -> str:
     """Per reward model evaluated on human pairs (``rm_eval*/``): pairs kept by CS, rubric agreement on
     held-out synthetic pairs, plain and length-balanced accuracy on the human pairs, "prefer longer"
-    and Spearman(reward, length); then per pairwise evaluation its win rate and the length split.
+    and Spearman(reward, length); with a supervised reference of the same base on the same human pairs
+    (``ablation/supervised-*``), its row and each RM's share of its margin; then per pairwise evaluation
+    its win rate and the length split, over all questions and per category.
     Every figure is read from the metrics the stages wrote; a missing one shows as "–"."""
     run = Path(run_dir)
     stats = _stage_summary(run, "cs", CS) or {}
     train = _stage_summary(run, "rm", RM_TRAIN) or {}
     held = train.get("heldout") if isinstance(train.get("heldout"), dict) else {}
-    rm_rows = []
+    references = supervised_references(run / "ablation")
+    rm_rows, used = [], {}
     for label, metrics in rm_evaluations(run):
         _, n, accuracy, balanced, interval, _, _, longer, rho = rm_eval_row(label, metrics)
         rm_rows.append([label, stats.get("pairs"), held.get("accuracy"), n, accuracy, balanced, interval, longer, rho])
+        if references:
+            reference = references.get((train.get("base_model"), metrics.get("data")))
+            rm_rows[-1].append(share_cell(margin_share(metrics, reference[2])) if reference else None)
+            if reference:
+                used[reference[0]] = reference
+    for folder, supervised_train, supervised in used.values():
+        _, n, accuracy, balanced, interval, _, _, longer, rho = rm_eval_row(str(folder.relative_to(run)), supervised)
+        pairs, agreement = (supervised_train.get("data") or {}).get("pairs"), (supervised_train.get("heldout") or {}).get("accuracy")
+        rm_rows.append([str(folder.relative_to(run)), pairs, agreement, n, accuracy, balanced, interval, longer, rho, "(reference)"])
     header = [
         "RM evaluated on",
         "pairs kept (CS)",
@@ -540,32 +585,36 @@ def proof_table(run_dir: str | Path) -> str:
         "'prefer longer'",
         "Spearman(reward, length)",
     ]
-    parts = [
-        (
-            "Reward model on real human preference pairs (goal: length-balanced >= 0.60 with the interval above 0.5, "
-            "accuracy above 'prefer longer'):"
-        )
-    ]
+    goal = "goal: length-balanced >= 0.60 with the interval above 0.5, accuracy above 'prefer longer'"
+    if references:
+        # Supervised: the same RM settings and base on as many human pairs (hh-harmless-dev) as the run's CS kept.
+        header.append("share of the supervised margin (length-balanced)")
+        goal += "; >= 75% of the margin over 0.5 of an RM supervised on as many human pairs"
+    parts = [f"Reward model on real human preference pairs ({goal}):"]
     parts.append(markdown_table(header, rm_rows) if rm_rows else f"No `rm_eval*/{RM_EVAL.summary_file}` in this run yet.")
     policy_rows = []
     for label, metrics in eval_results(run).get("pairwise", {}).items():
-        split = metrics.get("length_balanced") or {}
-        shorter, longer = split.get("model_shorter") or {}, split.get("model_longer") or {}
-        policy_rows.append(
-            [
-                label,
-                metrics.get("judge"),
-                metrics.get("n"),
-                metrics.get("win_rate"),
-                _interval(metrics.get("ci95")),
-                shorter.get("rate"),
-                shorter.get("n"),
-                longer.get("rate"),
-                longer.get("n"),
-                split.get("win_rate"),
-                _interval(split.get("ci95")),
-            ]
-        )
+        per_category = metrics.get("per_category") or {}
+        # Each category's own row (helpful, harmless) when the questions have more than one.
+        parts_of = [(label, metrics)] + ([(f"{label}: {c}", m) for c, m in per_category.items()] if len(per_category) > 1 else [])
+        for row_label, part in parts_of:
+            split = part.get("length_balanced") or {}
+            shorter, longer = split.get("model_shorter") or {}, split.get("model_longer") or {}
+            policy_rows.append(
+                [
+                    row_label,
+                    metrics.get("judge"),
+                    part.get("n"),
+                    part.get("win_rate"),
+                    _interval(part.get("ci95")),
+                    shorter.get("rate"),
+                    shorter.get("n"),
+                    longer.get("rate"),
+                    longer.get("n"),
+                    split.get("win_rate"),
+                    _interval(split.get("ci95")),
+                ]
+            )
     header = [
         "pairing",
         "judge",
