@@ -1,12 +1,12 @@
 """Run by tests/test_vllm.py in a child process (vLLM spawns workers and needs a __main__ guard).
 
-64 few-shot prompts (~700-1,000 tokens each, ~50k in all), seeded, n=2, stop strings, on a fresh
-engine, twice (the same call again on the same engine, after the first call has filled its prefix
-cache). The prompts share their two-shot header, which the engine caches before each seeded call,
-and every other one shows a third demonstration, so the parts not covered by that shared prefix
-still hold several engine steps' worth of tokens: prompts wait for later steps, and find earlier
-prompts' blocks in the cache. Writes both calls' samples, the token counts and the dtype the engine
-ran in as JSON to argv[1].
+32 four-shot prompts (~1,100 tokens each), seeded, n=2, stop strings, on a fresh engine, twice (the
+same call again on the same engine, after the first call has filled its prefix cache). The prompts
+share their first two shots, which the engine caches before each seeded call, and each shows two of
+the other five demonstrations (in turn) before its query, so what that shared prefix leaves to
+compute is more than one engine step takes: prompts wait for later steps and find earlier prompts'
+blocks in the cache. Writes both calls' samples, the token counts and the dtype the engine ran in as
+JSON to argv[1].
 """
 
 import json
@@ -19,18 +19,28 @@ from almost.feedback import demos
 from almost.feedback.pg import read_prompt_file
 from almost.models import resolve_model
 
-NUM_PROMPTS = 64
+NUM_PROMPTS = 32
+SHARED_SHOTS = 2
+EXTRA_SHOTS = 2
 
 if __name__ == "__main__":
     demonstrations = demos.load_demonstrations(demos.BETTER_DEMONSTRATIONS)
     queries = read_prompt_file(demos.SEED_PROMPTS).seeds[:NUM_PROMPTS]
-    prompts = [f"{demonstrations.static_prompt(2 + i % 2)}\nHuman: {q}\n\nAssistant:" for i, q in enumerate(queries)]
+    shared = demonstrations.static_prompt(SHARED_SHOTS)
+    others = demonstrations.dialogues[SHARED_SHOTS:]
+    # Prompt i: the shared two shots, then two of the other demonstrations in turn (i, i + 1), then its query.
+    prompts = [
+        f"{shared}\n"
+        + "".join(f"{others[(i + j) % len(others)]}\n{demos.SEPARATOR}\n" for j in range(EXTRA_SHOTS))
+        + f"Human: {q}\n\nAssistant:"
+        for i, q in enumerate(queries)
+    ]
     engine = VLLMEngine(resolve_model("smollm2-135m").path, seed=0)
     sampling = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=24, n=2, stop=demos.ANSWER_STOP, seed=11)
     samples = engine.generate(prompts, sampling)
     again = engine.generate(prompts, sampling)
     ids = [engine.tokenizer(p).input_ids for p in prompts]
-    shared = len(os.path.commonprefix(ids))
+    common = len(os.path.commonprefix(ids))
     dtype = str(engine.llm.llm_engine.model_config.dtype).removeprefix("torch.")
     with open(sys.argv[1], "w") as f:
         json.dump(
@@ -38,7 +48,7 @@ if __name__ == "__main__":
                 "samples": samples,
                 "again": again,
                 "prompt_tokens": sum(map(len, ids)),
-                "beyond_shared_prefix": sum(len(i) - shared for i in ids),
+                "beyond_shared_prefix": sum(len(i) - common for i in ids),
                 "step_budget": engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens,
                 "dtype": dtype,
             },
