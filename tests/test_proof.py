@@ -15,6 +15,7 @@ import yaml
 from conftest import build_tiny_model
 
 from almost.cli import main as cli
+from almost.evaluate import HH_HARMLESS_TEST
 from almost.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from almost.models import EMBEDDED_MODELS
 from almost.run import demo
@@ -51,6 +52,19 @@ def rg_outputs(folder: Path) -> Path:
     return folder
 
 
+HUMAN_PAIRS = 48
+SHIPPED_PROOF_CONFIG = demo.PROOF_CONFIG  # before a test points demo at a cut-down copy
+
+
+def first_human_pairs(tmp_path: Path) -> Path:
+    """The first HUMAN_PAIRS rows of the shipped HH-RLHF harmless test half, as HH-RLHF rows."""
+    with gzip.open(HH_HARMLESS_TEST, "rt", encoding="utf-8") as f:
+        rows = [line for line, _ in zip(f, range(HUMAN_PAIRS))]
+    path = tmp_path / "hh-harmless-test-first.jsonl"
+    path.write_text("".join(rows))
+    return path
+
+
 def cut_down_proof_config(tmp_path: Path, reward_model: str, policy: str, other_policy: str) -> Path:
     """The shipped proof.yaml with tiny models and counts: its CS, RM (train + eval on the human
     pairs) and pairwise settings, with the two judges; PG, RG and the training of the policies are
@@ -68,7 +82,8 @@ def cut_down_proof_config(tmp_path: Path, reward_model: str, policy: str, other_
             "max_length": 128,
             "eval_fraction": 0.25,
         },
-        "eval": {**config["rm"]["eval"], "max_length": 256, "batch_size": 64},
+        # The shipped config reads the whole test half (1,153 pairs); here its first pairs, in its format.
+        "eval": {**config["rm"]["eval"], "data_path": str(first_human_pairs(tmp_path)), "max_length": 256, "batch_size": 64},
     }
     pairwise = dict(config["eval"]["pairwise"])
     pairwise["judges"] = {**pairwise["judges"], "lm": f"llm:{policy}"}
@@ -97,7 +112,8 @@ def test_demo_proof_prints_the_table_from_the_stages_metrics(tmp_path, tiny_mode
     stats = json.loads((out / "cs" / "cs_stats.json").read_text())
     train = json.loads((out / "rm" / "metrics.json").read_text())
     human = json.loads((out / "rm_eval" / "metrics.json").read_text())
-    assert human["n"] > 1000  # the shipped HH-RLHF harmless test half, not a sample
+    assert yaml.safe_load(SHIPPED_PROOF_CONFIG.read_text())["rm"]["eval"]["data_path"] == "hh-harmless-test"
+    assert human["rows_read"] == HUMAN_PAIRS
     low, high = human["length_balanced"]["ci95"]
     assert table_row(printed, "rm_eval") == [
         "rm_eval",
