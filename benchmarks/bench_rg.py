@@ -56,6 +56,17 @@ trustworthy.
     python benchmarks/bench_rg.py --num_prompts 4 --max_new_tokens 16 --sides seed hf   # a quick check
     python benchmarks/bench_rg.py --num_prompts 0 --cli_backends hf vllm --cli_prompts 20
     python benchmarks/bench_rg.py --sides vllm --chunk_size 64 --profile 25   # where vLLM's time goes
+    python benchmarks/bench_rg.py --prefix_cache_cost 3 --num_prompts 256 --chunk_size 64   # what repeatable seeded calls cost
+
+**Prefix cache across calls** (``--prefix_cache_cost R``, vllm only, instead of the comparison above).
+A seeded call starts from a prefix cache that depends on the call alone, so that its samples do not
+depend on the calls before it (engines/vllm.py). This times RG's chunks on one engine three ways, R
+times each in rotating order, every pass starting from an empty cache: ``primed`` (the engine as it
+is: the cache emptied, then the prompts' shared prefix cached in a pass of its own), ``emptied`` (the
+cache emptied, nothing cached first) and ``kept`` (the cache kept across calls, so later chunks reuse
+the demonstrations cached by earlier ones: fastest, not repeatable). It reports the median seconds
+of each (wall and CPU: the engine runs in this process), their ratios to ``kept``, whether each way
+repeated its answers exactly across passes, and how many answers differ from the engine's.
 """
 
 from __future__ import annotations
@@ -260,6 +271,61 @@ def run_vllm_side(model, configuration: Configuration, queries: list[str], args)
     del engine
     gc.collect()
     return side, decode
+
+
+def prefix_cache_cost(args) -> dict:
+    """Seconds of RG's chunks with the engine's repeatable prefix cache (primed), the cache only emptied,
+    and the cache kept across calls (module docstring); one engine, rotating order, each pass from an
+    empty cache."""
+    import statistics
+
+    model = resolve_model("smollm2-135m")
+    configuration = Configuration(model.short_name, demos.load_demonstrations(args.prompt_file_path), args.n_shot)
+    queries = list(read_prompt_file(demos.SEED_PROMPTS).seeds[: args.num_prompts])
+    notes = [n for n in [load_note("at the start")] if n]
+    engine = load_engine(EngineArguments(backend="vllm", seed=args.seed, kv_cache_gib=args.kv_cache_gib), model)
+    warm_up(engine)
+    primed = engine.cache_shared_prefix_only
+    # What the engine does before each seeded call, per way.
+    ways = {"primed": primed, "emptied": lambda prompts: engine.llm.reset_prefix_cache(), "kept": lambda prompts: None}
+    names = list(ways)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    # The engine core runs in this process (engines/vllm.py): its CPU time is the work done, which
+    # other jobs on the machine inflate less than the wall time.
+    cpu_seconds: dict[str, list[float]] = {name: [] for name in names}
+    answers: dict[str, list[list[str]]] = {name: [] for name in names}
+    for repeat in range(args.prefix_cache_cost):
+        for name in names[repeat % 3 :] + names[: repeat % 3]:
+            engine.llm.reset_prefix_cache()
+            engine.cache_shared_prefix_only = ways[name]
+            started, cpu_started = time.perf_counter(), time.process_time()
+            answers[name].append(rg_generate(engine, configuration, queries, args, args.max_new_tokens))
+            seconds[name].append(time.perf_counter() - started)
+            cpu_seconds[name].append(time.process_time() - cpu_started)
+            print(f"prefix cache {name}: {seconds[name][-1]:.1f} s, {cpu_seconds[name][-1]:.1f} CPU-s", flush=True)
+    engine.cache_shared_prefix_only = primed
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    median_cpu = {name: statistics.median(values) for name, values in cpu_seconds.items()}
+    notes += [n for n in [load_note("at the end")] if n]
+    return {
+        "prompts": len(queries),
+        "configuration": configuration.name,
+        "chunk_size": args.chunk_size,
+        "chunks": -(-len(queries) // args.chunk_size),
+        "max_new_tokens": args.max_new_tokens,
+        "dtype": str(engine.llm.llm_engine.model_config.dtype).removeprefix("torch."),
+        "repeats": args.prefix_cache_cost,
+        "seconds": {name: [round(v, 1) for v in values] for name, values in seconds.items()},
+        "median_seconds": {name: round(v, 1) for name, v in median.items()},
+        "time_vs_kept": {name: round(median[name] / median["kept"], 3) for name in names},
+        "cpu_seconds": {name: [round(v, 1) for v in values] for name, values in cpu_seconds.items()},
+        "cpu_time_vs_kept": {name: round(median_cpu[name] / median_cpu["kept"], 3) for name in names},
+        "repeats_exactly": {name: all(a == runs[0] for a in runs) for name, runs in answers.items()},
+        "answers_differing_from_primed": {
+            name: sum(a != b for a, b in zip(answers["primed"][0], runs[0])) for name, runs in answers.items() if name != "primed"
+        },
+        "notes": notes,
+    }
 
 
 def profile_pass(engine, configuration: Configuration, queries: list[str], args) -> dict:
@@ -475,12 +541,21 @@ def main() -> None:
     p.add_argument("--kv_cache_gib", type=float, default=None, help="vLLM's CPU KV cache (default: the engine's own sizing).")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", type=int, default=0, metavar="K", help="vllm side: profile one more full pass, print its K costliest ops.")
+    p.add_argument(
+        "--prefix_cache_cost",
+        type=int,
+        default=0,
+        metavar="R",
+        help="Instead of the comparison: RG's chunks on vLLM with the engine's repeatable prefix cache vs emptied vs kept, R times each.",
+    )
     p.add_argument("--cli_backends", nargs="*", default=[], help="Also time `almost rg` for 3 configurations on these backends.")
     p.add_argument("--cli_prompts", type=int, default=20)
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     results = {}
-    if args.num_prompts:
+    if args.prefix_cache_cost:
+        results["prefix_cache"] = prefix_cache_cost(args)
+    elif args.num_prompts:
         results["throughput"] = throughput(args)
     for backend in args.cli_backends:
         results[f"cli_{backend}"] = time_cli(backend, args.cli_prompts, args.max_new_tokens)

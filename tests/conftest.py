@@ -10,6 +10,11 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
+# Every automatic dtype choice in fp32, on any CPU, in this process and the commands tests start: the
+# floats the tests compare are then the same computation on every kind of CI machine (AMX, Zen 4,
+# AVX2), and only fp32 summation order differs between them. The choice itself is tested per CPU
+# kind in test_cpu_dtype.py; the bf16 paths run in test_bf16.py; the seeded vLLM test takes auto.
+os.environ["ALMOST_CPU_BF16"] = "0"
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMOLLM2_FILES = FIXTURES / "smollm2-135m"  # config + tokenizer of the real model (Apache-2.0)

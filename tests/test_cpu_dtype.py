@@ -42,6 +42,7 @@ def cpu(request, tmp_path, monkeypatch):
     flags = models.cpu_flags(str(cpuinfo))
     monkeypatch.setattr(models, "cpu_flags", lambda: flags)
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.delenv(models.CPU_BF16_ENV, raising=False)  # the suite's own fp32 setting (conftest.py)
     return request.param
 
 
@@ -73,6 +74,12 @@ def test_training_bf16_follows_the_cpu_unless_set(cpu, monkeypatch):
     asked = SimpleNamespace(use_cpu=False, gradient_checkpointing=None, bf16=False)
     resolve_training_hardware(asked)
     assert asked.bf16 is False
+
+
+def test_the_variable_keeps_every_cpu_on_fp32(cpu, monkeypatch):
+    monkeypatch.setenv(models.CPU_BF16_ENV, "0")
+    assert models.cpu_bf16_is_fast() is False
+    assert vllm_dtype("auto", on_gpu=False) == "float32" and models.inference_precision("auto").autocast_bf16 is False
 
 
 def test_no_cpuinfo_counts_as_no_native_bf16(tmp_path):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -121,7 +119,6 @@ def test_harmless_assets_are_selectable_by_name_and_decline_with_a_reason(tmp_pa
     assert "harmful" in seeds.instruction and len(set(seeds.seeds) - set(read_prompt_file(shipped.SEED_PROMPTS).seeds)) >= 15
     # The defaults are untouched: a local file of the same name still wins over the asset.
     (tmp_path / "harmless_prompt.txt").write_text("Header.\n-----\nHuman: hi\n\nAssistant: Hello there, how can I help you today?\n")
-    import os
 
     cwd = os.getcwd()
     os.chdir(tmp_path)
@@ -161,9 +158,8 @@ def test_a_config_file_value_for_a_list_option_is_one_entry(tmp_path):
     """As on the command line (``--n_shot 3``): not a number to iterate over, nor a path's letters."""
     config = tmp_path / "c.yaml"
     config.write_text(f"n_shot: 1\nprompt_file_path: {shipped.WORSE_DEMONSTRATIONS}\n")
-    (parsed,) = stage_parser([RGArguments], "almost rg").parse_args_and_config(
-        ["--config", str(config), "--output_dir", str(tmp_path / "out")]
-    )
+    parser = stage_parser([RGArguments], "almost rg")
+    (parsed,) = parser.parse_args_and_config(["--config", str(config), "--output_dir", str(tmp_path / "out")])
     assert parsed.n_shot == [1] and parsed.prompt_file_path == [str(shipped.WORSE_DEMONSTRATIONS)]
     assert [c.name for c in configurations(parsed)] == ["smollm2-135m-basic-1shot"]
 
@@ -331,37 +327,6 @@ def test_merge_refuses_incomplete_overlapping_or_foreign_shards(tmp_path, capsys
     write_prompts(tmp_path, [*PROMPTS[:3], "A different question?", PROMPTS[4]])
     assert "prompt 3 differs from prompts.txt" in merge_error(capsys, tmp_path)
     assert not (tmp_path / f"{name}.jsonl").exists()
-
-
-# --- the real model --------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_almost_rg_on_the_real_smollm2(tmp_path):
-    write_prompts(tmp_path, PROMPTS[:2])
-    command = [
-        sys.executable,
-        "-m",
-        "almost",
-        "rg",
-        "--output_dir",
-        str(tmp_path),
-        "--prompt_file_path",
-        str(shipped.WORSE_DEMONSTRATIONS),
-        "--n_shot",
-        "1",
-        "--max_new_tokens",
-        "24",
-        "--seed",
-        "1",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = rows_of(tmp_path / "smollm2-135m-basic-1shot.jsonl")
-    assert [r["prompt"] for r in rows] == PROMPTS[:2]
-    for r in rows:
-        assert r["response"] and "Human:" not in r["response"] and "-----" not in r["response"]
-        assert r["bad"] == bool(r["bad_reasons"]) and r["bad_reasons"] == demos.bad_answer_reasons(r["response"])
 
 
 def test_select_makes_only_the_named_configurations(tmp_path):

@@ -519,14 +519,14 @@ def test_rmsp_with_real_smollm2(tmp_path, files, smollm2_path, tiny_reward_model
         "2",
         "--num_candidates",
         "4",
+        # One assistant turn: the user simulator on the real model is exercised through a real
+        # server in tests/test_openai_server.py (two turns there).
         "--max_turns",
-        "2",
+        "1",
         "--max_prompts",
         "2",
         "--max_new_tokens",
         "48",
-        "--user_max_new_tokens",
-        "24",
         "--backend",
         "hf",
     ]

@@ -387,6 +387,9 @@ def length_sorted_batches(
 # Sapphire Rapids) or AVX512-BF16 (those Xeons and AMD Zen 4). Without either (AVX2-only machines,
 # older AVX-512 ones) torch and vLLM emulate bf16, which measured 3.5x slower than fp32 (docs/feedback.md).
 NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+# Set to 0, every automatic choice runs fp32 on CPU even where bf16 is native: the same arithmetic on
+# every kind of CPU, for results compared across machines (the test suite sets it, tests/conftest.py).
+CPU_BF16_ENV = "ALMOST_CPU_BF16"
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
@@ -400,7 +403,10 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
 
 
 def cpu_bf16_is_fast(flags: frozenset[str] | None = None) -> bool:
-    """Whether bf16 pays off on this CPU: where it is native (``NATIVE_BF16_FLAGS``). Every automatic
-    dtype choice on CPU goes through here (vLLM's ``--dtype auto``, inference autocast, training
-    ``--bf16``), so the three kinds of machine are covered by one test of the flags."""
+    """Whether bf16 pays off on this CPU: where it is native (``NATIVE_BF16_FLAGS``), unless
+    ``ALMOST_CPU_BF16=0``. Every automatic dtype choice on CPU goes through here (vLLM's ``--dtype
+    auto``, inference autocast, training ``--bf16``), so the three kinds of machine are covered by one
+    test of the flags."""
+    if os.environ.get(CPU_BF16_ENV) == "0":
+        return False
     return bool(NATIVE_BF16_FLAGS & (cpu_flags() if flags is None else flags))

@@ -14,8 +14,18 @@ discarded and nothing rewound; vLLM then raises the budget to at least the model
 
 Repeatability on CPU: the engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so
 every request of a call is queued before the first step and the batches, and with them the rounding,
-are the same on every run: the same seed gives the same samples, bitwise (tests/test_vllm.py). In its
-own process the core starts stepping while requests still arrive, and the batches follow timing.
+are a function of the call alone (in its own process the core starts stepping while requests still
+arrive, and the batches follow timing). The prefix cache would carry state from one call into the
+next: a prompt whose prefix was cached by an earlier call is prefilled in a smaller batch, which
+rounds differently (measured: the same 16 prompts' log-probabilities moved by up to 1.2e-5 in fp32
+on the second call; in bf16 enough to flip a sample). So a seeded call starts from a cache that
+depends on the call alone: emptied, then holding the prefix that all of the call's prompts share (the
+few-shot header and demonstrations), prefilled in a pass of its own. Every prompt then finds that
+prefix cached, as it would in a cache kept from earlier calls, so little of the cache's speed is lost
+(docs/feedback.md, measured with benchmarks/bench_rg.py --prefix_cache_cost). The same seeded call
+gives the same samples, bitwise, whether it is the engine's first call, a later one, or a rerun in a
+new process (what resuming needs). Calls without a seed keep the cache. docs/feedback.md states the
+guarantee; tests/test_vllm.py checks it.
 
 Top-p on CPU: vLLM's CPU sampler sorts the whole vocabulary at every step for it (43% of a generation
 pass in bench_rg.py, docs/feedback.md); the engine hands it to ``vllm_top_p.NucleusLogitsProcessor``
@@ -155,13 +165,32 @@ class VLLMEngine:
                 extra_args={TOP_P_ARG: top_p} if in_processor else None,
                 max_tokens=sampling.max_new_tokens,
                 stop=list(sampling.stop) or None,
-                # One seed per prompt: the same prompt gets the same samples whatever batch it lands in.
+                # One seed per prompt: a prompt's random draws do not depend on its neighbours in the call
+                # (its logits still round with the batch: see the module docstring).
                 seed=None if sampling.seed is None else sampling.seed + i,
             )
             for i in range(len(prompts))
         ]
+        if sampling.seed is not None:
+            self.cache_shared_prefix_only(prompts)
         outputs = self.llm.generate(list(prompts), params, use_tqdm=True)
         return [[truncate_at_stop(c.text, sampling.stop) for c in out.outputs] for out in outputs]
+
+    def cache_shared_prefix_only(self, prompts: Sequence[str]) -> None:
+        """Empty the prefix cache, then fill it with the whole blocks of the prompts' common prefix, so
+        that what a seeded call computes does not depend on the calls before it (module docstring)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self.llm.reset_prefix_cache()
+        ids = [self.tokenizer(p).input_ids for p in prompts]
+        shared = len(os.path.commonprefix(ids)) if len(ids) > 1 else 0
+        block = self.llm.llm_engine.vllm_config.cache_config.block_size
+        shared -= shared % block
+        if shared:
+            self.llm.generate(
+                [TokensPrompt(prompt_token_ids=ids[0][:shared])], SamplingParams(max_tokens=1, temperature=0.0), use_tqdm=False
+            )
 
     def close(self) -> None:
         # An engine core in this process keeps what it allocated at start (weights, the whole KV cache)

@@ -3,27 +3,71 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from ..contracts import Summary
 from ..stages import CS, EVAL_PAIRWISE, RM_EVAL, RM_TRAIN
-from .readings import eval_results, rm_evaluations, stage_summary
+from .readings import eval_results, rm_evaluations, stage_summary, summary_at
 from .sections import interval, rm_eval_row
 from .tables import markdown_table
 
+# Human-supervised references (docs/proof.md): an RM trained with a run's RM settings on as many human
+# pairs from hh-harmless-dev as the run's CS kept, made by scripts/proof_ablation.py in
+# RUN/ablation/supervised-<base>/ (its human pairs, rm/ and rm_eval/). A reference, never a default.
+SUPERVISED_FOLDERS = "supervised-*"
 
-def proof_table(run_dir: str | Path) -> str:
+
+def supervised_references(folder: Path) -> dict[tuple[Any, Any], tuple[Path, Summary, Summary]]:
+    """``{(base model, human pairs evaluated on): (folder, rm train summary, rm eval metrics)}`` of the
+    finished supervised references in ``folder`` (a run's ``ablation/``)."""
+    found = {}
+    for path in sorted(folder.glob(f"{SUPERVISED_FOLDERS}/{RM_EVAL.folder}/{RM_EVAL.outputs.summary_file}")):
+        reference = path.parent.parent
+        train, metrics = stage_summary(reference, RM_TRAIN), summary_at(RM_EVAL, path)
+        if train is not None and metrics is not None:
+            found[(train.get("base_model"), metrics.get("data"))] = (reference, train, metrics)
+    return found
+
+
+def margin_share(synthetic: Mapping[str, Any], supervised: Mapping[str, Any]) -> float | None:
+    """(synthetic - 0.5) / (supervised - 0.5) of two RMs' length-balanced accuracies on the same human
+    pairs: how much of the supervised RM's margin over chance the synthetic one recovers. None when
+    either is missing or the supervised RM is not above chance."""
+    a = (synthetic.get("length_balanced") or {}).get("accuracy")
+    b = (supervised.get("length_balanced") or {}).get("accuracy")
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or b <= 0.5:
+        return None
+    return (a - 0.5) / (b - 0.5)
+
+
+def share_cell(share: float | None) -> str | None:
+    return None if share is None else f"{share:.0%}"
+
+
+def reward_model_table(run: Path) -> list[str]:
     """Per reward model evaluated on human pairs (``rm_eval*/``): pairs kept by CS, rubric agreement on
     held-out synthetic pairs, plain and length-balanced accuracy on the human pairs, "prefer longer"
-    and Spearman(reward, length); then per pairwise evaluation its win rate and the length split.
-    Every figure is read from the metrics the stages wrote; a missing one shows as "–"."""
-    run = Path(run_dir)
+    and Spearman(reward, length); with a supervised reference of the same base on the same human pairs
+    (``ablation/supervised-*``), its row and each RM's share of its margin."""
     stats = stage_summary(run, CS) or {}
     train = stage_summary(run, RM_TRAIN) or {}
     held = train.get("heldout") if isinstance(train.get("heldout"), dict) else {}
-    rm_rows = []
+    references = supervised_references(run / "ablation")
+    rm_rows, used = [], {}
     for label, metrics in rm_evaluations(run):
         _, n, accuracy, balanced, balanced_ci, _, _, longer, rho = rm_eval_row(label, metrics)
         rm_rows.append([label, stats.get("pairs"), held.get("accuracy"), n, accuracy, balanced, balanced_ci, longer, rho])
+        if references:
+            reference = references.get((train.get("base_model"), metrics.get("data")))
+            rm_rows[-1].append(share_cell(margin_share(metrics, reference[2])) if reference else None)
+            if reference:
+                used[reference[0]] = reference
+    for folder, supervised_train, supervised in used.values():
+        _, n, accuracy, balanced, balanced_ci, _, _, longer, rho = rm_eval_row(str(folder.relative_to(run)), supervised)
+        pairs, agreement = (supervised_train.get("data") or {}).get("pairs"), (supervised_train.get("heldout") or {}).get("accuracy")
+        rm_rows.append([str(folder.relative_to(run)), pairs, agreement, n, accuracy, balanced, balanced_ci, longer, rho, "(reference)"])
     header = [
         "RM evaluated on",
         "pairs kept (CS)",
@@ -35,32 +79,40 @@ def proof_table(run_dir: str | Path) -> str:
         "'prefer longer'",
         "Spearman(reward, length)",
     ]
-    parts = [
-        (
-            "Reward model on real human preference pairs (goal: length-balanced >= 0.60 with the interval above 0.5, "
-            "accuracy above 'prefer longer'):"
-        )
-    ]
-    parts.append(markdown_table(header, rm_rows) if rm_rows else f"No `{RM_EVAL.folder}*/{RM_EVAL.outputs.summary_file}` in this run yet.")
+    goal = "goal: length-balanced >= 0.60 with the interval above 0.5, accuracy above 'prefer longer'"
+    if references:
+        # Supervised: the same RM settings and base on as many human pairs (hh-harmless-dev) as the run's CS kept.
+        header.append("share of the supervised margin (length-balanced)")
+        goal += "; >= 75% of the margin over 0.5 of an RM supervised on as many human pairs"
+    missing = f"No `{RM_EVAL.folder}*/{RM_EVAL.outputs.summary_file}` in this run yet."
+    return [f"Reward model on real human preference pairs ({goal}):", markdown_table(header, rm_rows) if rm_rows else missing]
+
+
+def policy_table(run: Path) -> list[str]:
+    """Per pairwise evaluation its win rate and the length split, over all questions and per category."""
     policy_rows = []
     for label, metrics in eval_results(run).get(EVAL_PAIRWISE, {}).items():
-        split = metrics.get("length_balanced") or {}
-        shorter, longer = split.get("model_shorter") or {}, split.get("model_longer") or {}
-        policy_rows.append(
-            [
-                label,
-                metrics.get("judge"),
-                metrics.get("n"),
-                metrics.get("win_rate"),
-                interval(metrics.get("ci95")),
-                shorter.get("rate"),
-                shorter.get("n"),
-                longer.get("rate"),
-                longer.get("n"),
-                split.get("win_rate"),
-                interval(split.get("ci95")),
-            ]
-        )
+        per_category = metrics.get("per_category") or {}
+        # Each category's own row (helpful, harmless) when the questions have more than one.
+        parts_of = [(label, metrics)] + ([(f"{label}: {c}", m) for c, m in per_category.items()] if len(per_category) > 1 else [])
+        for row_label, part in parts_of:
+            split = part.get("length_balanced") or {}
+            shorter, longer = split.get("model_shorter") or {}, split.get("model_longer") or {}
+            policy_rows.append(
+                [
+                    row_label,
+                    metrics.get("judge"),
+                    part.get("n"),
+                    part.get("win_rate"),
+                    interval(part.get("ci95")),
+                    shorter.get("rate"),
+                    shorter.get("n"),
+                    longer.get("rate"),
+                    longer.get("n"),
+                    split.get("win_rate"),
+                    interval(split.get("ci95")),
+                ]
+            )
     header = [
         "pairing",
         "judge",
@@ -74,7 +126,15 @@ def proof_table(run_dir: str | Path) -> str:
         "length-balanced",
         "95% interval (bootstrap)",
     ]
-    parts.append("Policy vs base, each question judged in both orders (goal: win rate >= 0.60 with the interval above 0.5):")
     missing = f"No `{EVAL_PAIRWISE.folder}/*/{EVAL_PAIRWISE.outputs.summary_file}` in this run yet."
-    parts.append(markdown_table(header, policy_rows) if policy_rows else missing)
-    return "\n\n".join(parts)
+    return [
+        "Policy vs base, each question judged in both orders (goal: win rate >= 0.60 with the interval above 0.5):",
+        markdown_table(header, policy_rows) if policy_rows else missing,
+    ]
+
+
+def proof_table(run_dir: str | Path) -> str:
+    """The reward models' table, then the policies'. Every figure is read from the metrics the stages
+    wrote; a missing one shows as "–"."""
+    run = Path(run_dir)
+    return "\n\n".join([*reward_model_table(run), *policy_table(run)])
