@@ -89,7 +89,7 @@ def run_dir(tmp_path_factory, tiny_reward_model_path) -> Path:
     )
     model = run / "rm"  # a model folder as `almost rm train` leaves it
     model.mkdir()
-    (model / "config.json").write_text("{}")
+    (model / "config.json").write_text('{"model_type": "llama"}')
     (model / "README.md").write_text("---\nlicense: apache-2.0\n---\n# reward model\n")
     (model / "checkpoint-3").mkdir()
     (model / "checkpoint-3" / "optimizer.pt").write_text("x")

@@ -72,7 +72,7 @@ def conversions(monkeypatch) -> list[tuple[bytes, str | None]]:
         calls.append((gguf.read_bytes(), dtype))
         time.sleep(0.2)  # long enough for a concurrent caller to arrive while this one converts
         target.mkdir()
-        (target / "config.json").write_text("{}")
+        (target / "config.json").write_text('{"model_type": "llama"}')
 
     monkeypatch.setattr(models, "_save_converted", save)
     return calls

@@ -11,7 +11,7 @@ from scripted_engine import ScriptedEngine
 
 from almost.cli import main as cli_main
 from almost.errors import AlmostError
-from almost.evaluate.judges import LLMJudge, RewardModelJudge, openai_completer, parse_verdict
+from almost.evaluate.judges import VERDICT_FOLLOW_UP, LLMJudge, RewardModelJudge, openai_completer, parse_verdict
 from almost.evaluate.pairwise import PairwiseConfig, Question, judge_both_orders, read_questions, run_pairwise
 from almost.shipped import QUESTIONS_SAMPLE
 from almost.stats import win_rate
@@ -56,6 +56,27 @@ def test_llm_judge_parses_verdicts_in_both_orders():
     assert rows[0]["judge_replies"][0].endswith("[[A]]") and rows[0]["judge_replies"][1].endswith("[[B]]")
 
 
+def test_llm_judge_without_a_verdict_is_asked_once_more_for_it():
+    # First replies argue without the [[X]] line; asked again in the same conversation, the judge
+    # names B for the first question and still nothing for the others (a tie, as before).
+    calls = []
+
+    def complete(conversations):
+        calls.append(conversations)
+        if len(conversations[0]) == 1:
+            return ["Response B explains more." for _ in conversations]
+        return ["[[B]]" if i == 0 else "Both are fine." for i, _ in enumerate(conversations)]
+
+    rows = judge_both_orders(LLMJudge(complete), QUESTIONS[:2], MODEL, BASELINE)
+    assert [len(c) for c in calls] == [4, 4]  # both orders of both questions asked twice, in one call each
+    follow_up = calls[1][0]
+    assert [m["role"] for m in follow_up] == ["user", "assistant", "user"] and follow_up[1]["content"] == "Response B explains more."
+    assert follow_up[2]["content"] == VERDICT_FOLLOW_UP
+    # Question 1, order (model, baseline): B = the baseline; the other order gave no verdict: baseline 1 + 0.5.
+    assert rows[0]["outcome"] == "loss" and rows[0]["judge_replies"][0].endswith(f"[{VERDICT_FOLLOW_UP}]\n[[B]]")
+    assert rows[1]["outcome"] == "tie"
+
+
 @pytest.mark.parametrize("text,verdict", [("[[A]]", "A"), ("x [[B]] then [[ C ]]", "C"), ("no verdict", None)])
 def test_parse_verdict(text, verdict):
     assert parse_verdict(text) == verdict
@@ -90,7 +111,7 @@ def test_run_pairwise_caches_answers(tmp_path, tiny_model_path):
         output_dir=str(tmp_path / "e"),
         max_new_tokens=8,
     )
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     metrics = run_pairwise(config, model, baseline, judge)
     assert (metrics["win"], metrics["n"]) == (10, 10) and metrics["win_rate"] == 1.0
     assert set(metrics["per_category"]) == {"generic", "knowledge", "writing", "math", "coding", "safety"}
@@ -105,7 +126,7 @@ def test_run_pairwise_caches_answers(tmp_path, tiny_model_path):
 
 
 def test_a_second_judge_reuses_the_answers_in_a_shared_answers_dir(tmp_path, tiny_model_path):
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     shared = tmp_path / "answers"
 
     def evaluate(judge_name, judge):
@@ -209,7 +230,7 @@ def test_one_loaded_model_in_memory_at_a_time(tmp_path, tiny_model_path, monkeyp
         return engine
 
     monkeypatch.setattr(pairwise, "load_engine", load_engine)
-    (tmp_path / "config.json").write_text("{}")  # a second local checkpoint name: its own answers
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')  # a second local checkpoint name: its own answers
     config = PairwiseConfig(
         model_name_or_path=tiny_model_path,
         baseline_model_name_or_path=str(tmp_path),

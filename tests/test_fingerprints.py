@@ -49,7 +49,7 @@ def test_output_is_current_names_what_changed(tmp_path):
 def test_model_digest_follows_weights_and_tokenizer_not_logs_or_checkpoints(tmp_path):
     model = tmp_path / "rm"
     model.mkdir()
-    (model / "config.json").write_text('{"num_labels": 1}')
+    (model / "config.json").write_text('{"model_type": "llama", "num_labels": 1}')
     (model / "tokenizer.json").write_text('{"v": 1}')
     (model / "model.safetensors").write_bytes(b"\x08" + bytes(1000))
     before = digest_model(model)
@@ -186,7 +186,7 @@ def test_merge_refuses_a_merged_file_older_than_its_shards_and_cs_too(tmp_path, 
 
 def fake_reward_model(path: Path, weights: bytes) -> Path:
     path.mkdir(exist_ok=True)
-    (path / "config.json").write_text('{"num_labels": 1}')
+    (path / "config.json").write_text('{"model_type": "llama", "num_labels": 1}')
     (path / "model.safetensors").write_bytes(weights)
     return path
 
@@ -262,7 +262,7 @@ def test_pairwise_answers_are_cached_by_question_text_not_only_id(tmp_path, tiny
     questions = tmp_path / "q.jsonl"
     questions.write_text(json.dumps({"question_id": 1, "text": "What is two plus two?"}) + "\n")
     (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "config.json").write_text("{}")
+    (tmp_path / "base" / "config.json").write_text('{"model_type": "llama"}')
     config = PairwiseConfig(
         model_name_or_path=tiny_model_path,
         baseline_model_name_or_path=str(tmp_path / "base"),

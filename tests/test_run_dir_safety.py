@@ -326,7 +326,7 @@ def test_url_credentials_stay_out_of_pairwise_metrics(tmp_path, tiny_model_path)
         max_questions=2,
         judge="openai:https://alice:pa55word@judge.example/v1",
     )
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     run_pairwise(config, ScriptedEngine(lambda p, i: "a"), ScriptedEngine(lambda p, i: "b"), Judge())
     text = (tmp_path / "e" / "metrics.json").read_text()
     assert "pa55word" not in text and "alice" not in text

@@ -40,6 +40,8 @@ JUDGE_PROMPT = (
     "is better, [[B]] if Response B is better, or [[C]] for a tie."
 )
 _VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
+# Asked once more, in the same conversation, of a judge whose reply held no verdict in that form.
+VERDICT_FOLLOW_UP = "Now give only your verdict, exactly as [[A]], [[B]] or [[C]]."
 
 
 class Judge(Protocol):
@@ -87,7 +89,16 @@ class LLMJudge:
         self.replies: list[str] = []
 
     def compare(self, items):
-        replies = self.complete([as_messages(judge_prompt(q, a, b)) for q, a, b in items])
+        conversations = [as_messages(judge_prompt(q, a, b)) for q, a, b in items]
+        replies = self.complete(conversations)
+        # Small judges often argue and then stop without the [[X]] line (the 1.5B in 6 of 8 replies):
+        # counted as ties, those would hide what the judge thinks. Asked once more for the verdict alone;
+        # the reply kept in judgments.jsonl shows the question and the answer.
+        missing = [i for i, reply in enumerate(replies) if parse_verdict(reply) is None]
+        if missing:
+            asked = [[*as_messages(conversations[i], replies[i]), {"role": "user", "content": VERDICT_FOLLOW_UP}] for i in missing]
+            for i, verdict in zip(missing, self.complete(asked)):
+                replies[i] = f"{replies[i]}\n\n[{VERDICT_FOLLOW_UP}]\n{verdict}"
         self.replies = replies
         return [VERDICT_SCORES[parse_verdict(r)] for r in replies]
 
