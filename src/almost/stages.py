@@ -142,6 +142,8 @@ RMSP_TURN_KEYS = ("turn", "dialogues", "kept", "bad_candidate_rate", "mean_best_
 MODEL_FILES = {"model": MODEL_CONFIG, "metrics": METRICS_FILE}
 # Options of every training stage that may name a file (TRL's and transformers' own).
 TRAINER_FILES = {"deepspeed": Input(), "accelerator_config": Input(), "fsdp_config": Input()}
+# ... and of the stages that render conversations with a chat template they may be given.
+TEMPLATE_AND_TRAINER_FILES = {"chat_template_path": Input(), **TRAINER_FILES}
 # rg writes one file per configuration, named after it; a ``--shard i/n`` run writes one shard of it,
 # which ``almost merge`` joins. Its rows are the record: no summary.
 RG_FILES = StageOutputs(
@@ -223,6 +225,31 @@ CS = Stage(
         "better demonstrations) become chosen/rejected pairs.",
     ),
 )
+DPO = Stage(
+    ("dpo",),
+    "Direct preference optimisation on the pairs (TRL DPOTrainer): a policy without an RM.",
+    "almost.policy.dpo",
+    ("DPOArguments",),
+    "run_dpo",
+    # "train": TRL's train metrics, "global_step", the losses and the first and last logged DPO figures.
+    StageOutputs(
+        MODEL_FILES, product="model", summary="metrics", summary_keys=keys("model", "base_model", "ref_model", "data", "train", "config")
+    ),
+    {
+        "model_name_or_path": Input(model=True),
+        "ref_model": Input(model=True),
+        "data_path": Input(CS, "comparisons"),
+        **TEMPLATE_AND_TRAINER_FILES,
+    },
+    folder="dpo",
+    card=ModelCard(
+        "Policy trained with `almost dpo`",
+        "A policy trained with TRL's `DPOTrainer` directly on synthetic comparisons (no reward model), beside the RM → "
+        'RMSP → SFT → RL route of "Aligning Large Language Models through Synthetic Feedback" (Kim et al., EMNLP 2023).',
+        "text-generation",
+        ("dpo", "trl", "synthetic-feedback"),
+    ),
+)
 # The training stages' summaries: "train" holds TRL's train metrics and "global_step" alike in rm train and sft;
 # "config" the plain settings; rm train's "heldout" has rm eval's keys (None without held-out pairs).
 RM_TRAIN = Stage(
@@ -238,7 +265,7 @@ RM_TRAIN = Stage(
         summary_keys=keys("model", "base_model", "data", "train", "heldout", "length_head", "config"),
         optional_keys=keys("length_head"),  # only with --length_head
     ),
-    {"model_name_or_path": Input(model=True), "data_path": Input(CS, "comparisons"), "chat_template_path": Input(), **TRAINER_FILES},
+    {"model_name_or_path": Input(model=True), "data_path": Input(CS, "comparisons"), **TEMPLATE_AND_TRAINER_FILES},
     folder="rm",
     with_section=True,
     card=ModelCard(
@@ -339,12 +366,7 @@ SFT = Stage(
     ("SFTArguments",),
     "run_sft",
     StageOutputs(MODEL_FILES, product="model", summary="metrics", summary_keys=keys("model", "base_model", "data", "train", "config")),
-    {
-        "model_name_or_path": Input(model=True),
-        "data_path": Input(RMSP, "demonstrations"),
-        "chat_template_path": Input(),
-        **TRAINER_FILES,
-    },
+    {"model_name_or_path": Input(model=True), "data_path": Input(RMSP, "demonstrations"), **TEMPLATE_AND_TRAINER_FILES},
     folder="sft",
     card=ModelCard(
         "Chat model fine-tuned with `almost sft`",
@@ -385,8 +407,11 @@ RL = Stage(
     ),
 )
 # The policies `almost eval` compares with the model the first of them started from ("base"), each
-# labelled by its folder.
-POLICIES = (SFT, RL)
+# labelled by its folder, in the pipeline's order.
+POLICIES = (DPO, SFT, RL)
+# Policies `eval pairwise` also compares with each other when a run trains both: the two routes from
+# the same synthetic pairs, DPO on them directly and RL against the RM learned from them.
+RIVAL_POLICIES = ((DPO, RL),)
 
 # The multiple-choice evaluations: accuracy with its interval (evaluate.scoring.accuracy), per group too.
 EVAL_HHH = Stage(
@@ -450,7 +475,7 @@ EVAL_PAIRWISE = Stage(
 # In the order the pipeline plans them, the report shows them and ``almost --help`` lists them. A
 # stage's inputs are wired in the order they are declared: that order is part of a step's command
 # line, so of its fingerprint.
-STAGES: tuple[Stage, ...] = (PG, RG, MERGE, CS, RM_TRAIN, RM_SCORE, RM_EVAL, RMSP, SFT, RL, EVAL_HHH, EVAL_TRUTHFULQA, EVAL_PAIRWISE)
+STAGES: tuple[Stage, ...] = (PG, RG, MERGE, CS, DPO, RM_TRAIN, RM_SCORE, RM_EVAL, RMSP, SFT, RL, EVAL_HHH, EVAL_TRUTHFULQA, EVAL_PAIRWISE)
 
 
 def named(name: str) -> Stage | None:
@@ -464,7 +489,7 @@ def pipeline_stages() -> list[Stage]:
 
 
 def sections() -> tuple[str, ...]:
-    """The pipeline config's stage sections, in order: pg, rg, cs, rm, rmsp, sft, rl, eval."""
+    """The pipeline config's stage sections, in order: pg, rg, cs, dpo, rm, rmsp, sft, rl, eval."""
     return tuple(dict.fromkeys(s.section for s in pipeline_stages()))
 
 

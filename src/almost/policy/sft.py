@@ -152,18 +152,25 @@ def encode_dialogue(tokenizer, messages: list[dict], first_trained: int = 0) -> 
     return input_ids, mask
 
 
-def prepare_tokenizer(path: str, config: SFTArguments):
-    tokenizer = load_tokenizer(path, config.trust_remote_code, padding_side="right", cache_dir=config.cache_dir)
-    if config.chat_template_path:
-        template = Path(config.chat_template_path)
+def policy_tokenizer(path: str, chat_template_path: str | None, trust_remote_code: bool = False, cache_dir: str | None = None):
+    """The tokenizer a policy trains with and is saved with (``sft``, ``dpo``): the chat template of
+    ``--chat_template_path``, else the model's own, else the seed's transcript (``TRANSCRIPT_CHAT_TEMPLATE``)."""
+    tokenizer = load_tokenizer(path, trust_remote_code, padding_side="right", cache_dir=cache_dir)
+    if chat_template_path:
+        template = Path(chat_template_path)
         if template.suffix not in (".jinja", ".j2") or not template.is_file():
             raise AlmostError(f"--chat_template_path must be a .jinja file, got {template}")
         tokenizer.chat_template = read_text(template, "chat template")
         check_chat_template(tokenizer, str(template))
-        # Applied here, before tokenization; TRL would otherwise apply it again after the data is encoded.
-        config.chat_template_path = None
     elif not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = TRANSCRIPT_CHAT_TEMPLATE
+    return tokenizer
+
+
+def prepare_tokenizer(path: str, config: SFTArguments):
+    tokenizer = policy_tokenizer(path, config.chat_template_path, config.trust_remote_code, config.cache_dir)
+    # Applied here, before tokenization; TRL would otherwise apply it again after the data is encoded.
+    config.chat_template_path = None
     return tokenizer
 
 

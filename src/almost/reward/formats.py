@@ -26,6 +26,7 @@ from pathlib import Path
 from ..chat import as_messages
 from ..errors import AlmostError
 from ..readers import read_json, read_rows
+from ..shipped import SAMPLE_DATA, SHIPPED_PAIRS
 
 SUBSET_COLUMNS = ("subset", "type")
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
@@ -227,3 +228,11 @@ def load_pairs(path: str | Path) -> PairSet:
             reasons.append(f"{result.unsplittable} differ before the final answer")
         raise AlmostError(f"{path}: no usable preference pairs in {result.rows} rows ({'; '.join(reasons) or 'empty'})")
     return result
+
+
+def refuse_evaluation_data(data_path: str) -> None:
+    """The human pairs shipped for evaluation measure the method; a model trained on them (``rm train``,
+    ``dpo``) proves nothing."""
+    path = Path(data_path)
+    if data_path in SHIPPED_PAIRS or (path.exists() and path.resolve().is_relative_to(SAMPLE_DATA.resolve())):
+        raise AlmostError(f"--data_path {data_path} is almost's evaluation data (assets/eval); never train on it")

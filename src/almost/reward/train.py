@@ -24,11 +24,10 @@ from ..config import require_option
 from ..errors import AlmostError
 from ..lora import load_merged_adapter, lora_config
 from ..models import DEFAULT_MODEL, inference_precision, load_tokenizer, resolve_model
-from ..shipped import SAMPLE_DATA, SHIPPED_PAIRS
 from ..stages import RM_TRAIN
 from ..training import TrainingStageArguments, plain_settings, run_recipe
 from .evaluate import card_evaluation, evaluate_pairs
-from .formats import Pair, load_pairs
+from .formats import Pair, load_pairs, refuse_evaluation_data
 from .model import RewardScorer
 from .odin import DisentangledRewardTrainer
 
@@ -141,13 +140,6 @@ def encode_pairs(tokenizer, pairs: list[Pair], max_length: int | None, truncatio
         out.chosen_ids.append(chosen)
         out.rejected_ids.append(rejected)
     return out
-
-
-def refuse_evaluation_data(data_path: str) -> None:
-    """The human pairs shipped for evaluation measure the method; a model trained on them proves nothing."""
-    path = Path(data_path)
-    if data_path in SHIPPED_PAIRS or (path.exists() and path.resolve().is_relative_to(SAMPLE_DATA.resolve())):
-        raise AlmostError(f"--data_path {data_path} is almost's evaluation data (assets/eval); never train on it")
 
 
 def saved_adapter_alone(config: RewardTrainingConfig):
