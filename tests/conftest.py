@@ -103,7 +103,7 @@ def _scripted_user():
 
 
 def build_tiny_run(run: Path, policy: str, reward_model: str) -> Path:
-    """A run directory in the pipeline's layout (pg/, rg/, cs/, rm/, rm_eval/, rmsp/, sft/, rl/,
+    """A run directory in the pipeline's layout (pg/, rg/, cs/, dpo/, rm/, rm_eval/, rmsp/, sft/, rl/,
     eval/<kind>/<model>/), every stage run in process at the tiniest scale: PG, RG and RMSP generate
     with scripted engines (a random model's text does not pass their filters), everything else trains,
     scores and evaluates the tiny random models."""
@@ -130,6 +130,21 @@ def build_tiny_run(run: Path, policy: str, reward_model: str) -> Path:
     comparisons = run / "cs" / CS.outputs.product_file
     steps = [
         ["cs", "--input_dir", str(run / "rg"), "--output_dir", str(run / "cs"), "--rubric", "tiny-faithful-2shot", "tiny-faithful-1shot"],
+        [
+            "dpo",
+            "--model_name_or_path",
+            policy,
+            "--data_path",
+            str(comparisons),
+            "--output_dir",
+            str(run / "dpo"),
+            "--max_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "2",
+            "--report_to",
+            "none",
+        ],
         [
             "rm",
             "train",
@@ -199,7 +214,7 @@ def build_tiny_run(run: Path, policy: str, reward_model: str) -> Path:
             "none",
         ],
     ]
-    for label, model in (("base", policy), ("sft", sft), ("rl", rl)):
+    for label, model in (("base", policy), ("dpo", str(run / "dpo")), ("sft", sft), ("rl", rl)):
         hhh = run / "eval" / "hhh" / label
         steps.append(["eval", "hhh", "--model_name_or_path", model, "--data_path", str(HHH_SAMPLE), "--output_dir", str(hhh)])
     steps.append(
@@ -214,28 +229,29 @@ def build_tiny_run(run: Path, policy: str, reward_model: str) -> Path:
             str(run / "eval" / "truthfulqa" / "base"),
         ]
     )
-    steps.append(
-        [
-            "eval",
-            "pairwise",
-            "--model_name_or_path",
-            sft,
-            "--baseline_model_name_or_path",
-            policy,
-            "--judge",
-            f"rm:{run / 'rm'}",
-            "--data_path",
-            str(QUESTIONS_SAMPLE),
-            "--max_questions",
-            "2",
-            "--max_new_tokens",
-            "4",
-            "--backend",
-            "hf",
-            "--output_dir",
-            str(run / "eval" / "pairwise" / "sft-vs-base"),
-        ]
-    )
+    for label, model in (("sft", sft), ("dpo", str(run / "dpo"))):
+        steps.append(
+            [
+                "eval",
+                "pairwise",
+                "--model_name_or_path",
+                model,
+                "--baseline_model_name_or_path",
+                policy,
+                "--judge",
+                f"rm:{run / 'rm'}",
+                "--data_path",
+                str(QUESTIONS_SAMPLE),
+                "--max_questions",
+                "2",
+                "--max_new_tokens",
+                "4",
+                "--backend",
+                "hf",
+                "--output_dir",
+                str(run / "eval" / "pairwise" / f"{label}-vs-base"),
+            ]
+        )
     for argv in steps:
         assert cli(argv) == 0, argv
     return run

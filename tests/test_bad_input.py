@@ -64,6 +64,26 @@ def sft_data(tmp: Path) -> str:
     return str(write(tmp / "d.jsonl", json.dumps(row) + "\n"))
 
 
+def pairs_file(tmp: Path, row: dict) -> str:
+    return str(write(tmp / "pairs.jsonl", json.dumps(row) + "\n"))
+
+
+def dpo(tmp: Path, models: dict, data: str) -> list[str]:
+    return ["dpo", "--model_name_or_path", models["lm"], "--data_path", data, "--output_dir", str(tmp / "out"), "--max_steps", "1"]
+
+
+def other_vocabulary(src: str, tmp: Path) -> str:
+    """A copy of the tiny model whose tokenizer has one token more."""
+    from transformers import AutoTokenizer
+
+    target = tmp / "other-vocabulary"
+    shutil.copytree(src, target)
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    tokenizer.add_tokens(["<an_extra_token>"])
+    tokenizer.save_pretrained(target)
+    return str(target)
+
+
 def prompts(tmp: Path) -> str:
     return str(write(tmp / "prompts.txt", "What is a prime number?\nWhy is the sky blue?\n"))
 
@@ -421,6 +441,16 @@ CASES = {
         str(HHH_SAMPLE),
         "--output_dir",
         str(t / "out"),
+    ],
+    "dpo pairs file with no rows": lambda t, m: dpo(t, m, str(write(t / "pairs.jsonl", ""))),
+    "dpo pairs whose prompt is empty": lambda t, m: dpo(t, m, pairs_file(t, {"prompt": " ", "chosen": "Sure, gladly.", "rejected": "No."})),
+    "dpo pairs of conversations without a user turn": lambda t, m: dpo(
+        t, m, pairs_file(t, {"chosen": [{"role": "assistant", "content": "Sure."}], "rejected": [{"role": "assistant", "content": "No."}]})
+    ),
+    "dpo reference model with another vocabulary": lambda t, m: [
+        *dpo(t, m, pairs_file(t, {"prompt": "hi", "chosen": "hello there", "rejected": "go away"})),
+        "--ref_model",
+        other_vocabulary(m["lm"], t),
     ],
     "LoRA target that names no module": lambda t, m: [
         "sft",

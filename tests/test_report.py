@@ -20,6 +20,7 @@ from almost.run.report import write_report
 from almost.run.summary import step_figures
 from almost.stages import (
     CS,
+    DPO,
     EVAL_HHH,
     EVAL_PAIRWISE,
     EVAL_TRUTHFULQA,
@@ -61,6 +62,12 @@ def table(text: str, first_column: str) -> dict[str, list[str]]:
 
 def number(cell: str) -> float | None:
     return None if cell == "–" else float(cell)
+
+
+def shown_with_interval(cells: list[str]) -> list[float]:
+    """A figure, its interval ``[low, high]`` and its n, as three table cells, read back as four numbers."""
+    value, ci, n = cells
+    return [number(value), *numbers(ci), number(n)]
 
 
 def numbers(text: str) -> list[float]:
@@ -130,19 +137,33 @@ def test_report_of_a_real_run_shows_what_the_stages_wrote(tiny_run: Path):
     assert (asked, sampled, retries) == (users["asked"], users["samples"], users["retries"])
 
     log = list(csv.DictReader(open(tiny_run / "rl" / RL.outputs.files["log"], newline="")))
-    step, reward = (number(c) for c in table(text, "")["first log"][:2])
+    step, reward = (number(c) for c in table(text[text.index("## 6. RL") :], "")["first log"][:2])
     assert (step, reward) == pytest.approx((float(log[0]["step"]), float(log[0]["reward"])), abs=1e-3)
 
+    # base, then each policy in the pipeline's order and its pairings; per evaluation its figure, 95% interval and n
     evaluation = table(text, "model")
-    assert list(evaluation) == ["base", "sft", "sft-vs-base", "rl"]  # base, then each policy and its pairings
-    for label in ("base", "sft", "rl"):
-        hhh = load(tiny_run / "eval" / "hhh" / label / EVAL_HHH.outputs.summary_file)["accuracy"]
-        assert number(evaluation[label][0]) == pytest.approx(hhh, abs=1e-3)
-    truthfulqa = load(tiny_run / "eval" / "truthfulqa" / "base" / EVAL_TRUTHFULQA.outputs.summary_file)["accuracy"]
-    win_rate = load(tiny_run / "eval" / "pairwise" / "sft-vs-base" / EVAL_PAIRWISE.outputs.summary_file)["win_rate"]
-    assert number(evaluation["base"][1]) == pytest.approx(truthfulqa, abs=1e-3)
-    assert number(evaluation["sft-vs-base"][2]) == pytest.approx(win_rate, abs=1e-3)
-    assert evaluation["sft"][1:] == ["–", "–"]
+    assert list(evaluation) == ["base", "dpo", "dpo-vs-base", "sft", "sft-vs-base", "rl"]
+    for label in ("base", "dpo", "sft", "rl"):
+        hhh = load(tiny_run / "eval" / "hhh" / label / EVAL_HHH.outputs.summary_file)
+        assert shown_with_interval(evaluation[label][:3]) == pytest.approx([hhh["accuracy"], *hhh["ci95"], hhh["n"]], abs=1e-3)
+    truthfulqa = load(tiny_run / "eval" / "truthfulqa" / "base" / EVAL_TRUTHFULQA.outputs.summary_file)
+    assert shown_with_interval(evaluation["base"][3:6]) == pytest.approx(
+        [truthfulqa["accuracy"], *truthfulqa["ci95"], truthfulqa["n"]], abs=1e-3
+    )
+    split = table(text, "pairing")
+    for pairing in ("dpo-vs-base", "sft-vs-base"):
+        pairwise = load(tiny_run / "eval" / "pairwise" / pairing / EVAL_PAIRWISE.outputs.summary_file)
+        shown = [pairwise["win_rate"], *pairwise["ci95"], pairwise["n"]]
+        assert shown_with_interval(evaluation[pairing][6:9]) == pytest.approx(shown, abs=1e-3)
+        assert shown_with_interval([*split[pairing][:2], str(pairwise["n"])]) == pytest.approx(shown, abs=1e-3)
+    assert evaluation["sft"][3:] == ["–"] * 6
+
+    dpo = load(tiny_run / "dpo" / DPO.outputs.summary_file)["train"]
+    logged = table(text, "")
+    for when in ("first", "last"):
+        row = dpo[f"{when}_log"]
+        expected = [row["loss"], row["rewards/accuracies"], row["rewards/margins"]]
+        assert [number(c) for c in logged[f"{when} logged step"]] == pytest.approx(expected, abs=1e-3)
 
     for png in ("rg_answer_lengths", "cs_pairs", "rm_accuracy", "rmsp_rewards", "rl_curves", "eval"):
         path = tiny_run / REPORT_FIGURES / f"{png}.png"
@@ -171,6 +192,9 @@ def test_step_figures_for_the_summary(tiny_run: Path):
     train = load(tiny_run / "sft" / SFT.outputs.summary_file)["train"]
     expected = [train["global_step"], train["first_loss"], train["last_loss"]]
     assert numbers(step_figures(SFT, tiny_run / "sft" / SFT.outputs.product_file)) == pytest.approx(expected, abs=5e-4)
+    dpo = load(tiny_run / "dpo" / DPO.outputs.summary_file)["train"]
+    expected = [dpo["global_step"], dpo["first_log"]["loss"], dpo["last_log"]["loss"], dpo["last_log"]["rewards/margins"]]
+    assert numbers(step_figures(DPO, tiny_run / "dpo" / DPO.outputs.product_file)) == pytest.approx(expected, abs=5e-4)
     log = [r for r in csv.DictReader(open(tiny_run / "rl" / RL.outputs.files["log"], newline="")) if r["reward"]]
     expected = [len(log), float(log[0]["reward"]), float(log[-1]["reward"]), float(log[-1]["kl"])]
     assert numbers(step_figures(RL, tiny_run / "rl" / RL.outputs.product_file)) == pytest.approx(expected, abs=5e-3)
@@ -217,7 +241,7 @@ def test_missing_inputs_are_reported_not_fatal(tmp_path: Path):
     run = tmp_path / "empty"
     run.mkdir()
     text = write_report(run).read_text()
-    assert text.count("in this run yet") == 7
+    assert text.count("in this run yet") == 8
     assert not (run / REPORT_FIGURES).exists()
 
 
@@ -234,3 +258,62 @@ def test_a_run_whose_pg_kept_no_prompt_is_reported_as_zero_prompts(tmp_path: Pat
     product.write_text("\n \n")
     assert "0 prompts in `pg/" in write_report(tmp_path).read_text()
     assert numbers(step_figures(PG, product)) == [0]
+
+
+def error_bar_spans(ax) -> list[list[tuple[float, float]]]:
+    """(low, high) of every bar's error bar, per ``ax.bar`` call, as matplotlib drew them."""
+    from matplotlib.container import BarContainer
+
+    drawn = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert drawn and all(c.errorbar is not None for c in drawn), "every bar is drawn with an error bar"
+    return [[(low, high) for (_, low), (_, high) in c.errorbar.lines[2][0].get_segments()] for c in drawn]
+
+
+def test_the_evaluation_plot_draws_each_figures_95_interval_and_says_n_is_small(tiny_run: Path):
+    from almost.run.readings import eval_results
+    from almost.run.sections import draw_evaluation, label_order
+    from almost.run.tables import pyplot
+
+    results = eval_results(tiny_run)
+    labels = sorted({label for per_kind in results.values() for label in per_kind}, key=label_order)
+    fig, ax = pyplot().subplots()
+    draw_evaluation(ax, results, labels)
+    expected = [[tuple(results[kind][label]["ci95"]) if label in results[kind] else None for kind in results] for label in labels]
+    spans = error_bar_spans(ax)
+    for label, drawn, cis in zip(labels, spans, expected):
+        for span, ci in zip(drawn, cis):
+            if ci is not None:
+                assert span == pytest.approx(ci, abs=1e-9), label
+    note = ax.get_xlabel().replace("\n", " ")
+    hhh_n = load(tiny_run / "eval" / "hhh" / "base" / EVAL_HHH.outputs.summary_file)["n"]
+    assert hhh_n < 30 and note.startswith("n < 30: ") and f"hhh n={hhh_n}" in note, note
+    pyplot().close(fig)
+
+
+def test_the_rm_plot_draws_intervals_and_notes_small_n_only_when_there_is_one():
+    from almost.run.sections import draw_rm_accuracy
+    from almost.run.tables import pyplot
+    from almost.stats import reward_pair_metrics, wilson_interval
+
+    def metrics(n: int) -> dict:
+        """An RM right on two pairs of three, the chosen answer longer in every other pair."""
+        chosen = [1.0 if i % 3 else 0.0 for i in range(n)]
+        return reward_pair_metrics(chosen, [0.5] * n, [20 if i % 2 else 10 for i in range(n)], [15] * n)
+
+    for n, small in ((12, True), (80, False)):
+        m = metrics(n)
+        fig, ax = pyplot().subplots()
+        draw_rm_accuracy(ax, [("pairs", m)])
+        (spans,) = error_bar_spans(ax)
+        bias = m["length_bias"]
+        prefer_longer = wilson_interval(round(bias["length_only_accuracy"] * n), n)
+        cis = [m["ci95"], m["length_balanced"]["ci95"], bias["chosen_longer"]["ci95"], bias["chosen_shorter"]["ci95"], prefer_longer]
+        values = [m["accuracy"], m["length_balanced"]["accuracy"], bias["chosen_longer"]["accuracy"]]
+        values += [bias["chosen_shorter"]["accuracy"], bias["length_only_accuracy"]]
+        for span, ci, value in zip(spans, cis, values, strict=True):
+            # A percentile bootstrap interval may leave the value out: the bar then starts at the value.
+            assert span == pytest.approx((min(ci[0], value), max(ci[1], value)), abs=1e-9)
+        note = ax.get_xlabel().replace("\n", " ")
+        groups = f"pairs n={n}, pairs, length-balanced n={n}, pairs, chosen longer n={n // 2}, pairs, chosen shorter n={n // 2}"
+        assert note == f"n < 30: {groups}; intervals on so few items are wide" if small else not note, note
+        pyplot().close(fig)

@@ -1,4 +1,4 @@
-"""Training stages survive a crash: `rm train`, `sft` and `rl` are killed with SIGKILL after a
+"""Training stages survive a crash: `rm train`, `sft`, `dpo` and `rl` are killed with SIGKILL after a
 checkpoint, rerun with the same command, and must end with the weights of an uninterrupted run.
 
 Tolerance: both runs are fp32 on CPU with the same data order, RNG state and thread count, so the
@@ -152,6 +152,33 @@ def test_rm_train_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path
     out, ref, _ = killed_resumed_and_reference(tmp_path, capsys, argv, max_steps=5, stall_at=3)
     metrics, ref_metrics = (json.loads((d / "metrics.json").read_text()) for d in (out, ref))
     assert metrics["heldout"]["accuracy"] == ref_metrics["heldout"]["accuracy"]
+
+
+def test_dpo_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, tiny_model_path, capsys):
+    data = tmp_path / "comparison.jsonl"
+    rows = [{"prompt": f"Question {i}?", "chosen": f"Sure, happy to help with {i}.", "rejected": f"No. {i}"} for i in range(12)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = [
+        "dpo",
+        "--model_name_or_path",
+        tiny_model_path,
+        "--data_path",
+        str(data),
+        "--max_steps",
+        "5",
+        "--save_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--learning_rate",
+        "1e-3",
+        *QUIET,
+    ]
+    out, ref, _ = killed_resumed_and_reference(tmp_path, capsys, argv, max_steps=5, stall_at=3)
+    # The logged DPO figures span the whole run, both halves of it.
+    train, ref_train = (json.loads((d / "metrics.json").read_text())["train"] for d in (out, ref))
+    assert len(train["losses"]) == 5 and train["losses"] == pytest.approx(ref_train["losses"], abs=1e-6)
+    assert train["last_log"]["rewards/margins"] == pytest.approx(ref_train["last_log"]["rewards/margins"], abs=1e-6)
 
 
 def test_rl_killed_after_a_checkpoint_resumes_to_the_same_weights_and_log(tmp_path, tiny_model_path, tiny_reward_model_path, capsys):

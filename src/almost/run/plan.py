@@ -291,7 +291,8 @@ class Planner:
 
     def plan_evaluation(self, stage: Stage, settings: dict) -> None:
         """A step per evaluated model, in ``eval/<kind>/<label>``; a comparison with a baseline
-        (pairwise) a step per model and judge, ``<model>-vs-<baseline>[-by-<judge>]``."""
+        (pairwise) a step per model and judge, ``<model>-vs-<baseline>[-by-<judge>]``, and one per
+        pair of rival policies the run trains (``stages.RIVAL_POLICIES``: ``dpo-vs-rl``) and judge."""
         models = self.evaluated_models()
         folder = self.run / stage.folder
         if "baseline_model_name_or_path" not in stage.inputs:
@@ -304,22 +305,27 @@ class Planner:
         if baseline not in models:
             raise AlmostError(f"{self.where}: eval.pairwise.baseline {baseline!r} is not one of the models ({', '.join(models)})")
         judges = self.pairwise_judges(stage, settings)
-        for label, model in models.items():
-            if label == baseline:
-                continue
+        pairings = [(label, baseline) for label in models if label != baseline]
+        # Rival policies trained in the same run are also compared with each other, unless one of them is the baseline.
+        pairings += [
+            (a.folder, b.folder)
+            for a, b in stages.RIVAL_POLICIES
+            if {a.folder, b.folder} <= set(models) and baseline not in (a.folder, b.folder)
+        ]
+        for label, against in pairings:
             for by, judge in judges.items():
                 # One answer cache for every pairing and judge: each model (the baseline included)
                 # answers each question once. The steps run one after another, and `eval pairwise`
                 # locks the folder besides.
                 wired = {
-                    "model_name_or_path": model,
-                    "baseline_model_name_or_path": models[baseline],
+                    "model_name_or_path": models[label],
+                    "baseline_model_name_or_path": models[against],
                     "answers_dir": str(folder / PAIRWISE_ANSWERS),
                     **self.wiring(stage),
                 }
                 if judge:
                     wired["judge"] = judge
-                name = f"{label}-vs-{baseline}" + (f"-by-{by}" if by else "")
+                name = f"{label}-vs-{against}" + (f"-by-{by}" if by else "")
                 self.add(stage, settings, wired, folder / name, name)
 
     def pairwise_judges(self, stage: Stage, settings: dict) -> dict[str, str | None]:

@@ -10,8 +10,8 @@ from typing import Any
 from ..contracts import Summary
 from ..stages import CS, EVAL_PAIRWISE, RM_EVAL, RM_TRAIN
 from .readings import eval_results, rm_evaluations, stage_summary, summary_at
-from .sections import interval, rm_eval_row
-from .tables import markdown_table
+from .sections import label_order, rm_eval_row
+from .tables import interval, markdown_table
 
 # Human-supervised references (docs/proof.md): an RM trained with a run's RM settings on as many human
 # pairs from hh-harmless-dev as the run's CS kept, made by scripts/proof_ablation.py in
@@ -89,9 +89,10 @@ def reward_model_table(run: Path) -> list[str]:
 
 
 def policy_table(run: Path) -> list[str]:
-    """Per pairwise evaluation its win rate and the length split, over all questions and per category."""
+    """Per pairwise evaluation (each policy vs base, DPO vs RL) its win rate and the length split, over all
+    questions and per category, in the report's order of the policies."""
     policy_rows = []
-    for label, metrics in eval_results(run).get(EVAL_PAIRWISE, {}).items():
+    for label, metrics in sorted(eval_results(run).get(EVAL_PAIRWISE, {}).items(), key=lambda item: label_order(item[0])):
         per_category = metrics.get("per_category") or {}
         # Each category's own row (helpful, harmless) when the questions have more than one.
         parts_of = [(label, metrics)] + ([(f"{label}: {c}", m) for c, m in per_category.items()] if len(per_category) > 1 else [])
@@ -128,7 +129,7 @@ def policy_table(run: Path) -> list[str]:
     ]
     missing = f"No `{EVAL_PAIRWISE.folder}/*/{EVAL_PAIRWISE.outputs.summary_file}` in this run yet."
     return [
-        "Policy vs base, each question judged in both orders (goal: win rate >= 0.60 with the interval above 0.5):",
+        "Policies vs base (and DPO vs RL), each question judged in both orders (goal: win rate >= 0.60 with the interval above 0.5):",
         markdown_table(header, policy_rows) if policy_rows else missing,
     ]
 

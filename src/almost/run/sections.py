@@ -1,8 +1,10 @@
 """The sections of ``report.md``, one per stage, each from the stage's own output files: comparisons
 kept and dropped by the heuristic filter per configuration pair, answer lengths and BAD rates per
-RG configuration, RM rubric agreement and length bias, RMSP best vs mean candidate reward per turn
-and the user simulator's re-sampled turns, RL reward, KL and length per step, and the evaluation
-table, base vs SFT vs RL. A section whose files are missing says so.
+RG configuration, DPO's logged figures, RM rubric agreement and length bias, RMSP best vs mean
+candidate reward per turn and the user simulator's re-sampled turns, RL reward, KL and length per
+step, and the evaluation table, base vs DPO, SFT and RL. Accuracies and win rates are printed and
+drawn with their 95% intervals (plots of fewer than 30 items say so). A section whose files are
+missing says so.
 
 ``section(stage)`` picks a stage's section; a stage the report has no section of its own for shows
 the scalar values of its summary.
@@ -11,6 +13,7 @@ the scalar values of its summary.
 from __future__ import annotations
 
 import statistics
+import textwrap
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,7 +22,8 @@ from typing import Any
 from .. import stages
 from ..contracts import Summary
 from ..readers import read_lines
-from ..stages import CS, EVAL_PAIRWISE, PG, RESAMPLED_REASONS, RG, RL, RM_EVAL, RM_TRAIN, RMSP, SFT, USER_TURNS_KEY, Stage
+from ..stages import CS, DPO, EVAL_PAIRWISE, PG, RESAMPLED_REASONS, RG, RL, RM_EVAL, RM_TRAIN, RMSP, SFT, USER_TURNS_KEY, Stage
+from ..stats import wilson_interval
 from .readings import (
     comparison_pair_counts,
     eval_results,
@@ -31,7 +35,7 @@ from .readings import (
     rmsp_turn_rewards,
     stage_summary,
 )
-from .tables import figure, fmt, markdown_table, pyplot
+from .tables import Bar, draw_bars, figure, fmt, interval, markdown_table, note_small_samples, pyplot
 
 
 def section_prompts(run: Path) -> str:
@@ -117,10 +121,20 @@ def section_comparisons(run: Path, figures: Path) -> str:
     return "\n\n".join(parts)
 
 
-def interval(ci: Any) -> str | None:
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci):
-        return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
-    return None
+def section_dpo(run: Path) -> str:
+    title = "## 3b. DPO on the synthetic comparisons"
+    summary = stage_summary(run, DPO)
+    if summary is None:
+        return f"{title}\n\nNo `{DPO.folder}/{DPO.outputs.summary_file}` in this run yet."
+    data, train = summary.get("data") or {}, summary.get("train") or {}
+    text = (
+        f"{title}\n\nA policy trained on the comparisons directly (TRL DPOTrainer, no reward model): "
+        f"{fmt(data.get('trained_pairs'))} pairs, optimizer steps: {fmt(train.get('global_step'))}. TRL's figures on the "
+        "training batches; the evaluation below measures the policy."
+    )
+    logged = [(when, train.get(f"{when}_log") or {}) for when in ("first", "last")]
+    rows = [[f"{when} logged step", *(row.get(key) for key in ("loss", "rewards/accuracies", "rewards/margins"))] for when, row in logged]
+    return text + "\n\n" + markdown_table(["", "DPO loss", "implicit-reward accuracy", "implicit-reward margin"], rows)
 
 
 def rm_eval_row(label: str, metrics: Mapping[str, Any]) -> list[Any]:
@@ -164,6 +178,7 @@ def section_reward_model(run: Path, figures: Path) -> str:
         "evaluation",
         "pairs",
         "accuracy",
+        "its 95% interval (Wilson)",
         "length-balanced accuracy",
         "its 95% interval (bootstrap)",
         "acc. when chosen is longer",
@@ -171,23 +186,51 @@ def section_reward_model(run: Path, figures: Path) -> str:
         "'prefer longer' baseline",
         "Spearman(reward, length)",
     ]
-    parts.append(markdown_table(header, [rm_eval_row(label, m) for label, m in evaluations]))
+    # rm_eval_row is also the proof table's row; the report adds the plain accuracy's interval after it.
+    rows = [(row := rm_eval_row(label, m))[:3] + [interval(m.get("ci95"))] + row[3:] for label, m in evaluations]
+    parts.append(markdown_table(header, rows))
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    bars = ["accuracy", "length-balanced", "chosen longer", "chosen shorter", "prefer-longer baseline"]
-    width = 0.8 / len(evaluations)
-    for i, (label, m) in enumerate(evaluations):
-        row = rm_eval_row(label, m)
-        values = [row[2], row[3], row[5], row[6], row[7]]
-        ax.bar(
-            [x + i * width for x in range(len(bars))], [v if isinstance(v, (int, float)) else 0 for v in values], width=width, label=label
-        )
-    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
-    ax.set_xticks([x + width * (len(evaluations) - 1) / 2 for x in range(len(bars))], bars)
-    ax.set(ylim=(0, 1), ylabel="pairwise accuracy (ties wrong)", title="RM accuracy and length bias")
-    ax.legend(fontsize=7)
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    draw_rm_accuracy(ax, evaluations)
     parts.append(figure(fig, figures / "rm_accuracy.png"))
     return "\n\n".join(parts)
+
+
+RM_BARS = ("accuracy", "length-balanced", "chosen longer", "chosen shorter", "prefer-longer baseline")
+
+
+def rm_bars(label: str, metrics: Mapping[str, Any]) -> list[Bar]:
+    """The RM plot's bars of one evaluation (``rm eval``'s metrics or rm train's ``heldout``), each with
+    the interval its metrics hold; "prefer longer" is the accuracy of a judge of n pairs, with its Wilson interval."""
+    bias, balanced = metrics.get("length_bias") or {}, metrics.get("length_balanced") or {}
+    longer, shorter = bias.get("chosen_longer") or {}, bias.get("chosen_shorter") or {}
+    n = metrics.get("n")
+    groups = [(balanced.get(side) or {}).get("n") for side in ("chosen_longer", "chosen_shorter")]
+    balanced_n = sum(groups) if all(isinstance(g, int) for g in groups) else None
+    prefer_longer = bias.get("length_only_accuracy")
+    prefer_ci = wilson_interval(round(prefer_longer * n), n) if isinstance(prefer_longer, (int, float)) and isinstance(n, int) else None
+    return [
+        Bar(label, metrics.get("accuracy"), metrics.get("ci95"), n),
+        Bar(f"{label}, length-balanced", balanced.get("accuracy"), balanced.get("ci95"), balanced_n),
+        Bar(f"{label}, chosen longer", longer.get("accuracy"), longer.get("ci95"), longer.get("n")),
+        Bar(f"{label}, chosen shorter", shorter.get("accuracy"), shorter.get("ci95"), shorter.get("n")),
+        Bar(label, prefer_longer, prefer_ci, n),
+    ]
+
+
+def draw_rm_accuracy(ax, evaluations: list[tuple[str, Mapping[str, Any]]]) -> None:
+    """One group of bars per measure, one bar per evaluation, each with its 95% interval."""
+    width = 0.8 / len(evaluations)
+    drawn = []
+    for i, (label, metrics) in enumerate(evaluations):
+        bars = rm_bars(label, metrics)
+        draw_bars(ax, [x + i * width for x in range(len(RM_BARS))], bars, width, label)
+        drawn += bars
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks([x + width * (len(evaluations) - 1) / 2 for x in range(len(RM_BARS))], [textwrap.fill(b, 14) for b in RM_BARS])
+    ax.set(ylim=(0, 1), ylabel="pairwise accuracy (ties wrong)", title="RM accuracy and length bias, with 95% intervals")
+    ax.legend(fontsize=7)
+    note_small_samples(ax, drawn)
 
 
 def section_selfplay(run: Path, figures: Path) -> str:
@@ -270,12 +313,15 @@ def section_evaluation(run: Path, figures: Path) -> str:
     results = eval_results(run)
     if not results:
         return f"{title}\n\nNo evaluation results (`eval/<kind>/<model>/metrics.json`) in this run yet."
-    labels = sorted({label for per_kind in results.values() for label in per_kind}, key=_model_order)
-    header = ["model", *(f"{kind.subsection} ({kind.headline})" for kind in results)]
-    rows = [[label, *(headline(kind, results[kind][label])[1] if label in results[kind] else None for kind in results)] for label in labels]
+    labels = sorted({label for per_kind in results.values() for label in per_kind}, key=label_order)
+    header = ["model"] + [name for kind in results for name in (f"{kind.subsection} ({kind.headline})", "95% interval", "n")]
+    rows = []
+    for label in labels:
+        bars = [eval_bar(kind, results[kind].get(label)) for kind in results]
+        rows.append([label, *(cell for bar in bars for cell in (bar.value, interval(bar.ci95), bar.n))])
     parts = [title, markdown_table(header, rows)]
     split_rows = []
-    for label, metrics in results.get(EVAL_PAIRWISE, {}).items():
+    for label, metrics in sorted(results.get(EVAL_PAIRWISE, {}).items(), key=lambda item: label_order(item[0])):
         split = metrics.get("length_balanced")
         if isinstance(split, dict):
             shorter, longer = split.get("model_shorter") or {}, split.get("model_longer") or {}
@@ -283,6 +329,7 @@ def section_evaluation(run: Path, figures: Path) -> str:
                 [
                     label,
                     metrics.get("win_rate"),
+                    interval(metrics.get("ci95")),
                     shorter.get("rate"),
                     shorter.get("n"),
                     longer.get("rate"),
@@ -294,38 +341,41 @@ def section_evaluation(run: Path, figures: Path) -> str:
             )
     if split_rows:
         parts.append("Pairwise win rates split by length (a judge that only rewards length gives a length-balanced 0.5):")
-        parts.append(
-            markdown_table(
-                [
-                    "pairing",
-                    "win rate",
-                    "model's answer shorter",
-                    "n",
-                    "model's answer longer",
-                    "n",
-                    "same length",
-                    "length-balanced win rate",
-                    "its 95% interval (bootstrap)",
-                ],
-                split_rows,
-            )
-        )
+        header = ["pairing", "win rate", "its 95% interval", "model's answer shorter", "n", "model's answer longer", "n", "same length"]
+        parts.append(markdown_table([*header, "length-balanced win rate", "its 95% interval (bootstrap)"], split_rows))
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 2 * len(results)), 4))
-    width = 0.8 / max(1, len(labels))
-    kinds = list(results)
-    for i, label in enumerate(labels):
-        values = [headline(k, results[k][label])[1] if label in results[k] else 0 for k in kinds]
-        ax.bar([x + i * width for x in range(len(kinds))], [v or 0 for v in values], width=width, label=label)
-    ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(kinds))], [k.subsection for k in kinds])
-    ax.set(ylim=(0, 1), ylabel="accuracy / win rate", title="Evaluation: base vs SFT vs RL")
-    ax.legend()
+    fig, ax = plt.subplots(figsize=(max(6, 2 * len(results)), 4.4))
+    draw_evaluation(ax, results, labels)
     parts.append(figure(fig, figures / "eval.png"))
     return "\n\n".join(parts)
 
 
-def _model_order(label: str) -> tuple[int, str]:
-    order = ("base", "sft", "rl")
+def draw_evaluation(ax, results: Mapping[Stage, Mapping[str, Summary]], labels: list[str]) -> None:
+    """One group of bars per evaluation, one bar per model or pairing it measured, each with its 95% interval."""
+    width = 0.8 / max(1, len(labels))
+    kinds = list(results)
+    drawn = []
+    for i, label in enumerate(labels):
+        bars = [eval_bar(kind, results[kind].get(label)) for kind in kinds]
+        draw_bars(ax, [x + i * width for x in range(len(kinds))], bars, width, label)
+        drawn += bars
+    ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(kinds))], [k.subsection for k in kinds])
+    policies = " vs ".join(["base", *(p.folder for p in stages.POLICIES)])
+    ax.set(ylim=(0, 1), ylabel="accuracy / win rate", title=f"Evaluation ({policies}) with 95% intervals")
+    ax.legend(fontsize=7)
+    note_small_samples(ax, drawn)
+
+
+def eval_bar(kind: Stage, metrics: Summary | None) -> Bar:
+    """An evaluation's headline figure with its 95% interval and n (no value where it did not measure the model)."""
+    if metrics is None:
+        return Bar(kind.subsection, None)
+    return Bar(kind.subsection, headline(kind, metrics)[1], metrics.get("ci95"), metrics.get("n"))
+
+
+def label_order(label: str) -> tuple[int, str]:
+    """Base, then each policy in the pipeline's order, each followed by its pairings; other labels last."""
+    order = ("base", *(p.folder for p in stages.POLICIES))
     head = label.split("-vs-")[0]
     return (order.index(head) if head in order else len(order), label)
 
@@ -347,6 +397,7 @@ SECTIONS: dict[Stage, Section | None] = {
     PG: lambda run, figures: section_prompts(run),
     RG: section_responses,
     CS: section_comparisons,
+    DPO: lambda run, figures: section_dpo(run),
     RM_TRAIN: section_reward_model,
     RM_EVAL: section_reward_model,
     RMSP: section_selfplay,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import AlmostError
 from ..readers import read_jsonl, read_lines
-from ..stages import CS, PG, RG, RL, RM_EVAL, RM_TRAIN, RMSP, SFT, Stage
+from ..stages import CS, DPO, PG, RG, RL, RM_EVAL, RM_TRAIN, RMSP, SFT, Stage
 from .execute import PipelineResult
 from .plan import Step
 from .readings import headline, load_json, read_rl_log, rmsp_turn_rewards
@@ -94,6 +94,14 @@ def sft_figures(stage: Stage, product: Path) -> str:
     return f"{train['global_step']} steps, loss {train['first_loss']:.3f} → {train['last_loss']:.3f}"
 
 
+def dpo_figures(stage: Stage, product: Path) -> str:
+    train = (load_json(product.parent / DPO.outputs.summary_file) or {}).get("train") or {}
+    first, last = train.get("first_log"), train.get("last_log")
+    if not first or not last:
+        return ""
+    return f"{train['global_step']} steps, loss {first['loss']:.3f} → {last['loss']:.3f}, reward margin {last['rewards/margins']:.3f}"
+
+
 def rl_figures(stage: Stage, product: Path) -> str:
     log = product.parent / RL.outputs.files["log"]
     rows = [r for r in read_rl_log(log) if "reward" in r] if log.exists() else []
@@ -113,6 +121,7 @@ FIGURES: dict[Stage, Callable[[Stage, Path], str]] = {
     PG: pg_figures,
     RG: rg_figures,
     CS: cs_figures,
+    DPO: dpo_figures,
     RM_TRAIN: rm_figures,
     RM_EVAL: rm_figures,
     RMSP: rmsp_figures,
