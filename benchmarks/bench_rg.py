@@ -281,7 +281,7 @@ def prefix_cache_cost(args) -> dict:
 
     model = resolve_model("smollm2-135m")
     configuration = Configuration(model.short_name, demos.load_demonstrations(args.prompt_file_path), args.n_shot)
-    queries = list(read_prompt_file(demos.SEED_PROMPTS).seeds[: args.num_prompts])
+    queries = list(read_prompt_file(shipped.SEED_PROMPTS).seeds[: args.num_prompts])
     notes = [n for n in [load_note("at the start")] if n]
     engine = load_engine(EngineArguments(backend="vllm", seed=args.seed, kv_cache_gib=args.kv_cache_gib), model)
     warm_up(engine)
