@@ -21,6 +21,7 @@ Crash safety, in one place for the three stages:
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -306,6 +307,20 @@ def save_every_minutes(minutes: float):
     return SaveEveryMinutes()
 
 
+def warn_if_fsdp_dropped(trainer, stage: Stage) -> None:
+    """Main process: one line when the launch asked for FSDP (``accelerate launch`` with an FSDP config
+    sets ACCELERATE_USE_FSDP) and the trainer runs without it. accelerate (1.15) attaches the FSDP
+    plugin only to accelerator process groups: CPU processes keep the type MULTI_CPU and train as
+    DDP, each holding the whole model (docs/reward.md, "Several processes and GPUs")."""
+    asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+    if asked and not trainer.is_fsdp_enabled and trainer.is_world_process_zero():
+        print(
+            f"{stage.prog}: the FSDP launch config is not in effect: accelerate runs these processes as "
+            f"{trainer.accelerator.distributed_type.value} (accelerate applies FSDP on GPUs only), each holding the whole model",
+            flush=True,
+        )
+
+
 def train_resumably(trainer, config, stage: Stage, rerun: Rerun):
     """``trainer.train()``, resumed from the last complete checkpoint in --output_dir if there is one.
 
@@ -322,6 +337,7 @@ def train_resumably(trainer, config, stage: Stage, rerun: Rerun):
                 shutil.rmtree(path)  # cut short while saving; its step is redone and saved again
         write_json_atomic(out / TRAINING_STATUS, {"stage": stage.name, "status": "running", "settings": run_settings(config)})
     trainer.accelerator.wait_for_everyone()
+    warn_if_fsdp_dropped(trainer, stage)
     checkpoint = last_complete_checkpoint(out)
     if checkpoint is not None and trainer.is_world_process_zero():
         print(f"{stage.prog}: resuming from step {checkpoint_step(checkpoint)} ({checkpoint})", flush=True)
