@@ -117,17 +117,6 @@ def test_an_fsdp_launch_on_cpu_trains_as_ddp_and_says_so(tmp_path, tiny_model_pa
     assert metrics["train"]["num_processes"] == 2 and metrics["train"]["global_step"] == 2
 
 
-def test_rm_train_under_fsdp(tmp_path, tiny_model_path):
-    out = tmp_path / "rm"
-    printed = launch([*rm_train_argv(tiny_model_path, comparison_file(tmp_path, 24), 2), "--output_dir", str(out)])
-    assert_sharded_by_fsdp(printed)
-    assert "not in effect" not in printed
-    metrics = assert_one_model(out, tiny_model_path, "rm train")
-    assert metrics["train"]["num_processes"] == 2 and metrics["train"]["global_step"] == 2
-    assert metrics["heldout"]["n"] > 0  # the main process read the gathered checkpoint back
-    load_with_transformers(out, reward_model=True)
-
-
 def test_sft_under_fsdp(tmp_path, tiny_model_path):
     rows = [
         {"messages": [{"role": "user", "content": f"Tell me fact {i}."}, {"role": "assistant", "content": f"Fact number {i} is short."}]}
@@ -199,8 +188,14 @@ def test_rm_train_under_fsdp_killed_mid_run_resumes_to_the_same_weights(tmp_path
     assert json.loads((out / TRAINING_STATUS).read_text())["final_step"] == 4
     metrics = assert_one_model(out, tiny_model_path, "rm train")
 
-    assert trained_steps(launch([*argv, "--output_dir", str(ref)])) == 4
+    # The uninterrupted run is also the plain FSDP run of `rm train`: sharded, gathered, read back.
+    printed = launch([*argv, "--output_dir", str(ref)])
+    assert trained_steps(printed) == 4 and "not in effect" not in printed
+    assert_sharded_by_fsdp(printed)
     ref_metrics = assert_one_model(ref, tiny_model_path, "rm train")
+    assert ref_metrics["train"]["num_processes"] == 2
+    assert ref_metrics["heldout"]["n"] > 0  # the main process read the gathered checkpoint back
+    load_with_transformers(ref, reward_model=True)
     assert metrics["train"]["global_step"] == ref_metrics["train"]["global_step"] == 4
     assert_same_weights(out, ref)
     assert metrics["heldout"]["accuracy"] == ref_metrics["heldout"]["accuracy"]
