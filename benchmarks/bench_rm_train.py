@@ -14,11 +14,12 @@ by almost.chat).
 Long case (--case long): real HH-RLHF dialogues, from the shipped hh-harmless-dev half (almost's
 evaluation data: read here to measure memory, into a temporary file; the models trained on it are
 thrown away, and no training command reads it by default). Only dialogues that render to at least
---max_length tokens are kept (repeated until every step's batch is full), and cut to it, so that every batch has the shape of the worst batch of
-a whole epoch: the collators pad a batch to its longest sequence, and an epoch's peak is set by its
-first batch holding one such dialogue. Each variant (the stage's own flags, or an environment
-variable, on top of the same command) runs `almost <stage>` through the CLI in its own process for
---steps optimizer steps; per step it records the peak RSS so far (VmHWM) and the step's seconds.
+--max_length tokens are kept (repeated until every step's batch is full), and cut to it, so that
+every batch has the shape of the worst batch of a whole epoch: the collators pad a batch to its
+longest sequence, and an epoch's peak is set by its first batch holding one such dialogue. Each
+variant (the stage's own flags, or an environment variable, on top of the same command) runs `almost
+<stage>` through the CLI in its own process for --steps optimizer steps; per step it records the
+peak RSS so far (VmHWM) and the step's seconds.
 
     python benchmarks/bench_rm_train.py --case long --stage rm --variants baseline checkpointing
     python benchmarks/bench_rm_train.py --case long --stage sft --explain --variants baseline checkpointing
