@@ -274,13 +274,21 @@ def test_demo_proof_dry_run_plans_every_step(tmp_path, capsys):
         "pg",
         *(f"rg/{n}" for n in rubric),
         "cs",
+        "dpo",
         "rm/train",
         "rm/eval",
         "rmsp",
         "sft",
         "rl",
-        *(f"eval/pairwise/{m}-vs-base-by-{j}" for m in ("sft", "rl") for j in ("rm", "lm")),
+        *(
+            f"eval/pairwise/{m}-vs-{b}-by-{j}"
+            for m, b in (("dpo", "base"), ("sft", "base"), ("rl", "base"), ("dpo", "rl"))
+            for j in ("rm", "lm")
+        ),
     ]
+    # DPO trains on the pairs the RM learns from, and is judged against RL as well as against base.
+    assert f"--data_path {out / 'cs' / 'comparison.jsonl'}" in steps["dpo"]
+    assert f"--model_name_or_path {out / 'dpo'} --baseline_model_name_or_path {out / 'rl'}" in steps["eval/pairwise/dpo-vs-rl-by-lm"]
     assert "seed_prompts_harmless.txt" in steps["pg"] and "--length_balance true" in steps["cs"]
     assert "--length_head true" in steps["rm/train"] and "--use_peft false" in steps["rm/train"]
     assert "--data_path hh-harmless-test" in steps["rm/eval"] and f"--model_name_or_path {out / 'rm'}" in steps["rm/eval"]
