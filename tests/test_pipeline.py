@@ -168,6 +168,53 @@ def test_steps_run_as_child_processes_and_failures_stop_the_run(tmp_path, rg_out
     assert json.loads((out / "cs" / ".almost-step.json").read_text())["status"] == "running"
 
 
+def test_evaluations_run_in_one_child_process_and_a_failure_stops_there(tmp_path, tiny_model_path, capfd):
+    out = tmp_path / "run"
+    bad_questions = tmp_path / "bad_tqa.jsonl"
+    bad_questions.write_text(json.dumps({"question": "Is it?", "mc1_targets": {"choices": ["yes", "no"], "labels": [0, 0]}}) + "\n")
+    config = {
+        "eval": {
+            "models": {"base": str(tiny_model_path), "other": str(tiny_model_path)},
+            "hhh": {"data_path": "eval/hhh_sample.jsonl", "max_length": 256},
+            "truthfulqa": {"data_path": "eval/truthfulqa_sample.jsonl"},
+        }
+    }
+    path = write_config(tmp_path / "p.yaml", config)
+    result = run_pipeline(path, out, report=False)
+    names = ["eval/hhh/base", "eval/hhh/other", "eval/truthfulqa/base", "eval/truthfulqa/other"]
+    assert result.ok and [(s.name, s.status) for s in result.steps] == [(n, "ran") for n in names]
+    assert all(s.seconds > 0 and s.cpu_seconds is not None for s in result.steps)
+    printed = capfd.readouterr().out
+    assert f"almost pipeline: 4 steps in one process: {', '.join(names)}" in printed
+    for name in names:  # each step's marker as a step of its own writes it, and its own metrics
+        marker = json.loads((out / name / ".almost-step.json").read_text())
+        assert marker["status"] == "done" and marker["command"].startswith("almost eval ")
+        assert json.loads((out / name / "metrics.json").read_text())["model"] == str(tiny_model_path)
+    # One evaluation that fails (a file only the stage reads rows of) stops the child there: the steps
+    # before it finished, it failed with the stage's exit status, the ones after it did not run, and a
+    # rerun skips what finished and resumes the rest.
+    config["eval"]["truthfulqa"]["data_path"] = str(bad_questions)
+    config["eval"]["hhh"]["max_length"] = 128
+    write_config(path, config)
+    result = run_pipeline(path, out, report=False)
+    assert [(s.name, s.status, s.rc) for s in result.steps] == [
+        ("eval/hhh/base", "ran", None),
+        ("eval/hhh/other", "ran", None),
+        ("eval/truthfulqa/base", "failed", 2),
+    ]
+    assert "labels must hold exactly one 1" in capfd.readouterr().err
+    assert json.loads((out / "eval/truthfulqa/base/.almost-step.json").read_text())["status"] == "running"
+    config["eval"]["truthfulqa"]["data_path"] = "eval/truthfulqa_sample.jsonl"
+    write_config(path, config)
+    result = run_pipeline(path, out, report=False)
+    assert [(s.name, s.status) for s in result.steps] == [
+        ("eval/hhh/base", "skipped"),
+        ("eval/hhh/other", "skipped"),
+        ("eval/truthfulqa/base", "ran"),
+        ("eval/truthfulqa/other", "ran"),
+    ]
+
+
 @pytest.mark.parametrize(
     "config, message",
     [

@@ -108,6 +108,10 @@ class Stage(Command):
     # Steps of this stage that differ only in these options run as one call, which makes only theirs
     # (``--select``): rg's configurations of one model load the model once.
     shared_call: tuple[str, ...] = ()
+    # Consecutive steps of such stages run one after another in one child process of the pipeline:
+    # an evaluation's own work takes seconds, and a process of its own spends ~4 s more importing
+    # torch and transformers (2-core CPU), once per model and evaluation.
+    shares_process: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "inputs", MappingProxyType(dict(self.inputs)))
@@ -428,6 +432,7 @@ EVAL_HHH = Stage(
     ),
     {"model_name_or_path": Input(model=True), "data_path": Input()},
     folder="eval/hhh",
+    shares_process=True,
     headline="accuracy",
 )
 EVAL_TRUTHFULQA = Stage(
@@ -445,6 +450,7 @@ EVAL_TRUTHFULQA = Stage(
     ),
     {"model_name_or_path": Input(model=True), "data_path": Input()},
     folder="eval/truthfulqa",
+    shares_process=True,
     headline="accuracy",
 )
 EVAL_PAIRWISE = Stage(
@@ -469,6 +475,7 @@ EVAL_PAIRWISE = Stage(
         "judge": Input(RM_TRAIN, schemes=("rm", "llm", "openai")),
     },
     folder="eval/pairwise",
+    shares_process=True,
     headline="win_rate",
 )
 

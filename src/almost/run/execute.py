@@ -4,7 +4,9 @@ process or as a child process, and record what happened (``StepResult``).
 In process, a step's settings are parsed into its stage's configs and its run function is called
 (``stages.Stage.run``); otherwise ``python -m almost <command> ...`` (or the step's launcher) runs it, so
 that vLLM starts under ``__main__``, a training stage's memory goes back to the system when it ends and
-a crash cannot corrupt the pipeline's records.
+a crash cannot corrupt the pipeline's records. Consecutive steps of stages that share a process
+(``Stage.shares_process``: the evaluations) run in one child, ``python -m almost.run.execute STEPS``,
+which runs each of them in process and writes its marker as the pipeline would.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import ctypes
 import os
 import resource
 import signal
+import json
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .. import stages
 from ..config import settings_to_argv
 from ..errors import AlmostError
 from ..locks import held_output_dirs, lock_output_dir, release_output_dirs
@@ -81,6 +86,8 @@ def run_step(step: Step, in_process: bool) -> int:
 def run_in_process(step: Step) -> int:
     """The step's stage run inside this process, as its own process would: its settings parsed into its
     configs, its folder locked while it runs, errors one line on stderr with exit status 2."""
+    from ..cli import input_error
+
     stage = step.stage
     locked = held_output_dirs()
     try:
@@ -88,11 +95,14 @@ def run_in_process(step: Step) -> int:
         lock_output_dir(step.output_dir, " ".join([stage.prog, *redact_argv(settings_to_argv(step.flags))]))
         stage.run(*configs)
         return 0
-    except AlmostError as e:
-        sys.stderr.write(f"almost {step.command[0]}: error: {e}\n")
-        return 2
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
+    except Exception as e:
+        message = input_error(e)
+        if message is None:
+            raise
+        sys.stderr.write(f"{stage.prog}: error: {' '.join(message.split())}\n")
+        return 2
     finally:
         release_output_dirs(keep=locked)  # the step's own folder, as its own process would
 
@@ -116,6 +126,19 @@ def cpu_seconds() -> float:
 
 def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def shares_process(step: Step) -> bool:
+    return step.stage.shares_process and not step.launcher
+
+
+def joins(group: list[tuple[Step, str]], step: Step, in_process: bool) -> bool:
+    """Whether ``step`` runs with the waiting ``group``: in its call (``runs_with``), or, run as child
+    processes, in its process (both of stages that share one)."""
+    first = group[0][0]
+    if first.stage.shared_call:
+        return runs_with(first, step)
+    return not in_process and shares_process(first) and shares_process(step)
 
 
 def runs_with(first: Step, step: Step) -> bool:
@@ -148,8 +171,8 @@ def execute(steps: list[Step], first: str | None, in_process: bool) -> list[Step
     forced = False
     waiting: list[tuple[Step, str]] = []  # steps to run in one call once the next step cannot join them
     for step in steps:
-        if waiting and not runs_with(waiting[0][0], step):
-            if not run_together(waiting, in_process, outcomes):
+        if waiting and not joins(waiting, step, in_process):
+            if not run_group(waiting, in_process, outcomes):
                 return outcomes
             waiting = []
         forced = forced or (first is not None and step.stage.section == first)
@@ -170,13 +193,82 @@ def execute(steps: list[Step], first: str | None, in_process: bool) -> list[Step
         elif marker:
             print(f"almost pipeline: {step.name}: unfinished, resuming", flush=True)
         waiting.append((step, fp))
-        if not step.stage.shared_call:
-            if not run_together(waiting, in_process, outcomes):
+        if not step.stage.shared_call and not (shares_process(step) and not in_process):
+            if not run_group(waiting, in_process, outcomes):
                 return outcomes
             waiting = []
     if waiting:
-        run_together(waiting, in_process, outcomes)
+        run_group(waiting, in_process, outcomes)
     return outcomes
+
+
+def run_group(group: list[tuple[Step, str]], in_process: bool, outcomes: list[StepResult]) -> bool:
+    """Run steps that ``joins`` put together: in one call, or one after another in one process."""
+    if len(group) > 1 and not group[0][0].stage.shared_call:
+        return run_in_one_process(group, outcomes)
+    return run_together(group, in_process, outcomes)
+
+
+def run_in_one_process(group: list[tuple[Step, str]], outcomes: list[StepResult]) -> bool:
+    """Steps of stages that share a process, one after another in one child (``main`` below), each
+    with its marker written there as ``run_together`` writes it; the outcomes read back from the
+    markers. The child stops at the first step that fails; a crash leaves that step's marker
+    "running", so the next run resumes it. False if any step failed."""
+    print(f"almost pipeline: {len(group)} steps in one process: {', '.join(step.name for step, _ in group)}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="almost-steps-") as folder:
+        steps_file = Path(folder) / "steps.json"
+        steps_file.write_text(json.dumps([step_record(step, fp) for step, fp in group]))
+        parent = os.getpid()
+        rc = subprocess.run(
+            [sys.executable, "-m", "almost.run.execute", str(steps_file)], preexec_fn=lambda: die_with_parent(parent)
+        ).returncode
+    for step, fp in group:
+        marker = read_marker(step)
+        if marker.get("fingerprint") != fp or not is_done(step, marker):
+            outcomes.append(StepResult.of(step, "failed", seconds=marker.get("seconds", 0.0), rc=rc or 1))
+            return False
+        outcomes.append(StepResult.of(step, "ran", seconds=marker["seconds"], cpu_seconds=marker.get("cpu_seconds")))
+    return True
+
+
+def step_record(step: Step, fingerprint: str) -> dict:
+    """A step as JSON, for the child process of ``run_in_one_process``."""
+    return {
+        "stage": step.stage.name,
+        "name": step.name,
+        "flags": step.flags,
+        "user_keys": list(step.user_keys),
+        "output_dir": str(step.output_dir),
+        "product": str(step.product),
+        "owned": [str(p) for p in step.owned],
+        "label": step.label,
+        "fingerprint": fingerprint,
+    }
+
+
+def step_from_record(record: dict) -> tuple[Step, str]:
+    step = Step(
+        stages.named(record["stage"]),
+        record["name"],
+        record["flags"],
+        tuple(record["user_keys"]),
+        Path(record["output_dir"]),
+        Path(record["product"]),
+        tuple(Path(p) for p in record["owned"]),
+        label=record["label"],
+    )
+    return step, record["fingerprint"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m almost.run.execute STEPS.json``: run the steps ``run_in_one_process`` wrote, in this
+    process, until one fails; its exit status is the failed step's."""
+    (steps_file,) = sys.argv[1:] if argv is None else argv
+    outcomes: list[StepResult] = []
+    for record in json.loads(Path(steps_file).read_text()):
+        if not run_together([step_from_record(record)], True, outcomes):
+            return outcomes[-1].rc or 1
+    return 0
 
 
 def run_together(group: list[tuple[Step, str]], in_process: bool, outcomes: list[StepResult]) -> bool:
@@ -200,3 +292,7 @@ def run_together(group: list[tuple[Step, str]], in_process: bool, outcomes: list
         write_json_atomic(step.marker, record)
         outcomes.append(StepResult.of(step, "ran", seconds=seconds, cpu_seconds=cpu))
     return ok
+
+
+if __name__ == "__main__":
+    sys.exit(main())
