@@ -12,10 +12,10 @@ which runs each of them in process and writes its marker as the pipeline would.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import resource
 import signal
-import json
 import subprocess
 import sys
 import tempfile
