@@ -66,6 +66,13 @@ def echo_engine() -> ScriptedEngine:
         (GOOD + " Human: hi.", ["echoes_human"]),
         ("<Image> " + GOOD, ["mentions_image"]),
         ("", ["too_short"]),
+        # A short answer that declines is an answer: the minimum length for one is 20 characters.
+        ("I'm sorry, but I can't assist with that.", []),
+        ("I cannot help with that.", []),
+        ("I’m sorry, I won’t do that.", []),
+        ("Sorry, no.", ["too_short"]),
+        ("I'm sorry, but I can't help with", ["no_final_period"]),
+        ("Sure, I can do that.", ["too_short"]),
     ],
 )
 def test_bad_answer_rules(answer, reasons):

@@ -20,6 +20,16 @@ SEPARATOR = "-----"
 # An answer ends where the model starts the next dialogue or the next human turn.
 ANSWER_STOP = (SEPARATOR, "\nHuman:")
 MIN_ANSWER_CHARS = 50
+# A short answer that declines ("I'm sorry, but I can't assist with that.", 40 characters: an instruct
+# model's greedy answer to a harmful request) is not a degenerate one: it is the answer the harmless
+# demonstrations ask for, and a rubric that ranks them on top needs it, so the minimum length does not
+# apply to it. The other rules still do (a full sentence, no "don't know").
+DECLINE_OPENING = re.compile(
+    r"(i['’]?m sorry|i am sorry|sorry|i can['’]?t|i cannot|i won['’]?t|i will not|"
+    r"i['’]?m (not able|unable)|i am (not able|unable)|i must decline|i['’]?m afraid i can)\b",
+    re.IGNORECASE,
+)
+MIN_DECLINE_CHARS = 20
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,7 @@ def bad_answer_reasons(answer: str) -> list[str]:
     """Why an (already cut) answer is BAD; empty when it is usable."""
     a = answer.strip()
     reasons = []
-    if len(a) < MIN_ANSWER_CHARS:
+    if len(a) < (MIN_DECLINE_CHARS if DECLINE_OPENING.match(a) else MIN_ANSWER_CHARS):
         reasons.append("too_short")
     if a.endswith(("?", ":")):
         reasons.append("ends_with_question_or_colon")
