@@ -25,14 +25,13 @@ from pathlib import Path
 import psutil
 import torch
 from safetensors.torch import load_file
-from test_training_resume import assert_same_weights, trained_steps
+from test_training_resume import QUIET, assert_same_weights, comparison_file, rm_train_argv, trained_steps
 
 from almost.contracts import TRAINING_STATUS
 from almost.training import last_complete_checkpoint
 
 CONFIG = Path(__file__).parent.parent / "configs" / "accelerate" / "cpu_fsdp.yaml"
 FSDP_ON_CPU = Path(__file__).with_name("fsdp_on_cpu.py")
-QUIET = ["--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1"]
 # CUDA hidden: this is the CPU (gloo) launch, which must not grab a GPU on machines that have one.
 ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
 
@@ -80,33 +79,6 @@ def load_with_transformers(out: Path, reward_model: bool):
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=ids).logits).all()
-
-
-def comparison_file(tmp_path: Path, n: int) -> Path:
-    data = tmp_path / "comparison.jsonl"
-    rows = [{"prompt": f"Question {i}?", "chosen": f"Sure, happy to help with {i}.", "rejected": f"No. {i}"} for i in range(n)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return data
-
-
-def rm_train_argv(tiny_model_path: str, data: Path, max_steps: int) -> list[str]:
-    return [
-        "rm",
-        "train",
-        "--model_name_or_path",
-        tiny_model_path,
-        "--data_path",
-        str(data),
-        "--max_steps",
-        str(max_steps),
-        "--per_device_train_batch_size",
-        "4",
-        "--learning_rate",
-        "1e-3",
-        "--eval_fraction",
-        "0.2",
-        *QUIET,
-    ]
 
 
 def test_an_fsdp_launch_on_cpu_trains_as_ddp_and_says_so(tmp_path, tiny_model_path):

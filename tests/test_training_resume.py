@@ -35,6 +35,35 @@ STALL_AT_STEP = Path(__file__).with_name("stall_at_step.py")
 QUIET = ["--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1"]
 
 
+def comparison_file(tmp_path: Path, n: int) -> Path:
+    """``n`` distinct pairs a tiny model learns to tell apart in a few steps (the chosen answer is the longer, polite one)."""
+    data = tmp_path / "comparison.jsonl"
+    rows = [{"prompt": f"Question {i}?", "chosen": f"Sure, happy to help with {i}.", "rejected": f"No. {i}"} for i in range(n)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
+def rm_train_argv(tiny_model_path: str, data: Path, max_steps: int) -> list[str]:
+    """``almost rm train`` on the tiny model, as the resume and FSDP tests run it."""
+    return [
+        "rm",
+        "train",
+        "--model_name_or_path",
+        tiny_model_path,
+        "--data_path",
+        str(data),
+        "--max_steps",
+        str(max_steps),
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "1e-3",
+        "--eval_fraction",
+        "0.2",
+        *QUIET,
+    ]
+
+
 def kill_after_checkpoint(argv: list[str], out: Path, stall_at: int, timeout: float = 240) -> str:
     """Run ``almost ARGV`` until it stalls before step ``stall_at + 1`` (checkpoints and logs of the
     earlier steps written), then SIGKILL it. Returns what it printed."""
@@ -127,43 +156,19 @@ def test_sft_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, tin
 
 
 def test_rm_train_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, tiny_model_path, capsys):
-    data = tmp_path / "comparison.jsonl"
-    rows = [{"prompt": f"Question {i}?", "chosen": f"Sure, happy to help with {i}.", "rejected": f"No. {i}"} for i in range(24)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    argv = [
-        "rm",
-        "train",
-        "--model_name_or_path",
-        tiny_model_path,
-        "--data_path",
-        str(data),
-        "--max_steps",
-        "5",
-        "--save_steps",
-        "2",
-        "--per_device_train_batch_size",
-        "4",
-        "--learning_rate",
-        "1e-3",
-        "--eval_fraction",
-        "0.2",
-        *QUIET,
-    ]
+    argv = [*rm_train_argv(tiny_model_path, comparison_file(tmp_path, 24), 5), "--save_steps", "2"]
     out, ref, _ = killed_resumed_and_reference(tmp_path, capsys, argv, max_steps=5, stall_at=3)
     metrics, ref_metrics = (json.loads((d / "metrics.json").read_text()) for d in (out, ref))
     assert metrics["heldout"]["accuracy"] == ref_metrics["heldout"]["accuracy"]
 
 
 def test_dpo_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, tiny_model_path, capsys):
-    data = tmp_path / "comparison.jsonl"
-    rows = [{"prompt": f"Question {i}?", "chosen": f"Sure, happy to help with {i}.", "rejected": f"No. {i}"} for i in range(12)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     argv = [
         "dpo",
         "--model_name_or_path",
         tiny_model_path,
         "--data_path",
-        str(data),
+        str(comparison_file(tmp_path, 12)),
         "--max_steps",
         "5",
         "--save_steps",
