@@ -98,6 +98,15 @@ def input_error(e: BaseException) -> str | None:
     return None
 
 
+def exit_on_input_error(prog: str, e: Exception) -> int:
+    """For an error ``input_error`` knows, one line on stderr and exit status 2; any other is raised again."""
+    message = input_error(e)
+    if message is None:
+        raise e
+    sys.stderr.write(f"{prog}: error: {' '.join(message.split())}\n")
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # started as a program (not called from Python): the allocator can still be chosen
         reexec_with_tcmalloc()
@@ -110,11 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{prog}: interrupted; rerun the same command to resume\n")
         return 130
     except Exception as e:
-        message = input_error(e)
-        if message is None:
-            raise
-        sys.stderr.write(f"{prog}: error: {' '.join(message.split())}\n")
-        return 2
+        return exit_on_input_error(prog, e)
     finally:
         # The output directories this command locked (and created, if it wrote nothing there).
         release_output_dirs(keep=locked)

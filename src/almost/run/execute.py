@@ -86,7 +86,7 @@ def run_step(step: Step, in_process: bool) -> int:
 def run_in_process(step: Step) -> int:
     """The step's stage run inside this process, as its own process would: its settings parsed into its
     configs, its folder locked while it runs, errors one line on stderr with exit status 2."""
-    from ..cli import input_error
+    from ..cli import exit_on_input_error
 
     stage = step.stage
     locked = held_output_dirs()
@@ -98,11 +98,7 @@ def run_in_process(step: Step) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
     except Exception as e:
-        message = input_error(e)
-        if message is None:
-            raise
-        sys.stderr.write(f"{stage.prog}: error: {' '.join(message.split())}\n")
-        return 2
+        return exit_on_input_error(f"almost {step.command[0]}", e)
     finally:
         release_output_dirs(keep=locked)  # the step's own folder, as its own process would
 
