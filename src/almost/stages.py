@@ -98,8 +98,7 @@ class Stage(Command):
     run_name: str
     outputs: StageOutputs
     inputs: Mapping[str, Input] = field(default_factory=dict)
-    # Its folder in a run directory (``almost pipeline``, ``almost report``); None: not a pipeline stage.
-    # An evaluation's steps get one folder each below it, named after the model they evaluate.
+    # Its folder in a run (``almost pipeline``, ``report``), None: not a pipeline stage; an evaluation's steps get one below it per model.
     folder: str | None = None
     # Planned whenever its pipeline section is there, even without a subsection of its own (``rm:`` plans rm train).
     with_section: bool = False
@@ -108,9 +107,8 @@ class Stage(Command):
     # Steps of this stage that differ only in these options run as one call, which makes only theirs
     # (``--select``): rg's configurations of one model load the model once.
     shared_call: tuple[str, ...] = ()
-    # Consecutive steps of such stages run one after another in one child process of the pipeline:
-    # an evaluation's own work takes seconds, and a process of its own spends ~4 s more importing
-    # torch and transformers (2-core CPU), once per model and evaluation.
+    # Consecutive steps of such stages run in one child process: an evaluation works for seconds, and
+    # a process of its own spent ~7 s more importing torch and transformers (2-core CPU, docs/pipeline.md).
     shares_process: bool = False
 
     def __post_init__(self):
@@ -410,11 +408,9 @@ RL = Stage(
         ("rlhf", "trl", "synthetic-feedback"),
     ),
 )
-# The policies `almost eval` compares with the model the first of them started from ("base"), each
-# labelled by its folder, in the pipeline's order.
+# The policies `almost eval` compares with the model the first started from ("base"), each labelled by its folder, in order.
 POLICIES = (DPO, SFT, RL)
-# Policies `eval pairwise` also compares with each other when a run trains both: the two routes from
-# the same synthetic pairs, DPO on them directly and RL against the RM learned from them.
+# Policies `eval pairwise` also compares when a run trains both: DPO on the synthetic pairs, RL against the RM learned from them.
 RIVAL_POLICIES = ((DPO, RL),)
 
 # The multiple-choice evaluations: accuracy with its interval (evaluate.scoring.accuracy), per group too.
@@ -479,9 +475,8 @@ EVAL_PAIRWISE = Stage(
     headline="win_rate",
 )
 
-# In the order the pipeline plans them, the report shows them and ``almost --help`` lists them. A
-# stage's inputs are wired in the order they are declared: that order is part of a step's command
-# line, so of its fingerprint.
+# In the order the pipeline plans them, the report shows them and ``almost --help`` lists them. A stage's inputs
+# are wired in the order they are declared: that order is part of a step's command line, so of its fingerprint.
 STAGES: tuple[Stage, ...] = (PG, RG, MERGE, CS, DPO, RM_TRAIN, RM_SCORE, RM_EVAL, RMSP, SFT, RL, EVAL_HHH, EVAL_TRUTHFULQA, EVAL_PAIRWISE)
 
 
