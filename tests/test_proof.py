@@ -388,7 +388,7 @@ def size_generation(root: Path, prompts: int = 6) -> Path:
 def test_ablation_size_rows_answer_the_1_5b_anew_once_for_all_rows_and_pg_on_it(tmp_path, monkeypatch, capsys):
     """On a size run the default rows are the size rows (and the supervised reference). Rows that need the
     1.5B's faithful answers on the run's own prompts share one `almost rg` call into ablation/rg/, beside
-    copies of the run's files they name; the PG row makes 300 prompts on the 1.5B and answers every
+    copies of the run's files they name; the PG row makes 100 prompts on the 1.5B and answers every
     configuration of the size rubric on them, one call per model."""
     ablation = load_ablation_script()
     generation = size_generation(tmp_path / "gen")
@@ -425,7 +425,7 @@ def test_ablation_size_rows_answer_the_1_5b_anew_once_for_all_rows_and_pg_on_it(
     folder = out / pg.name
     planned_steps = ablation.steps(pg, generation, folder, "hh-harmless-test")
     assert [s[0] for s in planned_steps] == ["pg", "rg qwen2.5-coder-1.5b", "rg smollm2-135m", "cs", "rm train", "rm eval"]
-    made = ("--model_name_or_path", "qwen2.5-coder-1.5b", "--kv_cache_gib", "3", "--num_generation", "300")
+    made = ("--model_name_or_path", "qwen2.5-coder-1.5b", "--kv_cache_gib", "3", "--num_generation", "100")
     assert planned_steps[0][1] == ["pg", *ablation.overridden(ablation.PG, made), "--output_dir", str(folder / "pg")]
     for _, argv, products in planned_steps[1:3]:
         assert argv[argv.index("--prompts_path") + 1] == str(folder / "pg" / "prompts.txt")
@@ -442,7 +442,8 @@ def test_ablation_size_rows_answer_the_1_5b_anew_once_for_all_rows_and_pg_on_it(
 def test_supervised_reference_trains_on_as_many_seeded_dev_pairs_as_cs_kept_and_never_test_pairs(tmp_path, monkeypatch, capsys):
     """The supervised row's training file holds the generation's CS pair count of hh-harmless-dev rows, a
     seeded shuffle of the usable ones (the same file every time, not the file's first rows), no row of the
-    test half it is read on; `rm train` takes it with the proof RM's settings; read on the dev half it is refused."""
+    test half it is read on; `rm train` takes it with the proof RM's settings (memory saved by checkpointing);
+    read on the dev half it is refused."""
     ablation = load_ablation_script()
     from almost.reward.formats import load_pairs
     from almost.reward.train import refuse_evaluation_data
@@ -467,7 +468,8 @@ def test_supervised_reference_trains_on_as_many_seeded_dev_pairs_as_cs_kept_and_
     refuse_evaluation_data(str(path))  # a file of its own, not the shipped set's name
 
     train, evaluate = ablation.steps(variant, generation, folder, "hh-harmless-test")
-    assert train[1] == ["rm", "train", *ablation.RM_TRAIN, *ablation.PROOF_RM, "--data_path", str(path), "--output_dir", str(folder / "rm")]
+    settings = [*ablation.RM_TRAIN, *ablation.PROOF_RM, "--gradient_checkpointing", "true"]
+    assert train[1] == ["rm", "train", *settings, "--data_path", str(path), "--output_dir", str(folder / "rm")]
     assert evaluate[1][evaluate[1].index("--data_path") + 1] == "hh-harmless-test"
 
     (generation / "rg").mkdir()
