@@ -249,6 +249,16 @@ VARIANTS = (
     Variant(
         "size-seed-filter", "the size rubric without the length controls: the seed's CS filter, plain RM", SIZE_RUBRIC, generations=SIZE
     ),
+    # --length_balance keeps as many chosen-longer pairs as chosen-shorter ones, and the 1.5B's answers
+    # are mostly the longer (its refusals explain themselves): the size run keeps 53 of ~280 pairs.
+    # ODIN's length head is the other control, one that keeps every pair.
+    Variant(
+        "size-length-head",
+        "the size rubric, the seed's CS filter, RM --length_head (every pair kept, length left to the head)",
+        SIZE_RUBRIC,
+        rm_flags=PROOF_RM,
+        generations=SIZE,
+    ),
     Variant(
         "size-faithful-seed-filter",
         "size alone (faithful) without the length controls: the seed's CS filter, plain RM",
