@@ -365,7 +365,22 @@ def test_pairwise_judges_each_get_a_step_and_bad_judges_fail_early(tmp_path, cap
     (tmp_path / "run" / "eval" / "pairwise" / "answers").mkdir(parents=True)
     (tmp_path / "run" / "eval" / "pairwise" / "answers" / "answers_x.jsonl").write_text("{}\n")
     assert [step_fingerprint(s) for s in steps] == fingerprints
-    for judges, message in (({"x": "rm"}, "no rm stage"), ({"../x": "llm:m"}, "must be a plain name"), (["rm"], "must map labels")):
+    # A judge that reads only some models' pairings (an LM judge can cost more than the rest of a run).
+    base["eval"]["models"]["rl"] = "smollm2-135m"
+    base["eval"]["pairwise"]["judges"] = {"a": {"judge": "llm:smollm2-135m", "models": ["rl"]}, "b": "openai:https://example.org/v1"}
+    steps = Planner(load_config(path := write_config(path, base)), tmp_path / "run", path).plan()
+    assert [(s.name, s.flags["judge"]) for s in steps] == [
+        ("eval/pairwise/sft-vs-base-by-b", "openai:https://example.org/v1"),
+        ("eval/pairwise/rl-vs-base-by-a", "llm:smollm2-135m"),
+        ("eval/pairwise/rl-vs-base-by-b", "openai:https://example.org/v1"),
+    ]
+    for judges, message in (
+        ({"x": "rm"}, "no rm stage"),
+        ({"../x": "llm:m"}, "must be a plain name"),
+        (["rm"], "must map labels"),
+        ({"x": {"judge": "llm:m", "models": ["dpo"]}}, "models must list evaluated models (base, sft, rl)"),
+        ({"x": {"judge": "llm:m"}}, "must be a judge, or {judge: SPEC, models: [label, ...]}"),
+    ):
         base["eval"]["pairwise"]["judges"] = judges
         assert cli(["pipeline", str(write_config(path, base)), "--output_dir", str(tmp_path / "run")]) == 2
         assert message in capsys.readouterr().err

@@ -313,7 +313,9 @@ class Planner:
             if {a.folder, b.folder} <= set(models) and baseline not in (a.folder, b.folder)
         ]
         for label, against in pairings:
-            for by, judge in judges.items():
+            for by, (judge, reads) in judges.items():
+                if reads is not None and label not in reads:
+                    continue
                 # One answer cache for every pairing and judge: each model (the baseline included)
                 # answers each question once. The steps run one after another, and `eval pairwise`
                 # locks the folder besides.
@@ -328,13 +330,16 @@ class Planner:
                 name = f"{label}-vs-{against}" + (f"-by-{by}" if by else "")
                 self.add(stage, settings, wired, folder / name, name)
 
-    def pairwise_judges(self, stage: Stage, settings: dict) -> dict[str, str | None]:
-        """``eval.pairwise.judges`` (label: judge spec, ``rm`` = the run's own RM) → a step per judge,
-        in folders ``<model>-vs-<baseline>-by-<label>``. Without it, one step with the config's
-        ``judge``, else the run's RM (``{"": None}``, the folder keeps its plain name)."""
+    def pairwise_judges(self, stage: Stage, settings: dict) -> dict[str, tuple[str | None, list[str] | None]]:
+        """``eval.pairwise.judges`` (label: judge spec, ``rm`` = the run's own RM) → label: (judge, the
+        model labels it reads, None = all), a step per judge and pairing, in folders
+        ``<model>-vs-<baseline>-by-<label>``. A judge may be ``{judge: SPEC, models: [label, ...]}``:
+        it then reads only the pairings of those models (an LM judge can cost more than the run).
+        Without ``judges``, one step with the config's ``judge``, else the run's RM (``{"": (None,
+        None)}``, the folder keeps its plain name)."""
         judges = settings.pop("judges", None)
         if judges is None:
-            return {"": None}
+            return {"": (None, None)}
         if "judge" in settings:
             raise AlmostError(f"{self.where}: eval.pairwise takes judge or judges, not both")
         if not isinstance(judges, dict) or not judges:
@@ -347,6 +352,9 @@ class Planner:
                     f"{self.where}: eval.pairwise.judges label {by!r} must be a plain name (letters, digits, . _ -): it names a "
                     "folder of the run"
                 )
+            reads = None
+            if isinstance(judge, dict):
+                judge, reads = self.judge_reads(by, judge)
             if judge == "rm":
                 if not own_rm:
                     raise AlmostError(
@@ -355,5 +363,15 @@ class Planner:
                 judge = own_rm
             if not isinstance(judge, str):
                 raise AlmostError(f"{self.where}: eval.pairwise.judges.{by} must be rm, rm:PATH, llm:MODEL or openai:URL")
-            found[by] = judge
+            found[by] = (judge, reads)
         return found
+
+    def judge_reads(self, by: str, entry: dict) -> tuple[object, list[str]]:
+        """``{judge: SPEC, models: [label, ...]}`` → (SPEC, the labels), each an evaluated model."""
+        where = f"{self.where}: eval.pairwise.judges.{by}"
+        if set(entry) != {"judge", "models"}:
+            raise AlmostError(f"{where} must be a judge, or {{judge: SPEC, models: [label, ...]}}; got keys {', '.join(map(str, entry))}")
+        reads, models = entry["models"], self.evaluated_models()
+        if not isinstance(reads, list) or not reads or not all(isinstance(label, str) and label in models for label in reads):
+            raise AlmostError(f"{where}.models must list evaluated models ({', '.join(models)}), got {reads!r}")
+        return entry["judge"], reads
