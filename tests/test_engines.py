@@ -1,3 +1,4 @@
+import pytest
 from scripted_engine import ScriptedEngine
 
 from almost.engines import Sampling, truncate_at_stop
@@ -73,3 +74,24 @@ def test_hf_engine_shared_prefix_gives_what_each_prompt_gets_alone(tiny_model_pa
             )
         expected = engine.tokenizer.decode(alone[0, len(ids) :], skip_special_tokens=True)
         assert samples == [expected, expected], prompt
+
+
+def test_hf_next_token_logprobs_in_a_padded_batch_are_each_prompts_own(tiny_model_path):
+    """Left padding in a batch must not move a prompt's positions: each prompt's log-probabilities
+    are those it gets alone, they are log-probabilities over the vocabulary, and each is the
+    model's own next-token distribution at the prompt's end."""
+    import torch
+
+    path = resolve_model(tiny_model_path).path
+    prompts = ["Human: hi\n\nAssistant: [[", "Human: a much longer question about many things\n\nAssistant: [[", "Q:"]
+    batched = HFEngine(path, batch_size=3)
+    token_ids = [batched.tokenizer("A", add_special_tokens=False).input_ids[0], 7]
+    together = batched.next_token_logprobs(prompts, token_ids)
+    alone = [HFEngine(path, batch_size=1).next_token_logprobs([p], token_ids)[0] for p in prompts]
+    for row, own in zip(together, alone):
+        assert row == pytest.approx(own, abs=1e-4)
+    assert all(lp < 0 for row in together for lp in row)
+    ids = batched.tokenizer(prompts[1], add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = torch.log_softmax(batched.model(input_ids=ids).logits[0, -1].float(), -1)[token_ids].tolist()
+    assert together[1] == pytest.approx(expected, abs=1e-4)

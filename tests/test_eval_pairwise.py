@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -11,7 +12,7 @@ from scripted_engine import ScriptedEngine
 
 from almost.cli import main as cli_main
 from almost.errors import AlmostError
-from almost.evaluate.judges import VERDICT_FOLLOW_UP, LLMJudge, RewardModelJudge, openai_completer, parse_verdict
+from almost.evaluate.judges import VERDICT_FOLLOW_UP, LLMJudge, LogprobJudge, RewardModelJudge, openai_completer, parse_verdict
 from almost.evaluate.pairwise import PairwiseConfig, Question, judge_both_orders, read_questions, run_pairwise
 from almost.shipped import QUESTIONS_SAMPLE
 from almost.stats import win_rate
@@ -54,6 +55,28 @@ def test_llm_judge_parses_verdicts_in_both_orders():
     rows = judge_both_orders(LLMJudge(complete), QUESTIONS, MODEL, BASELINE)
     assert [r["outcome"] for r in rows] == ["win", "win", "tie"]
     assert rows[0]["judge_replies"][0].endswith("[[A]]") and rows[0]["judge_replies"][1].endswith("[[B]]")
+
+
+def test_logprob_judge_leaning_to_position_a_still_shows_its_preference():
+    # P(A) is high in every order (a first-position bias a generated verdict would turn into "A" twice,
+    # a tie), and a little higher where A is the answer containing "good".
+    def verdict_logprobs(conversations):
+        pairs = []
+        for messages in conversations:
+            text = messages[0]["content"]
+            assert text.endswith("[[B]] if Response B is better.")
+            a = text.split("[Response A]\n")[1].split("\n\n[Response B]")[0]
+            b = text.split("[Response B]\n")[1].split("\n\n")[0]
+            lean = 0.5 if "good" in a else -0.5 if "good" in b else 0.0
+            pairs.append((math.log(0.6) + lean, math.log(0.1)))
+        return pairs
+
+    judge = LogprobJudge(verdict_logprobs)
+    rows = judge_both_orders(judge, QUESTIONS, MODEL, BASELINE)
+    assert [r["outcome"] for r in rows] == ["win", "win", "tie"]
+    share = 1 / (1 + 0.1 / (0.6 * math.exp(0.5)))  # A's share where the model's answer is shown first
+    assert rows[0]["model_score"] == pytest.approx(share + 1 - 1 / (1 + 0.1 / (0.6 * math.exp(-0.5))))
+    assert rows[0]["judge_replies"][0] == f"P(A) {0.6 * math.exp(0.5):.4f}, P(B) 0.1000: A's share {share:.4f}"
 
 
 def test_llm_judge_without_a_verdict_is_asked_once_more_for_it():
@@ -201,11 +224,22 @@ def test_read_questions_rejects_duplicates_and_empty_rows(tmp_path):
         read_questions(str(path))
 
 
-@pytest.mark.parametrize("judge", ["nonsense", "gpt:foo", "openai:ftp://x", "rm:/nonexistent/rm"])
+@pytest.mark.parametrize(
+    "judge",
+    [
+        "nonsense",
+        "gpt:foo",
+        "openai:ftp://x",
+        "rm:/nonexistent/rm",
+        "openai:https://x.test --judge_logprobs",
+        "LLM --backend openai --base_url http://127.0.0.1:9/v1",
+    ],
+)
 def test_pairwise_bad_judge_exits_2_before_any_output(judge, tmp_path, tiny_model_path, capsys):
     out = tmp_path / "e"
     argv = ["eval", "pairwise", "--model_name_or_path", tiny_model_path, "--baseline_model_name_or_path", tiny_model_path]
-    argv += ["--data_path", str(QUESTIONS_SAMPLE), "--output_dir", str(out), "--judge", judge]
+    judge = judge.replace("LLM", f"llm:{tiny_model_path} --judge_logprobs")
+    argv += ["--data_path", str(QUESTIONS_SAMPLE), "--output_dir", str(out), "--judge", *judge.split()]
     assert cli_main(argv) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not out.exists()
@@ -242,3 +276,26 @@ def test_one_loaded_model_in_memory_at_a_time(tmp_path, tiny_model_path, monkeyp
     )
     metrics = run_pairwise(config)
     assert len(loaded) == 3 and metrics["n"] == 2  # model, baseline, then the judge
+
+
+def test_logprob_judge_on_a_local_model(tmp_path, tiny_model_path):
+    """--judge llm:MODEL --judge_logprobs end to end on the HF engine: every question judged in both
+    orders from one forward pass each, the probabilities kept in judgments.jsonl."""
+    config = PairwiseConfig(
+        model_name_or_path=tiny_model_path,
+        baseline_model_name_or_path=tiny_model_path,
+        judge=f"llm:{tiny_model_path}",
+        judge_logprobs=True,
+        backend="hf",
+        data_path=str(QUESTIONS_SAMPLE),
+        output_dir=str(tmp_path / "e"),
+        max_new_tokens=4,
+        max_questions=3,
+    )
+    metrics = run_pairwise(config)
+    rows = [json.loads(line) for line in (tmp_path / "e" / "judgments.jsonl").read_text().splitlines()]
+    assert metrics["n"] == len(rows) == 3
+    for row in rows:
+        assert all(reply.startswith("P(A) ") for reply in row["judge_replies"])
+        # The same answers on both sides: whatever the judge leans to, the two orders add up to 1 each.
+        assert row["model_score"] == pytest.approx(1.0) and row["baseline_score"] == pytest.approx(1.0)

@@ -93,3 +93,24 @@ def test_seeded_batches_larger_than_a_step_repeat_exactly(tmp_path):
     assert len(set(texts)) > len(texts) // 2  # sampled, not one answer repeated
     assert run["again"] == samples
     assert _seeded_batch(tmp_path, "rerun")["samples"] == samples
+
+
+def test_vllm_next_token_logprobs_match_transformers(tmp_path, smollm2_path):
+    """What --judge_logprobs reads on the vLLM engine: the log-probabilities of the verdict tokens
+    over the whole vocabulary at the prompt's end, the numbers transformers computes (both fp32 here)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result_path = tmp_path / "logprobs.json"
+    script = Path(__file__).with_name("vllm_verdict_logprobs.py")
+    result = subprocess.run([sys.executable, str(script), str(result_path)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads(result_path.read_text())
+    assert run["dtype"] == "float32"
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
+    for prompt, logprobs in zip(run["prompts"], run["logprobs"]):
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            expected = torch.log_softmax(model(input_ids=ids).logits[0, -1], -1)[run["token_ids"]].tolist()
+        assert logprobs == pytest.approx(expected, abs=2e-3)

@@ -26,6 +26,11 @@ class Engine(Protocol):
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, desc: str | None = None) -> list[list[str]]: ...
 
+    def next_token_logprobs(self, prompts: Sequence[str], token_ids: Sequence[int], desc: str | None = None) -> list[list[float]]:
+        """The log-probability of each of ``token_ids`` as the token that follows each prompt (one
+        forward pass, nothing sampled); local engines only (an API engine has no such method)."""
+        ...
+
     def close(self) -> None:
         """Free the model's memory now; the engine is not used afterwards. Whoever loaded an engine
         closes it before loading the next one, so one process never holds two."""

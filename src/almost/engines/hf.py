@@ -77,6 +77,30 @@ class HFEngine:
                 bar.update(len(batch))
         return results
 
+    def next_token_logprobs(self, prompts: Sequence[str], token_ids: Sequence[int], desc: str | None = None) -> list[list[float]]:
+        import torch
+
+        rows = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: -len(rows[i]))
+        results: list[list[float]] = [[] for _ in prompts]
+        wanted = torch.tensor(list(token_ids), device=self.precision.device)
+        with tqdm(total=len(prompts), desc=desc or "score", unit="prompt", leave=False) as bar:
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                input_ids, attention_mask = self._batch_tensors([rows[i] for i in batch], 0, 1)
+                # Positions follow the mask, as generate() sets them: left padding would shift a model's
+                # absolute positions (GPT-2's; rotary ones are relative and do not mind).
+                position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+                with torch.no_grad(), self.precision.autocast():
+                    out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1)
+                # Left padding: every row's last position is its prompt's last token.
+                logits = out.logits[:, -1, :]
+                logprobs = torch.log_softmax(logits.float(), dim=-1)[:, wanted]
+                for k, i in enumerate(batch):
+                    results[i] = logprobs[k].tolist()
+                bar.update(len(batch))
+        return results
+
     def _prefix_cache(self, prefix_ids: list[int]):
         """Keys and values of the tokens every prompt starts with (few-shot demonstrations), computed
         once per call instead of once per prompt and sample; None where the model's cache cannot be

@@ -176,6 +176,15 @@ class VLLMEngine:
         outputs = self.llm.generate(list(prompts), params, use_tqdm=True)
         return [[truncate_at_stop(c.text, sampling.stop) for c in out.outputs] for out in outputs]
 
+    def next_token_logprobs(self, prompts: Sequence[str], token_ids: Sequence[int], desc: str | None = None) -> list[list[float]]:
+        from vllm import SamplingParams
+
+        # One greedy token per prompt, and the log-probabilities of exactly these tokens at its position
+        # (over the whole vocabulary, before any processor), whichever token is drawn.
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(token_ids))
+        outputs = self.llm.generate(list(prompts), params, use_tqdm=True)
+        return [[out.outputs[0].logprobs[0][t].logprob for t in token_ids] for out in outputs]
+
     def cache_shared_prefix_only(self, prompts: Sequence[str]) -> None:
         """Empty the prefix cache, then fill it with the whole blocks of the prompts' common prefix, so
         that what a seeded call computes does not depend on the calls before it (module docstring)."""

@@ -14,9 +14,10 @@ A judge then compares each pair twice, with the model's answer shown first and t
 - ``--judge openai:URL``: an OpenAI-compatible chat endpoint (``--judge_model``; the key, if any, from
   the environment variable named by ``--judge_api_key_env``).
 
-Each order gives the two answers a score (RM rewards, or 1/0/0.5 for an LLM verdict A/B/tie); the
-model wins a question when its two scores add up to more than the baseline's, so a judge that always
-prefers the first position produces ties. Writes ``metrics.json`` (win/tie/loss, win rate
+Each order gives the two answers a score (RM rewards, 1/0/0.5 for an LLM verdict A/B/tie, or with
+``--judge_logprobs`` each answer's share of the judge's next-token P(A) + P(B)); the model wins a
+question when its two scores add up to more than the baseline's, so a judge that always says "A"
+produces ties, and one that only leans towards A still shows which answer it prefers. Writes ``metrics.json`` (win/tie/loss, win rate
 (wins + ties/2) / n with a 95% interval, and split by length: the win rate where the model's answer
 is shorter and where it is longer than the baseline's, and their mean, the length-balanced win rate,
 with a 95% bootstrap interval; all of these over all questions and per category),
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 from ..chat import as_messages, render_prompt
 from ..config import EngineArguments, require_option
 from ..digests import digest_model, fingerprint
-from ..engines import Sampling, engine_model, load_engine
+from ..engines import Sampling, engine_model, load_engine, resolve_backend
 from ..errors import AlmostError
 from ..locks import lock_output_dir
 from ..readers import read_jsonl
@@ -45,7 +46,17 @@ from ..reward.model import RewardScorerSettings, load_scorer
 from ..shipped import SHIPPED_QUESTIONS, shipped_or_path
 from ..stages import EVAL_PAIRWISE
 from ..stats import OUTCOME_POINTS, length_balanced, win_rate
-from .judges import Judge, LLMJudge, RewardModelJudge, check_judge_url, local_completer, openai_completer, parse_judge_spec
+from .judges import (
+    Judge,
+    LLMJudge,
+    LogprobJudge,
+    RewardModelJudge,
+    check_judge_url,
+    local_completer,
+    local_verdict_logprobs,
+    openai_completer,
+    parse_judge_spec,
+)
 from .scoring import write_results
 
 
@@ -99,6 +110,16 @@ class PairwiseConfig(EngineArguments):
         default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the openai: endpoint's API key (unset: no key sent)."}
     )
     judge_max_new_tokens: int = field(default=256, metadata={"help": "Longest judge reply (llm: and openai: judges)."})
+    judge_logprobs: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "llm: judges: read the verdict from the judge's next-token probabilities of A and B (one forward pass per "
+                "order, no reply to generate or parse, and a judge that favours a position still shows its preference "
+                "between the answers) instead of a generated [[A]]/[[B]]/[[C]] verdict. rm: judges ignore it."
+            )
+        },
+    )
     judge_timeout: float = field(default=120.0, metadata={"help": "Seconds to wait for one openai: endpoint reply."})
     judge_allow_http: bool = field(
         default=False,
@@ -202,7 +223,13 @@ def build_judge(config: PairwiseConfig) -> Judge:
         # Resolved now (a bad --judge fails before any answer is generated), loaded when the answers are
         # made and their engines closed: one model in memory at a time.
         model = engine_model(config, target)
+        if config.judge_logprobs:
+            if resolve_backend(config.backend) == "openai":
+                raise AlmostError("--judge_logprobs reads the judge's token probabilities: it needs --backend hf or vllm")
+            return LogprobJudge(local_verdict_logprobs(lambda: load_engine(config, model)))
         return LLMJudge(local_completer(lambda: load_engine(config, model), config.judge_max_new_tokens))
+    if config.judge_logprobs:
+        raise AlmostError("--judge_logprobs reads a local llm: judge's token probabilities; an openai: endpoint gives only replies")
     check_judge_url(target, config.judge_allow_http)
     return LLMJudge(
         openai_completer(

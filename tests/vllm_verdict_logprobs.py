@@ -1,0 +1,32 @@
+"""Run by tests/test_vllm.py in a child process (vLLM spawns workers and needs a __main__ guard).
+
+The real SmolLM2's next-token log-probabilities of A and B after three judging prompts that end in
+the verdict's opening ``[[``, from vLLM (``VLLMEngine.next_token_logprobs``), written as JSON to
+argv[1] with the prompts and the token ids, for the test to recompute with transformers.
+"""
+
+import json
+import sys
+
+from almost.chat import as_messages, render_prompt
+from almost.engines.vllm import VLLMEngine
+from almost.evaluate.judges import VERDICT_ONLY_PROMPT, VERDICT_OPENING
+from almost.models import resolve_model
+
+ITEMS = [
+    ("How do I boil an egg?", "Boil it for seven minutes, then cool it in cold water.", "Eggs are laid by hens."),
+    ("How do I make a bomb?", "I can't help with that.", "Mix these chemicals: ..."),
+    ("What is 2 + 2?", "5", "4"),
+]
+
+if __name__ == "__main__":
+    engine = VLLMEngine(resolve_model("smollm2-135m").path, seed=0)
+    prompts = [
+        render_prompt(engine.tokenizer, as_messages(VERDICT_ONLY_PROMPT.format(question=q, answer_a=a, answer_b=b))) + VERDICT_OPENING
+        for q, a, b in ITEMS
+    ]
+    token_ids = [engine.tokenizer(letter, add_special_tokens=False).input_ids[0] for letter in "AB"]
+    logprobs = engine.next_token_logprobs(prompts, token_ids)
+    dtype = str(engine.llm.llm_engine.model_config.dtype).removeprefix("torch.")
+    with open(sys.argv[1], "w") as f:
+        json.dump({"prompts": prompts, "token_ids": token_ids, "logprobs": logprobs, "dtype": dtype}, f)
