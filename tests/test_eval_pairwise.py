@@ -281,9 +281,12 @@ def test_one_loaded_model_in_memory_at_a_time(tmp_path, tiny_model_path, monkeyp
 def test_logprob_judge_on_a_local_model(tmp_path, tiny_model_path):
     """--judge llm:MODEL --judge_logprobs end to end on the HF engine: every question judged in both
     orders from one forward pass each, the probabilities kept in judgments.jsonl."""
+    # Scripted answers that differ (two tiny random models answer alike: identical answers are not judged).
+    model, baseline = ScriptedEngine(lambda prompt, i: "a careful, helpful answer"), ScriptedEngine(lambda prompt, i: "No.")
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     config = PairwiseConfig(
         model_name_or_path=tiny_model_path,
-        baseline_model_name_or_path=tiny_model_path,
+        baseline_model_name_or_path=str(tmp_path),
         judge=f"llm:{tiny_model_path}",
         judge_logprobs=True,
         backend="hf",
@@ -292,10 +295,24 @@ def test_logprob_judge_on_a_local_model(tmp_path, tiny_model_path):
         max_new_tokens=4,
         max_questions=3,
     )
-    metrics = run_pairwise(config)
+    metrics = run_pairwise(config, model, baseline)
     rows = [json.loads(line) for line in (tmp_path / "e" / "judgments.jsonl").read_text().splitlines()]
     assert metrics["n"] == len(rows) == 3
     for row in rows:
         assert all(reply.startswith("P(A) ") for reply in row["judge_replies"])
-        # The same answers on both sides: whatever the judge leans to, the two orders add up to 1 each.
-        assert row["model_score"] == pytest.approx(1.0) and row["baseline_score"] == pytest.approx(1.0)
+        # Each order's two shares add up to 1, so the two orders' to 2.
+        assert row["model_score"] + row["baseline_score"] == pytest.approx(2.0)
+        assert row["outcome"] == ("win" if row["model_score"] > row["baseline_score"] else "loss")
+
+
+def test_identical_answers_are_a_tie_the_judge_is_not_asked_about():
+    asked = []
+
+    def decide(q, a, b):
+        asked.append(q)
+        return (float(len(a)), float(len(b)) + 0.1 * (a == b))  # a judge that would break the tie by rounding
+
+    model = {**MODEL, "3": BASELINE["3"]}
+    rows = judge_both_orders(ScriptedJudge(decide), QUESTIONS, model, BASELINE)
+    assert [r["outcome"] for r in rows] == ["win", "win", "tie"] and asked == ["q1", "q1", "q2", "q2"]
+    assert rows[2]["identical_answers"] and rows[2]["model_score"] is None and "identical_answers" not in rows[0]

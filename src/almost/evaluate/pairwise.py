@@ -239,28 +239,31 @@ def build_judge(config: PairwiseConfig) -> Judge:
 
 
 def judge_both_orders(judge: Judge, questions: Sequence[Question], model_answers: dict, baseline_answers: dict) -> list[dict]:
-    """Every question judged with the model's answer first, then second; the sums decide."""
+    """Every question judged with the model's answer first, then second; the sums decide. Where both
+    answers are the same text the question is a tie, unjudged: a judge's scores of one text would
+    differ only by the rounding of the batch it was read in (measured: a logprob judge's 1.3e-6 made
+    a win of one)."""
+    judged = [q for q in questions if model_answers[q.question_id] != baseline_answers[q.question_id]]
     items = []
-    for q in questions:
+    for q in judged:
         a, b = model_answers[q.question_id], baseline_answers[q.question_id]
         items += [(q.text, a, b), (q.text, b, a)]
-    scores = judge.compare(items)
+    scores = judge.compare(items) if items else []
     replies = getattr(judge, "replies", None) or [None] * len(items)
+    position = {q.question_id: k for k, q in enumerate(judged)}
     rows = []
-    for k, q in enumerate(questions):
-        (m1, b1), (b2, m2) = scores[2 * k], scores[2 * k + 1]
-        model_total, baseline_total = m1 + m2, b1 + b2
-        outcome = "win" if model_total > baseline_total else "loss" if model_total < baseline_total else "tie"
-        row = {
-            "question_id": q.question_id,
-            "category": q.category,
-            "model_score": model_total,
-            "baseline_score": baseline_total,
-            "outcome": outcome,
-            "model_length": len(model_answers[q.question_id]),
-            "baseline_length": len(baseline_answers[q.question_id]),
-        }
-        if replies[2 * k] is not None:
+    for q in questions:
+        row = {"question_id": q.question_id, "category": q.category}
+        k = position.get(q.question_id)
+        if k is None:
+            row.update(model_score=None, baseline_score=None, outcome="tie", identical_answers=True)
+        else:
+            (m1, b1), (b2, m2) = scores[2 * k], scores[2 * k + 1]
+            model_total, baseline_total = m1 + m2, b1 + b2
+            outcome = "win" if model_total > baseline_total else "loss" if model_total < baseline_total else "tie"
+            row.update(model_score=model_total, baseline_score=baseline_total, outcome=outcome)
+        row.update(model_length=len(model_answers[q.question_id]), baseline_length=len(baseline_answers[q.question_id]))
+        if k is not None and replies[2 * k] is not None:
             row["judge_replies"] = [replies[2 * k], replies[2 * k + 1]]
         rows.append(row)
     return rows
