@@ -141,6 +141,7 @@ CASES = {
     "--top_p 5": lambda t, m: ["pg", "--output_dir", str(t / "out"), "--top_p", "5"],
     "--temperature -1": lambda t, m: ["rg", "--output_dir", str(t / "out"), "--prompts_path", prompts(t), "--temperature", "-1"],
     "--batch_size 0": lambda t, m: ["rmsp", "--output_dir", str(t / "out"), "--batch_size", "0"],
+    "--max_model_len 0": lambda t, m: ["rg", "--output_dir", str(t / "out"), "--prompts_path", prompts(t), "--max_model_len", "0"],
     "--max_new_tokens 0": lambda t, m: ["rg", "--output_dir", str(t / "out"), "--prompts_path", prompts(t), "--max_new_tokens", "0"],
     "rl --num_generations 0": lambda t, m: ["rl", "--output_dir", str(t / "out"), "--num_generations", "0"],
     "truthfulqa --max_questions 0": lambda t, m: [

@@ -107,6 +107,9 @@ def test_vllm_next_token_logprobs_match_transformers(tmp_path, smollm2_path):
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads(result_path.read_text())
     assert run["dtype"] == "float32"
+    # --max_model_len reached the engine, and with it the most tokens one CPU step prefills: with
+    # chunked prefill off, vLLM's CPU budget is max(max_model_len, 4,096), the model's 8,192 unset.
+    assert run["max_model_len"] == 1024 and run["step_budget"] == 4096
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
     model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
     for prompt, logprobs in zip(run["prompts"], run["logprobs"]):

@@ -309,6 +309,16 @@ class EngineArguments(ModelArguments):
     gpu_memory_utilization: float = field(
         default=0.9, metadata={"help": "Share of GPU memory vLLM may take, weights and KV cache (vllm backend on GPUs)."}
     )
+    max_model_len: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "vllm backend: the longest prompt plus answer, in tokens (default: the model's context length). On CPU one "
+                "engine step prefills up to this many tokens (chunked prefill is off there), so a smaller value bounds that "
+                "step's activation memory: see docs/feedback.md."
+            )
+        },
+    )
     seed: int = field(default=42, metadata={"help": "Random seed: the same seed on the same backend repeats a run."})
     overwrite: bool = field(default=False, metadata={"help": "Start again even if finished or partial outputs exist."})
     base_url: list[str] = field(
@@ -354,6 +364,8 @@ class EngineArguments(ModelArguments):
             raise ValueError("--kv_cache_gib must be positive")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError("--gpu_memory_utilization must be in (0, 1]")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError("--max_model_len must be a positive number of tokens")
 
 
 def require_option(value: Any, option: str, purpose: str = "") -> None:

@@ -79,6 +79,7 @@ def load_engine(config, model: ResolvedModel) -> Engine:
         cache_dir=config.cache_dir,
         kv_cache_gib=config.kv_cache_gib,
         gpu_memory_utilization=config.gpu_memory_utilization,
+        max_model_len=config.max_model_len,
     )
 
 

@@ -263,6 +263,7 @@ _NOT_RESULT_SETTINGS = (
     "max_prompts",
     "kv_cache_gib",
     "gpu_memory_utilization",
+    "max_model_len",
     "model_name_or_path",
     "user_model_name_or_path",
     "reward_model_name_or_path",
