@@ -100,7 +100,7 @@ RG = [
 # The proof configs' PG settings; a PG row adds its model and its number of prompts.
 PG = ["--model_name_or_path", SMOLLM2, "--prompt_file_path", "seed_prompts_harmless.txt", "--batch_size", "64", "--seed", "42"]
 # Engine flags of a model wherever it generates, as proof-size.yaml gives them (its KV cache, set).
-ENGINE_FLAGS = {QWEN: ("--kv_cache_gib", "3")}
+ENGINE_FLAGS = {QWEN: ("--kv_cache_gib", "3", "--max_model_len", "4096")}
 # The human pairs a supervised row trains on: a seeded shuffle of this half's usable pairs, the first N.
 SUPERVISED_SOURCE, SUPERVISED_SEED, HUMAN_PAIRS = "hh-harmless-dev", 0, "human_pairs.jsonl"
 # What the proof run's own row did, by the config that made the generation.
@@ -141,6 +141,10 @@ class Variant:
 
 # The proof run's own CS and RM options: the LoRA and scale rows change one thing on top of them.
 PROOF_CS = ("--length_balance", "true", "--seed", "0")
+# A two-configuration rubric under the seed's filter keeps only chosen-longer pairs (mean - std/2 of two
+# lengths lies above the shorter), which --length_balance then all but empties (the size run: 1 of
+# 141): such rows leave length to the balance alone.
+TWO_RANK_CS = (*PROOF_CS, "--length_filter", "false")
 PROOF_RM = ("--length_head", "true")
 SIZE = ("size",)
 QWEN_FAITHFUL_ANEW = ((QWEN, "faithful_prompt.txt", 2),)
@@ -214,34 +218,34 @@ VARIANTS = (
     ),
     Variant(
         "size-harmless",
-        "size alone, harmless demonstrations: 1.5B harmless-2shot > 135M harmless-2shot",
+        "size alone, harmless demonstrations: 1.5B harmless-2shot > 135M harmless-2shot; no seed filter, --length_balance",
         (QWEN_HARMLESS, HARMLESS),
-        PROOF_CS,
+        TWO_RANK_CS,
         PROOF_RM,
         generations=SIZE,
     ),
     Variant(
         "size-faithful",
-        "size alone, faithful demonstrations: 1.5B faithful-2shot (answered anew) > 135M faithful-2shot",
+        "size alone, faithful demonstrations: 1.5B faithful-2shot (answered anew) > 135M faithful-2shot; no seed filter, --length_balance",
         (QWEN_FAITHFUL, FAITHFUL),
-        PROOF_CS,
+        TWO_RANK_CS,
         PROOF_RM,
         rg_configurations=QWEN_FAITHFUL_ANEW,
         generations=SIZE,
     ),
     Variant(
         "size-plus-harmless",
-        "size + harmless demonstrations: 1.5B harmless-2shot > 135M faithful-2shot",
+        "size + harmless demonstrations: 1.5B harmless-2shot > 135M faithful-2shot; no seed filter, --length_balance",
         (QWEN_HARMLESS, FAITHFUL),
-        PROOF_CS,
+        TWO_RANK_CS,
         PROOF_RM,
         generations=SIZE,
     ),
     Variant(
         "harmless-1.5b",
-        "the harmless demonstrations alone, at 1.5B: harmless-2shot > faithful-2shot (answered anew)",
+        "the harmless demonstrations alone, at 1.5B: harmless-2shot > faithful-2shot (answered anew); no seed filter, --length_balance",
         (QWEN_HARMLESS, QWEN_FAITHFUL),
-        PROOF_CS,
+        TWO_RANK_CS,
         PROOF_RM,
         rg_configurations=QWEN_FAITHFUL_ANEW,
         generations=SIZE,

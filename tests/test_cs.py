@@ -49,6 +49,9 @@ def test_with_two_answers_the_filter_keeps_only_a_longer_chosen():
     for better, worse in [(10, 11), (100, 101), (100, 400), (399, 400), (50, 50), (400, 100)]:
         pairs, dropped = prompt_pairs(answers(("A", 0, better), ("B", 1, worse)))
         assert (names(pairs), dropped) == (([("A", "B")], 0) if better >= worse else ([], 1))
+        # Without the filter every ranked pair stays, and length is left to --length_balance.
+        unfiltered, dropped = prompt_pairs(answers(("A", 0, better), ("B", 1, worse)), length_filter=False)
+        assert (names(unfiltered), dropped) == ([("A", "B")], 0)
 
 
 def test_shorter_chosen_above_threshold_is_kept():

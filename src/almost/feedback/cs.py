@@ -8,7 +8,12 @@ i before j, are walked in order, exactly as the seed release does:
   character lengths of all valid answers to that prompt (population std);
 - otherwise emit "i's answer is better than j's" and mark i's configuration and rank as used.
 
-Two options control length further (both off by default, so the seed's pairs are unchanged):
+Three options control length further (by default the seed's pairs are unchanged):
+
+- ``--length_filter false``: no heuristic filter. With two answers to a prompt (a two-configuration
+  rubric) the filter keeps only pairs whose chosen answer is the longer, as mean - std/2 of two
+  lengths lies above the shorter; ``--length_balance`` would then leave next to nothing (measured: 1
+  pair of 141 on the size run's 1.5B-over-135M rubric).
 
 - ``--max_length_ratio R``: inside the same walk, also skip a pair whose longer answer is more than
   R times as long as its shorter one (characters), so the next candidate may pair instead;
@@ -64,6 +69,16 @@ class CSArguments:
             "help": "Skip pairs whose longer answer is more than this many times as long as the shorter (characters); off by default."
         },
     )
+    length_filter: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "The seed's filter (skip a pair whose chosen answer is shorter than the rejected one and than mean - std/2 of "
+                "the prompt's answer lengths). With two answers to a prompt it keeps only pairs whose chosen answer is the "
+                "longer; false leaves length to --length_balance."
+            )
+        },
+    )
     length_balance: bool = field(
         default=False,
         metadata={
@@ -117,11 +132,11 @@ def length_ratio(a: str, b: str) -> float:
 
 
 def prompt_pairs(
-    answers: Sequence[Answer], max_length_ratio: float | None = None, drops: Counter | None = None
+    answers: Sequence[Answer], max_length_ratio: float | None = None, drops: Counter | None = None, length_filter: bool = True
 ) -> tuple[list[tuple[Answer, Answer]], int]:
     """The (chosen, rejected) pairs for one prompt's valid answers, and how many the seed's filter
-    dropped. With ``max_length_ratio``, pairs too far apart in length are skipped too (counted in
-    ``drops["max_length_ratio"]`` when a Counter is given)."""
+    dropped (none without ``length_filter``). With ``max_length_ratio``, pairs too far apart in length
+    are skipped too (counted in ``drops["max_length_ratio"]`` when a Counter is given)."""
     answers = sorted(answers, key=lambda a: a.rank)  # stable: rubric order within a rank
     if len(answers) < 2:
         return [], 0
@@ -133,7 +148,7 @@ def prompt_pairs(
         for worse in answers[i + 1 :]:
             if better.config in used_configs or better.rank in used_ranks or better.rank == worse.rank:
                 continue
-            if len(better.text) < len(worse.text) and len(better.text) < threshold:
+            if length_filter and len(better.text) < len(worse.text) and len(better.text) < threshold:
                 dropped += 1
                 continue
             if max_length_ratio is not None and length_ratio(better.text, worse.text) > max_length_ratio:
@@ -254,7 +269,7 @@ def run_cs(config: CSArguments) -> dict:
         if len(valid) < 2:
             few_valid += 1
             continue
-        pairs, prompt_dropped = prompt_pairs(valid, config.max_length_ratio, drops)
+        pairs, prompt_dropped = prompt_pairs(valid, config.max_length_ratio, drops, config.length_filter)
         dropped += prompt_dropped
         for better, worse in pairs:
             rows.append(
