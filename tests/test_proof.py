@@ -310,12 +310,13 @@ def test_size_proof_config_is_the_135m_proof_with_the_1_5b_on_top_and_a_better_j
     """proof-size.yaml plans with valid settings for every stage, ranks the 1.5B's harmless answers (the
     configuration name `almost rg` makes for the model name) over proof.yaml's, starts one engine per
     model, judges by the run's RM and by the 1.5B (longer replies, a set KV cache), and is otherwise
-    proof.yaml step for step, less DPO and SFT's LM judging, at 200 prompts."""
+    proof.yaml step for step, less DPO, at 200 prompts, with the LM judge's verdicts read from its
+    token probabilities."""
     planner, size = planned(demo.PROOF_SIZE_CONFIG, tmp_path / "size")
     _, proof = planned(demo.PROOF_CONFIG, tmp_path / "proof")
-    # Less proof.yaml's DPO (two more pairings for the 1.5B judge), at the prompts the budget allows; the
-    # 1.5B judges RL vs base only, a pairing of 120 questions in both orders being the run's costliest step.
-    proof = {name: step for name, step in proof.items() if "dpo" not in name and name != "eval/pairwise/sft-vs-base-by-lm"}
+    # Less proof.yaml's DPO (two more pairings for the 1.5B judge, each the run's costliest step), at the
+    # prompts the budget allows.
+    proof = {name: step for name, step in proof.items() if "dpo" not in name}
     # Models resolve where they run: the 1.5B's extra is not in the test install (its names are checked below).
     validate(list(size.values()), planner, check_models=False)
     top = "qwen2.5-coder-1.5b-harmless-2shot"
@@ -335,11 +336,17 @@ def test_size_proof_config_is_the_135m_proof_with_the_1_5b_on_top_and_a_better_j
     assert models == {"smollm2-135m", "qwen2.5-coder-1.5b"} and models <= set(EMBEDDED_MODELS)
 
     expected = {name: settings(step, tmp_path / "proof") for name, step in proof.items()}
-    expected[f"rg/{top}"] = {**expected["rg/smollm2-135m-harmless-2shot"], "model_name_or_path": "qwen2.5-coder-1.5b", "kv_cache_gib": 3}
+    expected[f"rg/{top}"] = {
+        **expected["rg/smollm2-135m-harmless-2shot"],
+        "model_name_or_path": "qwen2.5-coder-1.5b",
+        "kv_cache_gib": 3,
+        "max_model_len": 4096,
+    }
     expected["cs"]["rubric"] = rubric
     expected["pg"]["num_generation"] = 200
     for name in [n for n in expected if n.startswith("eval/pairwise/")]:
-        expected[name].update(kv_cache_gib=3, judge_max_new_tokens=128)
+        expected[name].update(kv_cache_gib=3, max_model_len=4096, judge_logprobs=True)
+        del expected[name]["judge_max_new_tokens"]  # no reply to generate
         if name.endswith("-by-lm"):
             expected[name]["judge"] = "llm:qwen2.5-coder-1.5b"
     assert {name: settings(step, tmp_path / "size") for name, step in size.items()} == expected
@@ -403,7 +410,7 @@ def test_ablation_size_rows_answer_the_1_5b_anew_once_for_all_rows_and_pg_on_it(
     assert name == "rg qwen2.5-coder-1.5b" and products == (out / "rg" / f"{ablation.QWEN_FAITHFUL}.jsonl",)
     assert argv == [
         "rg",
-        *ablation.overridden(ablation.RG, ("--model_name_or_path", "qwen2.5-coder-1.5b", "--kv_cache_gib", "3")),
+        *ablation.overridden(ablation.RG, ("--model_name_or_path", "qwen2.5-coder-1.5b", "--kv_cache_gib", "3", "--max_model_len", "4096")),
         "--prompts_path",
         str(generation / "pg" / "prompts.txt"),
         "--output_dir",
@@ -426,7 +433,7 @@ def test_ablation_size_rows_answer_the_1_5b_anew_once_for_all_rows_and_pg_on_it(
     folder = out / pg.name
     planned_steps = ablation.steps(pg, generation, folder, "hh-harmless-test")
     assert [s[0] for s in planned_steps] == ["pg", "rg qwen2.5-coder-1.5b", "rg smollm2-135m", "cs", "rm train", "rm eval"]
-    made = ("--model_name_or_path", "qwen2.5-coder-1.5b", "--kv_cache_gib", "3", "--num_generation", "100")
+    made = ("--model_name_or_path", "qwen2.5-coder-1.5b", "--kv_cache_gib", "3", "--max_model_len", "4096", "--num_generation", "100")
     assert planned_steps[0][1] == ["pg", *ablation.overridden(ablation.PG, made), "--output_dir", str(folder / "pg")]
     for _, argv, products in planned_steps[1:3]:
         assert argv[argv.index("--prompts_path") + 1] == str(folder / "pg" / "prompts.txt")
