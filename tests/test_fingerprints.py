@@ -276,13 +276,16 @@ def test_pairwise_answers_are_cached_by_question_text_not_only_id(tmp_path, tiny
     def answering(prompt, i):
         return "about " + prompt.split("?")[0].split()[-1]
 
-    run_pairwise(config, ScriptedEngine(answering), ScriptedEngine(answering), judge)
-    assert judged[0] == ("What is two plus two?", "about two", "about two")
+    def baseline_answering(prompt, i):  # another answer: identical answers are a tie, not judged
+        return "not " + answering(prompt, i)
+
+    run_pairwise(config, ScriptedEngine(answering), ScriptedEngine(baseline_answering), judge)
+    assert judged[0] == ("What is two plus two?", "about two", "not about two")
     # Same id, another question: answered again, not served the old question's answer.
     questions.write_text(json.dumps({"question_id": 1, "text": "What is the capital of Peru?"}) + "\n")
     judged.clear()
-    run_pairwise(config, ScriptedEngine(answering), ScriptedEngine(answering), judge)
-    assert judged[0] == ("What is the capital of Peru?", "about Peru", "about Peru")
+    run_pairwise(config, ScriptedEngine(answering), ScriptedEngine(baseline_answering), judge)
+    assert judged[0] == ("What is the capital of Peru?", "about Peru", "not about Peru")
 
 
 # --- GGUF conversion cache ------------------------------------------------------------------------
