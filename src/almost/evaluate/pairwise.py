@@ -250,21 +250,21 @@ def judge_both_orders(judge: Judge, questions: Sequence[Question], model_answers
         items += [(q.text, a, b), (q.text, b, a)]
     scores = judge.compare(items) if items else []
     replies = getattr(judge, "replies", None) or [None] * len(items)
-    position = {q.question_id: k for k, q in enumerate(judged)}
+    # Per judged question: its (model first, model second) score pairs and the judge's two replies.
+    verdicts = {q.question_id: (scores[2 * k : 2 * k + 2], replies[2 * k : 2 * k + 2]) for k, q in enumerate(judged)}
     rows = []
     for q in questions:
         row = {"question_id": q.question_id, "category": q.category}
-        k = position.get(q.question_id)
-        if k is None:
+        if q.question_id not in verdicts:
             row.update(model_score=None, baseline_score=None, outcome="tie", identical_answers=True)
         else:
-            (m1, b1), (b2, m2) = scores[2 * k], scores[2 * k + 1]
+            ((m1, b1), (b2, m2)), pair_replies = verdicts[q.question_id]
             model_total, baseline_total = m1 + m2, b1 + b2
             outcome = "win" if model_total > baseline_total else "loss" if model_total < baseline_total else "tie"
             row.update(model_score=model_total, baseline_score=baseline_total, outcome=outcome)
+            if pair_replies[0] is not None:
+                row["judge_replies"] = pair_replies
         row.update(model_length=len(model_answers[q.question_id]), baseline_length=len(baseline_answers[q.question_id]))
-        if k is not None and replies[2 * k] is not None:
-            row["judge_replies"] = [replies[2 * k], replies[2 * k + 1]]
         rows.append(row)
     return rows
 
