@@ -145,6 +145,7 @@ PROOF_CS = ("--length_balance", "true", "--seed", "0")
 # lengths lies above the shorter), which --length_balance then all but empties (the size run: 1 of
 # 141): such rows leave length to the balance alone.
 TWO_RANK_CS = (*PROOF_CS, "--length_filter", "false")
+TWO_RANK_CS_WORDS = "; no seed filter, --length_balance"
 PROOF_RM = ("--length_head", "true")
 SIZE = ("size",)
 QWEN_FAITHFUL_ANEW = ((QWEN, "faithful_prompt.txt", 2),)
@@ -218,7 +219,7 @@ VARIANTS = (
     ),
     Variant(
         "size-harmless",
-        "size alone, harmless demonstrations: 1.5B harmless-2shot > 135M harmless-2shot; no seed filter, --length_balance",
+        f"size alone, harmless demonstrations: 1.5B harmless-2shot > 135M harmless-2shot{TWO_RANK_CS_WORDS}",
         (QWEN_HARMLESS, HARMLESS),
         TWO_RANK_CS,
         PROOF_RM,
@@ -226,7 +227,7 @@ VARIANTS = (
     ),
     Variant(
         "size-faithful",
-        "size alone, faithful demonstrations: 1.5B faithful-2shot (answered anew) > 135M faithful-2shot; no seed filter, --length_balance",
+        f"size alone, faithful demonstrations: 1.5B faithful-2shot (answered anew) > 135M faithful-2shot{TWO_RANK_CS_WORDS}",
         (QWEN_FAITHFUL, FAITHFUL),
         TWO_RANK_CS,
         PROOF_RM,
@@ -235,7 +236,7 @@ VARIANTS = (
     ),
     Variant(
         "size-plus-harmless",
-        "size + harmless demonstrations: 1.5B harmless-2shot > 135M faithful-2shot; no seed filter, --length_balance",
+        f"size + harmless demonstrations: 1.5B harmless-2shot > 135M faithful-2shot{TWO_RANK_CS_WORDS}",
         (QWEN_HARMLESS, FAITHFUL),
         TWO_RANK_CS,
         PROOF_RM,
@@ -243,7 +244,7 @@ VARIANTS = (
     ),
     Variant(
         "harmless-1.5b",
-        "the harmless demonstrations alone, at 1.5B: harmless-2shot > faithful-2shot (answered anew); no seed filter, --length_balance",
+        f"the harmless demonstrations alone, at 1.5B: harmless-2shot > faithful-2shot (answered anew){TWO_RANK_CS_WORDS}",
         (QWEN_HARMLESS, QWEN_FAITHFUL),
         TWO_RANK_CS,
         PROOF_RM,
