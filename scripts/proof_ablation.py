@@ -242,6 +242,18 @@ VARIANTS = (
         PROOF_RM,
         generations=SIZE,
     ),
+    # A row counts once: size-plus-harmless again on new samples of both configurations (same prompts,
+    # same CS and RM), so that its figure is not the best of three draws.
+    Variant(
+        "size-plus-harmless-replicate",
+        f"size-plus-harmless on new samples: both configurations answered anew (rg --seed 1) on the same prompts{TWO_RANK_CS_WORDS}",
+        (QWEN_HARMLESS, FAITHFUL),
+        TWO_RANK_CS,
+        PROOF_RM,
+        rg_configurations=((QWEN, "harmless_prompt.txt", 2), (SMOLLM2, "faithful_prompt.txt", 2)),
+        rg_flags=("--seed", "1"),
+        generations=SIZE,
+    ),
     Variant(
         "harmless-1.5b",
         f"the harmless demonstrations alone, at 1.5B: harmless-2shot > faithful-2shot (answered anew){TWO_RANK_CS_WORDS}",
