@@ -3,6 +3,7 @@
     python scripts/proof_ablation.py almost-proof                # every variant of its config, then the table
     python scripts/proof_ablation.py almost-proof --variants seed-filter length-head
     python scripts/proof_ablation.py almost-proof-size           # the size-contrast rows (proof-size.yaml)
+    python scripts/proof_ablation.py almost-proof-size --variants size-harmless --supervised_pairs 85  # + its reference
     python scripts/proof_ablation.py almost-proof --dry_run      # the commands only
 
 GENERATION is a run of ``almost demo --proof`` or ``almost demo --proof size`` (or any run whose ``rg/``
@@ -20,8 +21,10 @@ names the same configuration, beside copies of the generation's files those rows
 (``pg-1.5b``) makes its prompts anew on another model, then answers every configuration of its rubric on
 them. The supervised rows (``supervised-smollm2-135m``) are references, never a default recipe: the same
 RM settings trained on human pairs, as many as the generation's CS kept, from a seeded shuffle of the
-usable ``hh-harmless-dev`` pairs (written to ``<variant>/human_pairs.jsonl``); the table gives every row of
-the same RM base its share of the supervised margin, (length-balanced - 0.5) / (supervised's - 0.5).
+usable ``hh-harmless-dev`` pairs (written to ``<variant>/human_pairs.jsonl``); ``--supervised_pairs N ...``
+adds references of N pairs (``supervised-smollm2-135m-N``: an ablation row's CS count). The table gives
+every row of the same RM base its share of the supervised margin, (length-balanced - 0.5) / (supervised's
+- 0.5), against the reference with as many pairs as the row or, without one, the nearest (named in the cell).
 A step whose product exists is skipped, so a rerun after a crash resumes (``rm train`` resumes from its
 last checkpoint by itself). The wall and CPU seconds of each step are kept in ``times.json`` beside
 it. At the end the table (one row per variant, plus the proof run's own RM read from GENERATION)
@@ -40,7 +43,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +52,7 @@ from almost.feedback.demos import demonstration_name
 from almost.feedback.rg import configuration_name, model_short_name
 from almost.readers import read_json, read_jsonl, read_lines
 from almost.reward.formats import pairs_from_rows
-from almost.run.proof import margin_share, share_cell, supervised_references
+from almost.run.proof import share_cell, supervised_reference, supervised_references
 from almost.run.sections import rm_eval_row
 from almost.run.tables import markdown_table, pyplot, save_figure
 from almost.shipped import HH_HARMLESS_DEV
@@ -124,8 +127,10 @@ class Variant:
     rg_flags: tuple[str, ...] = ()
     # PG rows: the prompts made anew by this model (num_prompts of them) with the proof configs' PG settings.
     pg_model: str | None = None
-    # A human-supervised reference: RM train on human pairs (HUMAN_PAIRS), no CS.
+    # A human-supervised reference: RM train on human pairs (HUMAN_PAIRS), no CS; as many as
+    # supervised_pairs, or as the generation's CS kept when None.
     supervised: bool = False
+    supervised_pairs: int | None = None
     # The configs whose generations the variant is made for: "proof" (proof.yaml) and/or "size" (proof-size.yaml).
     generations: tuple[str, ...] = ("proof",)
 
@@ -306,6 +311,14 @@ VARIANTS = (
     ),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
+SUPERVISED = BY_NAME["supervised-smollm2-135m"]
+
+
+def supervised_at(pairs: int) -> Variant:
+    """The supervised reference at the pair count of an ablation row (``--supervised_pairs``); its pairs
+    are the first PAIRS of the same seeded shuffle, so references of different sizes are nested."""
+    what = f"reference, not a recipe: the run's RM settings on {pairs} human pairs (seeded shuffle of {SUPERVISED_SOURCE})"
+    return replace(SUPERVISED, name=f"{SUPERVISED.name}-{pairs}", what=what, supervised_pairs=pairs)
 
 
 def overridden(flags: list[str], changes: Sequence[str]) -> list[str]:
@@ -414,17 +427,18 @@ def usable_dev_rows() -> list[dict]:
     return [row for row in rows if pairs_from_rows([row], SUPERVISED_SOURCE).pairs]
 
 
-def write_human_pairs(generation: Path, folder: Path) -> Path:
-    """FOLDER/human_pairs.jsonl: as many human pairs as the generation's CS kept, the first of a seeded
-    shuffle of hh-harmless-dev's usable rows (never the test half, which the rows are read on). A file
-    of our own: `rm train` refuses the shipped evaluation sets by name."""
-    stats = generation / "cs" / "cs_stats.json"
-    if not stats.is_file():
-        sys.exit(f"{folder.name}: {stats} not found: the reference takes as many pairs as the generation's CS kept; run its CS first")
-    count = read_json(stats, "cs stats")["pairs"]
+def write_human_pairs(generation: Path, folder: Path, count: int | None = None) -> Path:
+    """FOLDER/human_pairs.jsonl: COUNT human pairs (default: as many as the generation's CS kept), the
+    first of a seeded shuffle of hh-harmless-dev's usable rows (never the test half, which the rows are
+    read on). A file of our own: `rm train` refuses the shipped evaluation sets by name."""
+    if count is None:
+        stats = generation / "cs" / "cs_stats.json"
+        if not stats.is_file():
+            sys.exit(f"{folder.name}: {stats} not found: the reference takes as many pairs as the generation's CS kept; run its CS first")
+        count = read_json(stats, "cs stats")["pairs"]
     rows = usable_dev_rows()
     if count > len(rows):
-        sys.exit(f"{folder.name}: the generation's CS kept {count} pairs, more than the {len(rows)} usable pairs of {SUPERVISED_SOURCE}")
+        sys.exit(f"{folder.name}: {count} pairs asked, more than the {len(rows)} usable pairs of {SUPERVISED_SOURCE}")
     order = np.random.default_rng(SUPERVISED_SEED).permutation(len(rows))
     return write_jsonl_atomic(folder / HUMAN_PAIRS, [rows[i] for i in order[:count]])
 
@@ -432,7 +446,7 @@ def write_human_pairs(generation: Path, folder: Path) -> Path:
 def prepare(variant: Variant, generation: Path, folder: Path) -> None:
     """The files a variant's steps read that no step writes: human pairs, first prompts, copied answers."""
     if variant.supervised:
-        write_human_pairs(generation, folder)
+        write_human_pairs(generation, folder, variant.supervised_pairs)
     elif variant.num_prompts and not variant.pg_model:
         write_first_prompts(generation, folder, variant)
     elif variant.rg_configurations and not variant.own_answers:
@@ -476,7 +490,8 @@ def proof_run_times(generation: Path) -> dict:
 
 def row(label: str, what: str, folder: Path, times: dict, references: dict) -> list | None:
     """The row of the RM in FOLDER; its share of the margin of the supervised reference with the same
-    base, read on the same human pairs (``references``: ``run.proof.supervised_references``)."""
+    base, read on the same human pairs, trained on as many pairs or the nearest count
+    (``references``: ``run.proof.supervised_references``)."""
     metrics_path = folder / "rm_eval" / "metrics.json"
     if not metrics_path.is_file():
         return None
@@ -486,11 +501,11 @@ def row(label: str, what: str, folder: Path, times: dict, references: dict) -> l
     has_cs = (folder / "cs" / "cs_stats.json").is_file()
     pairs = read_json(folder / "cs" / "cs_stats.json", "cs stats").get("pairs") if has_cs else (train.get("data") or {}).get("pairs")
     _, n, accuracy, balanced, interval, when_longer, when_shorter, prefer_longer, rho = rm_eval_row(label, metrics)
-    reference = references.get((train.get("base_model"), metrics.get("data")))
-    if reference is not None and reference[0].resolve() == folder.resolve():
+    reference = supervised_reference(references, train.get("base_model"), metrics.get("data"), pairs)
+    if reference is not None and reference.folder.resolve() == folder.resolve():
         share = "(reference)"
     else:
-        share = share_cell(margin_share(metrics, reference[2])) if reference is not None else None
+        share = share_cell(metrics, reference, pairs)
     wall = sum(t.get("seconds") or 0 for t in times.values())
     cpu = sum(t.get("cpu_seconds") or 0 for t in times.values())
     timing = f"{wall / 60:.1f} min ({cpu / 60:.1f} CPU)" if {"rm train", "rm eval"} | ({"cs"} if has_cs else set()) <= set(times) else "–"
@@ -512,7 +527,7 @@ def row(label: str, what: str, folder: Path, times: dict, references: dict) -> l
     ]
 
 
-def table(generation: Path, out: Path, names: list[str], scale_runs: Sequence[Path] = ()) -> str:
+def table(generation: Path, out: Path, variants: Sequence[Variant], scale_runs: Sequence[Path] = ()) -> str:
     header = [
         "variant",
         "what",
@@ -535,10 +550,10 @@ def table(generation: Path, out: Path, names: list[str], scale_runs: Sequence[Pa
     rows += [
         row(f"proof run ({run.name})", f"{recipe}, {run_prompts(run)} prompts", run, proof_run_times(run), references) for run in scale_runs
     ]
-    for name in names:
-        folder = out / name
+    for variant in variants:
+        folder = out / variant.name
         times = read_json(folder / "times.json", "times") if (folder / "times.json").is_file() else {}
-        rows.append(row(name, BY_NAME[name].what, folder, times, references))
+        rows.append(row(variant.name, variant.what, folder, times, references))
     return markdown_table(header, [r for r in rows if r is not None])
 
 
@@ -609,6 +624,13 @@ def main() -> None:
         default=[],
         help="Proof runs with another pg.num_generation (run through rm eval): more rows and points of the scale figure.",
     )
+    parser.add_argument(
+        "--supervised_pairs",
+        type=int,
+        nargs="+",
+        default=[],
+        help="Supervised references at these pair counts too (an ablation row's CS count), after the variants.",
+    )
     parser.add_argument("--dry_run", action="store_true")
     args = parser.parse_args()
     if not (args.generation / "rg").is_dir():
@@ -623,13 +645,16 @@ def main() -> None:
         for v in VARIANTS
         if generation_kind(args.generation) in v.generations and not (v.supervised and args.data_path == SUPERVISED_SOURCE)
     ]
-    trained_on_it = [name for name in chosen if BY_NAME[name].supervised and args.data_path == SUPERVISED_SOURCE]
+    if any(n < 1 for n in args.supervised_pairs):
+        parser.exit(2, f"proof_ablation: --supervised_pairs takes pair counts of 1 or more, not {min(args.supervised_pairs)}\n")
+    variants = [BY_NAME[name] for name in chosen] + [supervised_at(n) for n in dict.fromkeys(args.supervised_pairs)]
+    trained_on_it = [v.name for v in variants if v.supervised and args.data_path == SUPERVISED_SOURCE]
     if trained_on_it:
         parser.exit(2, f"proof_ablation: {trained_on_it[0]} trains on {SUPERVISED_SOURCE}; read it on hh-harmless-test\n")
-    for name in chosen:
-        run_variant(BY_NAME[name], args.generation, out / name, args.data_path, args.dry_run)
+    for variant in variants:
+        run_variant(variant, args.generation, out / variant.name, args.data_path, args.dry_run)
     if not args.dry_run:
-        text = table(args.generation, out, chosen, args.scale_runs)
+        text = table(args.generation, out, variants, args.scale_runs)
         write_text_atomic(out / "ablation.md", text + "\n")
         print(text)
         if len(points := scale_points(args.generation, out, args.scale_runs)) > 1:

@@ -474,6 +474,12 @@ def test_supervised_reference_trains_on_as_many_seeded_dev_pairs_as_cs_kept_and_
     assert all(r in usable for r in rows) and rows != usable[:37]
     assert ablation.write_human_pairs(generation, folder).read_bytes() == written
     refuse_evaluation_data(str(path))  # a file of its own, not the shipped set's name
+    # At an ablation row's count (--supervised_pairs): the first N of the same shuffle, nested in the larger ones.
+    at_20 = ablation.supervised_at(20)
+    ablation.prepare(at_20, generation, generation / "ablation" / at_20.name)
+    assert (
+        at_20.name == "supervised-smollm2-135m-20" and read_jsonl(generation / "ablation" / at_20.name / "human_pairs.jsonl") == rows[:20]
+    )
 
     train, evaluate = ablation.steps(variant, generation, folder, "hh-harmless-test")
     settings = [*ablation.RM_TRAIN, *ablation.PROOF_RM, "--gradient_checkpointing", "true"]
@@ -485,6 +491,14 @@ def test_supervised_reference_trains_on_as_many_seeded_dev_pairs_as_cs_kept_and_
     with pytest.raises(SystemExit) as refused:
         ablation.main()
     assert refused.value.code == 2 and "trains on hh-harmless-dev" in capsys.readouterr().err
+    for asked, said in (
+        (["--data_path", "hh-harmless-dev", "--supervised_pairs", "20"], "trains on hh-harmless-dev"),
+        (["--supervised_pairs", "0"], "1 or more"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["proof_ablation.py", str(generation), "--variants", "length-head", *asked])
+        with pytest.raises(SystemExit) as refused:
+            ablation.main()
+        assert refused.value.code == 2 and said in capsys.readouterr().err
     monkeypatch.setattr(sys, "argv", ["proof_ablation.py", str(generation), "--data_path", "hh-harmless-dev", "--dry_run"])
     ablation.main()
     assert variant.name not in capsys.readouterr().out
@@ -502,7 +516,9 @@ def test_margin_share_is_read_from_the_synthetic_and_the_supervised_metrics(tmp_
     """With a supervised reference of the same base on the same human pairs in RUN/ablation/, the proof
     table and the ablation table give each synthetic RM (synthetic - 0.5) / (supervised - 0.5) of their
     length-balanced accuracies and show the reference's own row; a reference of another base, or read on
-    other pairs, is not used, and without one the proof table is as before. Pairwise rows come per category."""
+    other pairs, is not used, and without one the proof table is as before. Of references at several pair
+    counts (--supervised_pairs) a row takes the one at its own count, else the nearest, whose count the cell
+    then names. Pairwise rows come per category."""
     ablation = load_ablation_script()
     from almost.run.proof import proof_table
 
@@ -514,26 +530,32 @@ def test_margin_share_is_read_from_the_synthetic_and_the_supervised_metrics(tmp_
     rm_metrics(run / "ablation" / "supervised-other", 0.7, base="qwen2.5-coder-1.5b")
     rm_metrics(run / "ablation" / "supervised-dev", 0.7, data="hh-harmless-dev")
     rm_metrics(run / "ablation" / "supervised-smollm2-135m", 0.615)
-    rm_metrics(run / "ablation" / "size-harmless", 0.56)
-    write_json_atomic(run / "ablation" / "size-harmless" / "cs" / "cs_stats.json", {"pairs": 33})
+    rm_metrics(run / "ablation" / "supervised-smollm2-135m-33", 0.58, pairs=33)
+    for name, balanced, pairs in (("size-harmless", 0.56, 33), ("size-faithful", 0.52, 36)):
+        rm_metrics(run / "ablation" / name, balanced)
+        write_json_atomic(run / "ablation" / name / "cs" / "cs_stats.json", {"pairs": pairs})
 
-    def share(folder):
+    def share(folder, reference="supervised-smollm2-135m"):
         synthetic = json.loads((folder / "rm_eval" / "metrics.json").read_text())["length_balanced"]["accuracy"]
-        supervised = json.loads((run / "ablation" / "supervised-smollm2-135m" / "rm_eval" / "metrics.json").read_text())
+        supervised = json.loads((run / "ablation" / reference / "rm_eval" / "metrics.json").read_text())
         return f"{(synthetic - 0.5) / (supervised['length_balanced']['accuracy'] - 0.5):.0%}"
 
     printed = proof_table(run)
     assert table_row(printed, "rm_eval")[-1] == share(run) and table_row(printed, "rm_eval")[:9] == table_row(before, "rm_eval")
     reference = table_row(printed, "ablation/supervised-smollm2-135m")
     assert reference[1] == "40" and reference[5] == "0.615" and reference[-1] == "(reference)"
-    assert "supervised-other" not in printed and "supervised-dev" not in printed
+    assert "supervised-other" not in printed and "supervised-dev" not in printed and "-33" not in printed
 
-    text = ablation.table(run, run / "ablation", ["supervised-smollm2-135m", "size-harmless"])
+    rows = [ablation.SUPERVISED, ablation.supervised_at(33), ablation.BY_NAME["size-harmless"], ablation.BY_NAME["size-faithful"]]
+    text = ablation.table(run, run / "ablation", rows)
     column = text.splitlines()[0].split(" | ").index("share of the supervised margin")
     assert table_row(text, "proof run")[column] == share(run) and "proof-size.yaml" in table_row(text, "proof run")[1]
-    assert table_row(text, "size-harmless")[column] == share(run / "ablation" / "size-harmless")
+    assert table_row(text, "size-harmless")[column] == share(run / "ablation" / "size-harmless", "supervised-smollm2-135m-33") == "75%"
+    nearest = share(run / "ablation" / "size-faithful", "supervised-smollm2-135m-33")
+    assert table_row(text, "size-faithful")[column] == f"{nearest} (reference: 33 pairs)"
     assert table_row(text, "size-harmless")[2] == "33" and table_row(text, "supervised-smollm2-135m")[2] == "40"
-    assert table_row(text, "supervised-smollm2-135m")[column] == "(reference)"
+    assert table_row(text, "supervised-smollm2-135m")[column] == table_row(text, "supervised-smollm2-135m-33")[column] == "(reference)"
+    assert "33 human pairs" in table_row(text, "supervised-smollm2-135m-33")[1]
 
     from almost.evaluate.pairwise import pairwise_metrics
 

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +15,42 @@ from .sections import label_order, rm_eval_row
 from .tables import interval, markdown_table
 
 # Human-supervised references (docs/proof.md): an RM trained with a run's RM settings on as many human
-# pairs from hh-harmless-dev as the run's CS kept, made by scripts/proof_ablation.py in
-# RUN/ablation/supervised-<base>/ (its human pairs, rm/ and rm_eval/). A reference, never a default.
+# pairs from hh-harmless-dev as the run's CS kept (or as an ablation row's CS kept), made by
+# scripts/proof_ablation.py in RUN/ablation/supervised-<base>[-<pairs>]/ (its human pairs, rm/ and
+# rm_eval/). A reference, never a default.
 SUPERVISED_FOLDERS = "supervised-*"
 
 
-def supervised_references(folder: Path) -> dict[tuple[Any, Any], tuple[Path, Summary, Summary]]:
-    """``{(base model, human pairs evaluated on): (folder, rm train summary, rm eval metrics)}`` of the
-    finished supervised references in ``folder`` (a run's ``ablation/``)."""
-    found = {}
+@dataclass(frozen=True)
+class SupervisedReference:
+    """A finished supervised reference: its folder, its ``rm train`` summary and ``rm eval`` metrics."""
+
+    folder: Path
+    train: Summary
+    metrics: Summary
+
+    @property
+    def pairs(self) -> int | None:
+        return (self.train.get("data") or {}).get("pairs")
+
+
+def supervised_references(folder: Path) -> list[SupervisedReference]:
+    """The finished supervised references in ``folder`` (a run's ``ablation/``)."""
+    found = []
     for path in sorted(folder.glob(f"{SUPERVISED_FOLDERS}/{RM_EVAL.folder}/{RM_EVAL.outputs.summary_file}")):
         reference = path.parent.parent
         train, metrics = stage_summary(reference, RM_TRAIN), summary_at(RM_EVAL, path)
         if train is not None and metrics is not None:
-            found[(train.get("base_model"), metrics.get("data"))] = (reference, train, metrics)
+            found.append(SupervisedReference(reference, train, metrics))
     return found
+
+
+def supervised_reference(references: Sequence[SupervisedReference], base: Any, data: Any, pairs: Any) -> SupervisedReference | None:
+    """The reference of an RM of ``base`` read on the human pairs ``data``: the one trained on as many
+    human pairs as the RM's CS kept (``pairs``) or, without one, the nearest in count (the larger on a tie)."""
+    same = [r for r in references if r.train.get("base_model") == base and r.metrics.get("data") == data]
+    count = pairs if isinstance(pairs, int) else 0
+    return min(same, key=lambda r: (abs((r.pairs or 0) - count), -(r.pairs or 0)), default=None)
 
 
 def margin_share(synthetic: Mapping[str, Any], supervised: Mapping[str, Any]) -> float | None:
@@ -42,8 +64,13 @@ def margin_share(synthetic: Mapping[str, Any], supervised: Mapping[str, Any]) ->
     return (a - 0.5) / (b - 0.5)
 
 
-def share_cell(share: float | None) -> str | None:
-    return None if share is None else f"{share:.0%}"
+def share_cell(metrics: Mapping[str, Any], reference: SupervisedReference | None, pairs: Any) -> str | None:
+    """An RM's share of its reference's margin; the reference's pair count beside it when it differs
+    from the RM's, since the goal compares the two at the same number of pairs."""
+    share = margin_share(metrics, reference.metrics) if reference is not None else None
+    if share is None:
+        return None
+    return f"{share:.0%}" if reference.pairs == pairs else f"{share:.0%} (reference: {reference.pairs} pairs)"
 
 
 def reward_model_table(run: Path) -> list[str]:
@@ -60,14 +87,15 @@ def reward_model_table(run: Path) -> list[str]:
         _, n, accuracy, balanced, balanced_ci, _, _, longer, rho = rm_eval_row(label, metrics)
         rm_rows.append([label, stats.get("pairs"), held.get("accuracy"), n, accuracy, balanced, balanced_ci, longer, rho])
         if references:
-            reference = references.get((train.get("base_model"), metrics.get("data")))
-            rm_rows[-1].append(share_cell(margin_share(metrics, reference[2])) if reference else None)
+            reference = supervised_reference(references, train.get("base_model"), metrics.get("data"), stats.get("pairs"))
+            rm_rows[-1].append(share_cell(metrics, reference, stats.get("pairs")))
             if reference:
-                used[reference[0]] = reference
-    for folder, supervised_train, supervised in used.values():
-        _, n, accuracy, balanced, balanced_ci, _, _, longer, rho = rm_eval_row(str(folder.relative_to(run)), supervised)
-        pairs, agreement = (supervised_train.get("data") or {}).get("pairs"), (supervised_train.get("heldout") or {}).get("accuracy")
-        rm_rows.append([str(folder.relative_to(run)), pairs, agreement, n, accuracy, balanced, balanced_ci, longer, rho, "(reference)"])
+                used[reference.folder] = reference
+    for reference in used.values():
+        label = str(reference.folder.relative_to(run))
+        _, n, accuracy, balanced, balanced_ci, _, _, longer, rho = rm_eval_row(label, reference.metrics)
+        agreement = (reference.train.get("heldout") or {}).get("accuracy")
+        rm_rows.append([label, reference.pairs, agreement, n, accuracy, balanced, balanced_ci, longer, rho, "(reference)"])
     header = [
         "RM evaluated on",
         "pairs kept (CS)",
