@@ -52,7 +52,7 @@ from almost.feedback.demos import demonstration_name
 from almost.feedback.rg import configuration_name, model_short_name
 from almost.readers import read_json, read_jsonl, read_lines
 from almost.reward.formats import pairs_from_rows
-from almost.run.proof import share_cell, supervised_reference, supervised_references
+from almost.run.proof import SupervisedReference, share_cell, supervised_reference, supervised_references
 from almost.run.sections import rm_eval_row
 from almost.run.tables import markdown_table, pyplot, save_figure
 from almost.shipped import HH_HARMLESS_DEV
@@ -488,7 +488,7 @@ def proof_run_times(generation: Path) -> dict:
     return times
 
 
-def row(label: str, what: str, folder: Path, times: dict, references: dict) -> list | None:
+def row(label: str, what: str, folder: Path, times: dict, references: Sequence[SupervisedReference]) -> list | None:
     """The row of the RM in FOLDER; its share of the margin of the supervised reference with the same
     base, read on the same human pairs, trained on as many pairs or the nearest count
     (``references``: ``run.proof.supervised_references``)."""
