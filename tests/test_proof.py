@@ -512,6 +512,28 @@ def rm_metrics(folder: Path, balanced: float, base: str = "smollm2-135m", data: 
     write_json_atomic(folder / "rm_eval" / "metrics.json", {**metrics, "length_bias": length, "data": data})
 
 
+def test_no_share_is_taken_of_a_reference_at_chance(tmp_path):
+    """A supervised reference whose length-balanced interval reaches 0.5 has a margin that is noise: both
+    tables say so in the share cell instead of dividing by it, and still show the reference's own row."""
+    ablation = load_ablation_script()
+    from almost.run.proof import proof_table
+
+    run = size_generation(tmp_path / "run")
+    write_json_atomic(run / "cs" / "cs_stats.json", {"pairs": 40})
+    rm_metrics(run, 0.52)
+    rm_metrics(run / "ablation" / "supervised-smollm2-135m", 0.525)  # interval [0.495, 0.555]
+    rm_metrics(run / "ablation" / "size-harmless", 0.56)
+    write_json_atomic(run / "ablation" / "size-harmless" / "cs" / "cs_stats.json", {"pairs": 33})
+
+    printed = proof_table(run)
+    assert table_row(printed, "rm_eval")[-1] == "none: reference at chance"
+    assert table_row(printed, "ablation/supervised-smollm2-135m")[-1] == "(reference)"
+    text = ablation.table(run, run / "ablation", [ablation.SUPERVISED, ablation.BY_NAME["size-harmless"]])
+    column = text.splitlines()[0].split(" | ").index("share of the supervised margin")
+    assert table_row(text, "size-harmless")[column] == "none: reference at chance (reference: 40 pairs)"
+    assert table_row(text, "proof run")[column] == "none: reference at chance"
+
+
 def test_margin_share_is_read_from_the_synthetic_and_the_supervised_metrics(tmp_path):
     """With a supervised reference of the same base on the same human pairs in RUN/ablation/, the proof
     table and the ablation table give each synthetic RM (synthetic - 0.5) / (supervised - 0.5) of their

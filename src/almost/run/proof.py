@@ -56,21 +56,34 @@ def supervised_reference(references: Sequence[SupervisedReference], base: Any, d
 def margin_share(synthetic: Mapping[str, Any], supervised: Mapping[str, Any]) -> float | None:
     """(synthetic - 0.5) / (supervised - 0.5) of two RMs' length-balanced accuracies on the same human
     pairs: how much of the supervised RM's margin over chance the synthetic one recovers. None when
-    either is missing or the supervised RM is not above chance."""
+    either is missing or the supervised RM is not above chance (``reference_at_chance``)."""
     a = (synthetic.get("length_balanced") or {}).get("accuracy")
     b = (supervised.get("length_balanced") or {}).get("accuracy")
-    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or b <= 0.5:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or reference_at_chance(supervised):
         return None
     return (a - 0.5) / (b - 0.5)
+
+
+def reference_at_chance(supervised: Mapping[str, Any]) -> bool:
+    """Whether a supervised RM's length-balanced accuracy, or the low end of its 95% interval, is at or
+    below 0.5. Its margin is then noise, and a share of it any number at all: 86 human pairs read 0.501
+    [0.473, 0.530] on hh-harmless-test, which gave the size run's RM (0.520) a share of 2,157%."""
+    balanced = supervised.get("length_balanced") or {}
+    accuracy, interval = balanced.get("accuracy"), balanced.get("ci95")
+    low = interval[0] if isinstance(interval, (list, tuple)) and interval else accuracy
+    return not isinstance(accuracy, (int, float)) or accuracy <= 0.5 or not isinstance(low, (int, float)) or low <= 0.5
 
 
 def share_cell(metrics: Mapping[str, Any], reference: SupervisedReference | None, pairs: Any) -> str | None:
     """An RM's share of its reference's margin; the reference's pair count beside it when it differs
     from the RM's, since the goal compares the two at the same number of pairs."""
-    share = margin_share(metrics, reference.metrics) if reference is not None else None
-    if share is None:
+    if reference is None:
         return None
-    return f"{share:.0%}" if reference.pairs == pairs else f"{share:.0%} (reference: {reference.pairs} pairs)"
+    counted = "" if reference.pairs == pairs else f" (reference: {reference.pairs} pairs)"
+    if reference_at_chance(reference.metrics):
+        return f"none: reference at chance{counted}"
+    share = margin_share(metrics, reference.metrics)
+    return None if share is None else f"{share:.0%}{counted}"
 
 
 def reward_model_table(run: Path) -> list[str]:
